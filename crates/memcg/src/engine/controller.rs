@@ -1,0 +1,290 @@
+//! The controller: topology, root group, per-CPU stocks, tasks.
+
+use std::sync::Arc;
+
+use crate::engine::core::{Core, DrainFilter};
+use crate::engine::group::Group;
+use crate::engine::stats::GroupStats;
+use crate::engine::task::{Charge, Task};
+use crate::engine::topology::Topology;
+use crate::error::{Error, Result};
+use crate::sync::Ordering;
+
+/// Which objcg cache a task keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskCacheMode {
+    /// One objcg per node, indexed by the node the task runs on (the seed).
+    #[default]
+    PerNode,
+    /// One objcg, for the node the task ran on when it last refreshed,
+    /// refreshed only after an attach (before the seed).
+    Single,
+}
+
+/// Settings of a controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The cache new tasks keep (each task may choose otherwise).
+    pub task_cache: TaskCacheMode,
+}
+
+impl Config {
+    /// Sets the default task cache mode.
+    pub fn task_cache(mut self, mode: TaskCacheMode) -> Self {
+        self.task_cache = mode;
+        self
+    }
+}
+
+/// Counters of the engine's work, for the simulator and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineCounters {
+    /// Charges made through tasks.
+    pub task_charges: u64,
+    /// Charges that needed more than a task's byte cache.
+    pub slow_charges: u64,
+    /// Byte-stock slots taken over by another objcg.
+    pub obj_stock_replacements: u64,
+    /// Byte-stock slots drained (replacement, remote drain).
+    pub obj_stock_drains: u64,
+    /// Page-stock slots drained or taken over.
+    pub page_stock_drains: u64,
+    /// Read-modify-writes on counters shared by all CPUs.
+    pub shared_atomics: u64,
+    /// Task cache refreshes (after attach, or first use).
+    pub refreshes: u64,
+}
+
+/// An accounting domain: a topology, a tree of groups rooted at `root`,
+/// per-CPU stocks, and tasks. Several controllers can coexist; cloning
+/// the handle is cheap.
+///
+/// The engine takes the CPU of every operation as an argument; it never
+/// reads the real CPU or thread-locals, so tests and the simulator can
+/// drive it on any virtual machine.
+///
+/// # Examples
+/// ```
+/// use memcg::{ChargeKind, Controller, Topology};
+/// let ctrl = Controller::new(Topology::from_spec("2x2")?);
+/// let g = ctrl.create("db")?;
+/// let task = ctrl.new_task(&g)?;
+/// let c = task.charge(3, 64, ChargeKind::Alloc)?; // on CPU 3 (node 1)
+/// assert_eq!(g.current_bytes(), 64 * 4096);         // one batch of 64 pages
+/// task.uncharge(3, c)?;
+/// drop(task);
+/// ctrl.drain_stocks();
+/// assert_eq!(g.current_bytes(), 0);
+/// assert!(ctrl.check_invariants().is_ok());
+/// # Ok::<(), memcg::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Controller {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("topology", &self.core.topology)
+            .field("task_cache", &self.core.task_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller for `topology` with the default configuration.
+    pub fn new(topology: Topology) -> Controller {
+        Controller::with_config(topology, Config::default())
+    }
+
+    /// A controller for `topology` with `config`.
+    pub fn with_config(topology: Topology, config: Config) -> Controller {
+        match Core::new(topology, config.task_cache) {
+            Some(core) => Controller { core: Arc::new(core) },
+            // A topology has at most 1024 nodes, far below the table's
+            // capacity; only a failed chunk allocation (which aborts
+            // anyway) could get here.
+            None => std::process::abort(),
+        }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The machine layout.
+    pub fn topology(&self) -> &Topology {
+        &self.core.topology
+    }
+
+    /// The default task cache mode.
+    pub fn task_cache_mode(&self) -> TaskCacheMode {
+        self.core.task_cache
+    }
+
+    /// The root group (never limited, never removed; its usage is the
+    /// total of everything accounted).
+    pub fn root(&self) -> Group {
+        Group::from_parts(Arc::clone(&self.core), Arc::clone(&self.core.root))
+    }
+
+    /// The group at `path` (`"tenants/a"`; `""` or `"/"` is root; a leading
+    /// `/` is allowed).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::NotFound`].
+    pub fn group(&self, path: &str) -> Result<Group> {
+        let mut g = self.root();
+        for name in components(path)? {
+            g = g.child(name).map_err(|_| Error::NotFound {
+                path: path.trim_matches('/').to_string(),
+            })?;
+        }
+        Ok(g)
+    }
+
+    /// Creates the group at `path`; its parent must exist.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::NotFound`] (parent), and the errors
+    /// of [`Group::create_child`].
+    pub fn create(&self, path: &str) -> Result<Group> {
+        let parts = components(path)?;
+        let Some((last, parents)) = parts.split_last() else {
+            return Err(Error::AlreadyExists { path: String::new() });
+        };
+        let mut g = self.root();
+        for name in parents {
+            g = g.child(name)?;
+        }
+        g.create_child(last)
+    }
+
+    /// Removes the group at `path`; see [`Group::remove`].
+    ///
+    /// # Errors
+    /// As [`Controller::group`] and [`Group::remove`].
+    pub fn remove(&self, path: &str) -> Result<()> {
+        if components(path)?.is_empty() {
+            return Err(Error::Root { operation: "remove" });
+        }
+        self.group(path)?.remove()
+    }
+
+    /// A new task attached to `group`, with the controller's cache mode.
+    ///
+    /// # Errors
+    /// [`Error::ForeignController`], [`Error::Removed`],
+    /// [`Error::OutOfMemory`].
+    pub fn new_task(&self, group: &Group) -> Result<Task> {
+        self.new_task_with_mode(group, self.core.task_cache)
+    }
+
+    /// A new task attached to `group` with the given cache mode.
+    ///
+    /// # Errors
+    /// As [`Controller::new_task`].
+    pub fn new_task_with_mode(&self, group: &Group, mode: crate::TaskCacheMode) -> Result<Task> {
+        if group.core().serial != self.core.serial {
+            return Err(Error::ForeignController);
+        }
+        Task::new(Arc::clone(&self.core), group.memcg(), mode, false)
+    }
+
+    /// A new exempt task (the kernel-thread analogue): no cache, charges
+    /// root.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`].
+    pub fn new_exempt_task(&self) -> Result<Task> {
+        Task::new(Arc::clone(&self.core), &self.core.root, self.core.task_cache, true)
+    }
+
+    /// Uncharges a charge on `cpu` without a task (a free on a thread that
+    /// has none): the bytes and the object's reference go to `cpu`'s stock.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCpu`], [`Error::ForeignController`].
+    pub fn uncharge(&self, cpu: usize, charge: Charge) -> Result<()> {
+        self.core.topology.node_of(cpu)?;
+        let objcg = charge.objcg(&self.core)?;
+        self.core
+            .obj_cgroup_uncharge(Some(cpu), objcg, charge.bytes(), charge.kind());
+        Ok(())
+    }
+
+    /// Drains every per-CPU stock and returns the whole pages held in the
+    /// objcgs' sub-page pools, so that each group's usage is exactly the
+    /// pages its live bytes need (task caches are drained by their tasks,
+    /// see [`Task::flush`]). Safe while other threads charge.
+    pub fn drain_stocks(&self) {
+        self.core.drain_all_stock(DrainFilter::All);
+        let ids: Vec<u32> = self.core.table.entries().map(|o| o.id()).collect();
+        for id in ids {
+            let Some(objcg) = self.core.table.get(id) else {
+                continue;
+            };
+            if objcg.tryget() {
+                self.core.trim_pool(objcg);
+                self.core.objcg_put(objcg, 1);
+            }
+        }
+    }
+
+    /// Statistics of every group, root first, depth first.
+    pub fn stats(&self) -> Vec<GroupStats> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root()];
+        while let Some(g) = stack.pop() {
+            out.push(g.stats());
+            let mut children = g.children();
+            children.reverse();
+            stack.extend(children);
+        }
+        out
+    }
+
+    /// Counters of the engine's work so far.
+    pub fn counters(&self) -> EngineCounters {
+        let mut c = EngineCounters {
+            refreshes: self.core.refreshes.load(Ordering::Relaxed),
+            task_charges: self.core.exited_charges.load(Ordering::Relaxed),
+            ..EngineCounters::default()
+        };
+        for s in self.core.stocks.iter() {
+            let k = &s.counters;
+            c.slow_charges += k.slow_charges.load(Ordering::Relaxed);
+            c.obj_stock_replacements += k.obj_replacements.load(Ordering::Relaxed);
+            c.obj_stock_drains += k.obj_drains.load(Ordering::Relaxed);
+            c.page_stock_drains += k.page_drains.load(Ordering::Relaxed);
+            c.shared_atomics += k.shared_atomics.load(Ordering::Relaxed);
+        }
+        for t in self.core.tasks.lock().iter() {
+            c.task_charges += t.cache.charges.load(Ordering::Relaxed);
+        }
+        c
+    }
+}
+
+/// Splits a path into names, checking each.
+fn components(path: &str) -> Result<Vec<&str>> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::InvalidPath {
+            path: path.to_string(),
+            reason: "a path must not contain empty components (`a//b`)",
+        });
+    }
+    for p in &parts {
+        crate::engine::group::validate_name(p)?;
+    }
+    Ok(parts)
+}

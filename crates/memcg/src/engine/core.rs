@@ -1,0 +1,546 @@
+//! The controller's shared state and the charge paths that every front end
+//! (tasks, reservations, group operations) goes through.
+//!
+//! Mirrors, in order of the kernel's call graph: `obj_cgroup_charge`
+//! ([`Core::obj_cgroup_charge`]), `obj_cgroup_charge_pages`,
+//! `try_charge_memcg` with `consume_stock`/`refill_stock`,
+//! `obj_cgroup_uncharge` / `refill_obj_stock`, `drain_obj_stock`,
+//! `drain_all_stock`, and `obj_cgroup_release`'s uncharge.
+
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::engine::memcg::{ChargeKind, MemCgroup, MemoryEvent};
+use crate::engine::obj_cgroup::{ObjCgroup, ObjcgTable, Released};
+use crate::engine::page_counter;
+use crate::engine::reclaim::{self, ReclaimReason};
+use crate::engine::stock::{CpuStock, ObjSlot, PageSlot, MEMCG_CHARGE_BATCH};
+use crate::engine::sys_alloc::SysArc;
+use crate::engine::task::TaskShared;
+use crate::engine::topology::Topology;
+use crate::engine::TaskCacheMode;
+use crate::error::ChargeError;
+use crate::limit::PAGE_SIZE;
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+/// `MAX_RECLAIM_RETRIES`.
+pub(crate) const MAX_RECLAIM_RETRIES: u32 = 16;
+
+/// Shared state of one controller.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) serial: u64,
+    pub(crate) topology: Topology,
+    pub(crate) task_cache: TaskCacheMode,
+    pub(crate) root: Arc<MemCgroup>,
+    pub(crate) table: ObjcgTable,
+    pub(crate) stocks: Box<[CachePadded<CpuStock>]>,
+    /// Serialises tree changes (create, remove).
+    pub(crate) tree_lock: Mutex<()>,
+    /// Live tasks, for the checkers and statistics.
+    pub(crate) tasks: Mutex<Vec<SysArc<TaskShared>>>,
+    /// Task-cache refreshes (seed protocol) across all tasks.
+    pub(crate) refreshes: AtomicU64,
+    /// Charges counted by tasks that have exited.
+    pub(crate) exited_charges: AtomicU64,
+}
+
+/// How a charge may proceed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChargeCtx<'a> {
+    /// CPU whose stocks to use; `None` charges the page counters directly.
+    pub(crate) cpu: Option<usize>,
+    /// Charge past `max` without reclaim (made from inside reclaim).
+    pub(crate) forced: bool,
+    /// Set while this context's reclaim callbacks run, so charges they make
+    /// through the same task are forced.
+    pub(crate) reclaim_flag: Option<&'a std::cell::Cell<bool>>,
+}
+
+/// Which stock slots a drain empties.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DrainFilter<'a> {
+    /// Every slot.
+    All,
+    /// Slots whose objcg is currently owned by this group or a descendant
+    /// (`drain_all_stock(memcg)` under limit pressure).
+    OwnerIn(&'a MemCgroup),
+    /// Slots whose objcg was made for this group or a descendant (offline).
+    OriginIn(&'a MemCgroup),
+    /// Slots caching one objcg.
+    Objcg(u32),
+}
+
+impl Core {
+    pub(crate) fn new(topology: Topology, task_cache: TaskCacheMode) -> Option<Self> {
+        let serial = crate::sync::next_serial();
+        let nr_nodes = topology.nr_node_ids();
+        let root = Arc::new(MemCgroup::new("", None, nr_nodes));
+        let table = ObjcgTable::new(serial);
+        for nid in 0..nr_nodes {
+            let objcg = table.install(&root, nid, true)?;
+            root.nodeinfo
+                .get(nid)?
+                .objcg
+                .store(objcg.slot_word(), Ordering::Release);
+        }
+        let stocks = (0..topology.nr_cpu_ids())
+            .map(|_| CachePadded::new(CpuStock::new()))
+            .collect();
+        Some(Core {
+            serial,
+            topology,
+            task_cache,
+            root,
+            table,
+            stocks,
+            tree_lock: Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+            refreshes: AtomicU64::new(0),
+            exited_charges: AtomicU64::new(0),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn stock(&self, cpu: usize) -> Option<&CpuStock> {
+        self.stocks.get(cpu).map(|s| &**s)
+    }
+
+    fn count_shared(&self, cpu: Option<usize>, nr: u64) {
+        let stock = cpu.and_then(|c| self.stock(c)).or_else(|| self.stocks.first().map(|s| &**s));
+        if let Some(s) = stock {
+            s.counters.shared_atomics.fetch_add(nr, Ordering::Relaxed);
+        }
+    }
+
+    /// The root objcg of `nid` (never released).
+    #[inline]
+    pub(crate) fn root_objcg(&self, nid: usize) -> Option<&ObjCgroup> {
+        let word = self.root.nodeinfo.get(nid)?.objcg.load(Ordering::Relaxed);
+        self.table.get(word as u32)
+    }
+
+    /// `__get_obj_cgroup_from_memcg(memcg, nid)`: walks from `memcg` towards
+    /// root and returns the first objcg of `nid` that can be `tryget`, with
+    /// a reference (root objcgs need none and always succeed).
+    pub(crate) fn get_obj_cgroup_from_memcg(&self, memcg: &MemCgroup, nid: usize) -> Option<&ObjCgroup> {
+        let mut m = Some(memcg);
+        while let Some(g) = m {
+            if let Some(info) = g.nodeinfo.get(nid) {
+                // Acquire: pairs with the Release publishing the slot word.
+                let word = info.objcg.load(Ordering::Acquire);
+                if let Some(objcg) = self.table.tryget_word(word) {
+                    return Some(objcg);
+                }
+            }
+            m = g.parent();
+        }
+        self.root_objcg(nid)
+    }
+
+    /// `obj_cgroup_put`, finishing a release when it was the last reference.
+    pub(crate) fn objcg_put(&self, objcg: &ObjCgroup, nr: u64) {
+        if let Some(released) = self.table.put(objcg, nr) {
+            self.finish_release(released);
+        }
+    }
+
+    /// The uncharge part of `obj_cgroup_release`: leftover whole pages go
+    /// back to the current owner's counters directly (not to a stock).
+    fn finish_release(&self, released: Released) {
+        let Released {
+            origin,
+            nid,
+            nr_pages,
+        } = released;
+        if nr_pages > 0 {
+            let owner = nearest_online(&origin);
+            page_counter::uncharge(owner, nr_pages);
+            owner.mod_kernel_pages(nid, -(nr_pages as i64));
+            self.count_shared(None, 2);
+        }
+    }
+
+    /// `obj_cgroup_charge_pages`.
+    pub(crate) fn obj_cgroup_charge_pages(
+        &self,
+        ctx: ChargeCtx<'_>,
+        objcg: &ObjCgroup,
+        nr_pages: u64,
+    ) -> Result<(), ChargeError> {
+        let memcg = objcg.memcg();
+        self.try_charge_memcg(ctx, objcg, memcg, nr_pages)?;
+        memcg.mod_kernel_pages(objcg.nid(), nr_pages as i64);
+        objcg.charged_pages.fetch_add(nr_pages as i64, Ordering::Relaxed);
+        self.count_shared(ctx.cpu, 2);
+        Ok(())
+    }
+
+    /// `obj_cgroup_uncharge_pages` (direct to the counters, as since 6.15).
+    pub(crate) fn obj_cgroup_uncharge_pages(&self, objcg: &ObjCgroup, nr_pages: u64) {
+        if nr_pages == 0 {
+            return;
+        }
+        let memcg = objcg.memcg();
+        page_counter::uncharge(memcg, nr_pages);
+        memcg.mod_kernel_pages(objcg.nid(), -(nr_pages as i64));
+        objcg.charged_pages.fetch_sub(nr_pages as i64, Ordering::Relaxed);
+        self.count_shared(None, 3);
+    }
+
+    /// `try_charge_memcg`: charges `nr_pages` to `memcg`'s chain, through
+    /// the page stock of `ctx.cpu`, in batches of 64 pages, with reclaim,
+    /// one drain and up to 16 retries over `max`.
+    fn try_charge_memcg(
+        &self,
+        ctx: ChargeCtx<'_>,
+        objcg: &ObjCgroup,
+        memcg: &MemCgroup,
+        nr_pages: u64,
+    ) -> Result<(), ChargeError> {
+        let stock = ctx.cpu.and_then(|c| self.stock(c));
+        if let Some(s) = stock {
+            if s.consume_pages(objcg.id(), nr_pages) {
+                return Ok(());
+            }
+        }
+        let mut batch = if stock.is_some() {
+            nr_pages.max(MEMCG_CHARGE_BATCH)
+        } else {
+            nr_pages
+        };
+        let mut retries = MAX_RECLAIM_RETRIES;
+        let mut drained = false;
+        let mut raised_max = false;
+        loop {
+            self.count_shared(ctx.cpu, 1);
+            let over = match page_counter::try_charge(memcg, batch) {
+                Ok(()) => {
+                    if batch > nr_pages {
+                        self.refill_page_stock(ctx.cpu, objcg, batch - nr_pages);
+                    }
+                    if !ctx.forced {
+                        self.handle_high(ctx, memcg);
+                    }
+                    return Ok(());
+                }
+                Err(over) => over,
+            };
+            if batch > nr_pages {
+                batch = nr_pages;
+                continue;
+            }
+            let forced = ctx.forced || ctx.reclaim_flag.is_some_and(|f| f.get());
+            if !raised_max {
+                over.memory_event(MemoryEvent::Max);
+                raised_max = true;
+            }
+            if forced {
+                break;
+            }
+            let has_reclaimers = reclaim::subtree_has_reclaimers(over);
+            let reclaimed = if has_reclaimers {
+                self.run_reclaim(ctx, over, nr_pages * PAGE_SIZE, ReclaimReason::Max)
+            } else {
+                0
+            };
+            if over.counter.margin_pages() >= nr_pages {
+                continue;
+            }
+            if !drained {
+                self.drain_all_stock(DrainFilter::OwnerIn(over));
+                drained = true;
+                continue;
+            }
+            if retries > 0 && (has_reclaimers || reclaimed > 0) {
+                retries -= 1;
+                continue;
+            }
+            if over.force_over_max.load(Ordering::Relaxed) {
+                break;
+            }
+            over.memory_event(MemoryEvent::Oom);
+            return Err(ChargeError {
+                path: Arc::clone(&over.path),
+                limit_bytes: over.counter.max_pages().saturating_mul(PAGE_SIZE),
+                usage_bytes: over.counter.usage_pages().saturating_mul(PAGE_SIZE),
+                requested_bytes: nr_pages.saturating_mul(PAGE_SIZE),
+            });
+        }
+        // force: charge exactly `nr_pages`, ignoring max.
+        page_counter::charge(memcg, nr_pages);
+        Ok(())
+    }
+
+    /// Runs reclaim callbacks with the context's flag set, so that charges
+    /// they make through the same task are forced.
+    pub(crate) fn run_reclaim(
+        &self,
+        ctx: ChargeCtx<'_>,
+        over: &MemCgroup,
+        wanted_bytes: u64,
+        reason: ReclaimReason,
+    ) -> u64 {
+        let previous = ctx.reclaim_flag.map(|f| f.replace(true));
+        let freed = reclaim::reclaim_subtree(over, wanted_bytes, reason);
+        if let (Some(f), Some(p)) = (ctx.reclaim_flag, previous) {
+            f.set(p);
+        }
+        freed
+    }
+
+    /// After a successful batch charge: every level over `memory.high`
+    /// (root excluded) counts a `high` event and reclaims its excess.
+    fn handle_high(&self, ctx: ChargeCtx<'_>, memcg: &MemCgroup) {
+        let mut m = Some(memcg);
+        while let Some(g) = m {
+            if g.is_root() {
+                break;
+            }
+            let usage = g.counter.usage_pages();
+            let high = g.counter.high_pages();
+            if usage > high {
+                g.memory_event(MemoryEvent::High);
+                if reclaim::subtree_has_reclaimers(g) {
+                    self.run_reclaim(ctx, g, (usage - high) * PAGE_SIZE, ReclaimReason::High);
+                }
+            }
+            m = g.parent();
+        }
+    }
+
+    /// `refill_stock`.
+    fn refill_page_stock(&self, cpu: Option<usize>, objcg: &ObjCgroup, nr_pages: u64) {
+        let Some(stock) = cpu.and_then(|c| self.stock(c)) else {
+            page_counter::uncharge(objcg.memcg(), nr_pages);
+            return;
+        };
+        let out = stock.refill_pages(objcg.id(), nr_pages);
+        if out.installed {
+            objcg.get(1);
+            self.count_shared(cpu, 1);
+        }
+        if out.uncharge_pages > 0 {
+            page_counter::uncharge(objcg.memcg(), out.uncharge_pages);
+            self.count_shared(cpu, 1);
+        }
+        if let Some(word) = out.evicted {
+            self.drain_page_word(word);
+        }
+    }
+
+    /// Returns a page-stock slot's contents: its pages to its objcg's
+    /// owner chain, and the slot's reference.
+    fn drain_page_word(&self, word: u64) {
+        let s = PageSlot::unpack(word);
+        let Some(objcg) = self.table.get(s.id) else {
+            return;
+        };
+        if s.pages > 0 {
+            page_counter::uncharge(objcg.memcg(), s.pages);
+        }
+        self.objcg_put(objcg, 1);
+        self.count_shared(None, 2);
+    }
+
+    /// `refill_obj_stock`: deposits `bytes` and `refs` reference credit of
+    /// `objcg` in `cpu`'s byte stock (with no stock: into the pool).
+    pub(crate) fn refill_obj_stock(
+        &self,
+        cpu: Option<usize>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+        refs: u64,
+        allow_uncharge: bool,
+    ) {
+        let Some(stock) = cpu.and_then(|c| self.stock(c)) else {
+            self.uncharge_to_pool(objcg, bytes);
+            self.objcg_put(objcg, refs);
+            return;
+        };
+        // A deposit always carries a reference, so an installed slot can
+        // keep one as its own.
+        let refs = if refs == 0 {
+            objcg.get(1);
+            self.count_shared(cpu, 1);
+            1
+        } else {
+            refs
+        };
+        let out = stock.refill_obj(objcg.id(), bytes, refs, allow_uncharge, &objcg.nr_charged_bytes);
+        if out.uncharge_pages > 0 {
+            self.obj_cgroup_uncharge_pages(objcg, out.uncharge_pages);
+        }
+        if out.excess_refs > 0 {
+            self.objcg_put(objcg, out.excess_refs);
+        }
+        if let Some(word) = out.evicted {
+            self.drain_obj_word(word);
+        }
+    }
+
+    /// `drain_obj_stock` for one slot word taken out of a stock.
+    pub(crate) fn drain_obj_word(&self, word: u64) {
+        let s = ObjSlot::unpack(word);
+        let Some(objcg) = self.table.get(s.id) else {
+            return;
+        };
+        let pages = s.bytes / PAGE_SIZE;
+        let rem = s.bytes % PAGE_SIZE;
+        if pages > 0 {
+            self.obj_cgroup_uncharge_pages(objcg, pages);
+        }
+        if rem > 0 {
+            objcg.nr_charged_bytes.fetch_add(rem, Ordering::Relaxed);
+            self.count_shared(None, 1);
+        }
+        self.objcg_put(objcg, s.refs + 1);
+    }
+
+    /// The task-less uncharge fallback: bytes go to the central pool, and
+    /// whole pages of the pool are uncharged.
+    pub(crate) fn uncharge_to_pool(&self, objcg: &ObjCgroup, bytes: u64) {
+        if bytes > 0 {
+            objcg.nr_charged_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.count_shared(None, 1);
+        }
+        self.trim_pool(objcg);
+    }
+
+    /// Uncharges the whole pages sitting in `objcg`'s pool.
+    pub(crate) fn trim_pool(&self, objcg: &ObjCgroup) {
+        let mut cur = objcg.nr_charged_bytes.load(Ordering::Relaxed);
+        loop {
+            let pages = cur / PAGE_SIZE;
+            if pages == 0 {
+                return;
+            }
+            match objcg.nr_charged_bytes.compare_exchange_weak(
+                cur,
+                cur % PAGE_SIZE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.obj_cgroup_uncharge_pages(objcg, pages);
+                    return;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// `obj_cgroup_charge` for a charge not served by a task cache: the
+    /// byte stock of `ctx.cpu`, else whole pages with the remainder put in
+    /// the stock. Takes one reference for the object and updates the
+    /// statistics directly.
+    pub(crate) fn obj_cgroup_charge(
+        &self,
+        ctx: ChargeCtx<'_>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+        kind: ChargeKind,
+    ) -> Result<(), ChargeError> {
+        let stock = ctx.cpu.and_then(|c| self.stock(c));
+        let consumed = stock.and_then(|s| s.consume_obj(objcg.id(), bytes, 1));
+        match consumed {
+            Some(c) => {
+                if c.refs == 0 {
+                    objcg.get(1);
+                    self.count_shared(ctx.cpu, 1);
+                }
+            }
+            None => {
+                let remainder = self.charge_pages_for_bytes(ctx, objcg, bytes)?;
+                objcg.get(1);
+                self.count_shared(ctx.cpu, 1);
+                if remainder > 0 {
+                    self.refill_obj_stock(ctx.cpu, objcg, remainder, 0, false);
+                }
+            }
+        }
+        self.account(ctx.cpu, objcg, kind, bytes as i64, 1);
+        Ok(())
+    }
+
+    /// Charges `ceil(bytes / PAGE_SIZE)` pages and deposits the remainder in
+    /// the byte stock without handing pages back (`allow_uncharge = false`).
+    pub(crate) fn charge_pages_for_bytes(
+        &self,
+        ctx: ChargeCtx<'_>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+    ) -> Result<u64, ChargeError> {
+        let nr_pages = bytes.div_ceil(PAGE_SIZE);
+        self.obj_cgroup_charge_pages(ctx, objcg, nr_pages)?;
+        let remainder = nr_pages * PAGE_SIZE - bytes;
+        Ok(remainder)
+    }
+
+    /// `obj_cgroup_uncharge` for an object not returned to a task cache:
+    /// its bytes and its reference go to `cpu`'s byte stock.
+    pub(crate) fn obj_cgroup_uncharge(&self, cpu: Option<usize>, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) {
+        self.account(cpu, objcg, kind, -(bytes as i64), -1);
+        self.refill_obj_stock(cpu, objcg, bytes, 1, true);
+    }
+
+    /// Applies live-byte and object-count deltas to the objcg and to its
+    /// owner's per-node statistics.
+    pub(crate) fn account(&self, cpu: Option<usize>, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64, objects: i64) {
+        if bytes != 0 {
+            objcg.live_bytes.fetch_add(bytes, Ordering::Relaxed);
+            objcg.memcg().mod_live_bytes(objcg.nid(), kind, bytes);
+        }
+        if objects != 0 {
+            objcg.live_objects.fetch_add(objects, Ordering::Relaxed);
+        }
+        self.count_shared(cpu, 3);
+    }
+
+    /// `drain_all_stock`: empties the matching slots of every CPU's stocks.
+    /// Safe against concurrent charging: each slot is taken with one atomic
+    /// operation, and whoever takes a word owns its contents.
+    pub(crate) fn drain_all_stock(&self, filter: DrainFilter<'_>) {
+        let matches = |id: u32| self.drain_matches(filter, id);
+        for stock in self.stocks.iter() {
+            stock.take_obj_slots(matches, |w| self.drain_obj_word(w));
+            stock.take_page_slots(matches, |w| self.drain_page_word(w));
+        }
+    }
+
+    fn drain_matches(&self, filter: DrainFilter<'_>, id: u32) -> bool {
+        match filter {
+            DrainFilter::All => true,
+            DrainFilter::Objcg(want) => id == want,
+            DrainFilter::OwnerIn(g) | DrainFilter::OriginIn(g) => {
+                let Some(objcg) = self.table.get(id) else {
+                    return false;
+                };
+                // A reference makes the origin safe to read; the slot may
+                // have been emptied meanwhile, then the CAS that follows fails.
+                if !objcg.tryget() {
+                    return false;
+                }
+                let m = match filter {
+                    DrainFilter::OwnerIn(_) => objcg.memcg().is_descendant_of(g),
+                    _ => objcg.origin().is_descendant_of(g),
+                };
+                self.objcg_put(objcg, 1);
+                m
+            }
+        }
+    }
+}
+
+/// The nearest online group on `m`'s ancestor chain (itself if online).
+pub(crate) fn nearest_online(m: &MemCgroup) -> &MemCgroup {
+    let mut g = m;
+    while !g.is_online() {
+        match g.parent() {
+            Some(p) => g = p,
+            None => break,
+        }
+    }
+    g
+}

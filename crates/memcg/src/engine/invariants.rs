@@ -1,0 +1,307 @@
+//! The checkers: conservation per objcg, reference counts, per-group and
+//! per-node balance (DESIGN §4.3).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::engine::memcg::{MemCgroup, NR_KINDS};
+use crate::engine::stock::{ObjSlot, PageSlot};
+use crate::engine::Controller;
+use crate::limit::PAGE_SIZE;
+use crate::sync::Ordering;
+
+/// What [`Controller::check_invariants`] found wrong: one line per
+/// violation, precise enough to find the bug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvariantViolations {
+    /// The violations, one description each.
+    pub violations: Vec<String>,
+}
+
+impl fmt::Display for InvariantViolations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} invariant violation(s):", self.violations.len())?;
+        for v in &self.violations {
+            writeln!(f, "  - {v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvariantViolations {}
+
+/// What the holders of one objcg have, summed over stocks and tasks.
+#[derive(Debug, Default)]
+struct Held {
+    refs: i64,
+    stock_bytes: u64,
+    stock_pages: u64,
+    pending_bytes: i64,
+    pending_objects: i64,
+}
+
+/// A deliberate bug, for showing that the checkers catch bugs.
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// One byte appears in a root objcg's pool out of nowhere.
+    LeakByte,
+    /// A group's objcg loses a reference that someone still holds.
+    DropReference,
+    /// A group's page counter is charged one page that no objcg holds.
+    StrayPage,
+}
+
+impl Controller {
+    /// Injects a deliberate accounting bug (tests and the simulator only).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_fault(&self, fault: Fault, group: &crate::Group) {
+        let core = self.core();
+        let nid = 0;
+        let Some(objcg) = core.get_obj_cgroup_from_memcg(group.memcg(), nid) else {
+            return;
+        };
+        match fault {
+            Fault::LeakByte => {
+                objcg.nr_charged_bytes.fetch_add(1, Ordering::Relaxed);
+            }
+            Fault::DropReference => {
+                if !objcg.is_root() {
+                    core.objcg_put(objcg, 1);
+                }
+            }
+            Fault::StrayPage => {
+                crate::engine::page_counter::charge(&**group.memcg(), 1);
+            }
+        }
+        core.objcg_put(objcg, 1);
+    }
+
+    /// Checks the accounting invariants and returns every violation.
+    ///
+    /// Exact when nothing charges concurrently (tests, the simulator
+    /// between steps); under concurrent charging it may report transient
+    /// differences, but it is always memory-safe.
+    ///
+    /// Checked:
+    /// - per objcg: `charged pages × 4096 == live bytes + bytes held in
+    ///   stocks and task caches + nr_charged_bytes` (conservation);
+    /// - per objcg: reference count == live reference + task entries +
+    ///   task caches and stock slots (1 each plus their credit) + live
+    ///   objects and reservations;
+    /// - per online group: usage == pages charged through the objcgs it
+    ///   owns (with descendants) + pages in page stocks for them;
+    /// - per online group and node: `kernel` == pages charged through its
+    ///   objcgs of that node; live bytes == the objcgs' live bytes;
+    /// - no page counter underflow, no reference dropped twice, no release
+    ///   with a partial page left.
+    ///
+    /// # Errors
+    /// [`InvariantViolations`] listing what is wrong.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolations> {
+        let core = &**self.core();
+        let _tree = core.tree_lock.lock();
+        core.root.prune_dead();
+        let mut v = Vec::new();
+        let mut held: HashMap<u32, Held> = HashMap::new();
+
+        for stock in core.stocks.iter() {
+            for slot in &stock.obj {
+                let s = ObjSlot::unpack(slot.load(Ordering::Acquire));
+                if s.id != 0 {
+                    let h = held.entry(s.id).or_default();
+                    h.refs += s.refs as i64 + 1;
+                    h.stock_bytes += s.bytes;
+                }
+            }
+            for slot in &stock.pages {
+                let s = PageSlot::unpack(slot.load(Ordering::Acquire));
+                if s.id != 0 {
+                    let h = held.entry(s.id).or_default();
+                    h.refs += 1;
+                    h.stock_pages += s.pages;
+                }
+            }
+        }
+        {
+            let tasks = core.tasks.lock();
+            for t in tasks.iter() {
+                let tagged = t.objcgs.load(Ordering::Acquire);
+                // SAFETY: we hold the task-list lock, which `Task::exit`
+                // takes before it frees the array.
+                if let Some(entries) = unsafe { t.entries(tagged) } {
+                    for e in entries {
+                        let p = e.load(Ordering::Acquire);
+                        if !p.is_null() {
+                            // SAFETY: entries point into the type-stable table.
+                            let id = unsafe { &*p }.id();
+                            held.entry(id).or_default().refs += 1;
+                        }
+                    }
+                }
+                let c = &t.cache;
+                let id = c.objcg.load(Ordering::Relaxed);
+                if id != 0 {
+                    let h = held.entry(id).or_default();
+                    h.refs += 1 + c.refs.load(Ordering::Relaxed) as i64;
+                    h.stock_bytes += c.bytes.load(Ordering::Relaxed);
+                    h.pending_bytes += c
+                        .pending_bytes
+                        .iter()
+                        .map(|p| p.load(Ordering::Relaxed))
+                        .sum::<i64>();
+                    h.pending_objects += c.pending_objects.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let mut groups = Vec::new();
+        collect_online(&core.root, &mut groups);
+        for g in &groups {
+            for info in g.nodeinfo.iter() {
+                let word = info.objcg.load(Ordering::Acquire);
+                if word != 0 {
+                    held.entry(word as u32).or_default().refs += 1;
+                }
+            }
+        }
+
+        // Per objcg.
+        struct Owned {
+            owner: *const MemCgroup,
+            nid: usize,
+            charged_pages: i64,
+            live_bytes: i64,
+            stock_pages: u64,
+        }
+        let mut owned = Vec::new();
+        let ids: Vec<u32> = core.table.entries().map(|o| o.id()).collect();
+        for id in ids {
+            let Some(objcg) = core.table.get(id) else { continue };
+            let refcnt = objcg.refcnt();
+            let h = held.remove(&id).unwrap_or_default();
+            if refcnt <= 0 {
+                if h.refs != 0 {
+                    v.push(format!("objcg {id}: free but {} holder reference(s) remain", h.refs));
+                }
+                continue;
+            }
+            if !objcg.tryget() {
+                continue;
+            }
+            let owner = objcg.memcg();
+            let name = format!("objcg {id} (group {:?}, node {})", objcg.origin().path, objcg.nid());
+            let charged = objcg.charged_pages.load(Ordering::Relaxed);
+            let live = objcg.live_bytes.load(Ordering::Relaxed) + h.pending_bytes;
+            let objects = objcg.live_objects.load(Ordering::Relaxed) + h.pending_objects;
+            let pool = objcg.nr_charged_bytes.load(Ordering::Relaxed);
+            let lhs = i128::from(charged) * i128::from(PAGE_SIZE);
+            let rhs = i128::from(live) + i128::from(h.stock_bytes) + i128::from(pool);
+            if lhs != rhs {
+                v.push(format!(
+                    "{name}: conservation broken: {charged} pages × 4096 = {lhs} != live {live} + stocks {} + pool {pool} = {rhs}",
+                    h.stock_bytes
+                ));
+            }
+            if live < 0 || objects < 0 {
+                v.push(format!("{name}: negative live bytes {live} or objects {objects}"));
+            }
+            if !objcg.is_root() {
+                // `refcnt` was read before the `tryget` above.
+                let expected = h.refs + objects;
+                if refcnt != expected {
+                    v.push(format!(
+                        "{name}: reference count {refcnt} != holders {} + live objects {objects}",
+                        h.refs
+                    ));
+                }
+            }
+            owned.push(Owned {
+                owner,
+                nid: objcg.nid(),
+                charged_pages: charged,
+                live_bytes: objcg.live_bytes.load(Ordering::Relaxed),
+                stock_pages: h.stock_pages,
+            });
+            core.objcg_put(objcg, 1);
+        }
+        for (id, h) in held {
+            v.push(format!("objcg {id}: not in the table but held {} time(s)", h.refs));
+        }
+
+        // Per online group.
+        let nr_nodes = core.topology.nr_node_ids();
+        for g in &groups {
+            let g: &MemCgroup = g;
+            let mine: Vec<&Owned> = owned
+                .iter()
+                // SAFETY: owners are online groups on the chains of live
+                // objcgs; we hold the tree lock, so none is removed or freed.
+                .filter(|o| unsafe { &*o.owner }.is_descendant_of(g))
+                .collect();
+            let want_pages: i64 = mine.iter().map(|o| o.charged_pages + o.stock_pages as i64).sum();
+            let usage = g.counter.usage_pages() as i64;
+            if usage != want_pages {
+                v.push(format!(
+                    "group {:?}: usage {usage} pages != {want_pages} pages charged through its objcgs and page stocks",
+                    g.path
+                ));
+            }
+            if g.counter.underflows() > 0 {
+                v.push(format!("group {:?}: page counter underflowed {} time(s)", g.path, g.counter.underflows()));
+            }
+            for nid in 0..nr_nodes {
+                let (kernel, live) = hier(g, nid);
+                let want_kernel: i64 = mine.iter().filter(|o| o.nid == nid).map(|o| o.charged_pages).sum();
+                if kernel != want_kernel {
+                    v.push(format!(
+                        "group {:?} node {nid}: kernel {kernel} pages != {want_kernel} pages charged through its objcgs",
+                        g.path
+                    ));
+                }
+                let want_live: i64 = mine.iter().filter(|o| o.nid == nid).map(|o| o.live_bytes).sum();
+                let live_sum: i64 = live.iter().sum();
+                if live_sum != want_live {
+                    v.push(format!(
+                        "group {:?} node {nid}: live bytes {live_sum} != {want_live} held by its objcgs",
+                        g.path
+                    ));
+                }
+            }
+        }
+        let f = &core.table.faults;
+        let double = f.refcount_underflows.load(Ordering::Relaxed);
+        if double > 0 {
+            v.push(format!("{double} reference(s) dropped more times than taken"));
+        }
+        let unaligned = f.unaligned_releases.load(Ordering::Relaxed);
+        if unaligned > 0 {
+            v.push(format!("{unaligned} objcg release(s) left a partial page"));
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(InvariantViolations { violations: v })
+        }
+    }
+}
+
+fn collect_online(m: &Arc<MemCgroup>, out: &mut Vec<Arc<MemCgroup>>) {
+    out.push(Arc::clone(m));
+    for c in m.children_snapshot() {
+        collect_online(&c, out);
+    }
+}
+
+fn hier(m: &MemCgroup, nid: usize) -> (i64, [i64; NR_KINDS]) {
+    let (mut k, mut l) = m.local_node_stats(nid);
+    for c in m.children_snapshot() {
+        let (ck, cl) = hier(&c, nid);
+        k += ck;
+        for (a, b) in l.iter_mut().zip(cl) {
+            *a += b;
+        }
+    }
+    (k, l)
+}

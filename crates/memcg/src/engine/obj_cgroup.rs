@@ -1,0 +1,438 @@
+//! Object cgroups: the refcounted, reparentable charge buckets.
+//!
+//! An [`ObjCgroup`] (the kernel's `struct obj_cgroup`) exists per
+//! (group, node). Charged objects, stock slots and task caches point to an
+//! objcg, never to the group, so a removed group's objects keep pointing to
+//! a live bucket whose *owner* is now an ancestor.
+//!
+//! # Owner resolution (`obj_cgroup_memcg`)
+//! The kernel re-points every objcg of a dying memcg (its own and those it
+//! inherited, kept on `objcg_list`) at the parent under `objcg_lock`. Here
+//! each objcg keeps its *origin* group, and its current owner is the nearest
+//! online group on the origin's ancestor chain. Marking a group offline
+//! therefore re-points all its objcgs (own and inherited) at the parent in
+//! one store, with no list and no lock. This gives the same owner as the
+//! kernel at every instant because, as in the kernel, a group with children
+//! cannot be removed, so objcgs only ever move one level up at a time.
+//! The origin is kept alive by the objcg (an `Arc`), which keeps the whole
+//! ancestor chain alive, so resolving the owner never touches freed memory.
+//!
+//! # Storage (type-stable, as `SLAB_TYPESAFE_BY_RCU`)
+//! Objcgs live in an [`ObjcgTable`] of chunks that are never freed while the
+//! controller lives; a released objcg's entry is reused for a later one with
+//! a new generation. A 32-bit id names an entry, so stock slots can pack
+//! (id, bytes, references) in one atomic word, and a reader that loads an id
+//! from a group's slot can `tryget` it without RCU: the memory is always an
+//! objcg, and the generation tells whether it is still the one meant.
+//!
+//! # References (`percpu_ref`)
+//! `refcnt` counts holders: the group's slot (the live reference, dropped at
+//! offline, `percpu_ref_kill`), task cache entries, stock slots, and one per
+//! charged object or reservation. [`ObjCgroup::tryget`] succeeds while the
+//! count is above zero, even after the live reference was dropped. The last
+//! `put` releases: `nr_charged_bytes` must then be a whole number of pages,
+//! which are uncharged from the current owner (`obj_cgroup_release`).
+//! Root objcgs are never released; their get and put do nothing.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::engine::memcg::MemCgroup;
+use crate::limit::PAGE_SIZE;
+use crate::sync::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering};
+
+/// Entries per chunk of the table.
+#[cfg(not(all(test, memcg_loom)))]
+const CHUNK_LEN: usize = 64;
+#[cfg(all(test, memcg_loom))]
+const CHUNK_LEN: usize = 4;
+
+/// Most chunks a table can have (so at most `CHUNK_LEN * MAX_CHUNKS - 1`
+/// objcgs alive at once; id 0 is never used).
+#[cfg(not(all(test, memcg_loom)))]
+const MAX_CHUNKS: usize = 1 << 16;
+#[cfg(all(test, memcg_loom))]
+const MAX_CHUNKS: usize = 8;
+
+/// One (group, node) charge bucket.
+#[derive(Debug)]
+pub(crate) struct ObjCgroup {
+    /// Index in the table; never changes.
+    id: u32,
+    /// Serial of the controller whose table holds this entry.
+    ctrl_serial: u64,
+    /// Bumped each time the entry is reused.
+    generation: AtomicU32,
+    /// Reference count; 0 while the entry is free.
+    refcnt: AtomicI64,
+    /// `Arc::into_raw` of the origin group while in use, else null.
+    origin: AtomicPtr<MemCgroup>,
+    /// NUMA node of this objcg.
+    nid: AtomicU32,
+    /// Root objcgs are never released and ignore get/put.
+    is_root: AtomicBool,
+    /// Sub-page remainders already charged as pages (the central pool).
+    pub(crate) nr_charged_bytes: AtomicU64,
+    /// Pages currently charged through this objcg (for the invariants).
+    pub(crate) charged_pages: AtomicI64,
+    /// Bytes of live charged objects and reservations (flushed values).
+    pub(crate) live_bytes: AtomicI64,
+    /// Number of live charged objects and reservations (flushed values).
+    pub(crate) live_objects: AtomicI64,
+    /// Next free id while on the free list.
+    next_free: AtomicU32,
+}
+
+impl ObjCgroup {
+    fn vacant(id: u32, ctrl_serial: u64) -> Self {
+        ObjCgroup {
+            id,
+            ctrl_serial,
+            generation: AtomicU32::new(0),
+            refcnt: AtomicI64::new(0),
+            origin: AtomicPtr::new(std::ptr::null_mut()),
+            nid: AtomicU32::new(0),
+            is_root: AtomicBool::new(false),
+            nr_charged_bytes: AtomicU64::new(0),
+            charged_pages: AtomicI64::new(0),
+            live_bytes: AtomicI64::new(0),
+            live_objects: AtomicI64::new(0),
+            next_free: AtomicU32::new(0),
+        }
+    }
+
+    /// The table index (never 0 for an allocated objcg).
+    #[inline]
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The generation of the current incarnation.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        // Acquire: pairs with the Release store of `refcnt` in `install`, so
+        // a holder that got its reference through `tryget` sees the
+        // generation written before the entry went live.
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Slot word naming this incarnation: `generation << 32 | id`.
+    #[inline]
+    pub(crate) fn slot_word(&self) -> u64 {
+        (u64::from(self.generation()) << 32) | u64::from(self.id)
+    }
+
+    #[inline]
+    pub(crate) fn ctrl_serial(&self) -> u64 {
+        self.ctrl_serial
+    }
+
+    /// The node this objcg charges.
+    #[inline]
+    pub(crate) fn nid(&self) -> usize {
+        self.nid.load(Ordering::Relaxed) as usize
+    }
+
+    #[inline]
+    pub(crate) fn is_root(&self) -> bool {
+        self.is_root.load(Ordering::Relaxed)
+    }
+
+    /// Current reference count (a snapshot).
+    pub(crate) fn refcnt(&self) -> i64 {
+        self.refcnt.load(Ordering::Relaxed)
+    }
+
+    /// The group this objcg was made for. The caller holds a reference.
+    pub(crate) fn origin(&self) -> &MemCgroup {
+        let p = self.origin.load(Ordering::Acquire);
+        // SAFETY:
+        // - the caller holds a reference, so the entry is in use and `origin`
+        //   holds the `Arc::into_raw` pointer stored by `install` (Acquire
+        //   pairs with its Release store);
+        // - that `Arc` is only taken back in `release`, after the last
+        //   reference is gone, so the group outlives the borrow of `self`.
+        unsafe { &*p }
+    }
+
+    /// `obj_cgroup_memcg`: the group charged now, the nearest online group
+    /// on the origin's ancestor chain. The caller holds a reference.
+    pub(crate) fn memcg(&self) -> &MemCgroup {
+        let mut m = self.origin();
+        while !m.is_online() {
+            match m.parent() {
+                Some(p) => m = p,
+                None => break,
+            }
+        }
+        m
+    }
+
+    /// `obj_cgroup_get` (by `nr` references): the caller already holds one.
+    #[inline]
+    pub(crate) fn get(&self, nr: u64) {
+        if self.is_root() || nr == 0 {
+            return;
+        }
+        // Relaxed: new references are made from an existing one.
+        self.refcnt.fetch_add(nr as i64, Ordering::Relaxed);
+    }
+
+    /// `obj_cgroup_tryget`: takes a reference if the count is above zero
+    /// (even after the live reference was dropped).
+    pub(crate) fn tryget(&self) -> bool {
+        if self.is_root() {
+            return self.refcnt.load(Ordering::Acquire) > 0;
+        }
+        let mut cur = self.refcnt.load(Ordering::Relaxed);
+        loop {
+            if cur <= 0 {
+                return false;
+            }
+            // Acquire: pairs with the Release in `install` (entry contents)
+            // and with the AcqRel decrements of other holders.
+            match self.refcnt.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// Faults the checkers look for, counted where they happen.
+#[derive(Debug, Default)]
+pub(crate) struct FaultCounters {
+    /// Puts that took a count below zero (a reference dropped twice).
+    pub(crate) refcount_underflows: AtomicU64,
+    /// Releases that found `nr_charged_bytes` not a whole number of pages.
+    pub(crate) unaligned_releases: AtomicU64,
+}
+
+/// The controller's type-stable store of objcgs.
+#[derive(Debug)]
+pub(crate) struct ObjcgTable {
+    ctrl_serial: u64,
+    chunks: Box<[AtomicPtr<ObjCgroup>]>,
+    /// Serialises allocation (the only popper of the free list).
+    alloc_lock: Mutex<AllocState>,
+    /// Lock-free free list: `tag << 32 | id`, id 0 = empty.
+    free_head: AtomicU64,
+    pub(crate) faults: FaultCounters,
+}
+
+#[derive(Debug, Default)]
+struct AllocState {
+    /// Ids below this have been handed out at least once.
+    next_unused: u32,
+}
+
+impl ObjcgTable {
+    pub(crate) fn new(ctrl_serial: u64) -> Self {
+        ObjcgTable {
+            ctrl_serial,
+            chunks: (0..MAX_CHUNKS)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            // Id 0 is reserved: a zero slot word means "empty".
+            alloc_lock: Mutex::new(AllocState { next_unused: 1 }),
+            free_head: AtomicU64::new(0),
+            faults: FaultCounters::default(),
+        }
+    }
+
+    /// The entry with this id, if its chunk exists.
+    #[inline]
+    pub(crate) fn get(&self, id: u32) -> Option<&ObjCgroup> {
+        let id = id as usize;
+        let chunk = self.chunks.get(id / CHUNK_LEN)?;
+        // Acquire: pairs with the Release store publishing the chunk.
+        let base = NonNull::new(chunk.load(Ordering::Acquire))?;
+        // SAFETY:
+        // - a published chunk holds `CHUNK_LEN` initialised entries and is
+        //   freed only when the table drops, which `&self` prevents;
+        // - `id % CHUNK_LEN < CHUNK_LEN`.
+        Some(unsafe { &*base.as_ptr().add(id % CHUNK_LEN) })
+    }
+
+    /// Every entry ever handed out (in use or free), for the checkers.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &ObjCgroup> + '_ {
+        let end = self.alloc_lock.lock().next_unused;
+        (1..end).filter_map(move |id| self.get(id))
+    }
+
+    /// Makes a new objcg for `origin` on `nid` with one reference (the live
+    /// reference of the group's slot). `None` when the table is full or
+    /// memory for a new chunk cannot be had.
+    pub(crate) fn install(&self, origin: &Arc<MemCgroup>, nid: usize, is_root: bool) -> Option<&ObjCgroup> {
+        let mut state = self.alloc_lock.lock();
+        let objcg = match self.pop_free() {
+            Some(o) => o,
+            None => {
+                let id = state.next_unused;
+                let chunk = id as usize / CHUNK_LEN;
+                let slot = self.chunks.get(chunk)?;
+                if slot.load(Ordering::Relaxed).is_null() {
+                    let base = chunk * CHUNK_LEN;
+                    let entries: Box<[ObjCgroup]> = (0..CHUNK_LEN)
+                        .map(|i| ObjCgroup::vacant((base + i) as u32, self.ctrl_serial))
+                        .collect();
+                    let raw = Box::into_raw(entries) as *mut ObjCgroup;
+                    // Release: publishes the initialised entries to `get`.
+                    slot.store(raw, Ordering::Release);
+                }
+                state.next_unused = id.checked_add(1)?;
+                self.get(id)?
+            }
+        };
+        objcg.generation.fetch_add(1, Ordering::Relaxed);
+        objcg.nid.store(nid as u32, Ordering::Relaxed);
+        objcg.is_root.store(is_root, Ordering::Relaxed);
+        objcg.nr_charged_bytes.store(0, Ordering::Relaxed);
+        objcg.charged_pages.store(0, Ordering::Relaxed);
+        objcg.live_bytes.store(0, Ordering::Relaxed);
+        objcg.live_objects.store(0, Ordering::Relaxed);
+        let raw = Arc::into_raw(Arc::clone(origin)) as *mut MemCgroup;
+        objcg.origin.store(raw, Ordering::Release);
+        // Release: pairs with the Acquire of `tryget`/`generation`, making
+        // the fields above visible to whoever takes a reference.
+        objcg.refcnt.store(1, Ordering::Release);
+        Some(objcg)
+    }
+
+    /// Pops a free entry; only called under `alloc_lock`, so there is one
+    /// popper and the classic ABA of a Treiber stack cannot happen (pushers
+    /// only ever change the head, which makes a stale CAS fail).
+    fn pop_free(&self) -> Option<&ObjCgroup> {
+        let mut head = self.free_head.load(Ordering::Acquire);
+        loop {
+            let id = head as u32;
+            let objcg = self.get(id).filter(|_| id != 0)?;
+            let next = objcg.next_free.load(Ordering::Relaxed);
+            let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(next);
+            // Acquire: pairs with the Release push, so `next_free` and the
+            // released entry's stores are visible.
+            match self
+                .free_head
+                .compare_exchange(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(objcg),
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Pushes a released entry; lock-free, callable from any context.
+    fn push_free(&self, objcg: &ObjCgroup) {
+        let mut head = self.free_head.load(Ordering::Relaxed);
+        loop {
+            objcg.next_free.store(head as u32, Ordering::Relaxed);
+            let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(objcg.id);
+            // Release: publishes `next_free` and the release's stores to the popper.
+            match self
+                .free_head
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Takes a reference on the objcg named by a group slot word
+    /// (`generation << 32 | id`), if it is still that incarnation and alive.
+    pub(crate) fn tryget_word(&self, word: u64) -> Option<&ObjCgroup> {
+        if word == 0 {
+            return None;
+        }
+        let objcg = self.get(word as u32)?;
+        if !objcg.tryget() {
+            return None;
+        }
+        if objcg.generation() != (word >> 32) as u32 {
+            // A later incarnation: give back the reference just taken.
+            self.put(objcg, 1);
+            return None;
+        }
+        Some(objcg)
+    }
+
+    /// `obj_cgroup_put` (by `nr` references). The last put releases the
+    /// objcg through `release`, which uncharges its leftover pages.
+    pub(crate) fn put(&self, objcg: &ObjCgroup, nr: u64) -> Option<Released> {
+        if objcg.is_root() || nr == 0 {
+            return None;
+        }
+        let nr = nr as i64;
+        // AcqRel: the Release orders this holder's updates before the free;
+        // the Acquire on the last put sees every other holder's updates.
+        let old = objcg.refcnt.fetch_sub(nr, Ordering::AcqRel);
+        if old > nr {
+            return None;
+        }
+        if old < nr {
+            self.faults.refcount_underflows.fetch_add(1, Ordering::Relaxed);
+            objcg.refcnt.fetch_add(nr - old.max(0), Ordering::Relaxed);
+            return None;
+        }
+        Some(self.release(objcg))
+    }
+
+    /// `obj_cgroup_release`: the entry goes back to the free list; returns
+    /// what the caller must uncharge (the leftover pages and the group).
+    fn release(&self, objcg: &ObjCgroup) -> Released {
+        let bytes = objcg.nr_charged_bytes.swap(0, Ordering::AcqRel);
+        if bytes % PAGE_SIZE != 0 {
+            self.faults.unaligned_releases.fetch_add(1, Ordering::Relaxed);
+        }
+        let raw = objcg.origin.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: `raw` came from `Arc::into_raw` in `install` and is taken
+        // back exactly once, here, when the last reference is gone.
+        let origin = unsafe { Arc::from_raw(raw as *const MemCgroup) };
+        let released = Released {
+            origin,
+            nid: objcg.nid(),
+            nr_pages: bytes / PAGE_SIZE,
+        };
+        objcg.charged_pages.store(0, Ordering::Relaxed);
+        self.push_free(objcg);
+        released
+    }
+}
+
+/// What a released objcg leaves behind: its leftover pages, still charged
+/// to the owner chain of `origin`, which the caller uncharges.
+#[derive(Debug)]
+pub(crate) struct Released {
+    pub(crate) origin: Arc<MemCgroup>,
+    pub(crate) nid: usize,
+    pub(crate) nr_pages: u64,
+}
+
+impl Drop for ObjcgTable {
+    fn drop(&mut self) {
+        for chunk in self.chunks.iter() {
+            let raw = chunk.load(Ordering::Acquire);
+            if raw.is_null() {
+                continue;
+            }
+            // SAFETY: `raw` was made by `Box::into_raw` of a boxed slice of
+            // `CHUNK_LEN` entries in `install`; `&mut self` means no reader.
+            let entries = unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, CHUNK_LEN))
+            };
+            for e in entries.iter() {
+                let origin = e.origin.swap(std::ptr::null_mut(), Ordering::Acquire);
+                if !origin.is_null() {
+                    // SAFETY: an entry still in use owns this `Arc`; the
+                    // table is going away, so nothing can use it again.
+                    drop(unsafe { Arc::from_raw(origin as *const MemCgroup) });
+                }
+            }
+        }
+    }
+}

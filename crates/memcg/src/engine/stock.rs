@@ -1,0 +1,466 @@
+//! Per-CPU byte and page stocks (the kernel's `obj_stock_pcp` and
+//! `memcg_stock_pcp`), lock-free.
+//!
+//! # Byte stock (`consume_obj_stock`, `refill_obj_stock`, `drain_obj_stock`)
+//! Each CPU has [`NR_OBJ_STOCK`] slots. A slot is one atomic word
+//! `objcg id:32 | bytes:16 | reference credit:16`, 0 when empty. The bytes
+//! are pre-charged to the objcg (whole pages were charged and the remainder
+//! sits here); the credit is references taken from the objcg in bulk, handed
+//! to charged objects without touching the objcg's shared counter. A slot
+//! that caches an objcg also holds one reference of its own.
+//!
+//! In the kernel the stock is protected by a per-CPU lock with preemption
+//! off. Userspace cannot disable preemption: a thread may migrate between
+//! reading its CPU id and touching the slot, and a try-lock holder can be
+//! preempted for a whole timeslice. So every operation here is a single
+//! compare-and-swap or swap of the whole word: consume and refill CAS the
+//! slot of the objcg they mean; replacement and drain swap the word out and
+//! then own its contents. The CPU id is only a locality hint; correctness
+//! never depends on staying on that CPU.
+//!
+//! # Page stock (`consume_stock`, `refill_stock`, `drain_stock`)
+//! [`NR_MEMCG_STOCK`] slots per CPU of `objcg id:32 | tag:24 | pages:8`
+//! caching pages charged in batches of [`MEMCG_CHARGE_BATCH`] to an objcg's
+//! owner chain but not yet handed out. The kernel keys these slots by memcg;
+//! here they are keyed by objcg, whose id fits the word and whose reference
+//! (held by the slot) keeps the id meaningful. A CPU charges its own node's
+//! objcg almost always, so the difference is one slot per (group, node)
+//! instead of per group.
+
+use crate::limit::PAGE_SIZE;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Byte-stock slots per CPU (the kernel's `NR_OBJ_STOCK`).
+pub const NR_OBJ_STOCK: usize = 5;
+/// Page-stock slots per CPU (the kernel's `NR_MEMCG_STOCK`).
+pub const NR_MEMCG_STOCK: usize = 7;
+/// Pages charged to the page counters at once (`MEMCG_CHARGE_BATCH`).
+pub const MEMCG_CHARGE_BATCH: u64 = 64;
+
+/// Largest byte count a byte-stock slot holds.
+pub(crate) const SLOT_MAX_BYTES: u64 = 0xffff;
+/// Largest reference credit a byte-stock slot holds.
+pub(crate) const SLOT_MAX_REFS: u64 = 0xffff;
+
+/// Contents of a byte-stock slot word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ObjSlot {
+    pub(crate) id: u32,
+    pub(crate) bytes: u64,
+    pub(crate) refs: u64,
+}
+
+impl ObjSlot {
+    #[inline]
+    pub(crate) fn unpack(word: u64) -> Self {
+        ObjSlot {
+            id: (word >> 32) as u32,
+            bytes: (word >> 16) & 0xffff,
+            refs: word & 0xffff,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn pack(self) -> u64 {
+        debug_assert!(self.bytes <= SLOT_MAX_BYTES && self.refs <= SLOT_MAX_REFS);
+        (u64::from(self.id) << 32) | ((self.bytes & 0xffff) << 16) | (self.refs & 0xffff)
+    }
+}
+
+/// Contents of a page-stock slot word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageSlot {
+    pub(crate) id: u32,
+    pub(crate) tag: u32,
+    pub(crate) pages: u64,
+}
+
+impl PageSlot {
+    #[inline]
+    pub(crate) fn unpack(word: u64) -> Self {
+        PageSlot {
+            id: (word >> 32) as u32,
+            tag: ((word >> 8) & 0xff_ffff) as u32,
+            pages: word & 0xff,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.id) << 32) | ((u64::from(self.tag) & 0xff_ffff) << 8) | (self.pages & 0xff)
+    }
+}
+
+/// Engine counters kept per CPU (updated on slow paths only).
+#[derive(Debug, Default)]
+pub(crate) struct CpuCounters {
+    /// Byte-stock slots taken over by another objcg.
+    pub(crate) obj_replacements: AtomicU64,
+    /// Byte-stock slots drained (replacement, remote drain, overflow).
+    pub(crate) obj_drains: AtomicU64,
+    /// Page-stock slots taken over or drained.
+    pub(crate) page_drains: AtomicU64,
+    /// Read-modify-writes on counters shared by all CPUs (objcg reference
+    /// counts and pools, page counters, shared statistics).
+    pub(crate) shared_atomics: AtomicU64,
+    /// Charges that needed more than the task cache.
+    pub(crate) slow_charges: AtomicU64,
+}
+
+/// One CPU's stocks.
+#[derive(Debug)]
+pub(crate) struct CpuStock {
+    pub(crate) obj: [AtomicU64; NR_OBJ_STOCK],
+    obj_victim: AtomicU32,
+    pub(crate) pages: [AtomicU64; NR_MEMCG_STOCK],
+    page_victim: AtomicU32,
+    page_tag: AtomicU32,
+    pub(crate) counters: CpuCounters,
+}
+
+/// What a byte-stock consume got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Consumed {
+    /// References handed over with the bytes (at most what was asked).
+    pub(crate) refs: u64,
+}
+
+/// Result of a byte-stock refill: work the caller finishes outside.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RefillOutcome {
+    /// Whole pages to uncharge from the refilled objcg.
+    pub(crate) uncharge_pages: u64,
+    /// References the slot could not hold, to put on the refilled objcg.
+    pub(crate) excess_refs: u64,
+    /// A word that was swapped out of the slot (replacement), to drain.
+    pub(crate) evicted: Option<u64>,
+    /// The slot was newly installed and needs its own reference taken from
+    /// the deposit (already subtracted from the slot's credit).
+    pub(crate) installed: bool,
+}
+
+impl CpuStock {
+    pub(crate) fn new() -> Self {
+        CpuStock {
+            obj: std::array::from_fn(|_| AtomicU64::new(0)),
+            obj_victim: AtomicU32::new(0),
+            pages: std::array::from_fn(|_| AtomicU64::new(0)),
+            page_victim: AtomicU32::new(0),
+            page_tag: AtomicU32::new(0),
+            counters: CpuCounters::default(),
+        }
+    }
+
+    /// `consume_obj_stock`: takes `bytes` (and up to `want_refs` reference
+    /// credit) from the slot caching objcg `id`.
+    #[inline]
+    pub(crate) fn consume_obj(&self, id: u32, bytes: u64, want_refs: u64) -> Option<Consumed> {
+        for slot in &self.obj {
+            // Relaxed: the CAS below validates the value; the bytes and
+            // credit carry no data that needs ordering.
+            let mut word = slot.load(Ordering::Relaxed);
+            loop {
+                let s = ObjSlot::unpack(word);
+                if s.id != id || s.bytes < bytes {
+                    break;
+                }
+                let refs = s.refs.min(want_refs);
+                let new = ObjSlot {
+                    id,
+                    bytes: s.bytes - bytes,
+                    refs: s.refs - refs,
+                };
+                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return Some(Consumed { refs }),
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+        None
+    }
+
+    /// `refill_obj_stock`: deposits `bytes` and `refs` reference credit for
+    /// objcg `id` (whose `nr_charged_bytes` pool `pool` is adopted when a
+    /// slot is installed). With `allow_uncharge`, whole pages above one page
+    /// are handed back. A deposit needs `refs >= 1` so that an installed
+    /// slot can keep one as its own reference.
+    pub(crate) fn refill_obj(
+        &self,
+        id: u32,
+        bytes: u64,
+        refs: u64,
+        allow_uncharge: bool,
+        pool: &AtomicU64,
+    ) -> RefillOutcome {
+        // 1. A slot already caching `id`.
+        for slot in &self.obj {
+            let mut word = slot.load(Ordering::Relaxed);
+            loop {
+                let s = ObjSlot::unpack(word);
+                if s.id != id {
+                    break;
+                }
+                let (new, out) = merge(s, bytes, refs, allow_uncharge);
+                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return out,
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+        // 2. Install: adopt the central pool (read first to avoid dirtying
+        // the shared line when it is empty), keep one reference for the
+        // slot itself, and always allow handing back whole pages.
+        let mut adopted = 0;
+        if pool.load(Ordering::Relaxed) != 0 {
+            adopted = pool.swap(0, Ordering::Relaxed);
+        }
+        let empty = ObjSlot { id, bytes: 0, refs: 0 };
+        let (new, mut out) = merge(empty, bytes.saturating_add(adopted), refs.saturating_sub(1), true);
+        out.installed = true;
+        let new_word = new.pack();
+        for slot in &self.obj {
+            if slot
+                .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return out;
+            }
+        }
+        // 3. Replace a victim, rotating like the kernel's `drain_idx`.
+        let victim = self.obj_victim.fetch_add(1, Ordering::Relaxed) as usize % NR_OBJ_STOCK;
+        // AcqRel: the evicted word is drained by this thread; pairs with
+        // the other swaps and CASes of the slot.
+        let old = self.obj[victim].swap(new_word, Ordering::AcqRel);
+        if old != 0 {
+            out.evicted = Some(old);
+            self.counters.obj_replacements.fetch_add(1, Ordering::Relaxed);
+            self.counters.obj_drains.fetch_add(1, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// Empties every byte-stock slot for which `matches(id)` holds and
+    /// returns the words taken (the caller drains them).
+    pub(crate) fn take_obj_slots(&self, mut matches: impl FnMut(u32) -> bool, mut drained: impl FnMut(u64)) {
+        for slot in &self.obj {
+            let word = slot.load(Ordering::Relaxed);
+            if word == 0 || !matches(ObjSlot::unpack(word).id) {
+                continue;
+            }
+            if slot
+                .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.counters.obj_drains.fetch_add(1, Ordering::Relaxed);
+                drained(word);
+            }
+        }
+    }
+
+    /// `consume_stock`: takes `nr_pages` pre-charged pages cached for objcg `id`.
+    pub(crate) fn consume_pages(&self, id: u32, nr_pages: u64) -> bool {
+        if nr_pages > MEMCG_CHARGE_BATCH {
+            return false;
+        }
+        for slot in &self.pages {
+            let mut word = slot.load(Ordering::Relaxed);
+            loop {
+                let s = PageSlot::unpack(word);
+                if s.id != id || s.pages < nr_pages {
+                    break;
+                }
+                let new = PageSlot { pages: s.pages - nr_pages, ..s };
+                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return true,
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+        false
+    }
+
+    /// `refill_stock`: caches `nr_pages` pre-charged pages for objcg `id`.
+    /// Returns (pages to uncharge directly, evicted or overflowing slot
+    /// words to drain, whether a new slot was installed and needs a
+    /// reference on the objcg).
+    pub(crate) fn refill_pages(&self, id: u32, nr_pages: u64) -> PageRefill {
+        if nr_pages > MEMCG_CHARGE_BATCH {
+            return PageRefill {
+                uncharge_pages: nr_pages,
+                ..PageRefill::default()
+            };
+        }
+        for slot in &self.pages {
+            let mut word = slot.load(Ordering::Relaxed);
+            loop {
+                let s = PageSlot::unpack(word);
+                if s.id != id {
+                    break;
+                }
+                let total = s.pages + nr_pages;
+                if total > MEMCG_CHARGE_BATCH {
+                    // Drain that whole slot, as the kernel does.
+                    match slot.compare_exchange_weak(word, 0, Ordering::AcqRel, Ordering::Relaxed) {
+                        Ok(_) => {
+                            self.counters.page_drains.fetch_add(1, Ordering::Relaxed);
+                            return PageRefill {
+                                uncharge_pages: nr_pages,
+                                evicted: Some(word),
+                                installed: false,
+                            };
+                        }
+                        Err(actual) => word = actual,
+                    }
+                    continue;
+                }
+                let new = PageSlot { pages: total, ..s };
+                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return PageRefill::default(),
+                    Err(actual) => word = actual,
+                }
+            }
+        }
+        let tag = self.page_tag.fetch_add(1, Ordering::Relaxed);
+        let new_word = PageSlot { id, tag, pages: nr_pages }.pack();
+        for slot in &self.pages {
+            if slot
+                .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return PageRefill {
+                    installed: true,
+                    ..PageRefill::default()
+                };
+            }
+        }
+        let victim = self.page_victim.fetch_add(1, Ordering::Relaxed) as usize % NR_MEMCG_STOCK;
+        let old = self.pages[victim].swap(new_word, Ordering::AcqRel);
+        if old != 0 {
+            self.counters.page_drains.fetch_add(1, Ordering::Relaxed);
+        }
+        PageRefill {
+            uncharge_pages: 0,
+            evicted: (old != 0).then_some(old),
+            installed: true,
+        }
+    }
+
+    /// Empties every page-stock slot for which `matches(id)` holds.
+    pub(crate) fn take_page_slots(&self, mut matches: impl FnMut(u32) -> bool, mut drained: impl FnMut(u64)) {
+        for slot in &self.pages {
+            let word = slot.load(Ordering::Relaxed);
+            if word == 0 || !matches(PageSlot::unpack(word).id) {
+                continue;
+            }
+            if slot
+                .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.counters.page_drains.fetch_add(1, Ordering::Relaxed);
+                drained(word);
+            }
+        }
+    }
+}
+
+/// Outcome of a page-stock refill.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageRefill {
+    pub(crate) uncharge_pages: u64,
+    pub(crate) evicted: Option<u64>,
+    pub(crate) installed: bool,
+}
+
+/// Adds a deposit to a slot's contents, trimming what the 16-bit fields
+/// cannot hold and, with `allow_uncharge`, whole pages above one page.
+fn merge(s: ObjSlot, bytes: u64, refs: u64, allow_uncharge: bool) -> (ObjSlot, RefillOutcome) {
+    let mut out = RefillOutcome::default();
+    let mut total_bytes = s.bytes.saturating_add(bytes);
+    if (allow_uncharge && total_bytes > PAGE_SIZE) || total_bytes > SLOT_MAX_BYTES {
+        out.uncharge_pages = total_bytes / PAGE_SIZE;
+        total_bytes %= PAGE_SIZE;
+    }
+    let mut total_refs = s.refs.saturating_add(refs);
+    if total_refs > SLOT_MAX_REFS {
+        out.excess_refs = total_refs - SLOT_MAX_REFS;
+        total_refs = SLOT_MAX_REFS;
+    }
+    (
+        ObjSlot {
+            id: s.id,
+            bytes: total_bytes,
+            refs: total_refs,
+        },
+        out,
+    )
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obj_slot_pack_roundtrip_keeps_fields() {
+        let s = ObjSlot { id: 0xdead_beef, bytes: 4095, refs: 77 };
+        assert_eq!(ObjSlot::unpack(s.pack()), s);
+        let p = PageSlot { id: 9, tag: 0xab_cdef, pages: 64 };
+        assert_eq!(PageSlot::unpack(p.pack()), p);
+    }
+
+    #[test]
+    fn consume_obj_with_enough_bytes_takes_bytes_and_refs() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        let out = st.refill_obj(3, 1000, 5, false, &pool);
+        assert!(out.installed);
+        assert_eq!(st.consume_obj(3, 600, 2), Some(Consumed { refs: 2 }));
+        assert_eq!(st.consume_obj(3, 600, 2), None);
+        assert_eq!(st.consume_obj(4, 1, 1), None);
+        let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
+        assert_eq!((s.bytes, s.refs), (400, 2));
+    }
+
+    #[test]
+    fn refill_obj_above_a_page_with_uncharge_returns_whole_pages() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(100);
+        let out = st.refill_obj(3, 4000, 1, true, &pool);
+        assert_eq!(out.uncharge_pages, 1);
+        let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
+        assert_eq!(s.bytes, 4100 - 4096);
+        assert_eq!(pool.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn refill_obj_without_uncharge_keeps_more_than_a_page() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        st.refill_obj(3, 100, 1, true, &pool);
+        let out = st.refill_obj(3, 4090, 0, false, &pool);
+        assert_eq!(out.uncharge_pages, 0);
+        assert_eq!(ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed)).bytes, 4190);
+    }
+
+    #[test]
+    fn refill_obj_full_stock_evicts_a_victim() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        for id in 1..=NR_OBJ_STOCK as u32 {
+            assert!(st.refill_obj(id, 10, 1, false, &pool).evicted.is_none());
+        }
+        let out = st.refill_obj(99, 10, 1, false, &pool);
+        assert_eq!(out.evicted.map(|w| ObjSlot::unpack(w).id), Some(1));
+        assert_eq!(st.counters.obj_replacements.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn page_stock_over_batch_drains_slot() {
+        let st = CpuStock::new();
+        assert!(st.refill_pages(5, 60).installed);
+        assert!(st.consume_pages(5, 10));
+        let r = st.refill_pages(5, 20);
+        assert_eq!(r.uncharge_pages, 20);
+        assert_eq!(r.evicted.map(|w| PageSlot::unpack(w).pages), Some(50));
+        assert!(!st.consume_pages(5, 1));
+    }
+}

@@ -1,0 +1,73 @@
+//! In-process memory cgroups: hierarchical, NUMA-aware memory accounting
+//! and limits for the tenants, queries and tasks of one Rust process,
+//! built on the design of the Linux kernel's per-node `obj_cgroup`
+//! accounting.
+//!
+//! # Overview
+//! - [`Controller`]: an accounting domain: a [`Topology`] (nodes and CPUs),
+//!   a tree of [`Group`]s rooted at [`Controller::root`], per-CPU stocks,
+//!   and [`Task`]s.
+//! - [`Group`]: a node of the tree with `max`/`high` [`Limit`]s, usage,
+//!   statistics ([`GroupStats`]) and events ([`Events`]); reclaim callbacks
+//!   ([`Group::register_reclaimer`]); explicit [`Reservation`]s
+//!   ([`Group::try_charge`]).
+//! - [`Task`]: a thread's view: its per-node objcg cache (the seed patch's
+//!   `task->objcgs`), charging ([`Task::charge`] → [`Charge`]), overrides
+//!   ([`Task::enter`]); other threads move it with
+//!   [`Group::attach`]`(&task.handle())`.
+//! - Checking: [`Controller::check_invariants`] verifies conservation and
+//!   balance and returns [`InvariantViolations`].
+//!
+//! The engine takes the CPU of every operation as an argument and never
+//! reads thread-locals or the real CPU, so tests, loom models and the
+//! simulator drive it on any virtual machine.
+//!
+//! # Example
+//! ```
+//! use memcg::{ChargeKind, Controller, Limit, Topology};
+//!
+//! let ctrl = Controller::new(Topology::from_spec("2x4")?); // 2 nodes × 4 CPUs
+//! let tenant = ctrl.create("tenants")?.create_child("a")?;
+//! tenant.set_max(Limit::parse("1M")?)?;
+//!
+//! let task = ctrl.new_task(&tenant)?;
+//! let on_node0 = task.charge(0, 4096, ChargeKind::Alloc)?; // CPU 0, node 0
+//! let on_node1 = task.charge(5, 4096, ChargeKind::Alloc)?; // CPU 5, node 1
+//! let numa = tenant.stats().numa;
+//! assert_eq!(numa[0].hierarchical.alloc_bytes + numa[1].hierarchical.alloc_bytes, 0); // batched per task
+//! task.flush(5)?;
+//! assert_eq!(tenant.stats().stat.alloc_bytes, 8192);
+//!
+//! // Explicit reservations fail with a typed error at the limit.
+//! let err = tenant.try_charge(2 << 20).unwrap_err();
+//! assert!(err.to_string().contains("exceeds limit"));
+//!
+//! task.uncharge(0, on_node0)?;
+//! task.uncharge(5, on_node1)?;
+//! drop(task);
+//! ctrl.drain_stocks();
+//! assert_eq!(tenant.current_bytes(), 0);
+//! assert!(ctrl.check_invariants().is_ok());
+//! # Ok::<(), memcg::Error>(())
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![doc(test(attr(deny(warnings))))]
+#![cfg_attr(memcg_loom, allow(dead_code, unused_imports))]
+
+mod engine;
+mod error;
+mod limit;
+mod sync;
+
+#[cfg(all(test, memcg_loom))]
+mod tests;
+
+pub use engine::*;
+pub use error::{ChargeError, Error, Result};
+pub use limit::{parse_size_bytes, Limit, PAGE_COUNTER_MAX, PAGE_SIZE};
