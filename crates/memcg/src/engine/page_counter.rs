@@ -120,7 +120,7 @@ impl PageCounter {
 
 /// `page_counter_try_charge`: charge `nr_pages` at `leaf` and every
 /// ancestor, or nothing. On failure returns the level whose `max` refused.
-pub(crate) fn try_charge<'a, C: CounterChain>(leaf: &'a C, nr_pages: u64) -> Result<(), &'a C> {
+pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(), &C> {
     let mut level = Some(leaf);
     while let Some(c) = level {
         let counter = c.counter();
@@ -205,7 +205,9 @@ mod tests {
     #[test]
     fn try_charge_over_ancestor_max_rolls_back_lower_levels() {
         let leaf = chain(&[100, 5, 10]);
-        let err = try_charge(&leaf, 7).err().expect("middle level refuses");
+        let Err(err) = try_charge(&leaf, 7) else {
+            panic!("the middle level must refuse");
+        };
         assert_eq!(err.counter.max_pages(), 5);
         let mid = leaf.parent.as_ref().unwrap();
         assert_eq!(leaf.counter.usage_pages(), 0);

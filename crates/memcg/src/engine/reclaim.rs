@@ -116,7 +116,7 @@ pub(crate) fn reclaim_subtree(over: &MemCgroup, wanted_bytes: u64, reason: Recla
     if candidates.is_empty() {
         return 0;
     }
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut freed = 0u64;
     for (_, r) in candidates {
         if freed >= wanted_bytes {
