@@ -210,7 +210,11 @@ impl ChargeError {
 
 impl fmt::Display for ChargeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path: &str = if self.path.is_empty() { "/" } else { &self.path };
+        let path: &str = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(
             f,
             "charge of {} bytes exceeds limit {} of group {:?} (usage {}); free memory, register a reclaimer or raise memory.max",

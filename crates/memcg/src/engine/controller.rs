@@ -103,7 +103,9 @@ impl Controller {
     /// A controller for `topology` with `config`.
     pub fn with_config(topology: Topology, config: Config) -> Controller {
         match Core::new(topology, config.task_cache) {
-            Some(core) => Controller { core: Arc::new(core) },
+            Some(core) => Controller {
+                core: Arc::new(core),
+            },
             // A topology has at most 1024 nodes, far below the table's
             // capacity; only a failed chunk allocation (which aborts
             // anyway) could get here.
@@ -154,7 +156,9 @@ impl Controller {
     pub fn create(&self, path: &str) -> Result<Group> {
         let parts = components(path)?;
         let Some((last, parents)) = parts.split_last() else {
-            return Err(Error::AlreadyExists { path: String::new() });
+            return Err(Error::AlreadyExists {
+                path: String::new(),
+            });
         };
         let mut g = self.root();
         for name in parents {
@@ -169,7 +173,9 @@ impl Controller {
     /// As [`Controller::group`] and [`Group::remove`].
     pub fn remove(&self, path: &str) -> Result<()> {
         if components(path)?.is_empty() {
-            return Err(Error::Root { operation: "remove" });
+            return Err(Error::Root {
+                operation: "remove",
+            });
         }
         self.group(path)?.remove()
     }
@@ -200,7 +206,12 @@ impl Controller {
     /// # Errors
     /// [`Error::OutOfMemory`].
     pub fn new_exempt_task(&self) -> Result<Task> {
-        Task::new(Arc::clone(&self.core), &self.core.root, self.core.task_cache, true)
+        Task::new(
+            Arc::clone(&self.core),
+            &self.core.root,
+            self.core.task_cache,
+            true,
+        )
     }
 
     /// Uncharges a charge on `cpu` without a task (a free on a thread that

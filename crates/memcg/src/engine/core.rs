@@ -108,7 +108,9 @@ impl Core {
     }
 
     fn count_shared(&self, cpu: Option<usize>, nr: u64) {
-        let stock = cpu.and_then(|c| self.stock(c)).or_else(|| self.stocks.first().map(|s| &**s));
+        let stock = cpu
+            .and_then(|c| self.stock(c))
+            .or_else(|| self.stocks.first().map(|s| &**s));
         if let Some(s) = stock {
             s.counters.shared_atomics.fetch_add(nr, Ordering::Relaxed);
         }
@@ -124,7 +126,11 @@ impl Core {
     /// `__get_obj_cgroup_from_memcg(memcg, nid)`: walks from `memcg` towards
     /// root and returns the first objcg of `nid` that can be `tryget`, with
     /// a reference (root objcgs need none and always succeed).
-    pub(crate) fn get_obj_cgroup_from_memcg(&self, memcg: &MemCgroup, nid: usize) -> Option<&ObjCgroup> {
+    pub(crate) fn get_obj_cgroup_from_memcg(
+        &self,
+        memcg: &MemCgroup,
+        nid: usize,
+    ) -> Option<&ObjCgroup> {
         let mut m = Some(memcg);
         while let Some(g) = m {
             if let Some(info) = g.nodeinfo.get(nid) {
@@ -172,7 +178,9 @@ impl Core {
         let memcg = objcg.memcg();
         self.try_charge_memcg(ctx, objcg, memcg, nr_pages)?;
         memcg.mod_kernel_pages(objcg.nid(), nr_pages as i64);
-        objcg.charged_pages.fetch_add(nr_pages as i64, Ordering::Relaxed);
+        objcg
+            .charged_pages
+            .fetch_add(nr_pages as i64, Ordering::Relaxed);
         self.count_shared(ctx.cpu, 2);
         Ok(())
     }
@@ -185,7 +193,9 @@ impl Core {
         let memcg = objcg.memcg();
         page_counter::uncharge(memcg, nr_pages);
         memcg.mod_kernel_pages(objcg.nid(), -(nr_pages as i64));
-        objcg.charged_pages.fetch_sub(nr_pages as i64, Ordering::Relaxed);
+        objcg
+            .charged_pages
+            .fetch_sub(nr_pages as i64, Ordering::Relaxed);
         self.count_shared(None, 3);
     }
 
@@ -368,7 +378,13 @@ impl Core {
         } else {
             refs
         };
-        let out = stock.refill_obj(objcg.id(), bytes, refs, allow_uncharge, &objcg.nr_charged_bytes);
+        let out = stock.refill_obj(
+            objcg.id(),
+            bytes,
+            refs,
+            allow_uncharge,
+            &objcg.nr_charged_bytes,
+        );
         if out.uncharge_pages > 0 {
             self.obj_cgroup_uncharge_pages(objcg, out.uncharge_pages);
         }
@@ -480,14 +496,27 @@ impl Core {
 
     /// `obj_cgroup_uncharge` for an object not returned to a task cache:
     /// its bytes and its reference go to `cpu`'s byte stock.
-    pub(crate) fn obj_cgroup_uncharge(&self, cpu: Option<usize>, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) {
+    pub(crate) fn obj_cgroup_uncharge(
+        &self,
+        cpu: Option<usize>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+        kind: ChargeKind,
+    ) {
         self.account(cpu, objcg, kind, -(bytes as i64), -1);
         self.refill_obj_stock(cpu, objcg, bytes, 1, true);
     }
 
     /// Applies live-byte and object-count deltas to the objcg and to its
     /// owner's per-node statistics.
-    pub(crate) fn account(&self, cpu: Option<usize>, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64, objects: i64) {
+    pub(crate) fn account(
+        &self,
+        cpu: Option<usize>,
+        objcg: &ObjCgroup,
+        kind: ChargeKind,
+        bytes: i64,
+        objects: i64,
+    ) {
         if bytes != 0 {
             objcg.live_bytes.fetch_add(bytes, Ordering::Relaxed);
             objcg.memcg().mod_live_bytes(objcg.nid(), kind, bytes);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::engine::core::{ChargeCtx, Core, DrainFilter, MAX_RECLAIM_RETRIES};
 use crate::engine::memcg::{MemCgroup, MemoryEvent};
-use crate::engine::reclaim::{self, ReclaimReason, Reclaimer, ReclaimerHandle, ReclaimRequest};
+use crate::engine::reclaim::{self, ReclaimReason, ReclaimRequest, Reclaimer, ReclaimerHandle};
 use crate::engine::reservation::Reservation;
 use crate::engine::stats::{pages_to_limit, Events, GroupStats};
 use crate::engine::task::{self, TaskHandle};
@@ -162,7 +162,11 @@ impl Group {
             });
         }
         let nr_nodes = self.core.topology.nr_node_ids();
-        let child = Arc::new(MemCgroup::new(name, Some(Arc::clone(&self.memcg)), nr_nodes));
+        let child = Arc::new(MemCgroup::new(
+            name,
+            Some(Arc::clone(&self.memcg)),
+            nr_nodes,
+        ));
         let mut installed = Vec::with_capacity(nr_nodes);
         for nid in 0..nr_nodes {
             match self.core.table.install(&child, nid, false) {
@@ -196,7 +200,9 @@ impl Group {
     /// [`Error::HasTasks`], [`Error::HasChildren`].
     pub fn remove(&self) -> Result<()> {
         let Some(parent) = self.memcg.parent_arc() else {
-            return Err(Error::Root { operation: "remove" });
+            return Err(Error::Root {
+                operation: "remove",
+            });
         };
         let _tree = self.core.tree_lock.lock();
         let m = &self.memcg;
@@ -328,7 +334,10 @@ impl Group {
 
     /// `memory.peak` in bytes.
     pub fn peak_bytes(&self) -> u64 {
-        self.memcg.counter.watermark_pages().saturating_mul(PAGE_SIZE)
+        self.memcg
+            .counter
+            .watermark_pages()
+            .saturating_mul(PAGE_SIZE)
     }
 
     /// Everything the group's cgroup v2 files show.
@@ -377,7 +386,10 @@ impl Group {
     pub fn try_charge_on_node(&self, nid: usize, bytes: u64) -> Result<Reservation> {
         let nr_node_ids = self.core.topology.nr_node_ids();
         if nid >= nr_node_ids {
-            return Err(Error::UnknownNode { node: nid, nr_node_ids });
+            return Err(Error::UnknownNode {
+                node: nid,
+                nr_node_ids,
+            });
         }
         if !self.memcg.is_online() {
             return Err(Error::Removed {
@@ -385,7 +397,10 @@ impl Group {
             });
         }
         let Some(objcg) = self.core.get_obj_cgroup_from_memcg(&self.memcg, nid) else {
-            return Err(Error::UnknownNode { node: nid, nr_node_ids });
+            return Err(Error::UnknownNode {
+                node: nid,
+                nr_node_ids,
+            });
         };
         let ctx = ChargeCtx {
             cpu: None,
@@ -438,11 +453,10 @@ impl Group {
     /// [`Error::UnknownNode`].
     pub fn drain_node_stocks(&self, nid: usize) -> Result<()> {
         let nr_node_ids = self.core.topology.nr_node_ids();
-        let info = self
-            .memcg
-            .nodeinfo
-            .get(nid)
-            .ok_or(Error::UnknownNode { node: nid, nr_node_ids })?;
+        let info = self.memcg.nodeinfo.get(nid).ok_or(Error::UnknownNode {
+            node: nid,
+            nr_node_ids,
+        })?;
         let word = info.objcg.load(Ordering::Acquire);
         if word != 0 {
             self.core.drain_all_stock(DrainFilter::Objcg(word as u32));

@@ -178,12 +178,17 @@ impl Controller {
         let mut owned = Vec::new();
         let ids: Vec<u32> = core.table.entries().map(|o| o.id()).collect();
         for id in ids {
-            let Some(objcg) = core.table.get(id) else { continue };
+            let Some(objcg) = core.table.get(id) else {
+                continue;
+            };
             let refcnt = objcg.refcnt();
             let h = held.remove(&id).unwrap_or_default();
             if refcnt <= 0 {
                 if h.refs != 0 {
-                    v.push(format!("objcg {id}: free but {} holder reference(s) remain", h.refs));
+                    v.push(format!(
+                        "objcg {id}: free but {} holder reference(s) remain",
+                        h.refs
+                    ));
                 }
                 continue;
             }
@@ -191,7 +196,11 @@ impl Controller {
                 continue;
             }
             let owner = objcg.memcg();
-            let name = format!("objcg {id} (group {:?}, node {})", objcg.origin().path, objcg.nid());
+            let name = format!(
+                "objcg {id} (group {:?}, node {})",
+                objcg.origin().path,
+                objcg.nid()
+            );
             let charged = objcg.charged_pages.load(Ordering::Relaxed);
             let live = objcg.live_bytes.load(Ordering::Relaxed) + h.pending_bytes;
             let objects = objcg.live_objects.load(Ordering::Relaxed) + h.pending_objects;
@@ -205,7 +214,9 @@ impl Controller {
                 ));
             }
             if live < 0 || objects < 0 {
-                v.push(format!("{name}: negative live bytes {live} or objects {objects}"));
+                v.push(format!(
+                    "{name}: negative live bytes {live} or objects {objects}"
+                ));
             }
             if !objcg.is_root() {
                 // `refcnt` was read before the `tryget` above.
@@ -227,7 +238,10 @@ impl Controller {
             core.objcg_put(objcg, 1);
         }
         for (id, h) in held {
-            v.push(format!("objcg {id}: not in the table but held {} time(s)", h.refs));
+            v.push(format!(
+                "objcg {id}: not in the table but held {} time(s)",
+                h.refs
+            ));
         }
 
         // Per online group.
@@ -240,7 +254,10 @@ impl Controller {
                 // objcgs; we hold the tree lock, so none is removed or freed.
                 .filter(|o| unsafe { &*o.owner }.is_descendant_of(g))
                 .collect();
-            let want_pages: i64 = mine.iter().map(|o| o.charged_pages + o.stock_pages as i64).sum();
+            let want_pages: i64 = mine
+                .iter()
+                .map(|o| o.charged_pages + o.stock_pages as i64)
+                .sum();
             let usage = g.counter.usage_pages() as i64;
             if usage != want_pages {
                 v.push(format!(
@@ -249,18 +266,30 @@ impl Controller {
                 ));
             }
             if g.counter.underflows() > 0 {
-                v.push(format!("group {:?}: page counter underflowed {} time(s)", g.path, g.counter.underflows()));
+                v.push(format!(
+                    "group {:?}: page counter underflowed {} time(s)",
+                    g.path,
+                    g.counter.underflows()
+                ));
             }
             for nid in 0..nr_nodes {
                 let (kernel, live) = hier(g, nid);
-                let want_kernel: i64 = mine.iter().filter(|o| o.nid == nid).map(|o| o.charged_pages).sum();
+                let want_kernel: i64 = mine
+                    .iter()
+                    .filter(|o| o.nid == nid)
+                    .map(|o| o.charged_pages)
+                    .sum();
                 if kernel != want_kernel {
                     v.push(format!(
                         "group {:?} node {nid}: kernel {kernel} pages != {want_kernel} pages charged through its objcgs",
                         g.path
                     ));
                 }
-                let want_live: i64 = mine.iter().filter(|o| o.nid == nid).map(|o| o.live_bytes).sum();
+                let want_live: i64 = mine
+                    .iter()
+                    .filter(|o| o.nid == nid)
+                    .map(|o| o.live_bytes)
+                    .sum();
                 let live_sum: i64 = live.iter().sum();
                 if live_sum != want_live {
                     v.push(format!(
@@ -273,7 +302,9 @@ impl Controller {
         let f = &core.table.faults;
         let double = f.refcount_underflows.load(Ordering::Relaxed);
         if double > 0 {
-            v.push(format!("{double} reference(s) dropped more times than taken"));
+            v.push(format!(
+                "{double} reference(s) dropped more times than taken"
+            ));
         }
         let unaligned = f.unaligned_releases.load(Ordering::Relaxed);
         if unaligned > 0 {

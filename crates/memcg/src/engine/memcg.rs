@@ -23,7 +23,11 @@ pub enum ChargeKind {
 
 impl ChargeKind {
     /// Every kind, in `memory.stat` order.
-    pub const ALL: [ChargeKind; NR_KINDS] = [ChargeKind::Alloc, ChargeKind::Runtime, ChargeKind::Reservation];
+    pub const ALL: [ChargeKind; NR_KINDS] = [
+        ChargeKind::Alloc,
+        ChargeKind::Runtime,
+        ChargeKind::Reservation,
+    ];
 
     /// The `memory.stat` key.
     pub fn key(self) -> &'static str {
@@ -289,7 +293,11 @@ impl MemCgroup {
                 for (nid, n) in d.nodeinfo.iter().enumerate() {
                     self.mod_kernel_pages(nid, n.kernel_pages.load(Ordering::Relaxed));
                     for kind in ChargeKind::ALL {
-                        self.mod_live_bytes(nid, kind, n.live_bytes[kind.index()].load(Ordering::Relaxed));
+                        self.mod_live_bytes(
+                            nid,
+                            kind,
+                            n.live_bytes[kind.index()].load(Ordering::Relaxed),
+                        );
                     }
                 }
                 dead.swap_remove(i);

@@ -268,7 +268,12 @@ impl ObjcgTable {
     /// Makes a new objcg for `origin` on `nid` with one reference (the live
     /// reference of the group's slot). `None` when the table is full or
     /// memory for a new chunk cannot be had.
-    pub(crate) fn install(&self, origin: &Arc<MemCgroup>, nid: usize, is_root: bool) -> Option<&ObjCgroup> {
+    pub(crate) fn install(
+        &self,
+        origin: &Arc<MemCgroup>,
+        nid: usize,
+        is_root: bool,
+    ) -> Option<&ObjCgroup> {
         let mut state = self.alloc_lock.lock();
         let objcg = match self.pop_free() {
             Some(o) => o,
@@ -333,10 +338,12 @@ impl ObjcgTable {
             objcg.next_free.store(head as u32, Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(objcg.id);
             // Release: publishes `next_free` and the release's stores to the popper.
-            match self
-                .free_head
-                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
-            {
+            match self.free_head.compare_exchange_weak(
+                head,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return,
                 Err(actual) => head = actual,
             }
@@ -375,7 +382,9 @@ impl ObjcgTable {
             return None;
         }
         if old < nr {
-            self.faults.refcount_underflows.fetch_add(1, Ordering::Relaxed);
+            self.faults
+                .refcount_underflows
+                .fetch_add(1, Ordering::Relaxed);
             objcg.refcnt.fetch_add(nr - old.max(0), Ordering::Relaxed);
             return None;
         }
@@ -387,7 +396,9 @@ impl ObjcgTable {
     fn release(&self, objcg: &ObjCgroup) -> Released {
         let bytes = objcg.nr_charged_bytes.swap(0, Ordering::AcqRel);
         if bytes % PAGE_SIZE != 0 {
-            self.faults.unaligned_releases.fetch_add(1, Ordering::Relaxed);
+            self.faults
+                .unaligned_releases
+                .fetch_add(1, Ordering::Relaxed);
         }
         let raw = objcg.origin.swap(std::ptr::null_mut(), Ordering::AcqRel);
         // SAFETY: `raw` came from `Arc::into_raw` in `install` and is taken
@@ -422,9 +433,8 @@ impl Drop for ObjcgTable {
             }
             // SAFETY: `raw` was made by `Box::into_raw` of a boxed slice of
             // `CHUNK_LEN` entries in `install`; `&mut self` means no reader.
-            let entries = unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, CHUNK_LEN))
-            };
+            let entries =
+                unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, CHUNK_LEN)) };
             for e in entries.iter() {
                 let origin = e.origin.swap(std::ptr::null_mut(), Ordering::Acquire);
                 if !origin.is_null() {

@@ -58,7 +58,8 @@ impl PageCounter {
         // SeqCst: pairs with the speculative add in `try_charge`, so a
         // charge either sees the new limit or its usage is seen by the
         // writer's reclaim loop.
-        self.max_pages.swap(pages.min(PAGE_COUNTER_MAX), Ordering::SeqCst);
+        self.max_pages
+            .swap(pages.min(PAGE_COUNTER_MAX), Ordering::SeqCst);
     }
 
     pub(crate) fn high_pages(&self) -> u64 {
@@ -129,7 +130,9 @@ pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(),
             .fetch_add(nr_pages as i64, Ordering::SeqCst)
             .saturating_add(nr_pages as i64);
         if new > counter.max_pages() as i64 {
-            counter.usage_pages.fetch_sub(nr_pages as i64, Ordering::SeqCst);
+            counter
+                .usage_pages
+                .fetch_sub(nr_pages as i64, Ordering::SeqCst);
             // Roll back the levels below `c` that were charged.
             let mut undo = Some(leaf);
             while let Some(u) = undo {
@@ -187,7 +190,10 @@ mod tests {
         for &m in maxes {
             let c = PageCounter::new();
             c.set_max_pages(m);
-            level = Some(Box::new(Level { counter: c, parent: level }));
+            level = Some(Box::new(Level {
+                counter: c,
+                parent: level,
+            }));
         }
         *level.expect("non-empty")
     }

@@ -55,7 +55,12 @@ impl std::fmt::Debug for Reservation {
 
 impl Reservation {
     /// Charges `bytes` to `objcg` (the caller holds a reference on it).
-    pub(crate) fn new(core: Arc<Core>, objcg: &ObjCgroup, bytes: u64, ctx: ChargeCtx<'_>) -> Result<Reservation> {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+        ctx: ChargeCtx<'_>,
+    ) -> Result<Reservation> {
         if bytes > MAX_CHARGE_BYTES {
             return Err(invalid_size(bytes));
         }
@@ -92,7 +97,10 @@ impl Reservation {
     /// [`Error::Charge`] when a limit refuses after reclaim (the
     /// reservation is unchanged), [`Error::InvalidSize`] past 2^48 bytes.
     pub fn grow(&mut self, bytes: u64) -> Result<()> {
-        let total = self.bytes.checked_add(bytes).filter(|&t| t <= MAX_CHARGE_BYTES);
+        let total = self
+            .bytes
+            .checked_add(bytes)
+            .filter(|&t| t <= MAX_CHARGE_BYTES);
         let Some(total) = total else {
             return Err(invalid_size(self.bytes.saturating_add(bytes)));
         };
@@ -136,7 +144,8 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let objcg = self.objcg();
         uncharge(&self.core, objcg, self.bytes);
-        self.core.account(None, objcg, ChargeKind::Reservation, 0, -1);
+        self.core
+            .account(None, objcg, ChargeKind::Reservation, 0, -1);
         self.core.objcg_put(objcg, 1);
     }
 }

@@ -170,7 +170,12 @@ impl CpuStock {
                     bytes: s.bytes - bytes,
                     refs: s.refs - refs,
                 };
-                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                match slot.compare_exchange_weak(
+                    word,
+                    new.pack(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return Some(Consumed { refs }),
                     Err(actual) => word = actual,
                 }
@@ -201,7 +206,12 @@ impl CpuStock {
                     break;
                 }
                 let (new, out) = merge(s, bytes, refs, allow_uncharge);
-                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                match slot.compare_exchange_weak(
+                    word,
+                    new.pack(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return out,
                     Err(actual) => word = actual,
                 }
@@ -214,8 +224,17 @@ impl CpuStock {
         if pool.load(Ordering::Relaxed) != 0 {
             adopted = pool.swap(0, Ordering::Relaxed);
         }
-        let empty = ObjSlot { id, bytes: 0, refs: 0 };
-        let (new, mut out) = merge(empty, bytes.saturating_add(adopted), refs.saturating_sub(1), true);
+        let empty = ObjSlot {
+            id,
+            bytes: 0,
+            refs: 0,
+        };
+        let (new, mut out) = merge(
+            empty,
+            bytes.saturating_add(adopted),
+            refs.saturating_sub(1),
+            true,
+        );
         out.installed = true;
         let new_word = new.pack();
         for slot in &self.obj {
@@ -233,7 +252,9 @@ impl CpuStock {
         let old = self.obj[victim].swap(new_word, Ordering::AcqRel);
         if old != 0 {
             out.evicted = Some(old);
-            self.counters.obj_replacements.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .obj_replacements
+                .fetch_add(1, Ordering::Relaxed);
             self.counters.obj_drains.fetch_add(1, Ordering::Relaxed);
         }
         out
@@ -241,7 +262,11 @@ impl CpuStock {
 
     /// Empties every byte-stock slot for which `matches(id)` holds and
     /// returns the words taken (the caller drains them).
-    pub(crate) fn take_obj_slots(&self, mut matches: impl FnMut(u32) -> bool, mut drained: impl FnMut(u64)) {
+    pub(crate) fn take_obj_slots(
+        &self,
+        mut matches: impl FnMut(u32) -> bool,
+        mut drained: impl FnMut(u64),
+    ) {
         for slot in &self.obj {
             let word = slot.load(Ordering::Relaxed);
             if word == 0 || !matches(ObjSlot::unpack(word).id) {
@@ -269,8 +294,16 @@ impl CpuStock {
                 if s.id != id || s.pages < nr_pages {
                     break;
                 }
-                let new = PageSlot { pages: s.pages - nr_pages, ..s };
-                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                let new = PageSlot {
+                    pages: s.pages - nr_pages,
+                    ..s
+                };
+                match slot.compare_exchange_weak(
+                    word,
+                    new.pack(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return true,
                     Err(actual) => word = actual,
                 }
@@ -314,14 +347,24 @@ impl CpuStock {
                     continue;
                 }
                 let new = PageSlot { pages: total, ..s };
-                match slot.compare_exchange_weak(word, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                match slot.compare_exchange_weak(
+                    word,
+                    new.pack(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => return PageRefill::default(),
                     Err(actual) => word = actual,
                 }
             }
         }
         let tag = self.page_tag.fetch_add(1, Ordering::Relaxed);
-        let new_word = PageSlot { id, tag, pages: nr_pages }.pack();
+        let new_word = PageSlot {
+            id,
+            tag,
+            pages: nr_pages,
+        }
+        .pack();
         for slot in &self.pages {
             if slot
                 .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
@@ -346,7 +389,11 @@ impl CpuStock {
     }
 
     /// Empties every page-stock slot for which `matches(id)` holds.
-    pub(crate) fn take_page_slots(&self, mut matches: impl FnMut(u32) -> bool, mut drained: impl FnMut(u64)) {
+    pub(crate) fn take_page_slots(
+        &self,
+        mut matches: impl FnMut(u32) -> bool,
+        mut drained: impl FnMut(u64),
+    ) {
         for slot in &self.pages {
             let word = slot.load(Ordering::Relaxed);
             if word == 0 || !matches(PageSlot::unpack(word).id) {
@@ -401,9 +448,17 @@ mod tests {
 
     #[test]
     fn obj_slot_pack_roundtrip_keeps_fields() {
-        let s = ObjSlot { id: 0xdead_beef, bytes: 4095, refs: 77 };
+        let s = ObjSlot {
+            id: 0xdead_beef,
+            bytes: 4095,
+            refs: 77,
+        };
         assert_eq!(ObjSlot::unpack(s.pack()), s);
-        let p = PageSlot { id: 9, tag: 0xab_cdef, pages: 64 };
+        let p = PageSlot {
+            id: 9,
+            tag: 0xab_cdef,
+            pages: 64,
+        };
         assert_eq!(PageSlot::unpack(p.pack()), p);
     }
 
@@ -438,7 +493,10 @@ mod tests {
         st.refill_obj(3, 100, 1, true, &pool);
         let out = st.refill_obj(3, 4090, 0, false, &pool);
         assert_eq!(out.uncharge_pages, 0);
-        assert_eq!(ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed)).bytes, 4190);
+        assert_eq!(
+            ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed)).bytes,
+            4190
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::{Group, TaskCacheMode};
 use crate::error::{Error, Result};
 use crate::limit::PAGE_SIZE;
-use crate::sync::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
 
 /// Bit 0 of the task's tagged word: the cache is stale.
 pub const CURRENT_OBJCG_UPDATE_FLAG: usize = 1;
@@ -169,7 +171,12 @@ impl Charge {
     /// `raw` was returned by `into_raw` of a charge of `bytes` bytes of
     /// `kind` made by `controller`, which is still alive, and the charge
     /// is rebuilt at most once.
-    pub unsafe fn from_raw(raw: usize, bytes: u64, kind: ChargeKind, controller: &crate::Controller) -> Charge {
+    pub unsafe fn from_raw(
+        raw: usize,
+        bytes: u64,
+        kind: ChargeKind,
+        controller: &crate::Controller,
+    ) -> Charge {
         Charge {
             // SAFETY: `raw` came from a `NonNull` (caller's guarantee).
             objcg: unsafe { NonNull::new_unchecked(raw as *mut ObjCgroup) },
@@ -247,7 +254,12 @@ struct Pinned<'a> {
 
 impl Task {
     /// `mem_cgroup_fork`.
-    pub(crate) fn new(core: Arc<Core>, group: &Arc<MemCgroup>, mode: TaskCacheMode, exempt: bool) -> Result<Task> {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        group: &Arc<MemCgroup>,
+        mode: TaskCacheMode,
+        exempt: bool,
+    ) -> Result<Task> {
         if !group.try_pin_task() {
             return Err(Error::Removed {
                 path: group.path.to_string(),
@@ -260,7 +272,9 @@ impl Task {
         let array = if exempt {
             None
         } else {
-            SysSlice::try_alloc(nr_entries, || AtomicPtr::<ObjCgroup>::new(std::ptr::null_mut()))
+            SysSlice::try_alloc(nr_entries, || {
+                AtomicPtr::<ObjCgroup>::new(std::ptr::null_mut())
+            })
         };
         let word = array.map_or(0, |p| p.as_ptr() as usize | CURRENT_OBJCG_UPDATE_FLAG);
         let shared = SysArc::try_new(TaskShared {
@@ -347,10 +361,13 @@ impl Task {
     }
 
     fn node_of(&self, cpu: usize) -> Result<usize> {
-        self.core.topology.node_of_cpu(cpu).ok_or(Error::UnknownCpu {
-            cpu,
-            nr_cpu_ids: self.core.topology.nr_cpu_ids(),
-        })
+        self.core
+            .topology
+            .node_of_cpu(cpu)
+            .ok_or(Error::UnknownCpu {
+                cpu,
+                nr_cpu_ids: self.core.topology.nr_cpu_ids(),
+            })
     }
 
     /// `current_obj_cgroup()` for node `nid`, without an override: the
@@ -417,7 +434,11 @@ impl Task {
     }
 
     fn root_objcg(&self, nid: usize) -> &ObjCgroup {
-        match self.core.root_objcg(nid).or_else(|| self.core.root_objcg(0)) {
+        match self
+            .core
+            .root_objcg(nid)
+            .or_else(|| self.core.root_objcg(0))
+        {
             Some(o) => o,
             // The controller makes one root objcg per node at creation.
             None => std::process::abort(),
@@ -472,9 +493,10 @@ impl Task {
     #[inline(never)]
     fn refresh(&self, nid: usize) -> usize {
         let shared = &*self.shared;
-        shared
-            .refreshes
-            .store(shared.refreshes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        shared.refreshes.store(
+            shared.refreshes.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
         self.core.refreshes.fetch_add(1, Ordering::Relaxed);
         loop {
             let tagged = shared.objcgs.load(Ordering::Acquire);
@@ -502,7 +524,9 @@ impl Task {
                             };
                             self.core
                                 .get_obj_cgroup_from_memcg(g, node)
-                                .map_or(std::ptr::null_mut(), |o| o as *const ObjCgroup as *mut ObjCgroup)
+                                .map_or(std::ptr::null_mut(), |o| {
+                                    o as *const ObjCgroup as *mut ObjCgroup
+                                })
                         }
                         // Exited or exempt: drop the references, charge root.
                         _ => std::ptr::null_mut(),
@@ -566,7 +590,13 @@ impl Task {
 
     #[cold]
     #[inline(never)]
-    fn charge_slow(&self, cpu: usize, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> Result<Charge> {
+    fn charge_slow(
+        &self,
+        cpu: usize,
+        objcg: &ObjCgroup,
+        bytes: u64,
+        kind: ChargeKind,
+    ) -> Result<Charge> {
         let core = &*self.core;
         let cache = &self.shared.cache;
         if let Some(s) = core.stock(cpu) {
@@ -646,7 +676,8 @@ impl Task {
         }
         let objects = cache.pending_objects.swap(0, Ordering::Relaxed);
         if objects != 0 {
-            self.core.account(None, objcg, ChargeKind::Alloc, 0, objects);
+            self.core
+                .account(None, objcg, ChargeKind::Alloc, 0, objects);
         }
     }
 
@@ -727,7 +758,11 @@ impl Task {
         let cache = &self.shared.cache;
         let bytes = get_u64(&cache.bytes);
         let refs = get_u64(&cache.refs);
-        let keep_bytes = if bytes > CACHE_MAX_BYTES { bytes % PAGE_SIZE } else { bytes };
+        let keep_bytes = if bytes > CACHE_MAX_BYTES {
+            bytes % PAGE_SIZE
+        } else {
+            bytes
+        };
         let keep_refs = refs.min(REF_BATCH);
         set_u64(&cache.bytes, keep_bytes);
         set_u64(&cache.refs, keep_refs);
@@ -765,7 +800,10 @@ impl Task {
         }
         let previous = self.active.replace(Some(Arc::clone(group.memcg())));
         self.has_active.set(true);
-        Ok(ActiveGuard { task: self, previous })
+        Ok(ActiveGuard {
+            task: self,
+            previous,
+        })
     }
 
     /// `mem_cgroup_exit`: returns the byte cache, drops every per-node
