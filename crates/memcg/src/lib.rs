@@ -68,6 +68,11 @@ mod sync;
 #[cfg(all(test, memcg_loom))]
 mod tests;
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub use engine::*;
 pub use error::{ChargeError, Error, Result};
 pub use limit::{parse_size_bytes, Limit, PAGE_COUNTER_MAX, PAGE_SIZE};

@@ -336,3 +336,70 @@ fn hier(m: &MemCgroup, nid: usize) -> (i64, [i64; NR_KINDS]) {
     }
     (k, l)
 }
+
+#[cfg(all(test, not(memcg_loom)))]
+mod tests {
+    use super::Fault;
+    use crate::{ChargeKind, Controller, Topology};
+
+    fn setup() -> (Controller, crate::Group, crate::Task, crate::Charge) {
+        let c = Controller::new(Topology::from_spec("2x1").unwrap());
+        let g = c.create("g").unwrap();
+        let t = c.new_task(&g).unwrap();
+        let ch = t.charge(0, 100, ChargeKind::Alloc).unwrap();
+        assert_eq!(c.check_invariants(), Ok(()));
+        (c, g, t, ch)
+    }
+
+    fn violations(c: &Controller) -> String {
+        c.check_invariants()
+            .expect_err("the fault must be caught")
+            .to_string()
+    }
+
+    #[test]
+    fn check_invariants_leaked_byte_reports_conservation() {
+        let (c, g, _t, _ch) = setup();
+        c.inject_fault(Fault::LeakByte, &g);
+        let v = violations(&c);
+        assert!(v.contains("conservation broken"), "{v}");
+        assert!(v.contains("group \"g\", node 0"), "{v}");
+    }
+
+    #[test]
+    fn check_invariants_dropped_reference_reports_refcount() {
+        let (c, g, _t, _ch) = setup();
+        c.inject_fault(Fault::DropReference, &g);
+        let v = violations(&c);
+        assert!(v.contains("reference count"), "{v}");
+    }
+
+    #[test]
+    fn check_invariants_stray_page_reports_usage_mismatch() {
+        let (c, g, _t, _ch) = setup();
+        c.inject_fault(Fault::StrayPage, &g);
+        let v = violations(&c);
+        assert!(v.contains("group \"g\": usage"), "{v}");
+        assert!(v.contains("group \"\": usage"), "the root sees it too: {v}");
+    }
+
+    #[test]
+    fn check_invariants_reference_dropped_twice_is_counted() {
+        let (c, g, mut t, ch) = setup();
+        c.inject_fault(Fault::DropReference, &g);
+        t.uncharge(0, ch).unwrap();
+        t.exit();
+        g.remove().unwrap();
+        c.drain_stocks();
+        let v = violations(&c);
+        assert!(v.contains("dropped more times than taken"), "{v}");
+    }
+
+    #[test]
+    fn check_invariants_page_counter_underflow_is_reported() {
+        let (c, g, _t, _ch) = setup();
+        crate::engine::page_counter::uncharge(&**g.memcg(), 1_000_000);
+        let v = violations(&c);
+        assert!(v.contains("underflowed"), "{v}");
+    }
+}

@@ -65,7 +65,7 @@ pub(crate) struct ObjCgroup {
     generation: AtomicU32,
     /// Reference count; 0 while the entry is free.
     refcnt: AtomicI64,
-    /// `Arc::into_raw` of the origin group while in use, else null.
+    /// `Arc::into_raw` of the origin group; null only before the first use.
     origin: AtomicPtr<MemCgroup>,
     /// NUMA node of this objcg.
     nid: AtomicU32,
@@ -149,9 +149,10 @@ impl ObjCgroup {
         // SAFETY:
         // - the caller holds a reference, so the entry is in use and `origin`
         //   holds the `Arc::into_raw` pointer stored by `install` (Acquire
-        //   pairs with its Release store);
-        // - that `Arc` is only taken back in `release`, after the last
-        //   reference is gone, so the group outlives the borrow of `self`.
+        //   pairs with its AcqRel swap); it is never null once installed;
+        // - that `Arc` is only given back when the entry is reused for a new
+        //   objcg, which needs the count to reach zero first, so the group
+        //   outlives the borrow of `self`.
         unsafe { &*p }
     }
 
@@ -302,7 +303,12 @@ impl ObjcgTable {
         objcg.live_bytes.store(0, Ordering::Relaxed);
         objcg.live_objects.store(0, Ordering::Relaxed);
         let raw = Arc::into_raw(Arc::clone(origin)) as *mut MemCgroup;
-        objcg.origin.store(raw, Ordering::Release);
+        let previous = objcg.origin.swap(raw, Ordering::AcqRel);
+        if !previous.is_null() {
+            // SAFETY: the previous incarnation's `Arc::into_raw`, kept past
+            // its release (see `release`) and given back exactly once, here.
+            drop(unsafe { Arc::from_raw(previous as *const MemCgroup) });
+        }
         // Release: pairs with the Acquire of `tryget`/`generation`, making
         // the fields above visible to whoever takes a reference.
         objcg.refcnt.store(1, Ordering::Release);
@@ -400,10 +406,14 @@ impl ObjcgTable {
                 .unaligned_releases
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let raw = objcg.origin.swap(std::ptr::null_mut(), Ordering::AcqRel);
-        // SAFETY: `raw` came from `Arc::into_raw` in `install` and is taken
-        // back exactly once, here, when the last reference is gone.
-        let origin = unsafe { Arc::from_raw(raw as *const MemCgroup) };
+        // The entry keeps its origin until it is reused, so that even a use
+        // after release (a reference-count bug, which the checkers report)
+        // reads a live group instead of freed memory.
+        let raw = objcg.origin.load(Ordering::Acquire) as *const MemCgroup;
+        // SAFETY: `raw` came from `Arc::into_raw` in `install` and the entry
+        // still owns that reference; `ManuallyDrop` leaves it owned while we
+        // take a second one.
+        let origin = Arc::clone(&std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(raw) }));
         let released = Released {
             origin,
             nid: objcg.nid(),
