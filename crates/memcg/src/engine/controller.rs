@@ -227,6 +227,65 @@ impl Controller {
         Ok(())
     }
 
+    /// Charges `bytes` to root's objcg of `cpu`'s node through `cpu`'s
+    /// stocks, without a task. Lock-free (root is never limited, so no
+    /// reclaim runs): the path for allocations that cannot use a task
+    /// (re-entrant, before a thread's task exists, after it exited).
+    ///
+    /// # Errors
+    /// [`Error::UnknownCpu`], [`Error::InvalidSize`].
+    pub fn charge_root(&self, cpu: usize, bytes: u64, kind: crate::ChargeKind) -> Result<Charge> {
+        let nid = self.core.topology.node_of(cpu)?;
+        if bytes == 0 || bytes > crate::engine::task::MAX_CHARGE_BYTES {
+            return Err(crate::engine::task::invalid_size(bytes));
+        }
+        let Some(root) = self.core.root_objcg(nid) else {
+            return Err(Error::UnknownCpu {
+                cpu,
+                nr_cpu_ids: self.core.topology.nr_cpu_ids(),
+            });
+        };
+        let ctx = crate::engine::core::ChargeCtx {
+            cpu: Some(cpu),
+            forced: true,
+            reclaim_flag: None,
+        };
+        self.core.obj_cgroup_charge(ctx, root, bytes, kind)?;
+        Ok(Charge::for_objcg(root, bytes, kind))
+    }
+
+    /// Changes the size of a live charge without a task; see
+    /// [`Task::resize`].
+    ///
+    /// # Errors
+    /// As [`Task::resize`].
+    pub fn resize(&self, cpu: usize, charge: &mut Charge, new_bytes: u64) -> Result<()> {
+        self.core.topology.node_of(cpu)?;
+        if new_bytes == 0 || new_bytes > crate::engine::task::MAX_CHARGE_BYTES {
+            return Err(crate::engine::task::invalid_size(new_bytes));
+        }
+        let objcg = charge.objcg(&self.core)?;
+        let old_bytes = charge.bytes();
+        let ctx = crate::engine::core::ChargeCtx {
+            cpu: Some(cpu),
+            forced: false,
+            reclaim_flag: None,
+        };
+        if new_bytes > old_bytes {
+            let delta = new_bytes - old_bytes;
+            self.core.charge_bytes(ctx, objcg, delta)?;
+            self.core
+                .account(Some(cpu), objcg, charge.kind(), delta as i64, 0);
+        } else if new_bytes < old_bytes {
+            let delta = old_bytes - new_bytes;
+            self.core
+                .account(Some(cpu), objcg, charge.kind(), -(delta as i64), 0);
+            self.core.refill_obj_stock(Some(cpu), objcg, delta, 0, true);
+        }
+        charge.set_bytes(new_bytes);
+        Ok(())
+    }
+
     /// Drains every per-CPU stock and returns the whole pages held in the
     /// objcgs' sub-page pools, so that each group's usage is exactly the
     /// pages its live bytes need (task caches are drained by their tasks,

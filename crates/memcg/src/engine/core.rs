@@ -480,6 +480,29 @@ impl Core {
         Ok(())
     }
 
+    /// Charges `bytes` to `objcg` without an object reference or
+    /// statistics (a size change of a live object): from `ctx.cpu`'s byte
+    /// stock, else whole pages with the remainder deposited.
+    pub(crate) fn charge_bytes(
+        &self,
+        ctx: ChargeCtx<'_>,
+        objcg: &ObjCgroup,
+        bytes: u64,
+    ) -> Result<(), ChargeError> {
+        let stock = ctx.cpu.and_then(|c| self.stock(c));
+        if stock
+            .and_then(|s| s.consume_obj(objcg.id(), bytes, 0))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let remainder = self.charge_pages_for_bytes(ctx, objcg, bytes)?;
+        if remainder > 0 {
+            self.refill_obj_stock(ctx.cpu, objcg, remainder, 0, false);
+        }
+        Ok(())
+    }
+
     /// Charges `ceil(bytes / PAGE_SIZE)` pages and deposits the remainder in
     /// the byte stock without handing pages back (`allow_uncharge = false`).
     pub(crate) fn charge_pages_for_bytes(

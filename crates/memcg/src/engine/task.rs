@@ -197,6 +197,14 @@ impl Charge {
         Ok(unsafe { &*self.objcg.as_ptr() })
     }
 
+    pub(crate) fn for_objcg(objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> Charge {
+        Charge::new(objcg, bytes, kind)
+    }
+
+    pub(crate) fn set_bytes(&mut self, bytes: u64) {
+        self.bytes = bytes;
+    }
+
     fn new(objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> Charge {
         Charge {
             objcg: NonNull::from(objcg),
@@ -749,6 +757,71 @@ impl Task {
         self.core
             .obj_cgroup_uncharge(Some(cpu), objcg, charge.bytes, charge.kind);
         Ok(())
+    }
+
+    /// Changes the size of a live charge to `new_bytes` (a `realloc`): only
+    /// the difference is charged or uncharged, to the charge's own objcg,
+    /// whichever group the task is in now. The object count and the
+    /// object's reference do not change.
+    ///
+    /// # Errors
+    /// [`Error::UnknownCpu`], [`Error::InvalidSize`],
+    /// [`Error::ForeignController`], [`Error::Charge`] when growing is
+    /// refused (the charge keeps its size).
+    pub fn resize(&self, cpu: usize, charge: &mut Charge, new_bytes: u64) -> Result<()> {
+        self.node_of(cpu)?;
+        if new_bytes == 0 || new_bytes > MAX_CHARGE_BYTES {
+            return Err(invalid_size(new_bytes));
+        }
+        let objcg = charge.objcg(&self.core)?;
+        let old_bytes = charge.bytes;
+        let cache = &self.shared.cache;
+        let cached = !self.exited.get() && cache.objcg.load(Ordering::Relaxed) == objcg.id();
+        if new_bytes > old_bytes {
+            let delta = new_bytes - old_bytes;
+            let have = get_u64(&cache.bytes);
+            if cached && have >= delta {
+                set_u64(&cache.bytes, have - delta);
+            } else {
+                self.core.charge_bytes(self.ctx(Some(cpu)), objcg, delta)?;
+            }
+            self.account_delta(objcg, charge.kind, delta as i64);
+        } else if new_bytes < old_bytes {
+            let delta = old_bytes - new_bytes;
+            self.account_delta(objcg, charge.kind, -(delta as i64));
+            if cached {
+                let bytes = get_u64(&cache.bytes) + delta;
+                set_u64(&cache.bytes, bytes);
+                if bytes > CACHE_MAX_BYTES {
+                    self.trim_cache(cpu, objcg);
+                }
+            } else {
+                self.core.refill_obj_stock(Some(cpu), objcg, delta, 0, true);
+            }
+        }
+        charge.bytes = new_bytes;
+        Ok(())
+    }
+
+    /// Live-byte delta for `objcg`: batched when it is the cached objcg.
+    fn account_delta(&self, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64) {
+        if !self.exited.get() && self.shared.cache.objcg.load(Ordering::Relaxed) == objcg.id() {
+            self.pend(objcg, kind, bytes, 0);
+        } else {
+            self.core.account(None, objcg, kind, bytes, 0);
+        }
+    }
+
+    /// Whether reclaim callbacks triggered by this task's charge are
+    /// running (charges through the task are then forced).
+    pub(crate) fn in_reclaim(&self) -> bool {
+        self.in_reclaim.get()
+    }
+
+    /// Replaces the active override (for the runtime's scopes).
+    pub(crate) fn swap_active(&self, group: Option<Arc<MemCgroup>>) -> Option<Arc<MemCgroup>> {
+        self.has_active.set(group.is_some());
+        self.active.replace(group)
     }
 
     /// Hands bytes above a page fraction and surplus references to the CPU

@@ -212,3 +212,50 @@ fn drain_node_stocks_drains_one_objcg_only() {
     tb.uncharge(0, y).unwrap();
     settle(&c, &[&ta, &tb]);
 }
+
+#[test]
+fn resize_charges_only_the_difference_to_the_same_objcg() {
+    let c = ctrl("1x2");
+    let a = c.create("a").unwrap();
+    let b = c.create("b").unwrap();
+    let t = c.new_task(&a).unwrap();
+    let mut ch = t.charge(0, 1000, ChargeKind::Alloc).unwrap();
+    // The task moves; the object's growth still belongs to `a`.
+    b.attach(&t.handle()).unwrap();
+    t.resize(0, &mut ch, 9000).unwrap();
+    assert_eq!(ch.bytes(), 9000);
+    t.flush(0).unwrap();
+    assert_eq!(a.stats().stat.alloc_bytes, 9000);
+    assert_eq!(b.stats().stat.alloc_bytes, 0);
+    c.resize(1, &mut ch, 10).unwrap();
+    t.flush(0).unwrap();
+    assert_eq!(a.stats().stat.alloc_bytes, 10);
+    assert!(matches!(
+        t.resize(0, &mut ch, 0),
+        Err(Error::InvalidSize { .. })
+    ));
+    a.set_max(memcg::Limit::Bytes(PAGE_SIZE)).unwrap();
+    assert!(matches!(
+        t.resize(0, &mut ch, 10 * PAGE_SIZE),
+        Err(Error::Charge(_))
+    ));
+    assert_eq!(ch.bytes(), 10);
+    t.uncharge(0, ch).unwrap();
+    settle(&c, &[&t]);
+    assert_eq!(a.current_bytes(), 0);
+}
+
+#[test]
+fn charge_root_without_task_is_accounted_to_root() {
+    let c = ctrl("2x1");
+    let ch = c.charge_root(1, 500, ChargeKind::Runtime).unwrap();
+    let s = c.root().stats();
+    assert_eq!(s.numa[1].local.runtime_bytes, 500);
+    assert!(matches!(
+        c.charge_root(2, 1, ChargeKind::Alloc),
+        Err(Error::UnknownCpu { .. })
+    ));
+    c.uncharge(0, ch).unwrap();
+    settle(&c, &[]);
+    assert_eq!(c.root().current_bytes(), 0);
+}
