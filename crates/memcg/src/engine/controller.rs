@@ -287,9 +287,10 @@ impl Controller {
     }
 
     /// Drains every per-CPU stock and returns the whole pages held in the
-    /// objcgs' sub-page pools, so that each group's usage is exactly the
-    /// pages its live bytes need (task caches are drained by their tasks,
-    /// see [`Task::flush`]). Safe while other threads charge.
+    /// objcgs' sub-page pools. Each objcg then keeps less than a page in its
+    /// pool, so a group's usage is exactly `ceil(live bytes / 4096)` pages
+    /// per objcg, except for what task caches hold (each task drains its
+    /// own, see [`Task::flush`]). Safe while other threads charge.
     pub fn drain_stocks(&self) {
         self.core.drain_all_stock(DrainFilter::All);
         let ids: Vec<u32> = self.core.table.entries().map(|o| o.id()).collect();

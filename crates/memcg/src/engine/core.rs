@@ -326,10 +326,14 @@ impl Core {
             page_counter::uncharge(objcg.memcg(), nr_pages);
             return;
         };
+        // The slot's own reference is taken before the slot can be seen,
+        // so a concurrent drain never puts a reference not yet taken.
+        objcg.get(1);
+        self.count_shared(cpu, 1);
         let out = stock.refill_pages(objcg.id(), nr_pages);
-        if out.installed {
-            objcg.get(1);
-            self.count_shared(cpu, 1);
+        if !out.installed {
+            // Not needed; the caller's reference keeps this from being last.
+            self.objcg_put(objcg, 1);
         }
         if out.uncharge_pages > 0 {
             page_counter::uncharge(objcg.memcg(), out.uncharge_pages);

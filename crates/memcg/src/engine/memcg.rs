@@ -51,12 +51,14 @@ pub(crate) const NR_KINDS: usize = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryEvent {
-    /// Usage went over `memory.high` and reclaim ran.
+    /// A charge found usage over `memory.high` (reclaim callbacks, if any,
+    /// were asked to free the excess).
     High,
     /// A charge hit `memory.max` (counted once per charge attempt).
     Max,
-    /// A charge failed after reclaim and retries (or was forced past `max`
-    /// by the group's policy instead: then only `max` counts).
+    /// A charge failed after reclaim and retries (a group whose policy
+    /// forces charges counts only `max`), or a `memory.max` write could
+    /// not bring usage under the new limit.
     Oom,
 }
 

@@ -62,11 +62,12 @@ impl MemoryStat {
 /// `memory.events` counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Events {
-    /// Times usage was found over `memory.high` and reclaim ran.
+    /// Charges that found usage over `memory.high`.
     pub high: u64,
     /// Charges that hit `memory.max`.
     pub max: u64,
-    /// Charges that failed after reclaim.
+    /// Charges that failed after reclaim, and `memory.max` writes that
+    /// could not bring usage under the new limit.
     pub oom: u64,
 }
 

@@ -344,7 +344,10 @@ impl Task {
     }
 
     /// Marks the task exempt (or not): its next charge refreshes the cache,
-    /// and while exempt it charges root.
+    /// and while exempt it charges root. A task made exempt with
+    /// [`crate::Controller::new_exempt_task`] has no per-node array (like a
+    /// kernel thread), so it keeps charging root even after
+    /// `set_exempt(false)`.
     pub fn set_exempt(&self, exempt: bool) {
         self.shared.exempt.store(exempt, Ordering::Relaxed);
         self.shared
@@ -378,9 +381,10 @@ impl Task {
             })
     }
 
-    /// `current_obj_cgroup()` for node `nid`, without an override: the
-    /// cached objcg (refreshing a stale cache first), else root's.
-    /// Returns the objcg's `(group path, node)`.
+    /// `current_obj_cgroup()` for node `nid`: the active override's objcg
+    /// if one is entered, else the cached objcg (refreshing a stale cache
+    /// first), else root's. Returns the objcg's current `(group path,
+    /// node)`.
     pub fn obj_cgroup(&self, nid: usize) -> Result<(String, usize)> {
         if nid >= self.core.topology.nr_node_ids() {
             return Err(Error::UnknownNode {
