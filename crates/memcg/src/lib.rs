@@ -63,6 +63,8 @@
 mod engine;
 mod error;
 mod limit;
+#[cfg(not(memcg_loom))]
+mod runtime;
 mod sync;
 
 #[cfg(all(test, memcg_loom))]
@@ -76,3 +78,5 @@ struct ReadmeDoctests;
 pub use engine::*;
 pub use error::{ChargeError, Error, Result};
 pub use limit::{parse_size_bytes, Limit, PAGE_COUNTER_MAX, PAGE_SIZE};
+#[cfg(not(memcg_loom))]
+pub use runtime::*;

@@ -14,7 +14,7 @@ pub(crate) mod stats;
 pub(crate) mod stock;
 pub(crate) mod sys_alloc;
 pub(crate) mod task;
-pub mod topology;
+pub(crate) mod topology;
 
 pub use controller::{Config, Controller, EngineCounters, TaskCacheMode};
 pub use group::{validate_name, Group, MAX_NAME_BYTES};
@@ -27,4 +27,4 @@ pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};
 pub use task::{ActiveGuard, Charge, Task, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG};
-pub use topology::Topology;
+pub use topology::{Topology, MAX_CPUS, MAX_NODES};

@@ -1,0 +1,212 @@
+//! `MemcgAlloc`: the `GlobalAlloc` adapter that charges every allocation.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+use crate::runtime::thread::{self, Charged};
+
+/// Bytes of the trailer that records each block's objcg.
+pub const TRAILER_BYTES: usize = 8;
+
+/// A `GlobalAlloc` that charges every allocation of the process to the
+/// calling thread's group (or its active scope), wrapping another
+/// allocator.
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: memcg::MemcgAlloc<std::alloc::System> = memcg::MemcgAlloc::new(std::alloc::System);
+/// ```
+/// (The line above is what a program writes; it is not compiled here
+/// because a doc test cannot replace its own global allocator.)
+///
+/// Each block carries its objcg in an 8-byte trailer at
+/// `round_up(size, 8)`, so a free on any thread uncharges the group that
+/// was charged, and the charge includes the trailer (`round_up(size, 8) +
+/// 8` bytes, the way the kernel charges a slab object plus its objcg
+/// pointer). `realloc` moves the trailer and charges or uncharges only the
+/// difference, to the block's own group.
+///
+/// When a charge would exceed a group's `max` (after its reclaim
+/// callbacks, a drain and retries), `alloc` returns null: `Vec::try_reserve`
+/// reports an error, and an infallible allocation goes to
+/// `handle_alloc_error` as for any allocation failure — unless the group
+/// forces charges ([`crate::Group::set_force_over_max`]).
+///
+/// # Safety
+/// The adapter keeps the `GlobalAlloc` contract:
+/// - it never unwinds or panics (every fallible step is checked and
+///   failures return null), and never allocates through itself except in
+///   the engine's slow paths, which mark the thread so that nested calls
+///   take a lock-free bypass that charges root;
+/// - it passes the inner allocator layouts with the caller's alignment and
+///   a size that is the caller's plus the trailer, and gives the inner
+///   allocator back the same layout on `dealloc`/`realloc`;
+/// - it never touches a live block except its own trailer, past the
+///   caller's bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemcgAlloc<A = System> {
+    inner: A,
+}
+
+impl<A> MemcgAlloc<A> {
+    /// Wraps `inner`.
+    pub const fn new(inner: A) -> Self {
+        MemcgAlloc { inner }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+/// The inner layout (caller's bytes, padding to 8, trailer) and the
+/// trailer's offset.
+#[inline(always)]
+fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
+    let offset = layout.size().checked_add(7)? & !7;
+    let size = offset.checked_add(TRAILER_BYTES)?;
+    let inner = Layout::from_size_align(size, layout.align()).ok()?;
+    Some((inner, offset))
+}
+
+/// # Safety
+/// `block` starts a block of at least `offset + 8` bytes.
+#[inline(always)]
+unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
+    // SAFETY: in bounds by the caller's guarantee; the trailer may be
+    // unaligned when the caller's alignment is below 8.
+    unsafe { (block.add(offset) as *mut usize).write_unaligned(raw) }
+}
+
+/// # Safety
+/// As [`write_trailer`], and the trailer was written.
+#[inline(always)]
+unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
+    // SAFETY: as in `write_trailer`.
+    unsafe { (block.add(offset) as *const usize).read_unaligned() }
+}
+
+impl<A: GlobalAlloc> MemcgAlloc<A> {
+    #[inline(always)]
+    unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let Some((inner, offset)) = with_trailer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let bytes = inner.size() as u64;
+        let raw = match thread::charge_alloc(bytes) {
+            Charged::Raw(raw) => raw,
+            Charged::Unaccounted => 0,
+            Charged::Refused => return std::ptr::null_mut(),
+        };
+        // SAFETY: `inner` has a non-zero size (it includes the trailer) and
+        // the caller's alignment.
+        let block = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(inner)
+            } else {
+                self.inner.alloc(inner)
+            }
+        };
+        if block.is_null() {
+            if raw != 0 {
+                thread::uncharge_alloc(raw, bytes);
+            }
+            return block;
+        }
+        // SAFETY: the block has `inner.size() = offset + 8` bytes.
+        unsafe { write_trailer(block, offset, raw) };
+        block
+    }
+}
+
+// SAFETY: see the type's `# Safety` section: layouts passed to the inner
+// allocator are valid and consistent between alloc and dealloc, nothing
+// unwinds, and live blocks are only touched past the caller's bytes.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_with(layout, false) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_with(layout, true) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let Some((inner, offset)) = with_trailer(layout) else {
+            // Cannot happen: `alloc` made this layout's trailer layout.
+            return;
+        };
+        // SAFETY: `ptr` was returned by `alloc` with `layout`, which wrote
+        // the trailer at `offset`.
+        let raw = unsafe { read_trailer(ptr, offset) };
+        // SAFETY: `ptr` came from the inner allocator with `inner`.
+        unsafe { self.inner.dealloc(ptr, inner) };
+        if raw != 0 {
+            thread::uncharge_alloc(raw, inner.size() as u64);
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some((old_inner, old_offset)) = with_trailer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        let Some((new_inner, new_offset)) = with_trailer(new_layout) else {
+            return std::ptr::null_mut();
+        };
+        let (old_bytes, new_bytes) = (old_inner.size() as u64, new_inner.size() as u64);
+        // SAFETY: `ptr` was returned by `alloc` with `layout`.
+        let mut raw = unsafe { read_trailer(ptr, old_offset) };
+        // Grow: charge first, so a refusal leaves the block untouched.
+        if raw != 0 && new_bytes > old_bytes {
+            match thread::resize_alloc(raw, old_bytes, new_bytes) {
+                Some(r) => raw = r,
+                None => return std::ptr::null_mut(),
+            }
+        }
+        // SAFETY: `ptr` came from the inner allocator with `old_inner`;
+        // `new_inner.size()` is non-zero and valid for the alignment.
+        let block = unsafe { self.inner.realloc(ptr, old_inner, new_inner.size()) };
+        if block.is_null() {
+            if raw != 0 && new_bytes > old_bytes {
+                // Give the growth back (shrinking never fails).
+                let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
+            }
+            return block;
+        }
+        // Shrink: uncharge once the block really shrank.
+        if raw != 0 && new_bytes < old_bytes {
+            if let Some(r) = thread::resize_alloc(raw, old_bytes, new_bytes) {
+                raw = r;
+            }
+        }
+        // SAFETY: the new block has `new_inner.size() = new_offset + 8` bytes.
+        unsafe { write_trailer(block, new_offset, raw) };
+        block
+    }
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_trailer_pads_to_8_and_adds_8() {
+        let (l, off) = with_trailer(Layout::from_size_align(13, 1).unwrap()).unwrap();
+        assert_eq!((l.size(), l.align(), off), (24, 1, 16));
+        let (l, off) = with_trailer(Layout::from_size_align(64, 64).unwrap()).unwrap();
+        assert_eq!((l.size(), l.align(), off), (72, 64, 64));
+        assert!(with_trailer(Layout::from_size_align(usize::MAX / 2, 1).unwrap()).is_some());
+        assert!(
+            with_trailer(Layout::from_size_align(isize::MAX as usize - 3, 1).unwrap()).is_none()
+        );
+    }
+}

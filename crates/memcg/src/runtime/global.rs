@@ -1,0 +1,152 @@
+//! The process's controller, made on first use by an atomic state machine
+//! (no `Once`, no lazy static: initialisation may run inside the global
+//! allocator, and a re-entrant `call_once` would deadlock).
+
+use crate::engine::{Config, Controller, TaskCacheMode, Topology};
+use crate::sync::{AtomicPtr, AtomicU32, Ordering};
+
+const UNINIT: u32 = 0;
+const INITIALIZING: u32 = 1;
+const READY: u32 = 2;
+
+static STATE: AtomicU32 = AtomicU32::new(UNINIT);
+static CONTROLLER: AtomicPtr<Controller> = AtomicPtr::new(std::ptr::null_mut());
+/// Real CPU id → CPU id of the controller's topology (virtual or real).
+static CPU_MAP: AtomicPtr<CpuMap> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Maps the CPU ids the kernel reports to CPU ids of the topology.
+#[derive(Debug)]
+pub(crate) struct CpuMap {
+    /// `map[real] = topology cpu`; real ids past the end use `fallback`.
+    map: Box<[u16]>,
+    present: Box<[u16]>,
+}
+
+impl CpuMap {
+    fn new(topology: &Topology) -> CpuMap {
+        let present: Box<[u16]> = topology.cpus().map(|c| c as u16).collect();
+        let real_cpus = crate::runtime::topology::nr_possible_cpus().max(topology.nr_cpu_ids());
+        let map = (0..real_cpus)
+            .map(|real| {
+                if topology.node_of_cpu(real).is_some() {
+                    real as u16
+                } else {
+                    // A virtual topology smaller than the machine (or a
+                    // hole in the ids): wrap onto the topology's CPUs.
+                    present
+                        .get(real % present.len().max(1))
+                        .copied()
+                        .unwrap_or(0)
+                }
+            })
+            .collect();
+        CpuMap { map, present }
+    }
+
+    /// The topology CPU for a real CPU id.
+    #[inline(always)]
+    pub(crate) fn to_topology(&self, real: usize) -> usize {
+        match self.map.get(real) {
+            Some(&c) => c as usize,
+            None => self
+                .present
+                .get(real % self.present.len().max(1))
+                .map_or(0, |&c| c as usize),
+        }
+    }
+}
+
+/// The controller if it is ready; never initialises (safe to call from
+/// anywhere, including re-entrant allocator calls).
+#[inline(always)]
+pub(crate) fn try_controller() -> Option<&'static Controller> {
+    if STATE.load(Ordering::Acquire) != READY {
+        return None;
+    }
+    let p = CONTROLLER.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer was made by `Box::into_raw` in `init` and
+    // is never freed (the controller lives for the whole process).
+    unsafe { p.as_ref() }
+}
+
+/// The CPU id of the controller's topology where this thread runs now.
+#[inline(always)]
+pub(crate) fn current_cpu() -> usize {
+    let real = crate::runtime::cpu::current_cpu();
+    let map = CPU_MAP.load(Ordering::Acquire);
+    // SAFETY: set once in `init` from `Box::into_raw`, never freed.
+    match unsafe { map.as_ref() } {
+        Some(m) => m.to_topology(real),
+        None => real,
+    }
+}
+
+/// The controller, initialising it if needed. Returns `None` only while
+/// another thread (or this one, re-entrantly) is initialising it.
+pub(crate) fn controller_or_init() -> Option<&'static Controller> {
+    match STATE.load(Ordering::Acquire) {
+        READY => try_controller(),
+        INITIALIZING => None,
+        _ => init(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn init() -> Option<&'static Controller> {
+    // Acquire/Release: pairs with the Release store of READY below.
+    if STATE
+        .compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Acquire)
+        .is_err()
+    {
+        return try_controller();
+    }
+    let topology = crate::runtime::topology::detect();
+    let mode = task_cache_mode_from_env();
+    let map = Box::into_raw(Box::new(CpuMap::new(&topology)));
+    let controller = Controller::with_config(topology, Config::default().task_cache(mode));
+    let p = Box::into_raw(Box::new(controller));
+    CPU_MAP.store(map, Ordering::Release);
+    CONTROLLER.store(p, Ordering::Release);
+    STATE.store(READY, Ordering::Release);
+    // SAFETY: just made from `Box::into_raw`; never freed.
+    Some(unsafe { &*p })
+}
+
+/// `MEMCG_TASK_CACHE=single` selects the pre-seed cache for every thread.
+fn task_cache_mode_from_env() -> TaskCacheMode {
+    // SAFETY: `getenv` with a NUL-terminated name; the result is read at
+    // once, before any `setenv` could run on this thread.
+    let v = unsafe { libc::getenv(c"MEMCG_TASK_CACHE".as_ptr()) };
+    if v.is_null() {
+        return TaskCacheMode::PerNode;
+    }
+    // SAFETY: `getenv` returns a NUL-terminated string.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes();
+    if bytes == b"single" {
+        TaskCacheMode::Single
+    } else {
+        TaskCacheMode::PerNode
+    }
+}
+
+/// The process's controller (made on first use): its topology comes from
+/// sysfs, or from `MEMCG_TOPOLOGY` (e.g. `2x1`) when set; its task cache
+/// is the per-node cache, or the pre-seed single cache with
+/// `MEMCG_TASK_CACHE=single`.
+///
+/// # Examples
+/// ```
+/// let ctrl = memcg::controller();
+/// assert!(ctrl.topology().nr_cpus() >= 1);
+/// assert!(ctrl.root().is_root());
+/// ```
+pub fn controller() -> &'static Controller {
+    loop {
+        if let Some(c) = controller_or_init() {
+            return c;
+        }
+        // Another thread is initialising: it finishes without waiting on us.
+        std::thread::yield_now();
+    }
+}

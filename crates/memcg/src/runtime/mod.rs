@@ -1,0 +1,22 @@
+//! The ambient layer: the real process. One global controller, the real
+//! topology and CPU, a task per thread, scopes and futures, and the
+//! `GlobalAlloc` adapter.
+//!
+//! After `#[global_allocator] static A: memcg::MemcgAlloc = memcg::MemcgAlloc::new(std::alloc::System);`
+//! every allocation of the process is charged to the group of the thread
+//! (or of its active [`Scope`]) that makes it.
+
+pub(crate) mod alloc;
+pub(crate) mod cpu;
+pub(crate) mod global;
+pub(crate) mod scope;
+pub(crate) mod thread;
+pub(crate) mod topology;
+
+pub use alloc::{MemcgAlloc, TRAILER_BYTES};
+pub use global::controller;
+pub use scope::{FutureExt, InGroup, Scope};
+pub use thread::{
+    check_invariants, current_group, current_thread, flush_current, set_current_exempt, spawn,
+    BuilderExt,
+};

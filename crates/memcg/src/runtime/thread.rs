@@ -1,0 +1,307 @@
+//! Threads as tasks: each thread's engine [`Task`] lives in thread-locals.
+//!
+//! Following the pattern of `reference/percpu.md` §4.3: the task and the
+//! thread's state are `const`-initialised thread-locals without `Drop`
+//! (plain `#[thread_local]` statics, readable in every TLS destructor), and
+//! one `Drop` guard, registered lazily on the thread's first charge, runs
+//! the seed's exit path. Charges after that (from other TLS destructors)
+//! go to root and are still uncharged correctly.
+//!
+//! A flag marks "inside memcg": an allocation made while it is set (from
+//! the engine itself, from a signal handler, from initialisation) takes a
+//! lock-free bypass that charges root without touching the task — except
+//! inside reclaim callbacks, whose allocations are forced charges through
+//! the task (the kernel's `PF_MEMALLOC`).
+
+use std::cell::{Cell, UnsafeCell};
+use std::mem::MaybeUninit;
+
+use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
+use crate::error::{Error, Result};
+use crate::runtime::global;
+
+const FRESH: u8 = 0;
+const ACTIVE: u8 = 1;
+const TORN_DOWN: u8 = 2;
+
+thread_local! {
+    static STATE: Cell<u8> = const { Cell::new(FRESH) };
+    static IN_MEMCG: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread checks the invariants: its allocations are
+    /// then not accounted at all, so the check sees a still picture.
+    static SUSPENDED: Cell<bool> = const { Cell::new(false) };
+    static TASK: UnsafeCell<MaybeUninit<Task>> = const { UnsafeCell::new(MaybeUninit::uninit()) };
+    static GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// Runs the seed's exit path when the thread's TLS is destroyed.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        IN_MEMCG.set(true);
+        if STATE.get() == ACTIVE {
+            STATE.set(TORN_DOWN);
+            let p = TASK.with(|t| t.get());
+            // SAFETY: STATE was ACTIVE, so `TASK` holds an initialised task
+            // (written in `init_thread`), dropped exactly once here; STATE is
+            // TORN_DOWN first, so nothing reads it afterwards.
+            unsafe { (*p).assume_init_drop() };
+        }
+        STATE.set(TORN_DOWN);
+        IN_MEMCG.set(false);
+    }
+}
+
+/// What a charge attempt got.
+pub(crate) enum Charged {
+    /// Charged: the raw objcg word for the trailer.
+    Raw(usize),
+    /// Not accounted (before the controller exists): trailer 0.
+    Unaccounted,
+    /// Refused by a limit.
+    Refused,
+}
+
+/// The task of this thread, if it has one and is not torn down.
+#[inline(always)]
+fn active_task() -> Option<&'static Task> {
+    if STATE.get() != ACTIVE {
+        return None;
+    }
+    let p = TASK.with(|t| t.get());
+    // SAFETY: ACTIVE means `TASK` holds an initialised task, which lives
+    // until this thread's `ExitGuard` runs; thread-local memory outlives
+    // every use on this thread. `'static` is a lie only towards other
+    // threads, and the reference never leaves this one.
+    Some(unsafe { (*p).assume_init_ref() })
+}
+
+/// Makes this thread's task (in root). Called with `IN_MEMCG` set.
+#[cold]
+#[inline(never)]
+fn init_thread() -> Option<&'static Task> {
+    if STATE.get() != FRESH {
+        return active_task();
+    }
+    let ctrl = global::controller_or_init()?;
+    let task = ctrl.new_task(&ctrl.root()).ok()?;
+    let p = TASK.with(|t| t.get());
+    // SAFETY: FRESH means `TASK` is uninitialised; it is written once here.
+    unsafe { (*p).write(task) };
+    STATE.set(ACTIVE);
+    // Registers the exit guard (may allocate: `IN_MEMCG` is set, so those
+    // allocations take the bypass).
+    GUARD.with(|_| {});
+    active_task()
+}
+
+/// Runs `f` with this thread's task, making it if needed; `None` when the
+/// thread has none (torn down, or the controller is being made).
+pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
+    let nested = IN_MEMCG.replace(true);
+    let task = match active_task() {
+        Some(t) => Some(t),
+        None if !nested => init_thread(),
+        None => None,
+    };
+    let r = task.map(f);
+    IN_MEMCG.set(nested);
+    r
+}
+
+/// Charges `bytes` for an allocation on this thread.
+#[inline(always)]
+pub(crate) fn charge_alloc(bytes: u64) -> Charged {
+    if IN_MEMCG.replace(true) {
+        return charge_reentrant(bytes);
+    }
+    let r = match active_task() {
+        Some(task) => charge_task(task, bytes),
+        None => charge_slow(bytes),
+    };
+    IN_MEMCG.set(false);
+    r
+}
+
+#[inline(always)]
+fn charge_task(task: &Task, bytes: u64) -> Charged {
+    match task.charge(global::current_cpu(), bytes, ChargeKind::Alloc) {
+        Ok(c) => Charged::Raw(c.into_raw()),
+        Err(_) => Charged::Refused,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn charge_slow(bytes: u64) -> Charged {
+    match STATE.get() {
+        FRESH => match init_thread() {
+            Some(task) => charge_task(task, bytes),
+            None => charge_root(bytes),
+        },
+        _ => charge_root(bytes),
+    }
+}
+
+/// Re-entrant charge: forced through the task inside reclaim callbacks,
+/// else the lock-free root path.
+#[cold]
+#[inline(never)]
+fn charge_reentrant(bytes: u64) -> Charged {
+    if SUSPENDED.get() {
+        return Charged::Unaccounted;
+    }
+    if let Some(task) = active_task() {
+        if task.in_reclaim() {
+            return charge_task(task, bytes);
+        }
+    }
+    charge_root(bytes)
+}
+
+fn charge_root(bytes: u64) -> Charged {
+    let Some(ctrl) = global::try_controller() else {
+        return Charged::Unaccounted;
+    };
+    match ctrl.charge_root(global::current_cpu(), bytes, ChargeKind::Alloc) {
+        Ok(c) => Charged::Raw(c.into_raw()),
+        Err(_) => Charged::Unaccounted,
+    }
+}
+
+/// Uncharges an allocation's charge on this thread.
+#[inline(always)]
+pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
+    let Some(ctrl) = global::try_controller() else {
+        return;
+    };
+    // SAFETY: `raw` is a trailer word written by `charge_alloc` for a block
+    // of `bytes` bytes of `ctrl` (the only controller the allocator uses),
+    // read once by the deallocation of that block.
+    let charge = unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, ctrl) };
+    let nested = IN_MEMCG.replace(true);
+    let cpu = global::current_cpu();
+    let _ = match (nested, active_task()) {
+        (false, Some(task)) => task.uncharge(cpu, charge),
+        _ => ctrl.uncharge(cpu, charge),
+    };
+    IN_MEMCG.set(nested);
+}
+
+/// Resizes an allocation's charge (`realloc`); returns the new raw word,
+/// or `None` when growing is refused.
+pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
+    let ctrl = global::try_controller()?;
+    // SAFETY: as in `uncharge_alloc`; the charge is rebuilt once and turned
+    // back into a raw word for the new trailer.
+    let mut charge = unsafe { Charge::from_raw(raw, old_bytes, ChargeKind::Alloc, ctrl) };
+    let nested = IN_MEMCG.replace(true);
+    let cpu = global::current_cpu();
+    let r = match (nested, active_task()) {
+        (false, Some(task)) => task.resize(cpu, &mut charge, new_bytes),
+        (true, Some(task)) if task.in_reclaim() => task.resize(cpu, &mut charge, new_bytes),
+        _ => ctrl.resize(cpu, &mut charge, new_bytes),
+    };
+    IN_MEMCG.set(nested);
+    let raw = charge.into_raw();
+    r.ok().map(|()| raw)
+}
+
+/// [`crate::Controller::check_invariants`] on [`crate::controller()`], with
+/// this thread's own allocations left unaccounted during the check (the
+/// check allocates; charging those would change what it measures). Exact
+/// when no other thread charges meanwhile.
+///
+/// # Errors
+/// The violations found.
+pub fn check_invariants() -> std::result::Result<(), crate::InvariantViolations> {
+    let ctrl = global::controller();
+    let nested = IN_MEMCG.replace(true);
+    SUSPENDED.set(true);
+    let r = ctrl.check_invariants();
+    SUSPENDED.set(false);
+    IN_MEMCG.set(nested);
+    r
+}
+
+/// A handle on the calling thread's task, which any thread can pass to
+/// [`Group::attach`] (the seed's `kmem_attach`).
+///
+/// # Errors
+/// [`Error::TaskExited`] during thread teardown.
+pub fn current_thread() -> Result<TaskHandle> {
+    with_task(|t| t.handle()).ok_or(Error::TaskExited)
+}
+
+impl Group {
+    /// Attaches the calling thread to this group.
+    ///
+    /// # Errors
+    /// As [`Group::attach`], and [`Error::ForeignController`] for groups of
+    /// controllers other than [`crate::controller()`].
+    pub fn attach_current(&self) -> Result<()> {
+        self.attach(&current_thread()?)
+    }
+}
+
+/// Marks the calling thread exempt (its allocations are charged to root,
+/// like a kernel thread's) or not.
+pub fn set_current_exempt(exempt: bool) {
+    with_task(|t| t.set_exempt(exempt));
+}
+
+/// The group the calling thread is attached to (root for a new thread).
+pub fn current_group() -> Option<Group> {
+    with_task(|t| t.group()).flatten()
+}
+
+/// Flushes the calling thread's byte cache and statistics to the per-CPU
+/// stocks and counters (statistics then include this thread's last
+/// charges).
+pub fn flush_current() {
+    with_task(|t| t.flush(global::current_cpu()));
+}
+
+/// Spawns a thread that starts in the calling thread's group (plain
+/// `std::thread::spawn` threads start in root).
+///
+/// # Errors
+/// The error of [`std::thread::Builder::spawn`] when the OS refuses.
+pub fn spawn<F, T>(f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new().spawn_in_current_group(f)
+}
+
+/// Spawning threads in the spawner's group.
+pub trait BuilderExt {
+    /// Like [`std::thread::Builder::spawn`], but the new thread is attached
+    /// to the calling thread's group before `f` runs.
+    ///
+    /// # Errors
+    /// The error of [`std::thread::Builder::spawn`].
+    fn spawn_in_current_group<F, T>(self, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+}
+
+impl BuilderExt for std::thread::Builder {
+    fn spawn_in_current_group<F, T>(self, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let group = current_group();
+        self.spawn(move || {
+            if let Some(g) = group {
+                // A group removed meanwhile leaves the thread in root.
+                let _ = g.attach_current();
+            }
+            f()
+        })
+    }
+}
