@@ -371,14 +371,95 @@ impl Task {
         self.shared.objcgs.load(Ordering::Relaxed) & CURRENT_OBJCG_UPDATE_FLAG != 0
     }
 
+    #[inline(always)]
     fn node_of(&self, cpu: usize) -> Result<usize> {
-        self.core
-            .topology
-            .node_of_cpu(cpu)
-            .ok_or(Error::UnknownCpu {
-                cpu,
-                nr_cpu_ids: self.core.topology.nr_cpu_ids(),
-            })
+        match self.core.topology.node_of_cpu(cpu) {
+            Some(nid) => Ok(nid),
+            None => Err(self.unknown_cpu(cpu)),
+        }
+    }
+
+    #[cold]
+    fn unknown_cpu(&self, cpu: usize) -> Error {
+        Error::UnknownCpu {
+            cpu,
+            nr_cpu_ids: self.core.topology.nr_cpu_ids(),
+        }
+    }
+
+    /// The allocator's fast path: charges `bytes` of `kind` on `cpu` from
+    /// the byte cache when it can, with no override active, a fresh cache
+    /// and a cached objcg with room; returns the charge as a raw word
+    /// ([`Charge::into_raw`]). `None` means "take [`Task::charge`]".
+    #[inline(always)]
+    pub(crate) fn charge_cached(&self, cpu: usize, bytes: u64, kind: ChargeKind) -> Option<usize> {
+        let nid = self.core.topology.node_of_cpu(cpu)?;
+        if self.has_active.get() {
+            return None;
+        }
+        let shared = &*self.shared;
+        let tagged = shared.objcgs.load(Ordering::Acquire);
+        if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
+            return None;
+        }
+        let idx = match shared.mode {
+            TaskCacheMode::PerNode => nid,
+            TaskCacheMode::Single => 0,
+        };
+        // SAFETY: we are the owning task; only our `exit` frees the array.
+        let entries = unsafe { shared.entries(tagged) }?;
+        let p = entries.get(idx)?.load(Ordering::Relaxed);
+        let objcg = NonNull::new(p)?;
+        // SAFETY: entries point into the type-stable table and hold a
+        // reference (taken in `refresh`).
+        let id = unsafe { objcg.as_ref() }.id();
+        let cache = &shared.cache;
+        if cache.objcg.load(Ordering::Relaxed) != id {
+            return None;
+        }
+        let have = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        if have < bytes || refs == 0 {
+            return None;
+        }
+        set_u64(&cache.bytes, have - bytes);
+        set_u64(&cache.refs, refs - 1);
+        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        // SAFETY: as above.
+        self.pend(unsafe { objcg.as_ref() }, kind, bytes as i64, 1);
+        Some(p as usize)
+    }
+
+    /// The allocator's fast path for a free: returns the charge named by
+    /// the raw word `raw` ([`Charge::into_raw`] of a charge of this
+    /// controller) to the byte cache when it caches that objcg. `false`
+    /// means "take [`Task::uncharge`]".
+    ///
+    /// # Safety
+    /// `raw` comes from `Charge::into_raw` of a live charge of `bytes`
+    /// bytes of `kind` made by this task's controller, and is uncharged
+    /// once (by this call if it returns `true`).
+    #[inline(always)]
+    pub(crate) unsafe fn uncharge_cached(&self, raw: usize, bytes: u64, kind: ChargeKind) -> bool {
+        if self.exited.get() {
+            return false;
+        }
+        // SAFETY: by the caller's guarantee `raw` points into this
+        // controller's type-stable table.
+        let objcg = unsafe { &*(raw as *const ObjCgroup) };
+        let cache = &self.shared.cache;
+        if cache.objcg.load(Ordering::Relaxed) != objcg.id() {
+            return false;
+        }
+        let new_bytes = get_u64(&cache.bytes) + bytes;
+        let new_refs = get_u64(&cache.refs) + 1;
+        if new_bytes > CACHE_MAX_BYTES || new_refs > 2 * REF_BATCH {
+            return false;
+        }
+        set_u64(&cache.bytes, new_bytes);
+        set_u64(&cache.refs, new_refs);
+        self.pend(objcg, kind, -(bytes as i64), -1);
+        true
     }
 
     /// `current_obj_cgroup()` for node `nid`: the active override's objcg

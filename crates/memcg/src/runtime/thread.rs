@@ -126,7 +126,17 @@ pub(crate) fn charge_alloc(bytes: u64) -> Charged {
 
 #[inline(always)]
 fn charge_task(task: &Task, bytes: u64) -> Charged {
-    match task.charge(global::current_cpu(), bytes, ChargeKind::Alloc) {
+    let cpu = global::current_cpu();
+    if let Some(raw) = task.charge_cached(cpu, bytes, ChargeKind::Alloc) {
+        return Charged::Raw(raw);
+    }
+    charge_task_slow(task, cpu, bytes)
+}
+
+#[cold]
+#[inline(never)]
+fn charge_task_slow(task: &Task, cpu: usize, bytes: u64) -> Charged {
+    match task.charge(cpu, bytes, ChargeKind::Alloc) {
         Ok(c) => Charged::Raw(c.into_raw()),
         Err(_) => Charged::Refused,
     }
@@ -173,6 +183,26 @@ fn charge_root(bytes: u64) -> Charged {
 /// Uncharges an allocation's charge on this thread.
 #[inline(always)]
 pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
+    if !IN_MEMCG.replace(true) {
+        if let Some(task) = active_task() {
+            // SAFETY: `raw` is a trailer word written by `charge_alloc` for
+            // a block of `bytes` bytes of the global controller (the one
+            // every thread task belongs to), uncharged once, by the
+            // deallocation of that block.
+            let done = unsafe { task.uncharge_cached(raw, bytes, ChargeKind::Alloc) };
+            if done {
+                IN_MEMCG.set(false);
+                return;
+            }
+        }
+        IN_MEMCG.set(false);
+    }
+    uncharge_alloc_slow(raw, bytes);
+}
+
+#[cold]
+#[inline(never)]
+fn uncharge_alloc_slow(raw: usize, bytes: u64) {
     let Some(ctrl) = global::try_controller() else {
         return;
     };
