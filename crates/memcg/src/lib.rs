@@ -62,6 +62,7 @@
 
 mod engine;
 mod error;
+pub mod export;
 mod limit;
 #[cfg(not(memcg_loom))]
 mod runtime;

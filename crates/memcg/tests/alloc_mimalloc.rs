@@ -20,7 +20,10 @@ fn mimalloc_inner_charges_frees_reallocs_and_refuses_over_max() {
     v.reserve_exact(10_000);
     let b = Box::new([3u32; 1000]);
     memcg::flush_current();
-    assert_eq!(g.stats().stat.alloc_bytes, charged(v.capacity()) + charged(4000));
+    assert_eq!(
+        g.stats().stat.alloc_bytes,
+        charged(v.capacity()) + charged(4000)
+    );
     assert!(v[..100].iter().all(|&x| x == 1));
     g.set_max(Limit::Bytes(32 * PAGE_SIZE)).unwrap();
     let mut big: Vec<u8> = Vec::new();

@@ -20,12 +20,17 @@ impl Drop for LateAllocator {
     }
 }
 
+/// The tests of this binary check the invariants of the process-wide
+/// controller, which is exact only while no other test charges.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 thread_local! {
     static LATE: RefCell<Option<LateAllocator>> = const { RefCell::new(None) };
 }
 
 #[test]
 fn allocations_in_late_tls_destructors_are_balanced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ctrl = memcg::controller();
     let g = ctrl.create("exit").unwrap();
     let g2 = g.clone();
@@ -71,6 +76,7 @@ extern "C" fn raw_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
 
 #[test]
 fn raw_pthread_late_destructor_after_guard_is_balanced() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ctrl = memcg::controller();
     let g = ctrl.create("exit-raw").unwrap();
     let mut tid: libc::pthread_t = 0;

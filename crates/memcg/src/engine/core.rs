@@ -26,6 +26,8 @@ use crate::sync::{AtomicU64, Mutex, Ordering};
 
 /// `MAX_RECLAIM_RETRIES`.
 pub(crate) const MAX_RECLAIM_RETRIES: u32 = 16;
+/// `SWAP_CLUSTER_MAX`: the least a reclaim pass asks for, in pages.
+pub(crate) const SWAP_CLUSTER_MAX: u64 = 32;
 
 /// Shared state of one controller.
 #[derive(Debug)]
@@ -250,11 +252,14 @@ impl Core {
                 break;
             }
             let has_reclaimers = reclaim::subtree_has_reclaimers(over);
-            let reclaimed = if has_reclaimers {
-                self.run_reclaim(ctx, over, nr_pages * PAGE_SIZE, ReclaimReason::Max)
-            } else {
-                0
-            };
+            // Ask for at least SWAP_CLUSTER_MAX pages, as the kernel's
+            // try_to_free_mem_cgroup_pages does, so that concurrent
+            // chargers do not each win back only their own request.
+            let wanted_bytes = nr_pages.max(SWAP_CLUSTER_MAX) * PAGE_SIZE;
+            let progress = has_reclaimers
+                && self
+                    .run_reclaim(ctx, over, wanted_bytes, ReclaimReason::Max)
+                    .progress();
             if over.counter.margin_pages() >= nr_pages {
                 continue;
             }
@@ -263,7 +268,7 @@ impl Core {
                 drained = true;
                 continue;
             }
-            if retries > 0 && (has_reclaimers || reclaimed > 0) {
+            if retries > 0 && (has_reclaimers || progress) {
                 retries -= 1;
                 continue;
             }
@@ -291,7 +296,7 @@ impl Core {
         over: &MemCgroup,
         wanted_bytes: u64,
         reason: ReclaimReason,
-    ) -> u64 {
+    ) -> reclaim::ReclaimOutcome {
         let previous = ctx.reclaim_flag.map(|f| f.replace(true));
         let freed = reclaim::reclaim_subtree(over, wanted_bytes, reason);
         if let (Some(f), Some(p)) = (ctx.reclaim_flag, previous) {

@@ -220,6 +220,8 @@ impl Group {
         }
         // Handshake with `try_pin_task` (SeqCst on both sides).
         m.dying.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `try_pin_task`.
+        crate::sync::fence(Ordering::SeqCst);
         let nr_tasks = m.nr_tasks.load(Ordering::SeqCst);
         if nr_tasks > 0 {
             m.dying.store(false, Ordering::SeqCst);

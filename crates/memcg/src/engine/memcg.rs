@@ -237,6 +237,12 @@ impl MemCgroup {
     pub(crate) fn try_pin_task(&self) -> bool {
         loop {
             self.nr_tasks.fetch_add(1, Ordering::SeqCst);
+            // Store-load ordering against `Group::remove` (which stores
+            // `dying`, then loads `nr_tasks`): SeqCst on both accesses
+            // already forbids both sides missing each other; the fence
+            // states it in a form loom models (it treats SeqCst accesses
+            // as AcqRel).
+            crate::sync::fence(Ordering::SeqCst);
             if !self.dying.load(Ordering::SeqCst) {
                 return true;
             }

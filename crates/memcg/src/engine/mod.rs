@@ -22,7 +22,7 @@ pub use group::{validate_name, Group, MAX_NAME_BYTES};
 pub use invariants::Fault;
 pub use invariants::InvariantViolations;
 pub use memcg::{ChargeKind, MemoryEvent};
-pub use reclaim::{ReclaimReason, ReclaimRequest, ReclaimerHandle};
+pub use reclaim::{ReclaimReason, ReclaimRequest, ReclaimerHandle, MAX_CONCURRENT_RUNS};
 pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};

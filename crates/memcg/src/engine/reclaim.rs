@@ -6,15 +6,18 @@
 //! bytes are wanted. A callback returns how many bytes it freed (an
 //! estimate; the engine re-reads usage afterwards).
 //!
-//! A callback is never re-entered: while it runs, a nested reclaim (from a
-//! charge it makes, on any thread) skips it. Charges that a callback makes
+//! A callback may run on several threads at once (up to
+//! [`MAX_CONCURRENT_RUNS`]; past that a reclaim yields and counts the busy
+//! callback as progress, so its charge retries while the others free
+//! memory), but it is never re-entered on one thread: a charge the
+//! callback makes that needs reclaim again skips it. Charges that a callback makes
 //! through the task that triggered reclaim are forced past `max` (the
 //! kernel's `PF_MEMALLOC`), so reclaim cannot recurse through them.
 
 use std::sync::{Arc, Weak};
 
 use crate::engine::memcg::MemCgroup;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicI32, Ordering};
 
 /// What a reclaim callback is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,45 +43,66 @@ pub enum ReclaimReason {
 
 type Callback = dyn Fn(&ReclaimRequest) -> u64 + Send + Sync;
 
+/// How many threads may run one callback at the same time.
+pub const MAX_CONCURRENT_RUNS: usize = 8;
+
 /// A registered callback.
 pub(crate) struct Reclaimer {
     callback: Box<Callback>,
-    running: AtomicBool,
+    /// Kernel thread ids of the threads running the callback (0 = free).
+    running: [AtomicI32; MAX_CONCURRENT_RUNS],
 }
 
 impl std::fmt::Debug for Reclaimer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reclaimer")
-            .field("running", &self.running.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("Reclaimer").finish_non_exhaustive()
     }
+}
+
+/// Why a callback did not run.
+enum Skipped {
+    /// It is running on this very thread (a charge it made).
+    Recursion,
+    /// Too many threads run it now.
+    Busy,
 }
 
 impl Reclaimer {
     pub(crate) fn new(callback: Box<Callback>) -> Self {
         Reclaimer {
             callback,
-            running: AtomicBool::new(false),
+            running: std::array::from_fn(|_| AtomicI32::new(0)),
         }
     }
 
-    /// Runs the callback unless it is already running; returns bytes freed.
-    fn run(&self, request: &ReclaimRequest) -> u64 {
+    /// Runs the callback unless this thread is already running it or too
+    /// many threads are; returns the bytes freed.
+    fn run(&self, request: &ReclaimRequest) -> Result<u64, Skipped> {
+        // SAFETY: `gettid` has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
         if self
             .running
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+            .iter()
+            .any(|t| t.load(Ordering::Acquire) == tid)
         {
-            return 0;
+            return Err(Skipped::Recursion);
         }
-        struct Reset<'a>(&'a AtomicBool);
-        impl Drop for Reset<'_> {
+        let slot = self
+            .running
+            .iter()
+            .find(|t| {
+                t.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(Skipped::Busy)?;
+        struct Release<'a>(&'a AtomicI32);
+        impl Drop for Release<'_> {
             fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
+                self.0.store(0, Ordering::Release);
             }
         }
-        let _reset = Reset(&self.running);
-        (self.callback)(request)
+        let _release = Release(slot);
+        Ok((self.callback)(request))
     }
 }
 
@@ -108,27 +132,53 @@ impl Drop for ReclaimerHandle {
     }
 }
 
+/// What a reclaim pass achieved.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReclaimOutcome {
+    /// Bytes the callbacks reported freed.
+    pub(crate) freed_bytes: u64,
+    /// Some callback was busy (running elsewhere): progress is likely.
+    pub(crate) busy: bool,
+}
+
+impl ReclaimOutcome {
+    pub(crate) fn progress(self) -> bool {
+        self.freed_bytes > 0 || self.busy
+    }
+}
+
 /// Runs the callbacks of `over`'s subtree, largest usage first, until
-/// `wanted_bytes` were freed. Returns the bytes the callbacks report.
-pub(crate) fn reclaim_subtree(over: &MemCgroup, wanted_bytes: u64, reason: ReclaimReason) -> u64 {
+/// `wanted_bytes` were freed.
+pub(crate) fn reclaim_subtree(
+    over: &MemCgroup,
+    wanted_bytes: u64,
+    reason: ReclaimReason,
+) -> ReclaimOutcome {
     let mut candidates: Vec<(u64, Arc<Reclaimer>)> = Vec::new();
     collect(over, &mut candidates);
+    let mut out = ReclaimOutcome::default();
     if candidates.is_empty() {
-        return 0;
+        return out;
     }
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
-    let mut freed = 0u64;
     for (_, r) in candidates {
-        if freed >= wanted_bytes {
+        if out.freed_bytes >= wanted_bytes {
             break;
         }
         let request = ReclaimRequest {
-            wanted_bytes: wanted_bytes - freed,
+            wanted_bytes: wanted_bytes - out.freed_bytes,
             reason,
         };
-        freed = freed.saturating_add(r.run(&request));
+        match r.run(&request) {
+            Ok(freed) => out.freed_bytes = out.freed_bytes.saturating_add(freed),
+            Err(Skipped::Busy) => out.busy = true,
+            Err(Skipped::Recursion) => {}
+        }
     }
-    freed
+    if out.busy {
+        crate::sync::spin_yield();
+    }
+    out
 }
 
 /// Whether any callback is registered in `group`'s subtree.

@@ -26,11 +26,12 @@ fn reclaimer_that_frees_enough_lets_the_charge_succeed() {
         freed
     });
     let r = g.try_charge(4 * PAGE_SIZE).unwrap();
+    // Reclaim asks for at least 32 pages (SWAP_CLUSTER_MAX).
     assert_eq!(
         *requests.lock().unwrap(),
-        [(4 * PAGE_SIZE, ReclaimReason::Max)]
+        [(32 * PAGE_SIZE, ReclaimReason::Max)]
     );
-    assert_eq!(cache.lock().unwrap().len(), 2);
+    assert!(cache.lock().unwrap().len() <= 2);
     assert_eq!(g.events_local().max, 1);
     assert_eq!(g.events_local().oom, 0);
     drop(r);
@@ -60,7 +61,9 @@ fn reclaimers_run_largest_group_first() {
         b2.lock().unwrap().take().map_or(0, |r| r.bytes())
     });
     let _r = p.try_charge(3 * PAGE_SIZE).unwrap();
-    assert_eq!(*order.lock().unwrap(), ["big"]);
+    // The big group first; it frees less than the 32 pages asked, so the
+    // small one is asked next.
+    assert_eq!(*order.lock().unwrap(), ["big", "small"]);
 }
 
 #[test]

@@ -1,0 +1,240 @@
+//! The seed protocol (`task->objcgs`, DESIGN §4.5) under loom.
+//!
+//! The owner thread charges, which runs `current_objcg_update` (the
+//! refresh) when the update flag is set, while another thread runs
+//! `mem_cgroup_kmem_attach` (`Group::attach`) or the owner exits
+//! (`mem_cgroup_exit`). Two nodes with one CPU each, so both entries of the
+//! per-node array are filled and dropped.
+//!
+//! Checked in every execution: no reference leaked or dropped twice
+//! (`check_invariants` compares reference counts with their holders
+//! exactly), both groups' task pins are balanced, and after the race the
+//! task caches the objcgs of the group it ended in, for every node (root's
+//! after exit).
+
+use loom::thread;
+
+use super::{assert_invariants, assert_stocks_empty, assert_usage_zero, live_objcg_refcnt, model};
+use crate::{ChargeKind, Controller, Group, Task, TaskCacheMode, Topology};
+
+/// Number of nodes of the models' topology (`2x1`).
+const NR_NODES: usize = 2;
+
+/// A controller on 2 nodes × 1 CPU (CPU 0 on node 0, CPU 1 on node 1),
+/// groups `a` and `b`, and a task forked in `a` with the per-node cache
+/// (stale: its first lookup refreshes).
+fn setup() -> (Controller, Group, Group, Task) {
+    setup_with(TaskCacheMode::PerNode)
+}
+
+/// As [`setup`], with the task's cache in `mode`.
+fn setup_with(mode: TaskCacheMode) -> (Controller, Group, Group, Task) {
+    let ctrl = Controller::new(Topology::from_spec("2x1").expect("topology"));
+    let a = ctrl.create("a").expect("create a");
+    let b = ctrl.create("b").expect("create b");
+    let task = ctrl.new_task_with_mode(&a, mode).expect("task");
+    (ctrl, a, b, task)
+}
+
+/// Asserts that the task's lookup gives `path`'s objcg on every node.
+#[track_caller]
+fn assert_caches(task: &Task, path: &str) {
+    for nid in 0..NR_NODES {
+        let got = task.obj_cgroup(nid).expect("lookup");
+        assert_eq!(got, (path.to_string(), nid), "node {nid}");
+    }
+    assert!(!task.is_stale(), "the lookup left the cache stale");
+}
+
+/// Checks the end state once every charge is gone and the task exited:
+/// stocks drained, usage zero, only the live references left, no pins.
+fn assert_quiescent(ctrl: &Controller, groups: &[&Group]) {
+    ctrl.drain_stocks();
+    assert_stocks_empty(ctrl);
+    let root = ctrl.root();
+    let mut all = groups.to_vec();
+    all.push(&root);
+    assert_usage_zero(&all);
+    for g in groups {
+        assert_eq!(g.nr_tasks(), 0, "group {:?} keeps a task pin", g.path());
+        for nid in 0..NR_NODES {
+            assert_eq!(
+                live_objcg_refcnt(ctrl, g, nid),
+                1,
+                "group {:?} node {nid}: only the live reference may remain",
+                g.path()
+            );
+        }
+    }
+    assert_invariants(ctrl);
+}
+
+/// The task is stale from fork when the race starts: the refresh clears
+/// the flag, reads the group and fills both entries while the attach
+/// publishes `b` and sets the flag. An attach whose flag lands after the
+/// clear must survive to the next lookup (the window the seed as posted
+/// leaves open), so after the owner charges once more it caches `b` on
+/// every node.
+#[test]
+fn refresh_racing_attach_caches_attached_group() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let charge = task.charge(0, 64, ChargeKind::Alloc).expect("charge");
+            (task, charge)
+        });
+        b.attach(&handle).expect("attach");
+        let (task, first) = owner.join().expect("owner");
+
+        let second = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+        assert_caches(&task, "b");
+        assert_eq!(a.nr_tasks(), 0);
+        assert_eq!(b.nr_tasks(), 1);
+        assert_invariants(&ctrl);
+
+        task.uncharge(0, first).expect("uncharge");
+        task.uncharge(1, second).expect("uncharge");
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
+
+/// The task already caches `a` (flag clear, byte cache of `a` on node 0)
+/// when the owner charges again while the attach runs: the charge either
+/// hits the byte cache of `a` or refreshes and switches the byte cache to
+/// `b`, dropping `a`'s references exactly once.
+#[test]
+fn charge_racing_attach_after_refresh_switches_to_attached_group() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let first = task.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        assert_caches(&task, "a");
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let charge = task.charge(0, 64, ChargeKind::Alloc).expect("charge");
+            (task, charge)
+        });
+        b.attach(&handle).expect("attach");
+        let (task, second) = owner.join().expect("owner");
+
+        let third = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+        assert_caches(&task, "b");
+        assert_invariants(&ctrl);
+
+        for charge in [first, second, third] {
+            task.uncharge(0, charge).expect("uncharge");
+        }
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
+
+/// Two threads attach the task, to `b` and back to `a`, while the stale
+/// owner charges (3 threads). Whichever attach publishes its group last
+/// wins; after the owner charges once more, its cache holds that group's
+/// objcgs on every node and every reference the refreshes replaced was
+/// dropped exactly once.
+#[test]
+fn refresh_racing_two_attaches_caches_last_attached_group() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let charge = task.charge(0, 64, ChargeKind::Alloc).expect("charge");
+            (task, charge)
+        });
+        let to_b = {
+            let (b, handle) = (b.clone(), handle.clone());
+            thread::spawn(move || b.attach(&handle).expect("attach to b"))
+        };
+        a.attach(&handle).expect("attach to a");
+        to_b.join().expect("attacher");
+        let (task, first) = owner.join().expect("owner");
+
+        let last = task.group().expect("attached");
+        assert!(last == a || last == b);
+        let second = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+        assert_caches(&task, last.path());
+        assert_eq!(a.nr_tasks() + b.nr_tasks(), 1);
+        assert_eq!(last.nr_tasks(), 1);
+        assert_invariants(&ctrl);
+
+        task.uncharge(0, first).expect("uncharge");
+        task.uncharge(1, second).expect("uncharge");
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
+
+/// The pre-seed cache (`TaskCacheMode::Single`: one entry, for the node
+/// the task refreshed on) runs the same refresh: racing an attach, it
+/// must not lose it either. After the owner charges once more, every
+/// lookup gives `b`'s objcg (of whichever node the entry was filled for).
+#[test]
+fn refresh_racing_attach_in_single_mode_caches_attached_group() {
+    model(|| {
+        let (ctrl, a, b, task) = setup_with(TaskCacheMode::Single);
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let charge = task.charge(0, 64, ChargeKind::Alloc).expect("charge");
+            (task, charge)
+        });
+        b.attach(&handle).expect("attach");
+        let (task, first) = owner.join().expect("owner");
+
+        let second = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+        for nid in 0..NR_NODES {
+            let (path, _node) = task.obj_cgroup(nid).expect("lookup");
+            assert_eq!(path, "b", "node {nid}");
+        }
+        assert!(!task.is_stale());
+        assert_invariants(&ctrl);
+
+        task.uncharge(0, first).expect("uncharge");
+        task.uncharge(1, second).expect("uncharge");
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
+
+/// The stale owner charges (refreshing), returns the charge and exits
+/// while another thread attaches the task to `b`: the attach either lands
+/// before the exit (which then unpins `b`) or finds the task gone
+/// (`TaskExited`, nothing pinned). The refresh and the exit drop every
+/// per-node reference once; afterwards the task charges root on every
+/// node, and both groups can be removed.
+#[test]
+fn exit_racing_attach_releases_every_reference() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let mut task = task;
+            let first = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+            task.uncharge(1, first).expect("uncharge");
+            task.exit();
+            task
+        });
+        let attached = b.attach(&handle);
+        let task = owner.join().expect("owner");
+
+        match attached {
+            Ok(()) | Err(crate::Error::TaskExited) => {}
+            Err(e) => panic!("attach failed with {e}"),
+        }
+        assert!(task.has_exited());
+        assert!(task.group().is_none());
+        let late = task.charge(1, 64, ChargeKind::Alloc).expect("charge");
+        assert_caches(&task, "");
+        assert_invariants(&ctrl);
+        task.uncharge(1, late).expect("uncharge");
+        drop(task);
+        drop(handle);
+
+        assert_quiescent(&ctrl, &[&a, &b]);
+        a.remove().expect("remove a");
+        b.remove().expect("remove b");
+        assert_invariants(&ctrl);
+    });
+}
