@@ -103,12 +103,10 @@ fn task_charge_racing_remove_balances_ancestors() {
 /// one of them succeed, so a task never ends up attached to a removed
 /// group. The loser fails with `Removed` or `HasTasks`.
 ///
-/// Ignored: loom models SeqCst accesses as AcqRel (loom README,
-/// tokio-rs/loom#180), so it lets both loads of this store-buffering
-/// handshake (`try_pin_task`: add to `nr_tasks`, load `dying`; `remove`:
-/// store `dying`, load `nr_tasks`) read the old value and reports
-/// `(Ok, Ok)`, which Rust's SeqCst forbids. It passes once both sides put
-/// `fence(SeqCst)` between their store and load, which loom does model.
+/// Loom models SeqCst accesses as AcqRel (loom README, tokio-rs/loom#180),
+/// so this store-buffering handshake (`try_pin_task`: add to `nr_tasks`,
+/// load `dying`; `remove`: store `dying`, load `nr_tasks`) carries an
+/// explicit `fence(SeqCst)` on both sides, which loom does model.
 #[test]
 fn attach_racing_remove_lets_exactly_one_succeed() {
     model(|| {
