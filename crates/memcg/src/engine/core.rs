@@ -417,8 +417,10 @@ impl Core {
             self.obj_cgroup_uncharge_pages(objcg, pages);
         }
         if rem > 0 {
-            objcg.nr_charged_bytes.fetch_add(rem, Ordering::Relaxed);
-            self.count_shared(None, 1);
+            // Unlike the kernel, whole pages that the remainders add up to
+            // in the pool are returned at once, so that a drain under
+            // limit pressure frees everything stocks and pools hold.
+            self.uncharge_to_pool(objcg, rem);
         }
         self.objcg_put(objcg, s.refs + 1);
     }
