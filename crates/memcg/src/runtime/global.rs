@@ -2,7 +2,8 @@
 //! (no `Once`, no lazy static: initialisation may run inside the global
 //! allocator, and a re-entrant `call_once` would deadlock).
 
-use crate::engine::{Config, Controller, TaskCacheMode, Topology};
+use crate::engine::{Config, Controller, TaskCacheMode};
+use crate::runtime::topology::CpuMap;
 use crate::sync::{AtomicPtr, AtomicU32, Ordering};
 
 const UNINIT: u32 = 0;
@@ -13,48 +14,6 @@ static STATE: AtomicU32 = AtomicU32::new(UNINIT);
 static CONTROLLER: AtomicPtr<Controller> = AtomicPtr::new(std::ptr::null_mut());
 /// Real CPU id → CPU id of the controller's topology (virtual or real).
 static CPU_MAP: AtomicPtr<CpuMap> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Maps the CPU ids the kernel reports to CPU ids of the topology.
-#[derive(Debug)]
-pub(crate) struct CpuMap {
-    /// `map[real] = topology cpu`; real ids past the end use `fallback`.
-    map: Box<[u16]>,
-    present: Box<[u16]>,
-}
-
-impl CpuMap {
-    fn new(topology: &Topology) -> CpuMap {
-        let present: Box<[u16]> = topology.cpus().map(|c| c as u16).collect();
-        let real_cpus = crate::runtime::topology::nr_possible_cpus().max(topology.nr_cpu_ids());
-        let map = (0..real_cpus)
-            .map(|real| {
-                if topology.node_of_cpu(real).is_some() {
-                    real as u16
-                } else {
-                    // A virtual topology smaller than the machine (or a
-                    // hole in the ids): wrap onto the topology's CPUs.
-                    present
-                        .get(real % present.len().max(1))
-                        .copied()
-                        .unwrap_or(0)
-                }
-            })
-            .collect();
-        CpuMap { map, present }
-    }
-
-    /// The topology CPU for a real CPU id.
-    #[inline(always)]
-    pub(crate) fn to_topology(&self, real: usize) -> usize {
-        match self.map.get(real) {
-            Some(&c) => c as usize,
-            None => self
-                .present
-                .get(real % self.present.len().max(1))
-                .map_or(0, |&c| c as usize),
-        }
-    }
-}
 
 /// The controller if it is ready; never initialises (safe to call from
 /// anywhere, including re-entrant allocator calls).
@@ -149,4 +108,11 @@ pub fn controller() -> &'static Controller {
         // Another thread is initialising: it finishes without waiting on us.
         std::thread::yield_now();
     }
+}
+
+/// How the runtime learns the current CPU: `"rseq"` (glibc's restartable
+/// sequences area), `"rdpid"` or `"getcpu"` (`sched_getcpu`); chosen once.
+/// `MEMCG_CPU_MODE=rseq|rdpid|getcpu` forces one (for testing).
+pub fn cpu_id_source() -> &'static str {
+    crate::runtime::cpu::mode().name()
 }

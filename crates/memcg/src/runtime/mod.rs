@@ -14,7 +14,7 @@ pub(crate) mod thread;
 pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
-pub use global::controller;
+pub use global::{controller, cpu_id_source};
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
     check_invariants, current_group, current_thread, flush_current, set_current_exempt, spawn,
