@@ -152,7 +152,8 @@ impl Controller {
                         .iter()
                         .map(|p| p.load(Ordering::Relaxed))
                         .sum::<i64>();
-                    h.pending_objects += c.pending_objects.load(Ordering::Relaxed);
+                    h.pending_objects +=
+                        c.refs_base.load(Ordering::Relaxed) - c.refs.load(Ordering::Relaxed) as i64;
                 }
             }
         }

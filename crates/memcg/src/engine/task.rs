@@ -82,7 +82,12 @@ pub(crate) struct TaskCache {
     pub(crate) bytes: AtomicU64,
     pub(crate) refs: AtomicU64,
     pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
-    pub(crate) pending_objects: AtomicI64,
+    /// Reference credit at the last statistics flush, adjusted whenever
+    /// credit changes for a reason other than an object: every object
+    /// charged from the cache takes one credit and every object returned
+    /// gives one back, so `refs_base - refs` is the net number of objects
+    /// charged since the flush (not yet in the objcg's `live_objects`).
+    pub(crate) refs_base: AtomicI64,
     pub(crate) charges: AtomicU64,
 }
 
@@ -296,7 +301,7 @@ impl Task {
                 bytes: AtomicU64::new(0),
                 refs: AtomicU64::new(0),
                 pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
-                pending_objects: AtomicI64::new(0),
+                refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
             },
             refreshes: AtomicU64::new(0),
@@ -426,7 +431,7 @@ impl Task {
         set_u64(&cache.refs, refs - 1);
         set_u64(&cache.charges, get_u64(&cache.charges) + 1);
         // SAFETY: as above.
-        self.pend(unsafe { objcg.as_ref() }, kind, bytes as i64, 1);
+        self.pend(unsafe { objcg.as_ref() }, kind, bytes as i64);
         Some(p as usize)
     }
 
@@ -458,7 +463,7 @@ impl Task {
         }
         set_u64(&cache.bytes, new_bytes);
         set_u64(&cache.refs, new_refs);
-        self.pend(objcg, kind, -(bytes as i64), -1);
+        self.pend(objcg, kind, -(bytes as i64));
         true
     }
 
@@ -663,7 +668,7 @@ impl Task {
                 set_u64(&cache.bytes, have - bytes);
                 set_u64(&cache.refs, refs - 1);
                 set_u64(&cache.charges, get_u64(&cache.charges) + 1);
-                self.pend(objcg, kind, bytes as i64, 1);
+                self.pend(objcg, kind, bytes as i64);
                 self.unpin(pinned);
                 return Ok(Charge::new(objcg, bytes, kind));
             }
@@ -716,6 +721,7 @@ impl Task {
                 got
             };
             set_u64(&cache.refs, got);
+            self.rebase_refs(got as i64);
         }
         let have = get_u64(&cache.bytes);
         if have >= bytes {
@@ -736,7 +742,7 @@ impl Task {
         }
         if cache.objcg.load(Ordering::Relaxed) == objcg.id() && get_u64(&cache.refs) > 0 {
             set_u64(&cache.refs, get_u64(&cache.refs) - 1);
-            self.pend(objcg, kind, bytes as i64, 1);
+            self.pend(objcg, kind, bytes as i64);
         } else {
             objcg.get(1);
             core.account(Some(cpu), objcg, kind, bytes as i64, 1);
@@ -746,16 +752,22 @@ impl Task {
 
     /// Records statistics for the cached objcg, flushing when large.
     #[inline(always)]
-    fn pend(&self, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64, objects: i64) {
+    fn pend(&self, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64) {
         let cache = &self.shared.cache;
         let slot = &cache.pending_bytes[kind.index()];
         let v = slot.load(Ordering::Relaxed) + bytes;
         slot.store(v, Ordering::Relaxed);
-        let o = cache.pending_objects.load(Ordering::Relaxed) + objects;
-        cache.pending_objects.store(o, Ordering::Relaxed);
         if !(-STAT_FLUSH_BYTES..=STAT_FLUSH_BYTES).contains(&v) {
             self.flush_stats(objcg);
         }
+    }
+
+    /// Credit changed by `delta` without an object: keep
+    /// `refs_base - refs` equal to the objects charged since the flush.
+    #[inline]
+    fn rebase_refs(&self, delta: i64) {
+        let base = &self.shared.cache.refs_base;
+        base.store(base.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
     }
 
     /// Moves pending statistics to the objcg and its owner's counters.
@@ -767,7 +779,9 @@ impl Task {
                 self.core.account(None, objcg, kind, bytes, 0);
             }
         }
-        let objects = cache.pending_objects.swap(0, Ordering::Relaxed);
+        let refs = get_u64(&cache.refs) as i64;
+        let objects = cache.refs_base.load(Ordering::Relaxed) - refs;
+        cache.refs_base.store(refs, Ordering::Relaxed);
         if objects != 0 {
             self.core
                 .account(None, objcg, ChargeKind::Alloc, 0, objects);
@@ -788,6 +802,7 @@ impl Task {
         let refs = get_u64(&cache.refs);
         set_u64(&cache.bytes, 0);
         set_u64(&cache.refs, 0);
+        cache.refs_base.store(0, Ordering::Relaxed);
         cache.objcg.store(0, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
@@ -833,7 +848,7 @@ impl Task {
             let refs = get_u64(&cache.refs) + 1;
             set_u64(&cache.bytes, bytes);
             set_u64(&cache.refs, refs);
-            self.pend(objcg, charge.kind, -(charge.bytes as i64), -1);
+            self.pend(objcg, charge.kind, -(charge.bytes as i64));
             if bytes > CACHE_MAX_BYTES || refs > 2 * REF_BATCH {
                 self.trim_cache(cpu, objcg);
             }
@@ -891,7 +906,7 @@ impl Task {
     /// Live-byte delta for `objcg`: batched when it is the cached objcg.
     fn account_delta(&self, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64) {
         if !self.exited.get() && self.shared.cache.objcg.load(Ordering::Relaxed) == objcg.id() {
-            self.pend(objcg, kind, bytes, 0);
+            self.pend(objcg, kind, bytes);
         } else {
             self.core.account(None, objcg, kind, bytes, 0);
         }
@@ -924,6 +939,7 @@ impl Task {
         let keep_refs = refs.min(REF_BATCH);
         set_u64(&cache.bytes, keep_bytes);
         set_u64(&cache.refs, keep_refs);
+        self.rebase_refs(keep_refs as i64 - refs as i64);
         self.core
             .refill_obj_stock(Some(cpu), objcg, bytes - keep_bytes, refs - keep_refs, true);
     }
