@@ -113,7 +113,9 @@ pub(crate) struct TaskShared {
     pub(crate) exempt: AtomicBool,
     /// The attached group (`None` after exit).
     pub(crate) group: Mutex<Option<Arc<MemCgroup>>>,
-    pub(crate) cache: TaskCache,
+    /// Written on every charge: on cache lines of its own, so two tasks'
+    /// caches never share a line.
+    pub(crate) cache: crossbeam_utils::CachePadded<TaskCache>,
     pub(crate) refreshes: AtomicU64,
     pub(crate) ctrl_serial: u64,
 }
@@ -296,14 +298,14 @@ impl Task {
             mode,
             exempt: AtomicBool::new(exempt),
             group: Mutex::new(Some(Arc::clone(group))),
-            cache: TaskCache {
+            cache: crossbeam_utils::CachePadded::new(TaskCache {
                 objcg: AtomicU32::new(0),
                 bytes: AtomicU64::new(0),
                 refs: AtomicU64::new(0),
                 pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
-            },
+            }),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
         });
