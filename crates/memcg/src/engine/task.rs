@@ -79,6 +79,9 @@ pub(crate) const MAX_CHARGE_BYTES: u64 = 1 << 48;
 pub(crate) struct TaskCache {
     /// Id of the cached objcg, 0 for none. The cache holds one reference.
     pub(crate) objcg: AtomicU32,
+    /// Address of the cached objcg (0 for none), so the hot paths compare
+    /// pointers without touching the objcg's cache line.
+    pub(crate) objcg_addr: AtomicUsize,
     pub(crate) bytes: AtomicU64,
     pub(crate) refs: AtomicU64,
     pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
@@ -300,6 +303,7 @@ impl Task {
             group: Mutex::new(Some(Arc::clone(group))),
             cache: crossbeam_utils::CachePadded::new(TaskCache {
                 objcg: AtomicU32::new(0),
+                objcg_addr: AtomicUsize::new(0),
                 bytes: AtomicU64::new(0),
                 refs: AtomicU64::new(0),
                 pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
@@ -417,11 +421,8 @@ impl Task {
         let entries = unsafe { shared.entries(tagged) }?;
         let p = entries.get(idx)?.load(Ordering::Relaxed);
         let objcg = NonNull::new(p)?;
-        // SAFETY: entries point into the type-stable table and hold a
-        // reference (taken in `refresh`).
-        let id = unsafe { objcg.as_ref() }.id();
         let cache = &shared.cache;
-        if cache.objcg.load(Ordering::Relaxed) != id {
+        if cache.objcg_addr.load(Ordering::Relaxed) != p as usize {
             return None;
         }
         let have = get_u64(&cache.bytes);
@@ -451,13 +452,13 @@ impl Task {
         if self.exited.get() {
             return false;
         }
+        let cache = &self.shared.cache;
+        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+            return false;
+        }
         // SAFETY: by the caller's guarantee `raw` points into this
         // controller's type-stable table.
         let objcg = unsafe { &*(raw as *const ObjCgroup) };
-        let cache = &self.shared.cache;
-        if cache.objcg.load(Ordering::Relaxed) != objcg.id() {
-            return false;
-        }
         let new_bytes = get_u64(&cache.bytes) + bytes;
         let new_refs = get_u64(&cache.refs) + 1;
         if new_bytes > CACHE_MAX_BYTES || new_refs > 2 * REF_BATCH {
@@ -806,6 +807,7 @@ impl Task {
         set_u64(&cache.refs, 0);
         cache.refs_base.store(0, Ordering::Relaxed);
         cache.objcg.store(0, Ordering::Relaxed);
+        cache.objcg_addr.store(0, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
             None => {
@@ -821,6 +823,10 @@ impl Task {
         self.drain_cache(cpu);
         new.get(1);
         self.shared.cache.objcg.store(new.id(), Ordering::Relaxed);
+        self.shared
+            .cache
+            .objcg_addr
+            .store(new as *const ObjCgroup as usize, Ordering::Relaxed);
     }
 
     /// Returns the byte cache to `cpu`'s stock and flushes statistics (a

@@ -65,7 +65,13 @@ impl<A> MemcgAlloc<A> {
 fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
     let offset = layout.size().checked_add(7)? & !7;
     let size = offset.checked_add(TRAILER_BYTES)?;
-    let inner = Layout::from_size_align(size, layout.align()).ok()?;
+    // `Layout`'s rule: the size rounded up to the alignment fits `isize`.
+    if size > isize::MAX as usize - (layout.align() - 1) {
+        return None;
+    }
+    // SAFETY: the alignment comes from a valid `Layout` (a power of two)
+    // and the size, rounded up to it, does not overflow `isize` (checked).
+    let inner = unsafe { Layout::from_size_align_unchecked(size, layout.align()) };
     Some((inner, offset))
 }
 
