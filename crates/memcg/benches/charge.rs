@@ -27,11 +27,12 @@
 //! `--warm-up-time` and `--measurement-time` override them, e.g.
 //! `cargo bench -p memcg --bench charge -- --warm-up-time 1 --measurement-time 3`.
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
 use memcg::{ChargeKind, Controller, Task, TaskCacheMode, Topology};
 
 /// Bytes of a small object (the hit path).
@@ -48,20 +49,24 @@ static SHARED: AtomicU64 = AtomicU64::new(0);
 #[inline(always)]
 fn pair(task: &Task, cpu: usize, bytes: u64) {
     let charge = match task.charge(black_box(cpu), black_box(bytes), ChargeKind::Alloc) {
-        Ok(c) => black_box(c),
+        Ok(c) => c,
         Err(e) => panic!("charge of {bytes} B on cpu {cpu} failed: {e}"),
     };
+    // By reference: a by-value `black_box` copies the 32-byte `Charge`
+    // with 16-byte moves that defeat store forwarding, a stall real
+    // callers (`into_raw`) do not have.
+    black_box(&charge);
     if let Err(e) = task.uncharge(black_box(cpu), charge) {
         panic!("uncharge of {bytes} B on cpu {cpu} failed: {e}");
     }
 }
 
-/// Runs `PROBE_PAIRS` iterations of `step` and reports, per pair, the
-/// slow charges and refreshes they caused.
-fn probe(ctrl: &Controller, scenario: &str, mut step: impl FnMut()) {
+/// Runs `PROBE_PAIRS` iterations of `step` and reports, per iteration,
+/// the slow charges, refreshes and shared atomics they caused.
+fn probe(ctrl: &Controller, scenario: &str, step: &impl Fn(usize)) {
     let before = ctrl.counters();
-    for _ in 0..PROBE_PAIRS {
-        step();
+    for i in 0..PROBE_PAIRS {
+        step(i as usize);
     }
     let after = ctrl.counters();
     eprintln!(
@@ -70,6 +75,20 @@ fn probe(ctrl: &Controller, scenario: &str, mut step: impl FnMut()) {
         (after.refreshes - before.refreshes) as f64 / PROBE_PAIRS as f64,
         (after.shared_atomics - before.shared_atomics) as f64 / PROBE_PAIRS as f64,
     );
+}
+
+/// Times `step(i)` for `i` in `0..iters`, so that alternating scenarios
+/// alternate on the loop index. Alternating on a flag kept in the
+/// closure's environment (`flip = !flip` under `b.iter`) measured about
+/// twice the hit pair's time for pairs that all hit the byte cache.
+fn iter_indexed(b: &mut Bencher<'_>, step: &impl Fn(usize)) {
+    b.iter_custom(|iters| {
+        let start = Instant::now();
+        for i in 0..iters {
+            step(i as usize);
+        }
+        start.elapsed()
+    });
 }
 
 /// Drops the tasks, drains the stocks and checks conservation: the bench
@@ -118,7 +137,7 @@ fn charge_hit_pair(c: &mut Criterion) {
     let ctrl = Controller::new(topology("1x1"));
     let g = ctrl.create("a").expect("create a");
     let task = ctrl.new_task(&g).expect("new task");
-    probe(&ctrl, "charge/hit_pair", || pair(&task, 0, SMALL_BYTES));
+    probe(&ctrl, "charge/hit_pair", &|_| pair(&task, 0, SMALL_BYTES));
 
     let mut group = c.benchmark_group("charge/hit_pair");
     group.bench_function("task_64B", |b| b.iter(|| pair(&task, 0, SMALL_BYTES)));
@@ -138,32 +157,27 @@ fn charge_miss_pair_4k(c: &mut Criterion) {
     // Two tasks, one per group, alternating on CPU 0, each uncharging its
     // own charge. A task's byte cache keeps exactly one page, so once warm
     // both tasks hit their own caches (the path check shows it).
-    let mut flip = false;
-    let mut two_tasks = || {
-        flip = !flip;
-        pair(if flip { &ta } else { &tb }, 0, PAGE_BYTES);
-    };
-    probe(&ctrl, "charge/miss_pair_4k/two_tasks_4096B", &mut two_tasks);
-    group.bench_function("two_tasks_4096B", |b| b.iter(&mut two_tasks));
+    let two_tasks = |i: usize| pair(if i & 1 == 0 { &ta } else { &tb }, 0, PAGE_BYTES);
+    probe(&ctrl, "charge/miss_pair_4k/two_tasks_4096B", &two_tasks);
+    group.bench_function("two_tasks_4096B", |b| iter_indexed(b, &two_tasks));
 
     // The same, but uncharged without a task (`Controller::uncharge`, a
     // free on another thread): every charge misses the byte cache and
     // takes bytes and a reference from CPU 0's obj stock, and every
     // uncharge refills it, with both groups' objcgs sharing the stock.
-    let mut flip = false;
-    let mut stock = || {
-        flip = !flip;
-        let task = if flip { &ta } else { &tb };
+    let stock = |i: usize| {
+        let task = if i & 1 == 0 { &ta } else { &tb };
         let charge = match task.charge(black_box(0), black_box(PAGE_BYTES), ChargeKind::Alloc) {
-            Ok(c) => black_box(c),
+            Ok(c) => c,
             Err(e) => panic!("charge of {PAGE_BYTES} B failed: {e}"),
         };
+        black_box(&charge);
         if let Err(e) = ctrl.uncharge(black_box(0), charge) {
             panic!("uncharge of {PAGE_BYTES} B failed: {e}");
         }
     };
-    probe(&ctrl, "charge/miss_pair_4k/stock_4096B", &mut stock);
-    group.bench_function("stock_4096B", |b| b.iter(&mut stock));
+    probe(&ctrl, "charge/miss_pair_4k/stock_4096B", &stock);
+    group.bench_function("stock_4096B", |b| iter_indexed(b, &stock));
 
     baselines(&mut group);
     group.finish();
@@ -182,21 +196,19 @@ fn refresh_attach_then_charge(c: &mut Criterion) {
         ];
         let task = ctrl.new_task(&groups[0]).expect("new task");
         let handle = task.handle();
-        let mut next = 1;
-        let mut step = || {
+        // The group the task is in; each step attaches it to the other.
+        let current = Cell::new(0usize);
+        let step = |_: usize| {
+            let next = current.get() ^ 1;
             groups[next]
                 .attach(&handle)
                 .unwrap_or_else(|e| panic!("attach: {e}"));
-            next ^= 1;
+            current.set(next);
             pair(&task, 0, SMALL_BYTES);
         };
-        probe(
-            &ctrl,
-            &format!("refresh/attach_then_charge/{nodes}"),
-            &mut step,
-        );
+        probe(&ctrl, &format!("refresh/attach_then_charge/{nodes}"), &step);
         group.bench_with_input(BenchmarkId::new("nodes", nodes), &nodes, |b, _| {
-            b.iter(&mut step)
+            iter_indexed(b, &step)
         });
         finish(&ctrl, vec![task]);
     }
@@ -214,13 +226,9 @@ fn charge_cross_node_pair(c: &mut Criterion) {
         let g = ctrl.create("a").expect("create a");
         let task = ctrl.new_task_with_mode(&g, mode).expect("new task");
         // CPU 0 is on node 0, CPU 1 on node 1.
-        let mut cpu = 0;
-        let mut step = || {
-            cpu ^= 1;
-            pair(&task, cpu, SMALL_BYTES);
-        };
-        probe(&ctrl, &format!("charge/cross_node_pair/{name}"), &mut step);
-        group.bench_function(name, |b| b.iter(&mut step));
+        let step = |i: usize| pair(&task, i & 1, SMALL_BYTES);
+        probe(&ctrl, &format!("charge/cross_node_pair/{name}"), &step);
+        group.bench_function(name, |b| iter_indexed(b, &step));
         finish(&ctrl, vec![task]);
     }
     baselines(&mut group);
