@@ -59,6 +59,10 @@ pub struct CompareArgs {
     /// Seed of the scheduler and workload (both runs use it).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Byte-stock slots per CPU (1 to 5): 1 is the kernel's obj stock
+    /// before its multi-slot fix, where the seed's stock effect shows.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub obj_stock_slots: u8,
     /// Where to write the SVG chart [default: $CARGO_TARGET_DIR or
     /// ./target, then memcg-sim/compare.svg].
     #[arg(long, value_name = "PATH")]

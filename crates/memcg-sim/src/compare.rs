@@ -62,7 +62,14 @@ impl Figures {
 /// are workers, two per group `app/w<k>`, that allocate 16–512 bytes
 /// (mean lifetime 32 steps), free their own objects, and migrate at 0.2%
 /// of their steps, half of the time to another node.
-pub fn workload(nodes: usize, cpus: usize, tasks: usize, steps: u64, seed: u64) -> Scenario {
+pub fn workload(
+    nodes: usize,
+    cpus: usize,
+    tasks: usize,
+    steps: u64,
+    seed: u64,
+    obj_stock_slots: usize,
+) -> Scenario {
     let pong_cpu = ((nodes - 1) * cpus) as u64;
     let base = TaskSpec {
         name: String::new(),
@@ -126,6 +133,7 @@ pub fn workload(nodes: usize, cpus: usize, tasks: usize, steps: u64, seed: u64) 
         machine: Machine {
             topology: format!("{nodes}x{cpus}"),
             task_cache: CacheMode::PerNode,
+            obj_stock_slots,
         },
         run: Run {
             steps,
@@ -267,7 +275,14 @@ pub fn command(args: &CompareArgs) -> anyhow::Result<u8> {
     if args.steps == 0 {
         return Err(usage("--steps must be at least 1"));
     }
-    let scenario = workload(args.nodes, args.cpus, args.tasks, args.steps, args.seed);
+    let scenario = workload(
+        args.nodes,
+        args.cpus,
+        args.tasks,
+        args.steps,
+        args.seed,
+        usize::from(args.obj_stock_slots),
+    );
     memcg::Topology::from_spec(&scenario.machine.topology)
         .map_err(|e| usage(&format!("--nodes {} --cpus {}: {e}", args.nodes, args.cpus)))?;
     if let Some(path) = &args.dump_scenario {

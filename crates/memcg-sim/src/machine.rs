@@ -135,7 +135,9 @@ impl Machine {
         let topo = Topology::from_spec(&scenario.machine.topology)?;
         let ctrl = Controller::with_config(
             topo.clone(),
-            Config::default().task_cache(scenario.machine.task_cache.into()),
+            Config::default()
+                .task_cache(scenario.machine.task_cache.into())
+                .obj_stock_slots(scenario.machine.obj_stock_slots),
         );
         let mut m = Machine {
             ctrl: ctrl.clone(),

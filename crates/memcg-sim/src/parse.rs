@@ -36,6 +36,12 @@ struct RawMachine {
     topology: Spanned<String>,
     #[serde(default)]
     task_cache: CacheMode,
+    #[serde(default = "default_obj_stock_slots")]
+    obj_stock_slots: Spanned<usize>,
+}
+
+fn default_obj_stock_slots() -> Spanned<usize> {
+    Spanned::new(0..0, memcg::NR_OBJ_STOCK)
 }
 
 #[derive(Deserialize)]
@@ -206,9 +212,20 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             format!("`topology` must be like \"2x4\" (nodes x CPUs per node): {e}"),
         )
     })?;
+    let slots = &raw.machine.obj_stock_slots;
+    if !(1..=memcg::NR_OBJ_STOCK).contains(slots.get_ref()) {
+        return Err(cx.err(
+            slots.span(),
+            format!(
+                "`obj_stock_slots` must be from 1 to {} (byte-stock slots per CPU)",
+                memcg::NR_OBJ_STOCK
+            ),
+        ));
+    }
     let machine = Machine {
         topology,
         task_cache: raw.machine.task_cache,
+        obj_stock_slots: *slots.get_ref(),
     };
 
     let raw_run = raw.run.unwrap_or(RawRun {

@@ -64,6 +64,9 @@ pub struct Machine {
     pub topology: String,
     /// Task cache mode.
     pub task_cache: CacheMode,
+    /// Byte-stock slots per CPU (`1..=memcg::NR_OBJ_STOCK`); 1 is the
+    /// kernel's obj stock before its multi-slot fix.
+    pub obj_stock_slots: usize,
 }
 
 /// `[run]`.

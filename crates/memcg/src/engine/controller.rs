@@ -23,17 +23,36 @@ pub enum TaskCacheMode {
 }
 
 /// Settings of a controller.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// The cache new tasks keep (each task may choose otherwise).
     pub task_cache: TaskCacheMode,
+    /// Byte-stock slots per CPU, `1..=NR_OBJ_STOCK` (default
+    /// [`crate::NR_OBJ_STOCK`]). One slot is the kernel's obj stock before
+    /// its multi-slot fix (6.16–7.0), for experiments.
+    pub obj_stock_slots: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            task_cache: TaskCacheMode::default(),
+            obj_stock_slots: crate::NR_OBJ_STOCK,
+        }
+    }
 }
 
 impl Config {
     /// Sets the default task cache mode.
     pub fn task_cache(mut self, mode: TaskCacheMode) -> Self {
         self.task_cache = mode;
+        self
+    }
+
+    /// Sets the byte-stock slots per CPU (clamped to `1..=NR_OBJ_STOCK`).
+    pub fn obj_stock_slots(mut self, slots: usize) -> Self {
+        self.obj_stock_slots = slots.clamp(1, crate::NR_OBJ_STOCK);
         self
     }
 }
@@ -102,7 +121,7 @@ impl Controller {
 
     /// A controller for `topology` with `config`.
     pub fn with_config(topology: Topology, config: Config) -> Controller {
-        match Core::new(topology, config.task_cache) {
+        match Core::new(topology, config.task_cache, config.obj_stock_slots) {
             Some(core) => Controller {
                 core: Arc::new(core),
             },

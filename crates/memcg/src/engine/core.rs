@@ -75,7 +75,11 @@ pub(crate) enum DrainFilter<'a> {
 }
 
 impl Core {
-    pub(crate) fn new(topology: Topology, task_cache: TaskCacheMode) -> Option<Self> {
+    pub(crate) fn new(
+        topology: Topology,
+        task_cache: TaskCacheMode,
+        obj_stock_slots: usize,
+    ) -> Option<Self> {
         let serial = crate::sync::next_serial();
         let nr_nodes = topology.nr_node_ids();
         let root = Arc::new(MemCgroup::new("", None, nr_nodes));
@@ -88,7 +92,7 @@ impl Core {
                 .store(objcg.slot_word(), Ordering::Release);
         }
         let stocks = (0..topology.nr_cpu_ids())
-            .map(|_| CachePadded::new(CpuStock::new()))
+            .map(|_| CachePadded::new(CpuStock::with_obj_slots(obj_stock_slots)))
             .collect();
         Some(Core {
             serial,

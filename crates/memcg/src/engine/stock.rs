@@ -111,6 +111,9 @@ pub(crate) struct CpuCounters {
 #[derive(Debug)]
 pub(crate) struct CpuStock {
     pub(crate) obj: [AtomicU64; NR_OBJ_STOCK],
+    /// Byte-stock slots in use (`1..=NR_OBJ_STOCK`; see
+    /// [`crate::Config::obj_stock_slots`]).
+    nr_obj: usize,
     obj_victim: AtomicU32,
     pub(crate) pages: [AtomicU64; NR_MEMCG_STOCK],
     page_victim: AtomicU32,
@@ -140,8 +143,16 @@ pub(crate) struct RefillOutcome {
 }
 
 impl CpuStock {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
+        CpuStock::with_obj_slots(NR_OBJ_STOCK)
+    }
+
+    /// A stock using the first `nr_obj` byte-stock slots (clamped to
+    /// `1..=NR_OBJ_STOCK`).
+    pub(crate) fn with_obj_slots(nr_obj: usize) -> Self {
         CpuStock {
+            nr_obj: nr_obj.clamp(1, NR_OBJ_STOCK),
             obj: std::array::from_fn(|_| AtomicU64::new(0)),
             obj_victim: AtomicU32::new(0),
             pages: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -151,11 +162,17 @@ impl CpuStock {
         }
     }
 
+    /// The byte-stock slots in use.
+    #[inline(always)]
+    pub(crate) fn obj_slots(&self) -> &[AtomicU64] {
+        self.obj.get(..self.nr_obj).unwrap_or(&self.obj)
+    }
+
     /// `consume_obj_stock`: takes `bytes` (and up to `want_refs` reference
     /// credit) from the slot caching objcg `id`.
     #[inline]
     pub(crate) fn consume_obj(&self, id: u32, bytes: u64, want_refs: u64) -> Option<Consumed> {
-        for slot in &self.obj {
+        for slot in self.obj_slots() {
             // Relaxed: the CAS below validates the value; the bytes and
             // credit carry no data that needs ordering.
             let mut word = slot.load(Ordering::Relaxed);
@@ -198,7 +215,7 @@ impl CpuStock {
         pool: &AtomicU64,
     ) -> RefillOutcome {
         // 1. A slot already caching `id`.
-        for slot in &self.obj {
+        for slot in self.obj_slots() {
             let mut word = slot.load(Ordering::Relaxed);
             loop {
                 let s = ObjSlot::unpack(word);
@@ -237,7 +254,7 @@ impl CpuStock {
         );
         out.installed = true;
         let new_word = new.pack();
-        for slot in &self.obj {
+        for slot in self.obj_slots() {
             if slot
                 .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -246,7 +263,7 @@ impl CpuStock {
             }
         }
         // 3. Replace a victim, rotating like the kernel's `drain_idx`.
-        let victim = self.obj_victim.fetch_add(1, Ordering::Relaxed) as usize % NR_OBJ_STOCK;
+        let victim = self.obj_victim.fetch_add(1, Ordering::Relaxed) as usize % self.nr_obj;
         // AcqRel: the evicted word is drained by this thread; pairs with
         // the other swaps and CASes of the slot.
         let old = self.obj[victim].swap(new_word, Ordering::AcqRel);
@@ -267,7 +284,7 @@ impl CpuStock {
         mut matches: impl FnMut(u32) -> bool,
         mut drained: impl FnMut(u64),
     ) {
-        for slot in &self.obj {
+        for slot in self.obj_slots() {
             let word = slot.load(Ordering::Relaxed);
             if word == 0 || !matches(ObjSlot::unpack(word).id) {
                 continue;
