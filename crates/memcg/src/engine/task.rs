@@ -655,7 +655,7 @@ impl Task {
     /// [`Error::UnknownCpu`], [`Error::InvalidSize`] for 0 or more than
     /// 2^48 bytes, [`Error::Charge`] when a `max` limit refuses after
     /// reclaim.
-    #[inline]
+    #[inline(always)]
     pub fn charge(&self, cpu: usize, bytes: u64, kind: ChargeKind) -> Result<Charge> {
         let nid = self.node_of(cpu)?;
         if bytes == 0 || bytes > MAX_CHARGE_BYTES {
@@ -846,7 +846,7 @@ impl Task {
     /// [`Error::UnknownCpu`]; [`Error::ForeignController`] when the charge
     /// came from another controller (it is then returned untouched by
     /// dropping it, which leaks it).
-    #[inline]
+    #[inline(always)]
     pub fn uncharge(&self, cpu: usize, charge: Charge) -> Result<()> {
         self.node_of(cpu)?;
         let objcg = charge.objcg(&self.core)?;
@@ -1081,6 +1081,8 @@ pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> 
     Ok(())
 }
 
+#[cold]
+#[inline(never)]
 pub(crate) fn invalid_size(bytes: u64) -> Error {
     Error::InvalidSize {
         bytes,
