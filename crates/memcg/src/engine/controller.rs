@@ -255,9 +255,7 @@ impl Controller {
     /// [`Error::UnknownCpu`], [`Error::InvalidSize`].
     pub fn charge_root(&self, cpu: usize, bytes: u64, kind: crate::ChargeKind) -> Result<Charge> {
         let nid = self.core.topology.node_of(cpu)?;
-        if bytes == 0 || bytes > crate::engine::task::MAX_CHARGE_BYTES {
-            return Err(crate::engine::task::invalid_size(bytes));
-        }
+        crate::engine::task::check_size(bytes)?;
         let Some(root) = self.core.root_objcg(nid) else {
             return Err(Error::UnknownCpu {
                 cpu,
@@ -280,16 +278,10 @@ impl Controller {
     /// As [`Task::resize`].
     pub fn resize(&self, cpu: usize, charge: &mut Charge, new_bytes: u64) -> Result<()> {
         self.core.topology.node_of(cpu)?;
-        if new_bytes == 0 || new_bytes > crate::engine::task::MAX_CHARGE_BYTES {
-            return Err(crate::engine::task::invalid_size(new_bytes));
-        }
+        crate::engine::task::check_size(new_bytes)?;
         let objcg = charge.objcg(&self.core)?;
         let old_bytes = charge.bytes();
-        let ctx = crate::engine::core::ChargeCtx {
-            cpu: Some(cpu),
-            forced: false,
-            reclaim_flag: None,
-        };
+        let ctx = crate::engine::core::ChargeCtx::direct(Some(cpu));
         if new_bytes > old_bytes {
             let delta = new_bytes - old_bytes;
             self.core.charge_bytes(ctx, objcg, delta)?;

@@ -60,6 +60,18 @@ pub(crate) struct ChargeCtx<'a> {
     pub(crate) reclaim_flag: Option<&'a std::cell::Cell<bool>>,
 }
 
+impl ChargeCtx<'_> {
+    /// A charge from outside any task and reclaim, through `cpu`'s stocks
+    /// (or none).
+    pub(crate) fn direct(cpu: Option<usize>) -> Self {
+        ChargeCtx {
+            cpu,
+            forced: false,
+            reclaim_flag: None,
+        }
+    }
+}
+
 /// Which stock slots a drain empties.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum DrainFilter<'a> {

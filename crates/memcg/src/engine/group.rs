@@ -310,11 +310,7 @@ impl Group {
             return true;
         }
         self.core.drain_all_stock(DrainFilter::OwnerIn(&self.memcg));
-        let ctx = ChargeCtx {
-            cpu: None,
-            forced: false,
-            reclaim_flag: None,
-        };
+        let ctx = ChargeCtx::direct(None);
         for _ in 0..MAX_RECLAIM_RETRIES {
             let usage = c.usage_pages();
             let target = limit(c);
@@ -404,11 +400,7 @@ impl Group {
                 nr_node_ids,
             });
         };
-        let ctx = ChargeCtx {
-            cpu: None,
-            forced: false,
-            reclaim_flag: None,
-        };
+        let ctx = ChargeCtx::direct(None);
         let r = Reservation::new(Arc::clone(&self.core), objcg, bytes, ctx);
         self.core.objcg_put(objcg, 1);
         r

@@ -104,11 +104,7 @@ impl Reservation {
         let Some(total) = total else {
             return Err(invalid_size(self.bytes.saturating_add(bytes)));
         };
-        let ctx = ChargeCtx {
-            cpu: None,
-            forced: false,
-            reclaim_flag: None,
-        };
+        let ctx = ChargeCtx::direct(None);
         charge(&self.core, self.objcg(), bytes, ctx)?;
         self.bytes = total;
         Ok(())

@@ -658,9 +658,7 @@ impl Task {
     #[inline(always)]
     pub fn charge(&self, cpu: usize, bytes: u64, kind: ChargeKind) -> Result<Charge> {
         let nid = self.node_of(cpu)?;
-        if bytes == 0 || bytes > MAX_CHARGE_BYTES {
-            return Err(invalid_size(bytes));
-        }
+        check_size(bytes)?;
         let pinned = self.pin(nid);
         let objcg = pinned.objcg;
         let cache = &self.shared.cache;
@@ -878,9 +876,7 @@ impl Task {
     /// refused (the charge keeps its size).
     pub fn resize(&self, cpu: usize, charge: &mut Charge, new_bytes: u64) -> Result<()> {
         self.node_of(cpu)?;
-        if new_bytes == 0 || new_bytes > MAX_CHARGE_BYTES {
-            return Err(invalid_size(new_bytes));
-        }
+        check_size(new_bytes)?;
         let objcg = charge.objcg(&self.core)?;
         let old_bytes = charge.bytes;
         let cache = &self.shared.cache;
@@ -1078,6 +1074,15 @@ pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> 
         .objcgs
         .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
     old.unpin_task();
+    Ok(())
+}
+
+/// Checks a charge size: `1..=MAX_CHARGE_BYTES`.
+#[inline(always)]
+pub(crate) fn check_size(bytes: u64) -> Result<()> {
+    if bytes == 0 || bytes > MAX_CHARGE_BYTES {
+        return Err(invalid_size(bytes));
+    }
     Ok(())
 }
 
