@@ -326,6 +326,16 @@ impl Group {
 
     /// `memory.current` in bytes: pages charged to the group and below,
     /// including what per-CPU stocks hold for them.
+    ///
+    /// # Error bound
+    /// Beyond the whole pages its live bytes need, `current` includes at
+    /// most, for the objcgs of the subtree: per CPU, 7 page-stock slots of
+    /// up to 64 pages and 5 byte-stock slots of under 64 KiB each; per
+    /// task, under 2 pages in its byte cache; per objcg, under 1 page in
+    /// its sub-page pool between drains (a drain returns the rest). A drain
+    /// ([`crate::Controller::drain_stocks`] after each task's
+    /// [`crate::Task::flush`]) makes it exactly `ceil(live / 4096)` pages
+    /// per objcg.
     pub fn current_bytes(&self) -> u64 {
         self.memcg.counter.usage_pages().saturating_mul(PAGE_SIZE)
     }
