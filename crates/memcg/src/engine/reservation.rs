@@ -94,8 +94,8 @@ impl Reservation {
     /// Reserves `bytes` more.
     ///
     /// # Errors
-    /// [`Error::Charge`] when a limit refuses after reclaim (the
-    /// reservation is unchanged), [`Error::InvalidSize`] past 2^48 bytes.
+    /// [`crate::Error::Charge`] when a limit refuses after reclaim (the
+    /// reservation is unchanged), [`crate::Error::InvalidSize`] past 2^48 bytes.
     pub fn grow(&mut self, bytes: u64) -> Result<()> {
         let total = self
             .bytes

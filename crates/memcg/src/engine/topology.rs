@@ -117,7 +117,7 @@ impl Topology {
 
     /// Parses a specification: `NxC` (for example `2x4`, also `2X4`) as
     /// [`Topology::uniform`], or `node:cpulist` pairs separated by `;` (for
-    /// example `0:0-3;2:4-5,8`). See the [module documentation](self).
+    /// example `0:0-3;2:4-5,8`; node ids may be sparse).
     ///
     /// Surrounding whitespace, and whitespace around separators, is ignored.
     ///
