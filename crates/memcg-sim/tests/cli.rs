@@ -268,6 +268,32 @@ fn compare_per_node_charges_local_node_and_single_does_not() {
     assert_eq!(v["checks_ok"], true);
 }
 
+/// The regression's pattern: ping-pong pairs of one group that started on
+/// two nodes and now switch on one CPU. With the single cache each pair
+/// brings two objcgs to that CPU's byte stock (six for three groups, one
+/// more than its slots); with the per-node cache, one.
+#[test]
+fn switch_ping_pong_per_node_needs_fewer_stock_replacements_than_single() {
+    let counters = |file: &str| -> serde_json::Value {
+        let path = scenario_dir().join(file);
+        let o = sim(&["run", path.to_str().expect("utf-8 path"), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+        assert_eq!(v["checks"]["ok"], true);
+        v["counters"].clone()
+    };
+    let per_node = counters("switch-ping-pong.toml");
+    let single = counters("switch-ping-pong-single.toml");
+    let replacements =
+        |c: &serde_json::Value| c["obj_stock_replacements"].as_u64().expect("number");
+    assert!(
+        replacements(&per_node) < replacements(&single),
+        "per-node {per_node} vs single {single}"
+    );
+    assert_eq!(replacements(&per_node), 0);
+    assert!(per_node["shared_atomics"].as_u64() < single["shared_atomics"].as_u64());
+}
+
 #[test]
 fn compare_writes_svg_where_asked() {
     let path = scratch("svg").join("chart.svg");
