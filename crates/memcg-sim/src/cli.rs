@@ -51,6 +51,8 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 4)]
     pub cpus: usize,
     /// Tasks (two ping-pong tasks, the rest migrating workers); at least 2.
+    /// Three switch pairs (ping-pong on CPU 0, one of each pair started on
+    /// the last node) come on top.
     #[arg(long, default_value_t = 8)]
     pub tasks: usize,
     /// Steps of each run.

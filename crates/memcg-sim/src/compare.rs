@@ -55,13 +55,20 @@ impl Figures {
     }
 }
 
+/// Ping-pong pairs switching on CPU 0 in the default workload.
+pub const SWITCH_PAIRS: usize = 3;
+
 /// The default workload of `compare` on `nodes × cpus` with `tasks`
 /// tasks: group `app` holds `ping` on CPU 0 and `pong` on the first CPU
 /// of the last node, which free each other's objects (16–512 bytes, mean
 /// lifetime 16 steps) and never leave their CPUs; the other `tasks − 2`
 /// are workers, two per group `app/w<k>`, that allocate 16–512 bytes
 /// (mean lifetime 32 steps), free their own objects, and migrate at 0.2%
-/// of their steps, half of the time to another node.
+/// of their steps, half of the time to another node. Besides, three
+/// switch pairs (`switch-a<k>`, `switch-b<k>` in `app/s<k>`) ping-pong on
+/// CPU 0, freeing each other's objects; `switch-b<k>` made its first
+/// charge on the first CPU of the last node before moving there: the
+/// context-switch pattern behind the kernel's reported regression.
 pub fn workload(
     nodes: usize,
     cpus: usize,
@@ -76,6 +83,7 @@ pub fn workload(
         group: "app".into(),
         count: 1,
         cpu: 0,
+        start_cpu: None,
         weight: 1.0,
         alloc_min_bytes: 16,
         alloc_max_bytes: 512,
@@ -102,15 +110,32 @@ pub fn workload(
             ..base.clone()
         },
     ];
-    // Workers come in pairs, each pair in its own group under `app`, so a
-    // CPU's byte stock sees more objcgs than it has slots once tasks
-    // migrate.
-    let nr_workers = tasks.saturating_sub(2);
     let mut groups = vec![GroupSpec {
         path: "app".into(),
         max_bytes: None,
         reclaimer: false,
     }];
+    for k in 0..SWITCH_PAIRS {
+        let group = format!("app/s{k}");
+        groups.push(GroupSpec {
+            path: group.clone(),
+            max_bytes: None,
+            reclaimer: false,
+        });
+        for (me, peer, start_cpu) in [("a", "b", None), ("b", "a", Some(pong_cpu))] {
+            task_specs.push(TaskSpec {
+                name: format!("switch-{me}{k}"),
+                group: group.clone(),
+                start_cpu,
+                peer: Some(format!("switch-{peer}{k}")),
+                ..base.clone()
+            });
+        }
+    }
+    // Workers come in pairs, each pair in its own group under `app`, so a
+    // CPU's byte stock sees more objcgs than it has slots once tasks
+    // migrate.
+    let nr_workers = tasks.saturating_sub(2);
     for k in 0..nr_workers.div_ceil(2) {
         let path = format!("app/w{k}");
         groups.push(GroupSpec {
@@ -325,8 +350,8 @@ pub fn command(args: &CompareArgs) -> anyhow::Result<u8> {
     } else {
         writeln!(
             out,
-            "{} steps, {} tasks on a virtual {} × {}-CPU machine, seed {} ({} charges per run)\n",
-            args.steps, args.tasks, args.nodes, args.cpus, args.seed, a.task_charges
+            "{} steps, {} tasks and {} switch pairs on a virtual {} × {}-CPU machine, seed {} ({} charges per run)\n",
+            args.steps, args.tasks, SWITCH_PAIRS, args.nodes, args.cpus, args.seed, a.task_charges
         )?;
         writeln!(out, "{:<44} {:>12} {:>12}", "", "per-node", "single")?;
         for r in &rows {
@@ -379,8 +404,8 @@ fn write_svg(path: &PathBuf, args: &CompareArgs, rows: &[svg::Row]) -> anyhow::R
     let doc = svg::chart(
         "memcg-sim compare: per-node vs single task cache",
         &format!(
-            "{} nodes × {} CPUs, {} tasks (ping-pong pair + migrating workers), {} steps, seed {}",
-            args.nodes, args.cpus, args.tasks, args.steps, args.seed
+            "{} nodes × {} CPUs, {} tasks (ping-pong pair + migrating workers) + {} switch pairs, {} steps, seed {}",
+            args.nodes, args.cpus, args.tasks, SWITCH_PAIRS, args.steps, args.seed
         ),
         rows,
     );

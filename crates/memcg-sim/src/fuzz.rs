@@ -72,6 +72,7 @@ pub fn random_scenario(seed: u64, steps: u64) -> Scenario {
             group: groups[r.index(groups.len())].path.clone(),
             count: r.range(1, 3),
             cpu: r.below(nodes * cpus),
+            start_cpu: r.chance(0.2).then(|| r.below(nodes * cpus)),
             weight: r.range(1, 4) as f64,
             alloc_min_bytes: min,
             alloc_max_bytes: max,

@@ -178,7 +178,7 @@ impl Machine {
             let s = &scenario.tasks[spec];
             let group = ctrl.group(&s.group)?;
             let task = ctrl.new_task(&group)?;
-            let cpu = initial_cpu(&topo, s.cpu, replica);
+            let cpu = initial_cpu(&topo, s.start_cpu.unwrap_or(s.cpu), replica);
             m.tasks.push(SimTask { task, cpu });
         }
         Ok(m)

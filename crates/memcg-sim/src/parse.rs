@@ -69,6 +69,7 @@ struct RawTask {
     group: Spanned<String>,
     count: Option<Spanned<u64>>,
     cpu: Option<Spanned<u64>>,
+    start_cpu: Option<Spanned<u64>>,
     weight: Option<Spanned<f64>>,
     alloc_min_bytes: Option<Spanned<u64>>,
     alloc_max_bytes: Option<Spanned<u64>>,
@@ -335,6 +336,19 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             Some(c) => *c.get_ref(),
             None => 0,
         };
+        let start_cpu = match &t.start_cpu {
+            Some(c) if topo.node_of(*c.get_ref() as usize).is_err() => {
+                return Err(cx.err(
+                    c.span(),
+                    format!(
+                        "`start_cpu` {} is not a CPU of the machine (CPUs 0..{nr_cpu_ids})",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            Some(c) => Some(*c.get_ref()),
+            None => None,
+        };
         let size = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
             Some(s) if *s.get_ref() == 0 || *s.get_ref() > MAX_OBJECT_BYTES => Err(cx.err(
                 s.span(),
@@ -373,6 +387,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             group,
             count,
             cpu,
+            start_cpu,
             weight: cx.positive(&t.weight, "weight", 1.0)?,
             alloc_min_bytes,
             alloc_max_bytes,

@@ -104,6 +104,11 @@ pub struct TaskSpec {
     pub count: u64,
     /// First CPU; replicas take the following CPUs.
     pub cpu: u64,
+    /// Where the task makes its first charge before moving to `cpu` for
+    /// good (replicas likewise take the following CPUs): a task that
+    /// started on another node, as in the regression's ping-pong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_cpu: Option<u64>,
     /// Relative share of the steps.
     pub weight: f64,
     /// Smallest object.

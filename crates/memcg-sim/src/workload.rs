@@ -86,6 +86,27 @@ pub fn generate(scenario: &Scenario) -> memcg::Result<Vec<Op>> {
     let steps = scenario.run.steps as usize;
     let mut ops = Vec::with_capacity(steps);
     let mut next_obj = 0u64;
+    // Tasks with a `start_cpu` charge once there (their cache refreshes on
+    // that node), then move to their `cpu` for good.
+    for (i, t) in tasks.iter().enumerate() {
+        if scenario.tasks[t.spec].start_cpu.is_some() {
+            ops.push(Op::Alloc {
+                task: i,
+                bytes: 64,
+                obj: next_obj,
+                cache: false,
+            });
+            ops.push(Op::Free {
+                task: i,
+                obj: next_obj,
+            });
+            ops.push(Op::Migrate {
+                task: i,
+                cpu: t.cpu,
+            });
+            next_obj += 1;
+        }
+    }
     let mut next_res = 0u64;
     let mut churn_groups: Vec<Option<ChurnGroup>> = vec![None; scenario.group_churn.len()];
     let mut tick = 0u64;

@@ -268,6 +268,30 @@ fn compare_per_node_charges_local_node_and_single_does_not() {
     assert_eq!(v["checks_ok"], true);
 }
 
+/// With the switch pairs of the default workload, the per-node cache needs
+/// fewer byte-stock replacements and fewer shared atomics.
+#[test]
+fn compare_per_node_needs_fewer_stock_replacements_than_single() {
+    let v = compare_json(&[]);
+    let get = |mode: &str, key: &str| v[mode][key].as_f64().expect("number");
+    let (p, s) = (
+        get("per_node", "obj_stock_replacements_per_1k"),
+        get("single", "obj_stock_replacements_per_1k"),
+    );
+    assert!(
+        p < s,
+        "replacements per 1,000 charges: per-node {p}, single {s}"
+    );
+    let (p, s) = (
+        get("per_node", "shared_atomics_per_1k"),
+        get("single", "shared_atomics_per_1k"),
+    );
+    assert!(
+        p < s,
+        "shared atomics per 1,000 charges: per-node {p}, single {s}"
+    );
+}
+
 /// The regression's pattern: ping-pong pairs of one group that started on
 /// two nodes and now switch on one CPU. With the single cache each pair
 /// brings two objcgs to that CPU's byte stock (six for three groups, one
