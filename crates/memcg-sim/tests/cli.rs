@@ -100,7 +100,7 @@ fn run_every_scenario_passes_its_checks() {
 
 #[test]
 fn run_malformed_scenarios_report_file_line_column() {
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("syntax", "[machine\ntopology = \"2x4\"\n", ":1:9: "),
         ("type", "[machine]\ntopology = \"2x4\"\n\n[run]\nsteps = \"many\"\n", ":5:9: invalid type: string \"many\", expected u64"),
         ("unknown-key", "[machine]\ntopology = \"2x4\"\ncolour = \"blue\"\n", ":3:1: unknown field `colour`"),
@@ -109,6 +109,8 @@ fn run_malformed_scenarios_report_file_line_column() {
         ("negative-count", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\n[[task]]\nname = \"t\"\ngroup = \"g\"\ncount = -1\n", ":8:9: invalid value: integer `-1`, expected u64"),
         ("bad-cpu", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\n[[task]]\nname = \"t\"\ngroup = \"g\"\ncpu = 8\n", ":8:7: `cpu` 8 is not a CPU of the machine"),
         ("bad-topology", "[machine]\ntopology = \"two\"\n", ":2:12: `topology` must be like \"2x4\""),
+        ("bad-start-cpu", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\n[[task]]\nname = \"t\"\ngroup = \"g\"\nstart_cpu = 9\n", ":8:13: `start_cpu` 9 is not a CPU of the machine"),
+        ("bad-stock-slots", "[machine]\ntopology = \"2x4\"\nobj_stock_slots = 0\n", ":3:19: `obj_stock_slots` must be from 1 to 5"),
     ];
     for (name, text, expected) in cases {
         let file = write(&format!("{name}.toml"), text);
