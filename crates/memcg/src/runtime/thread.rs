@@ -92,7 +92,8 @@ fn init_thread() -> Option<&'static Task> {
     STATE.set(ACTIVE);
     // Registers the exit guard (may allocate: `IN_MEMCG` is set, so those
     // allocations take the bypass).
-    GUARD.with(|_| {});
+    // `try_with`: never panics, even if this runs during TLS destruction.
+    let _ = GUARD.try_with(|_| {});
     active_task()
 }
 
