@@ -17,6 +17,9 @@ use memcg::MemcgAlloc;
 #[global_allocator]
 static ALLOC: MemcgAlloc = MemcgAlloc::new(std::alloc::System);
 
+mod common;
+use common::assert_invariants_settle;
+
 const THREADS: usize = 6;
 const OPS_PER_THREAD: usize = 30_000;
 const TIME_LIMIT: Duration = Duration::from_secs(20);
@@ -133,9 +136,7 @@ fn threads_allocating_across_groups_end_balanced() {
         exchanged + kept_bytes,
         "the subtree's live bytes are exactly the blocks still alive"
     );
-    if let Err(v) = memcg::check_invariants() {
-        panic!("{v}");
-    }
+    assert_invariants_settle();
 
     drop(kept);
     exchange.lock().unwrap().clear();
@@ -145,7 +146,5 @@ fn threads_allocating_across_groups_end_balanced() {
     for g in &groups {
         assert_eq!(g.current_bytes(), 0, "{}", g.path());
     }
-    if let Err(v) = memcg::check_invariants() {
-        panic!("{v}");
-    }
+    assert_invariants_settle();
 }

@@ -9,6 +9,9 @@ use memcg::MemcgAlloc;
 #[global_allocator]
 static ALLOC: MemcgAlloc = MemcgAlloc::new(std::alloc::System);
 
+mod common;
+use common::assert_invariants_settle;
+
 struct LateAllocator(Vec<u8>);
 
 impl Drop for LateAllocator {
@@ -56,9 +59,7 @@ fn allocations_in_late_tls_destructors_are_balanced() {
     ctrl.drain_stocks();
     // Only the forgotten block is still alive in the group.
     assert_eq!(g.stats().stat.alloc_bytes, 5008);
-    if let Err(v) = memcg::check_invariants() {
-        panic!("{v}");
-    }
+    assert_invariants_settle();
 }
 
 extern "C" fn raw_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
@@ -96,7 +97,5 @@ fn raw_pthread_late_destructor_after_guard_is_balanced() {
     ctrl.drain_stocks();
     assert_eq!(g.stats().stat.alloc_bytes, 0);
     assert_eq!(g.current_bytes(), 0);
-    if let Err(v) = memcg::check_invariants() {
-        panic!("{v}");
-    }
+    assert_invariants_settle();
 }
