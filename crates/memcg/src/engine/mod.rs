@@ -26,5 +26,7 @@ pub use reclaim::{ReclaimReason, ReclaimRequest, ReclaimerHandle, MAX_CONCURRENT
 pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};
-pub use task::{ActiveGuard, Charge, Task, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG};
+pub use task::{
+    ActiveGuard, Charge, Task, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG, TASK_CACHE_BOUND_BYTES,
+};
 pub use topology::{Topology, MAX_CPUS, MAX_NODES};

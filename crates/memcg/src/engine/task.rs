@@ -67,10 +67,15 @@ pub const CURRENT_OBJCG_UPDATE_FLAG: usize = 1;
 
 /// References a task cache takes from its objcg at once.
 const REF_BATCH: u64 = 64;
-/// Bytes a task cache keeps before handing the rest to the CPU stock.
-const CACHE_MAX_BYTES: u64 = PAGE_SIZE;
+/// Bytes a task cache keeps before handing the rest to the CPU stock: 4
+/// pages, so that alternating charges and frees of objects up to about 3
+/// pages stay in the cache.
+const CACHE_MAX_BYTES: u64 = 4 * PAGE_SIZE;
 /// Pending statistics flushed when they exceed this many bytes.
-const STAT_FLUSH_BYTES: i64 = PAGE_SIZE as i64;
+const STAT_FLUSH_BYTES: i64 = 4 * PAGE_SIZE as i64;
+/// A task's byte cache holds less than this many bytes at any time (part
+/// of the error bound of `memory.current`).
+pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE;
 /// Largest single charge (keeps page arithmetic far from overflow).
 pub(crate) const MAX_CHARGE_BYTES: u64 = 1 << 48;
 
