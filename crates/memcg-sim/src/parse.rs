@@ -323,32 +323,20 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             Some(c) => *c.get_ref(),
             None => 1,
         };
-        let cpu = match &t.cpu {
-            Some(c) if topo.node_of(*c.get_ref() as usize).is_err() => {
-                return Err(cx.err(
-                    c.span(),
-                    format!(
-                        "`cpu` {} is not a CPU of the machine (CPUs 0..{nr_cpu_ids})",
-                        c.get_ref()
-                    ),
-                ));
-            }
-            Some(c) => *c.get_ref(),
-            None => 0,
+        // A CPU key, if given, must name a CPU of the machine.
+        let cpu_key = |v: &Option<Spanned<u64>>, key: &str| match v {
+            Some(c) if topo.node_of(*c.get_ref() as usize).is_err() => Err(cx.err(
+                c.span(),
+                format!(
+                    "`{key}` {} is not a CPU of the machine (CPUs 0..{nr_cpu_ids})",
+                    c.get_ref()
+                ),
+            )),
+            Some(c) => Ok(Some(*c.get_ref())),
+            None => Ok(None),
         };
-        let start_cpu = match &t.start_cpu {
-            Some(c) if topo.node_of(*c.get_ref() as usize).is_err() => {
-                return Err(cx.err(
-                    c.span(),
-                    format!(
-                        "`start_cpu` {} is not a CPU of the machine (CPUs 0..{nr_cpu_ids})",
-                        c.get_ref()
-                    ),
-                ));
-            }
-            Some(c) => Some(*c.get_ref()),
-            None => None,
-        };
+        let cpu = cpu_key(&t.cpu, "cpu")?.unwrap_or(0);
+        let start_cpu = cpu_key(&t.start_cpu, "start_cpu")?;
         let size = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
             Some(s) if *s.get_ref() == 0 || *s.get_ref() > MAX_OBJECT_BYTES => Err(cx.err(
                 s.span(),
