@@ -430,17 +430,27 @@ impl Task {
         if cache.objcg_addr.load(Ordering::Relaxed) != p as usize {
             return None;
         }
+        // SAFETY: as above.
+        self.take_cached(unsafe { objcg.as_ref() }, bytes, kind)
+            .then_some(p as usize)
+    }
+
+    /// Serves a charge of `bytes` of the cached objcg from the byte cache
+    /// (bytes and one reference of credit) if it holds enough; the caller
+    /// checked that the cache holds `objcg`.
+    #[inline(always)]
+    fn take_cached(&self, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> bool {
+        let cache = &self.shared.cache;
         let have = get_u64(&cache.bytes);
         let refs = get_u64(&cache.refs);
         if have < bytes || refs == 0 {
-            return None;
+            return false;
         }
         set_u64(&cache.bytes, have - bytes);
         set_u64(&cache.refs, refs - 1);
         set_u64(&cache.charges, get_u64(&cache.charges) + 1);
-        // SAFETY: as above.
-        self.pend(unsafe { objcg.as_ref() }, kind, bytes as i64);
-        Some(p as usize)
+        self.pend(objcg, kind, bytes as i64);
+        true
     }
 
     /// The allocator's fast path for a free: returns the charge named by
@@ -666,18 +676,11 @@ impl Task {
         check_size(bytes)?;
         let pinned = self.pin(nid);
         let objcg = pinned.objcg;
-        let cache = &self.shared.cache;
-        if cache.objcg.load(Ordering::Relaxed) == objcg.id() {
-            let have = get_u64(&cache.bytes);
-            let refs = get_u64(&cache.refs);
-            if have >= bytes && refs > 0 {
-                set_u64(&cache.bytes, have - bytes);
-                set_u64(&cache.refs, refs - 1);
-                set_u64(&cache.charges, get_u64(&cache.charges) + 1);
-                self.pend(objcg, kind, bytes as i64);
-                self.unpin(pinned);
-                return Ok(Charge::new(objcg, bytes, kind));
-            }
+        if self.shared.cache.objcg.load(Ordering::Relaxed) == objcg.id()
+            && self.take_cached(objcg, bytes, kind)
+        {
+            self.unpin(pinned);
+            return Ok(Charge::new(objcg, bytes, kind));
         }
         let result = self.charge_slow(cpu, objcg, bytes, kind);
         self.unpin(pinned);
