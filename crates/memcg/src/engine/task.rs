@@ -97,6 +97,12 @@ pub(crate) struct TaskCache {
     /// charged since the flush (not yet in the objcg's `live_objects`).
     pub(crate) refs_base: AtomicI64,
     pub(crate) charges: AtomicU64,
+    /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
+    /// none: while it is set, the cached objcg is the one the task charges
+    /// for that key's node, with no override active, as long as the seed's
+    /// tagged word stays clean. Cleared by everything that could change
+    /// that: a refresh, a drain or switch of the cache, an override.
+    pub(crate) fast_key: AtomicU64,
 }
 
 /// Plain read-modify-write by the single writer.
@@ -314,6 +320,7 @@ impl Task {
                 pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
+                fast_key: AtomicU64::new(0),
             }),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
@@ -403,36 +410,89 @@ impl Task {
         }
     }
 
-    /// The allocator's fast path: charges `bytes` of `kind` on `cpu` from
-    /// the byte cache when it can, with no override active, a fresh cache
-    /// and a cached objcg with room; returns the charge as a raw word
-    /// ([`Charge::into_raw`]). `None` means "take [`Task::charge`]".
+    /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
+    /// from the byte cache when `key` is the cache's fast key (set by
+    /// [`Task::charge_keyed`]), the seed's tagged word is clean and the
+    /// cache holds enough; returns the charge as a raw word
+    /// ([`Charge::into_raw`]). `None` means "take `charge_keyed`".
+    ///
+    /// A hit reads the key, the tagged word, the bytes and the reference
+    /// credit, and writes the bytes, the credit, the pending statistics and
+    /// the charge count: plain loads and stores of the task's own cache
+    /// line and no atomic read-modify-write. The pending statistics are not
+    /// range-checked here: between two calls that are not hits their sum
+    /// with the cached bytes is constant, so they stay within
+    /// `STAT_FLUSH_BYTES + TASK_CACHE_BOUND_BYTES` of zero, and the next
+    /// slow call flushes them.
     #[inline(always)]
-    pub(crate) fn charge_cached(&self, cpu: usize, bytes: u64, kind: ChargeKind) -> Option<usize> {
-        let nid = self.core.topology.node_of_cpu(cpu)?;
-        if self.has_active.get() {
-            return None;
-        }
+    pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         let shared = &*self.shared;
-        let tagged = shared.objcgs.load(Ordering::Acquire);
-        if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
-            return None;
-        }
-        let idx = match shared.mode {
-            TaskCacheMode::PerNode => nid,
-            TaskCacheMode::Single => 0,
-        };
-        // SAFETY: we are the owning task; only our `exit` frees the array.
-        let entries = unsafe { shared.entries(tagged) }?;
-        let p = entries.get(idx)?.load(Ordering::Relaxed);
-        let objcg = NonNull::new(p)?;
         let cache = &shared.cache;
-        if cache.objcg_addr.load(Ordering::Relaxed) != p as usize {
+        if cache.fast_key.load(Ordering::Relaxed) != key {
             return None;
         }
-        // SAFETY: as above.
-        self.take_cached(unsafe { objcg.as_ref() }, bytes, kind)
-            .then_some(p as usize)
+        // Relaxed: a clean word with the key set means the cached objcg is
+        // still the entry for the key's node (a refresh clears the key); an
+        // attach racing with this charge is seen by the next one, as in the
+        // seed.
+        if shared.objcgs.load(Ordering::Relaxed) & CURRENT_OBJCG_UPDATE_FLAG != 0 {
+            return None;
+        }
+        let have = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        if have < bytes || refs == 0 {
+            return None;
+        }
+        set_u64(&cache.bytes, have - bytes);
+        set_u64(&cache.refs, refs - 1);
+        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
+        slot.store(
+            slot.load(Ordering::Relaxed) + bytes as i64,
+            Ordering::Relaxed,
+        );
+        Some(cache.objcg_addr.load(Ordering::Relaxed))
+    }
+
+    /// [`Task::charge`] of `bytes` of [`ChargeKind::Alloc`] on `cpu`, which
+    /// then arms the fast path for `key` when the charge was served by the
+    /// byte cache's objcg as the task's own (no override, clean word).
+    ///
+    /// `key` is any non-zero value the caller uses to name a set of CPUs
+    /// of one node (the runtime uses the real CPU id plus 2, or 1 when the
+    /// topology has a single node): [`Task::charge_fast`] with the same key
+    /// then charges that node's objcg.
+    ///
+    /// # Errors
+    /// As [`Task::charge`].
+    pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
+        let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
+        if key != 0 && !self.has_active.get() && !self.exited.get() {
+            let shared = &*self.shared;
+            let tagged = shared.objcgs.load(Ordering::Acquire);
+            let idx = match shared.mode {
+                TaskCacheMode::PerNode => self.core.topology.node_of_cpu(cpu),
+                TaskCacheMode::Single => Some(0),
+            };
+            if tagged & CURRENT_OBJCG_UPDATE_FLAG == 0 {
+                // SAFETY: we are the owning task; only our `exit` frees it.
+                let entry = unsafe { shared.entries(tagged) }
+                    .zip(idx)
+                    .and_then(|(e, i)| e.get(i))
+                    .map(|e| e.load(Ordering::Relaxed) as usize);
+                let cached = shared.cache.objcg_addr.load(Ordering::Relaxed);
+                if entry == Some(cached) && cached != 0 {
+                    shared.cache.fast_key.store(key, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(charge)
+    }
+
+    /// Disarms the allocator's fast path (see [`TaskCache::fast_key`]).
+    #[inline]
+    fn clear_fast_key(&self) {
+        self.shared.cache.fast_key.store(0, Ordering::Relaxed);
     }
 
     /// Serves a charge of `bytes` of the cached objcg from the byte cache
@@ -453,27 +513,25 @@ impl Task {
         true
     }
 
-    /// The allocator's fast path for a free: returns the charge named by
-    /// the raw word `raw` ([`Charge::into_raw`] of a charge of this
-    /// controller) to the byte cache when it caches that objcg. `false`
-    /// means "take [`Task::uncharge`]".
+    /// The allocator's fast path for a free: returns `bytes` of
+    /// [`ChargeKind::Alloc`] named by the raw word `raw`
+    /// ([`Charge::into_raw`] of a charge of this controller) to the byte
+    /// cache when it caches that objcg and has room. `false` means "take
+    /// [`Task::uncharge`]". Plain loads and stores only; the pending
+    /// statistics are flushed by the next slow call (see
+    /// [`Task::charge_fast`]). After [`Task::exit`] the cache holds no
+    /// objcg, so this always returns `false`.
     ///
     /// # Safety
     /// `raw` comes from `Charge::into_raw` of a live charge of `bytes`
-    /// bytes of `kind` made by this task's controller, and is uncharged
-    /// once (by this call if it returns `true`).
+    /// bytes of `ChargeKind::Alloc` made by this task's controller, and is
+    /// uncharged once (by this call if it returns `true`).
     #[inline(always)]
-    pub(crate) unsafe fn uncharge_cached(&self, raw: usize, bytes: u64, kind: ChargeKind) -> bool {
-        if self.exited.get() {
-            return false;
-        }
+    pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
         let cache = &self.shared.cache;
         if cache.objcg_addr.load(Ordering::Relaxed) != raw {
             return false;
         }
-        // SAFETY: by the caller's guarantee `raw` points into this
-        // controller's type-stable table.
-        let objcg = unsafe { &*(raw as *const ObjCgroup) };
         let new_bytes = get_u64(&cache.bytes) + bytes;
         let new_refs = get_u64(&cache.refs) + 1;
         if new_bytes > CACHE_MAX_BYTES || new_refs > 2 * REF_BATCH {
@@ -481,7 +539,11 @@ impl Task {
         }
         set_u64(&cache.bytes, new_bytes);
         set_u64(&cache.refs, new_refs);
-        self.pend(objcg, kind, -(bytes as i64));
+        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
+        slot.store(
+            slot.load(Ordering::Relaxed) - bytes as i64,
+            Ordering::Relaxed,
+        );
         true
     }
 
@@ -609,6 +671,7 @@ impl Task {
     #[inline(never)]
     fn refresh(&self, nid: usize) -> usize {
         let shared = &*self.shared;
+        self.clear_fast_key();
         shared.refreshes.store(
             shared.refreshes.load(Ordering::Relaxed) + 1,
             Ordering::Relaxed,
@@ -801,6 +864,7 @@ impl Task {
     /// (or, with no CPU, straight back to the objcg), statistics are
     /// flushed, and the cache's own reference is dropped.
     fn drain_cache(&self, cpu: Option<usize>) {
+        self.clear_fast_key();
         let cache = &self.shared.cache;
         let id = cache.objcg.load(Ordering::Relaxed);
         let Some(old) = (id != 0).then(|| self.core.table.get(id)).flatten() else {
@@ -932,6 +996,7 @@ impl Task {
 
     /// Replaces the active override (for the runtime's scopes).
     pub(crate) fn swap_active(&self, group: Option<Arc<MemCgroup>>) -> Option<Arc<MemCgroup>> {
+        self.clear_fast_key();
         self.has_active.set(group.is_some());
         self.active.replace(group)
     }
@@ -985,6 +1050,7 @@ impl Task {
             });
         }
         let previous = self.active.replace(Some(Arc::clone(group.memcg())));
+        self.clear_fast_key();
         self.has_active.set(true);
         Ok(ActiveGuard {
             task: self,
@@ -1053,6 +1119,7 @@ impl std::fmt::Debug for ActiveGuard<'_> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         let previous = self.previous.take();
+        self.task.clear_fast_key();
         self.task.has_active.set(previous.is_some());
         self.task.active.replace(previous);
     }
@@ -1104,5 +1171,152 @@ pub(crate) fn invalid_size(bytes: u64) -> Error {
         } else {
             "a charge must be at most 2^48 bytes"
         },
+    }
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod fast_path_tests {
+    //! The allocator's fast path: `charge_keyed` arms a key, `charge_fast`
+    //! hits only under that key, and everything that could change the
+    //! objcg the task charges disarms it.
+
+    use super::*;
+    use crate::{Controller, Topology};
+
+    fn setup(spec: &str) -> (Controller, Group, Task) {
+        let ctrl = Controller::new(Topology::from_spec(spec).expect("topology"));
+        let g = ctrl.create("g").expect("group");
+        let task = ctrl.new_task(&g).expect("task");
+        (ctrl, g, task)
+    }
+
+    /// Charges through the fast path if it hits, else `charge_keyed`.
+    fn charge(ctrl: &Controller, task: &Task, key: u64, cpu: usize, bytes: u64) -> Charge {
+        match task.charge_fast(key, bytes) {
+            // SAFETY: a raw word of a charge of `bytes` Alloc bytes of
+            // `ctrl`, rebuilt once.
+            Some(raw) => unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, ctrl) },
+            None => task.charge_keyed(key, cpu, bytes).expect("charge"),
+        }
+    }
+
+    /// The armed key (0 for none).
+    fn armed(task: &Task) -> u64 {
+        task.shared.cache.fast_key.load(Ordering::Relaxed)
+    }
+
+    fn alloc_bytes(task: &Task, g: &Group) -> u64 {
+        task.flush(0).expect("flush");
+        g.stats().stat.alloc_bytes
+    }
+
+    #[test]
+    fn keyed_charge_arms_the_key_and_only_that_key_hits() {
+        let (_ctrl, g, task) = setup("2x1");
+        assert!(task.charge_fast(2, 64).is_none(), "a new task has no key");
+        let first = task.charge_keyed(2, 0, 64).expect("charge");
+        let raw = task.charge_fast(2, 64).expect("armed key hits");
+        assert_eq!(raw, first.objcg.as_ptr() as usize);
+        assert!(task.charge_fast(3, 64).is_none(), "another key misses");
+        assert!(task.charge_fast(0, 64).is_none(), "key 0 never hits");
+        assert_eq!(alloc_bytes(&task, &g), 128);
+    }
+
+    #[test]
+    fn fast_hits_and_frees_keep_the_invariants_and_statistics() {
+        let (ctrl, g, task) = setup("1x2");
+        let mut charges = Vec::new();
+        for i in 0..1000u64 {
+            charges.push(charge(&ctrl, &task, 1, (i % 2) as usize, 24 + i % 100));
+        }
+        let total: u64 = (0..1000u64).map(|i| 24 + i % 100).sum();
+        ctrl.check_invariants()
+            .expect("invariants with pending fast charges");
+        assert_eq!(alloc_bytes(&task, &g), total);
+        for c in charges {
+            let bytes = c.bytes;
+            let raw = c.into_raw();
+            // SAFETY: each charge's raw word, uncharged once.
+            if !unsafe { task.uncharge_fast(raw, bytes) } {
+                // SAFETY: as above.
+                let c = unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, &ctrl) };
+                task.uncharge(0, c).expect("uncharge");
+            }
+        }
+        ctrl.check_invariants()
+            .expect("invariants after fast frees");
+        assert_eq!(alloc_bytes(&task, &g), 0);
+    }
+
+    #[test]
+    fn attach_makes_the_fast_path_miss_and_the_next_charge_goes_to_the_new_group() {
+        let (ctrl, a, task) = setup("1x1");
+        let b = ctrl.create("b").expect("group");
+        let _first = charge(&ctrl, &task, 1, 0, 64);
+        assert!(task.charge_fast(1, 8).is_some());
+        b.attach(&task.handle()).expect("attach");
+        assert!(task.charge_fast(1, 64).is_none(), "the update flag is set");
+        let _second = task.charge_keyed(1, 0, 64).expect("charge");
+        assert!(task.charge_fast(1, 32).is_some(), "re-armed for b");
+        assert_eq!(alloc_bytes(&task, &a), 72);
+        assert_eq!(alloc_bytes(&task, &b), 96);
+    }
+
+    #[test]
+    fn overrides_flushes_and_exemption_disarm_the_key() {
+        let (ctrl, _g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let _c = charge(&ctrl, &task, 1, 0, 64);
+        assert!(task.charge_fast(1, 8).is_some());
+        {
+            let _guard = task.enter(&other).expect("enter");
+            assert!(task.charge_fast(1, 8).is_none(), "override entered");
+            let _d = task.charge_keyed(1, 0, 8).expect("charge");
+            assert_eq!(armed(&task), 0, "never armed under an override");
+        }
+        assert!(task.charge_fast(1, 8).is_none(), "override left");
+        let _e = task.charge_keyed(1, 0, 8).expect("charge");
+        // (The bytes may have come from the CPU stock, leaving the byte
+        // cache empty: check the key, not a hit.)
+        assert_eq!(armed(&task), 1);
+        task.flush(0).expect("flush");
+        assert!(task.charge_fast(1, 8).is_none(), "flushed");
+        let _f = task.charge_keyed(1, 0, 8).expect("charge");
+        assert_eq!(armed(&task), 1);
+        task.set_exempt(true);
+        assert!(task.charge_fast(1, 8).is_none(), "exempt");
+    }
+
+    #[test]
+    fn a_charge_on_another_node_does_not_arm_the_first_nodes_key() {
+        // Per-node cache, 2 nodes: key 2 is CPU 0 (node 0), key 3 CPU 1.
+        let (ctrl, _g, task) = setup("2x1");
+        let n0 = charge(&ctrl, &task, 2, 0, 64);
+        let n1 = charge(&ctrl, &task, 3, 1, 64);
+        assert_ne!(n0.objcg.as_ptr(), n1.objcg.as_ptr(), "one objcg per node");
+        assert!(
+            task.charge_fast(2, 8).is_none(),
+            "the cache moved to node 1"
+        );
+        let raw = task.charge_fast(3, 8).expect("armed for node 1");
+        assert_eq!(raw, n1.objcg.as_ptr() as usize);
+    }
+
+    #[test]
+    fn a_refresh_outside_the_allocator_path_disarms_the_key() {
+        // The lookup refreshes and leaves the word clean while the byte
+        // cache still holds `a`: without the refresh's disarm, the fast
+        // path would keep charging `a`.
+        let (ctrl, a, task) = setup("1x1");
+        let b = ctrl.create("b").expect("group");
+        let _first = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(armed(&task), 1);
+        b.attach(&task.handle()).expect("attach");
+        assert_eq!(task.obj_cgroup(0).expect("lookup").0, "b");
+        assert!(!task.is_stale());
+        assert!(task.charge_fast(1, 8).is_none(), "refreshed: must miss");
+        let _second = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(alloc_bytes(&task, &a), 64);
+        assert_eq!(alloc_bytes(&task, &b), 64);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use crate::runtime::thread::{self, Charged};
+use crate::runtime::thread::{self, REFUSED};
 
 /// Bytes of the trailer that records each block's objcg.
 pub const TRAILER_BYTES: usize = 8;
@@ -63,12 +63,16 @@ impl<A> MemcgAlloc<A> {
 /// trailer's offset.
 #[inline(always)]
 fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
-    let offset = layout.size().checked_add(7)? & !7;
-    let size = offset.checked_add(TRAILER_BYTES)?;
-    // `Layout`'s rule: the size rounded up to the alignment fits `isize`.
-    if size > isize::MAX as usize - (layout.align() - 1) {
+    // One compare: with `size <= isize::MAX - 15 - align`, the padded size
+    // plus the trailer, rounded up to the alignment, fits `isize`
+    // (`Layout`'s rule). The few larger sizes this refuses could never be
+    // allocated anyway. `align <= isize::MAX` (a `Layout` rule), so the
+    // subtraction does not wrap below 0 for the largest alignments.
+    if layout.size() > (isize::MAX as usize - 15).saturating_sub(layout.align()) {
         return None;
     }
+    let offset = (layout.size() + 7) & !7;
+    let size = offset + TRAILER_BYTES;
     // SAFETY: the alignment comes from a valid `Layout` (a power of two)
     // and the size, rounded up to it, does not overflow `isize` (checked).
     let inner = unsafe { Layout::from_size_align_unchecked(size, layout.align()) };
@@ -99,11 +103,10 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
             return std::ptr::null_mut();
         };
         let bytes = inner.size() as u64;
-        let raw = match thread::charge_alloc(bytes) {
-            Charged::Raw(raw) => raw,
-            Charged::Unaccounted => 0,
-            Charged::Refused => return std::ptr::null_mut(),
-        };
+        let raw = thread::charge_alloc(bytes);
+        if raw == REFUSED {
+            return std::ptr::null_mut();
+        }
         // SAFETY: `inner` has a non-zero size (it includes the trailer) and
         // the caller's alignment.
         let block = unsafe {

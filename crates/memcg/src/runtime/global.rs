@@ -4,7 +4,7 @@
 
 use crate::engine::{Config, Controller, TaskCacheMode};
 use crate::runtime::topology::CpuMap;
-use crate::sync::{AtomicPtr, AtomicU32, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 const UNINIT: u32 = 0;
 const INITIALIZING: u32 = 1;
@@ -14,6 +14,11 @@ static STATE: AtomicU32 = AtomicU32::new(UNINIT);
 static CONTROLLER: AtomicPtr<Controller> = AtomicPtr::new(std::ptr::null_mut());
 /// Real CPU id → CPU id of the controller's topology (virtual or real).
 static CPU_MAP: AtomicPtr<CpuMap> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Set at init when every CPU of the controller's topology is on one node,
+/// or every thread task uses the single cache: the fast-path key then
+/// needs no CPU read.
+static ONE_KEY: AtomicBool = AtomicBool::new(false);
 
 /// The controller if it is ready; never initialises (safe to call from
 /// anywhere, including re-entrant allocator calls).
@@ -40,6 +45,51 @@ pub(crate) fn current_cpu() -> usize {
     }
 }
 
+/// The key of the task cache's fast path ([`crate::Task`]'s
+/// `charge_fast`) for where this thread runs now: 1 when the key needs no
+/// CPU (one node, or the single cache), else the real CPU id plus 2. A key
+/// names CPUs of one node, so equal keys charge the same node's objcg.
+#[inline(always)]
+pub(crate) fn fast_key() -> u64 {
+    // Relaxed: set once before READY; a thread that reads `false` early
+    // only uses the per-CPU keys, which are also correct.
+    if ONE_KEY.load(Ordering::Relaxed) {
+        1
+    } else {
+        crate::runtime::cpu::current_cpu() as u64 + 2
+    }
+}
+
+/// [`fast_key`] when the key needs the CPU (`one_key()` is false).
+#[inline(always)]
+pub(crate) fn fast_key_of_cpu() -> u64 {
+    crate::runtime::cpu::current_cpu() as u64 + 2
+}
+
+/// Whether the fast-path key is 1 for every CPU (see [`fast_key`]); final
+/// once the controller is ready.
+pub(crate) fn one_key() -> bool {
+    ONE_KEY.load(Ordering::Relaxed)
+}
+
+/// [`current_cpu`] and [`fast_key`] from one CPU read, so that the key
+/// names the node of the CPU charged.
+pub(crate) fn current_cpu_and_key() -> (usize, u64) {
+    let real = crate::runtime::cpu::current_cpu();
+    let key = if ONE_KEY.load(Ordering::Relaxed) {
+        1
+    } else {
+        real as u64 + 2
+    };
+    let map = CPU_MAP.load(Ordering::Acquire);
+    // SAFETY: set once in `init` from `Box::into_raw`, never freed.
+    let cpu = match unsafe { map.as_ref() } {
+        Some(m) => m.to_topology(real),
+        None => real,
+    };
+    (cpu, key)
+}
+
 /// The controller, initialising it if needed. Returns `None` only while
 /// another thread (or this one, re-entrantly) is initialising it.
 pub(crate) fn controller_or_init() -> Option<&'static Controller> {
@@ -63,6 +113,10 @@ fn init() -> Option<&'static Controller> {
     let topology = crate::runtime::topology::detect();
     let mode = task_cache_mode_from_env();
     let map = Box::into_raw(Box::new(CpuMap::new(&topology)));
+    ONE_KEY.store(
+        topology.nodes().count() == 1 || mode == TaskCacheMode::Single,
+        Ordering::Relaxed,
+    );
     let controller = Controller::with_config(topology, Config::default().task_cache(mode));
     let p = Box::into_raw(Box::new(controller));
     CPU_MAP.store(map, Ordering::Release);

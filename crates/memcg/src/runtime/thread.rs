@@ -20,13 +20,24 @@ use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
 use crate::runtime::global;
 
+/// The task's life, in bits 0–1 of [`FLAGS`]: no task yet.
 const FRESH: u8 = 0;
+/// The task exists and is in use.
 const ACTIVE: u8 = 1;
+/// The exit guard ran: no task any more.
 const TORN_DOWN: u8 = 2;
+/// Bits 0–1 of [`FLAGS`].
+const LIFE: u8 = 3;
+/// Bit 2 of [`FLAGS`]: inside memcg (an allocation now is re-entrant).
+const BUSY: u8 = 4;
+/// Bit 3 of [`FLAGS`], set with `ACTIVE`: the fast-path key needs the CPU
+/// (the topology has several nodes and the task cache is per node).
+const CPU_KEY: u8 = 8;
 
 thread_local! {
-    static STATE: Cell<u8> = const { Cell::new(FRESH) };
-    static IN_MEMCG: Cell<bool> = const { Cell::new(false) };
+    /// The thread's state in one byte, so that the allocator's fast path
+    /// reads it with one load: `LIFE` bits, `BUSY`, `CPU_KEY`.
+    static FLAGS: Cell<u8> = const { Cell::new(FRESH) };
     /// Set while this thread checks the invariants: its allocations are
     /// then not accounted at all, so the check sees a still picture.
     static SUSPENDED: Cell<bool> = const { Cell::new(false) };
@@ -34,54 +45,90 @@ thread_local! {
     static GUARD: ExitGuard = const { ExitGuard };
 }
 
+/// The task's life (`FRESH`, `ACTIVE`, `TORN_DOWN`).
+#[inline(always)]
+fn life() -> u8 {
+    FLAGS.get() & LIFE
+}
+
+/// Sets the task's life; `CPU_KEY` is set with `ACTIVE` when needed.
+fn set_life(life: u8) {
+    let key = if life == ACTIVE && !global::one_key() {
+        CPU_KEY
+    } else {
+        0
+    };
+    FLAGS.set((FLAGS.get() & BUSY) | life | key);
+}
+
+/// Marks the thread busy (inside memcg); returns whether it already was.
+#[inline(always)]
+fn enter_busy() -> bool {
+    let f = FLAGS.get();
+    FLAGS.set(f | BUSY);
+    f & BUSY != 0
+}
+
+/// Undoes [`enter_busy`] (`nested` is what it returned).
+#[inline(always)]
+fn leave_busy(nested: bool) {
+    if !nested {
+        FLAGS.set(FLAGS.get() & !BUSY);
+    }
+}
+
 /// Runs the seed's exit path when the thread's TLS is destroyed.
 struct ExitGuard;
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        IN_MEMCG.set(true);
-        if STATE.get() == ACTIVE {
-            STATE.set(TORN_DOWN);
+        enter_busy();
+        if life() == ACTIVE {
+            set_life(TORN_DOWN);
             let p = TASK.with(|t| t.get());
-            // SAFETY: STATE was ACTIVE, so `TASK` holds an initialised task
-            // (written in `init_thread`), dropped exactly once here; STATE is
-            // TORN_DOWN first, so nothing reads it afterwards.
+            // SAFETY: the life was ACTIVE, so `TASK` holds an initialised
+            // task (written in `init_thread`), dropped exactly once here;
+            // the life is TORN_DOWN first, so nothing reads it afterwards.
             unsafe { (*p).assume_init_drop() };
         }
-        STATE.set(TORN_DOWN);
-        IN_MEMCG.set(false);
+        set_life(TORN_DOWN);
+        leave_busy(false);
     }
 }
 
-/// What a charge attempt got.
-pub(crate) enum Charged {
-    /// Charged: the raw objcg word for the trailer.
-    Raw(usize),
-    /// Not accounted (before the controller exists): trailer 0.
-    Unaccounted,
-    /// Refused by a limit.
-    Refused,
-}
+/// The trailer word of an allocation the allocator must refuse (objcg
+/// addresses are aligned, so no charge is ever 1).
+pub(crate) const REFUSED: usize = 1;
 
 /// The task of this thread, if it has one and is not torn down.
 #[inline(always)]
 fn active_task() -> Option<&'static Task> {
-    if STATE.get() != ACTIVE {
+    if life() != ACTIVE {
         return None;
     }
+    // SAFETY: the life is ACTIVE.
+    Some(unsafe { task_unchecked() })
+}
+
+/// This thread's task.
+///
+/// # Safety
+/// The life is `ACTIVE`.
+#[inline(always)]
+unsafe fn task_unchecked() -> &'static Task {
     let p = TASK.with(|t| t.get());
     // SAFETY: ACTIVE means `TASK` holds an initialised task, which lives
     // until this thread's `ExitGuard` runs; thread-local memory outlives
     // every use on this thread. `'static` is a lie only towards other
     // threads, and the reference never leaves this one.
-    Some(unsafe { (*p).assume_init_ref() })
+    unsafe { (*p).assume_init_ref() }
 }
 
-/// Makes this thread's task (in root). Called with `IN_MEMCG` set.
+/// Makes this thread's task (in root). Called with `BUSY` set.
 #[cold]
 #[inline(never)]
 fn init_thread() -> Option<&'static Task> {
-    if STATE.get() != FRESH {
+    if life() != FRESH {
         return active_task();
     }
     let ctrl = global::controller_or_init()?;
@@ -89,8 +136,8 @@ fn init_thread() -> Option<&'static Task> {
     let p = TASK.with(|t| t.get());
     // SAFETY: FRESH means `TASK` is uninitialised; it is written once here.
     unsafe { (*p).write(task) };
-    STATE.set(ACTIVE);
-    // Registers the exit guard (may allocate: `IN_MEMCG` is set, so those
+    set_life(ACTIVE);
+    // Registers the exit guard (may allocate: `BUSY` is set, so those
     // allocations take the bypass).
     // `try_with`: never panics, even if this runs during TLS destruction.
     let _ = GUARD.try_with(|_| {});
@@ -100,53 +147,80 @@ fn init_thread() -> Option<&'static Task> {
 /// Runs `f` with this thread's task, making it if needed; `None` when the
 /// thread has none (torn down, or the controller is being made).
 pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
-    let nested = IN_MEMCG.replace(true);
+    let nested = enter_busy();
     let task = match active_task() {
         Some(t) => Some(t),
         None if !nested => init_thread(),
         None => None,
     };
     let r = task.map(f);
-    IN_MEMCG.set(nested);
+    leave_busy(nested);
     r
 }
 
-/// Charges `bytes` for an allocation on this thread.
+/// Charges `bytes` for an allocation on this thread: returns the trailer
+/// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
-pub(crate) fn charge_alloc(bytes: u64) -> Charged {
-    if IN_MEMCG.replace(true) {
+pub(crate) fn charge_alloc(bytes: u64) -> usize {
+    let f = FLAGS.get();
+    // The fast path: an active task, not re-entered, one flags load.
+    if f == ACTIVE || f == ACTIVE | CPU_KEY {
+        FLAGS.set(f | BUSY);
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        let key = if f == ACTIVE {
+            1
+        } else {
+            global::fast_key_of_cpu()
+        };
+        let raw = match task.charge_fast(key, bytes) {
+            Some(raw) => raw,
+            None => charge_task_slow(task, bytes),
+        };
+        FLAGS.set(f);
+        return raw;
+    }
+    charge_alloc_other(bytes)
+}
+
+/// [`charge_alloc`] off the fast path: re-entered, or no active task.
+#[cold]
+#[inline(never)]
+fn charge_alloc_other(bytes: u64) -> usize {
+    if enter_busy() {
         return charge_reentrant(bytes);
     }
     let r = match active_task() {
         Some(task) => charge_task(task, bytes),
         None => charge_slow(bytes),
     };
-    IN_MEMCG.set(false);
+    leave_busy(false);
     r
 }
 
 #[inline(always)]
-fn charge_task(task: &Task, bytes: u64) -> Charged {
-    let cpu = global::current_cpu();
-    if let Some(raw) = task.charge_cached(cpu, bytes, ChargeKind::Alloc) {
-        return Charged::Raw(raw);
+fn charge_task(task: &Task, bytes: u64) -> usize {
+    if let Some(raw) = task.charge_fast(global::fast_key(), bytes) {
+        return raw;
     }
-    charge_task_slow(task, cpu, bytes)
+    charge_task_slow(task, bytes)
 }
 
 #[cold]
 #[inline(never)]
-fn charge_task_slow(task: &Task, cpu: usize, bytes: u64) -> Charged {
-    match task.charge(cpu, bytes, ChargeKind::Alloc) {
-        Ok(c) => Charged::Raw(c.into_raw()),
-        Err(_) => Charged::Refused,
+fn charge_task_slow(task: &Task, bytes: u64) -> usize {
+    // One CPU read for both: the key must name the node charged.
+    let (cpu, key) = global::current_cpu_and_key();
+    match task.charge_keyed(key, cpu, bytes) {
+        Ok(c) => c.into_raw(),
+        Err(_) => REFUSED,
     }
 }
 
 #[cold]
 #[inline(never)]
-fn charge_slow(bytes: u64) -> Charged {
-    match STATE.get() {
+fn charge_slow(bytes: u64) -> usize {
+    match life() {
         FRESH => match init_thread() {
             Some(task) => charge_task(task, bytes),
             None => charge_root(bytes),
@@ -159,9 +233,9 @@ fn charge_slow(bytes: u64) -> Charged {
 /// else the lock-free root path.
 #[cold]
 #[inline(never)]
-fn charge_reentrant(bytes: u64) -> Charged {
+fn charge_reentrant(bytes: u64) -> usize {
     if SUSPENDED.get() {
-        return Charged::Unaccounted;
+        return 0;
     }
     if let Some(task) = active_task() {
         if task.in_reclaim() {
@@ -171,32 +245,33 @@ fn charge_reentrant(bytes: u64) -> Charged {
     charge_root(bytes)
 }
 
-fn charge_root(bytes: u64) -> Charged {
+fn charge_root(bytes: u64) -> usize {
     let Some(ctrl) = global::try_controller() else {
-        return Charged::Unaccounted;
+        return 0;
     };
     match ctrl.charge_root(global::current_cpu(), bytes, ChargeKind::Alloc) {
-        Ok(c) => Charged::Raw(c.into_raw()),
-        Err(_) => Charged::Unaccounted,
+        Ok(c) => c.into_raw(),
+        Err(_) => 0,
     }
 }
 
 /// Uncharges an allocation's charge on this thread.
 #[inline(always)]
 pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
-    if !IN_MEMCG.replace(true) {
-        if let Some(task) = active_task() {
-            // SAFETY: `raw` is a trailer word written by `charge_alloc` for
-            // a block of `bytes` bytes of the global controller (the one
-            // every thread task belongs to), uncharged once, by the
-            // deallocation of that block.
-            let done = unsafe { task.uncharge_cached(raw, bytes, ChargeKind::Alloc) };
-            if done {
-                IN_MEMCG.set(false);
-                return;
-            }
+    let f = FLAGS.get();
+    if f & (LIFE | BUSY) == ACTIVE {
+        FLAGS.set(f | BUSY);
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: `raw` is a trailer word written by `charge_alloc` for a
+        // block of `bytes` bytes of the global controller (the one every
+        // thread task belongs to), uncharged once, by the deallocation of
+        // that block.
+        let done = unsafe { task.uncharge_fast(raw, bytes) };
+        FLAGS.set(f);
+        if done {
+            return;
         }
-        IN_MEMCG.set(false);
     }
     uncharge_alloc_slow(raw, bytes);
 }
@@ -211,13 +286,13 @@ fn uncharge_alloc_slow(raw: usize, bytes: u64) {
     // of `bytes` bytes of `ctrl` (the only controller the allocator uses),
     // read once by the deallocation of that block.
     let charge = unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, ctrl) };
-    let nested = IN_MEMCG.replace(true);
+    let nested = enter_busy();
     let cpu = global::current_cpu();
     let _ = match (nested, active_task()) {
         (false, Some(task)) => task.uncharge(cpu, charge),
         _ => ctrl.uncharge(cpu, charge),
     };
-    IN_MEMCG.set(nested);
+    leave_busy(nested);
 }
 
 /// Resizes an allocation's charge (`realloc`); returns the new raw word,
@@ -227,14 +302,14 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
     // SAFETY: as in `uncharge_alloc`; the charge is rebuilt once and turned
     // back into a raw word for the new trailer.
     let mut charge = unsafe { Charge::from_raw(raw, old_bytes, ChargeKind::Alloc, ctrl) };
-    let nested = IN_MEMCG.replace(true);
+    let nested = enter_busy();
     let cpu = global::current_cpu();
     let r = match (nested, active_task()) {
         (false, Some(task)) => task.resize(cpu, &mut charge, new_bytes),
         (true, Some(task)) if task.in_reclaim() => task.resize(cpu, &mut charge, new_bytes),
         _ => ctrl.resize(cpu, &mut charge, new_bytes),
     };
-    IN_MEMCG.set(nested);
+    leave_busy(nested);
     let raw = charge.into_raw();
     r.ok().map(|()| raw)
 }
@@ -248,11 +323,11 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
 /// The violations found.
 pub fn check_invariants() -> std::result::Result<(), crate::InvariantViolations> {
     let ctrl = global::controller();
-    let nested = IN_MEMCG.replace(true);
+    let nested = enter_busy();
     SUSPENDED.set(true);
     let r = ctrl.check_invariants();
     SUSPENDED.set(false);
-    IN_MEMCG.set(nested);
+    leave_busy(nested);
     r
 }
 

@@ -238,3 +238,66 @@ fn exit_racing_attach_releases_every_reference() {
         assert_invariants(&ctrl);
     });
 }
+
+/// Charges 64 bytes on CPU 0 the allocator's way: the fast path under key
+/// 2 (CPU 0), else `charge_keyed`, which arms it.
+fn fast_or_keyed(ctrl: &Controller, task: &Task) -> crate::Charge {
+    match task.charge_fast(2, 64) {
+        // SAFETY: the raw word of a 64-byte Alloc charge of `ctrl`, rebuilt
+        // once.
+        Some(raw) => unsafe { crate::Charge::from_raw(raw, 64, ChargeKind::Alloc, ctrl) },
+        None => task.charge_keyed(2, 0, 64).expect("charge"),
+    }
+}
+
+/// The allocator's fast path is armed for `a` when an attach to `b`
+/// races with the owner's next charge: that charge may still hit `a`'s
+/// byte cache (the seed's "seen by the next charge"), but once the attach
+/// is over, the next charge misses the fast path and goes to `b`, and
+/// every reference the switch dropped is dropped exactly once.
+#[test]
+fn fast_charge_racing_attach_moves_to_attached_group() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let first = task.charge_keyed(2, 0, 64).expect("charge");
+        assert_eq!(
+            first
+                .objcg(ctrl.core())
+                .expect("objcg")
+                .memcg()
+                .path
+                .as_ref(),
+            "a"
+        );
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let raw = task.charge_fast(2, 64);
+            (task, raw)
+        });
+        b.attach(&handle).expect("attach");
+        let (task, raw) = owner.join().expect("owner");
+        let second = match raw {
+            // SAFETY: as in `fast_or_keyed`.
+            Some(raw) => unsafe { crate::Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl) },
+            None => task.charge_keyed(2, 0, 64).expect("charge"),
+        };
+
+        let third = fast_or_keyed(&ctrl, &task);
+        assert_eq!(
+            third
+                .objcg(ctrl.core())
+                .expect("objcg")
+                .memcg()
+                .path
+                .as_ref(),
+            "b"
+        );
+        assert_invariants(&ctrl);
+
+        for charge in [first, second, third] {
+            task.uncharge(0, charge).expect("uncharge");
+        }
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
