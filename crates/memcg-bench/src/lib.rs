@@ -23,10 +23,16 @@
 //!   repetition, interleaved with the parent's repetitions; the child
 //!   measures bare mimalloc too and its ratio is against that in-child
 //!   baseline.
+//!
+//! With `--svg-dir DIR` the summaries are also drawn as SVG charts into
+//! `DIR` (see [`plot`]).
+
+pub mod plot;
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
@@ -60,6 +66,10 @@ pub struct Args {
     /// Print JSON (samples and summaries) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write SVG charts of the summaries into this directory (created if
+    /// missing): `shootout-<T>t.svg` (ratio) and `ns-<T>t.svg` per thread count.
+    #[arg(long, value_name = "DIR")]
+    pub svg_dir: Option<PathBuf>,
     /// Internal: run as the `MEMCG_TASK_CACHE=single` child and print raw samples as JSON.
     #[arg(long, hide = true)]
     pub child_single: bool,
@@ -604,6 +614,14 @@ pub fn run(mut args: Args) -> Result<(), String> {
         }
     }
     let sum = summarize(&samples, &args.sizes, &args.threads);
+    if let Some(dir) = &args.svg_dir {
+        // Before the tables, so a plotting failure exits non-zero with no
+        // half-printed output; the file list goes to stderr, keeping stdout
+        // the tables (or the JSON) alone.
+        for path in plot::write_svgs(dir, &sum)? {
+            eprintln!("shootout: wrote {}", path.display());
+        }
+    }
     if args.json {
         let overhead: Vec<_> = args
             .sizes

@@ -1,6 +1,6 @@
 //! `shootout`: allocator shoot-out, see the library docs of `memcg_bench`.
 //!
-//! Run: `cargo run --release -p memcg-bench --bin shootout [-- --quick|--json|--threads 1,2,4]`.
+//! Run: `cargo run --release -p memcg-bench --bin shootout [-- --quick|--json|--threads 1,2,4|--svg-dir DIR]`.
 
 use clap::Parser;
 
