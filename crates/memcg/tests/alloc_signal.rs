@@ -1,0 +1,215 @@
+//! Allocations from a signal handler that interrupts the allocator.
+//!
+//! `MemcgAlloc`'s per-thread state is plain thread-local memory updated
+//! without atomics, so a handler that allocates while the interrupted code
+//! is half-way through a charge would corrupt it, unless the re-entrancy
+//! flag sends the handler's allocation elsewhere (`runtime/thread.rs`: the
+//! `BUSY` bit; nested calls charge root lock-free). This binary makes that
+//! happen thousands of times: a profiling timer fires while the main thread
+//! allocates and frees in a loop, and the handler allocates, frees, and
+//! keeps one block alive across invocations. At the end every counter must
+//! balance exactly. (With the fast path's `BUSY` store removed, this test
+//! fails: conservation, object and reference-count violations.)
+//!
+//! glibc's `malloc` is not async-signal-safe, so the inner allocator here
+//! is a lock-free bump arena that never frees (signal-safe by
+//! construction); the test is about memcg's layer, not the inner one.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::UnsafeCell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use memcg::MemcgAlloc;
+
+mod common;
+use common::assert_invariants_settle;
+
+/// Bytes of the arena (zero pages until touched).
+const ARENA_BYTES: usize = 256 << 20;
+
+/// A lock-free bump allocator over a static arena; `dealloc` does nothing.
+struct Bump {
+    next: AtomicUsize,
+    arena: UnsafeCell<[u8; ARENA_BYTES]>,
+}
+
+// SAFETY: the arena is only handed out in disjoint blocks, reserved by an
+// atomic bump of `next`.
+unsafe impl Sync for Bump {}
+
+// SAFETY: blocks are disjoint (each reserved by one successful CAS on
+// `next`), inside the arena, aligned as asked; null when the arena is full.
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = self.arena.get() as *mut u8;
+        let mut cur = self.next.load(Ordering::Relaxed);
+        loop {
+            let start = (base as usize + cur).next_multiple_of(layout.align()) - base as usize;
+            let end = start + layout.size();
+            if end > ARENA_BYTES {
+                return std::ptr::null_mut();
+            }
+            match self
+                .next
+                .compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                // SAFETY: `start..end` is inside the arena.
+                Ok(_) => return unsafe { base.add(start) },
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+}
+
+#[global_allocator]
+static ALLOC: MemcgAlloc<Bump> = MemcgAlloc::new(Bump {
+    next: AtomicUsize::new(0),
+    arena: UnsafeCell::new([0; ARENA_BYTES]),
+});
+
+/// Handler invocations.
+static SIGNALS: AtomicU64 = AtomicU64::new(0);
+/// A block the handler keeps alive between invocations (freed by the
+/// next), of a size that changes every time, so that each invocation
+/// leaves a net charge or uncharge: a lost update of the interrupted
+/// code's thread-local state would then show in the totals.
+static KEPT: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_sigprof(_: libc::c_int) {
+    let n = SIGNALS.fetch_add(1, Ordering::Relaxed) as usize;
+    // Allocate and free inside the handler...
+    let scratch = black_box(vec![7u8; 100]);
+    drop(scratch);
+    // ...and keep one block alive until the next invocation frees it.
+    let fresh = Box::into_raw(Box::new(vec![1u8; 16 + (n % 7) * 40]));
+    let old = KEPT.swap(fresh, Ordering::Relaxed);
+    if !old.is_null() {
+        // SAFETY: made by `Box::into_raw` in an earlier invocation and
+        // swapped out exactly once.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+/// A `CLOCK_MONOTONIC` timer (high resolution) that sends `SIGPROF` to
+/// the process every `micros` µs.
+struct Timer(libc::timer_t);
+
+impl Timer {
+    fn start(micros: i64) -> Timer {
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: a zeroed `sigevent` is valid; we fill notify and signo.
+        let rc = unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_SIGNAL;
+            sev.sigev_signo = libc::SIGPROF;
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id)
+        };
+        assert_eq!(rc, 0, "timer_create");
+        let t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: micros * 1000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: t,
+            it_value: t,
+        };
+        // SAFETY: `id` is the timer just made; the old value is not wanted.
+        let rc = unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "timer_settime");
+        Timer(id)
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: the timer made in `start`, deleted once.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+fn install_handler() {
+    // SAFETY: a zeroed `sigaction` is valid; the handler is an
+    // `extern "C" fn(c_int)` and `SA_RESTART` keeps syscalls going.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigprof as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Bytes a block of `size` bytes is charged: padded to 8, plus the trailer.
+fn charged(size: usize) -> u64 {
+    (size.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
+}
+
+#[test]
+fn signal_handler_allocations_interrupting_charges_keep_every_counter_balanced() {
+    let ctrl = memcg::controller();
+    let g = ctrl.create("signals").expect("group");
+    g.attach_current().expect("attach");
+    install_handler();
+    let timer = Timer::start(20);
+
+    // The main thread's own live set: a ring of blocks of varied sizes.
+    let mut ring: Vec<Option<Vec<u8>>> = vec![None; 64];
+    let mut rounds = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    // Stop at half the arena (it never reuses memory) or after the deadline.
+    while ALLOC.inner().next.load(Ordering::Relaxed) < ARENA_BYTES / 2
+        && std::time::Instant::now() < deadline
+    {
+        for i in 0..10_000usize {
+            let size = 8 + (i * 37) % 300;
+            ring[i % 64] = Some(black_box(vec![0u8; size]));
+            drop(black_box(Box::new([0u64; 4])));
+        }
+        rounds += 1;
+    }
+    drop(timer);
+    let signals = SIGNALS.load(Ordering::Relaxed);
+    assert!(
+        signals > 100,
+        "only {signals} signals in {rounds} rounds: the test did not interrupt the allocator"
+    );
+
+    // What the main thread still holds.
+    let held: u64 = charged(ring.capacity() * std::mem::size_of::<Option<Vec<u8>>>())
+        + ring
+            .iter()
+            .flatten()
+            .map(|v| charged(v.capacity()))
+            .sum::<u64>();
+    memcg::flush_current();
+    ctrl.drain_stocks();
+    let kept = KEPT.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    // The handler's last block is charged to `g` or to root, depending on
+    // whether the handler interrupted a charge (BUSY: root) or not (and on
+    // which thread took the signal).
+    let kept_bytes = if kept.is_null() {
+        0
+    } else {
+        // SAFETY: made by `Box::into_raw` in the handler; read only.
+        charged(std::mem::size_of::<Vec<u8>>()) + charged(unsafe { &*kept }.capacity())
+    };
+    let live = g.stats().stat.alloc_bytes;
+    assert!(
+        live == held || live == held + kept_bytes,
+        "group live bytes {live}, main thread holds {held} (+{kept_bytes} if the handler's block is here)"
+    );
+    if !kept.is_null() {
+        // SAFETY: made by `Box::into_raw` in the handler, swapped out once.
+        drop(unsafe { Box::from_raw(kept) });
+    }
+    drop(ring);
+    memcg::flush_current();
+    ctrl.drain_stocks();
+    assert_eq!(g.stats().stat.alloc_bytes, 0, "everything freed");
+    ctrl.root().attach_current().expect("attach root");
+    assert_invariants_settle();
+    eprintln!("{signals} signals over {rounds} rounds of 10 000 allocations");
+}
