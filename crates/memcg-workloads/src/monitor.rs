@@ -1,0 +1,261 @@
+//! The monitor thread of the memcg child: exempt from accounting (its
+//! allocations are charged to root), it takes exact snapshots of a group
+//! on request and samples `memory.current` against the live bytes every
+//! millisecond while a workload runs.
+//!
+//! The workload thread talks to it through a `Mutex` and a `Condvar`
+//! only, which do not allocate: after the workload's threads flushed their
+//! caches, a snapshot must not be disturbed by new charges of theirs.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use memcg::{Group, PAGE_SIZE, TASK_CACHE_BOUND_BYTES};
+
+/// Page-stock slots per CPU (documented on `memcg::Group::current_bytes`).
+pub const PAGE_STOCK_SLOTS: u64 = 7;
+/// Pages a page-stock slot holds at most.
+pub const PAGE_STOCK_SLOT_PAGES: u64 = 64;
+/// Byte-stock slots per CPU.
+pub const BYTE_STOCK_SLOTS: u64 = 5;
+/// Bytes a byte-stock slot holds at most ("under 64 KiB").
+pub const BYTE_STOCK_SLOT_BYTES: u64 = 65_535;
+/// Bytes of statistics a task batches before flushing them (4 pages, the
+/// private `STAT_FLUSH_BYTES` of memcg's `engine/task.rs`): the live-bytes
+/// statistic of a group lags its true live bytes by at most this much per
+/// task between flushes.
+pub const STAT_BATCH_BYTES: u64 = 4 * PAGE_SIZE;
+
+/// A group's usage and live bytes at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    /// `memory.current`.
+    pub current_bytes: u64,
+    /// Live bytes (`alloc + runtime + reservation` of `memory.stat`).
+    pub live_bytes: u64,
+    /// `Σ over nodes of ceil(live bytes of the node / 4096) × 4096`: what
+    /// `memory.current` must be after every task flushed and the stocks
+    /// were drained (one objcg per node for a group without children).
+    pub expected_bytes: u64,
+}
+
+impl Snapshot {
+    /// Reads `group` (no draining).
+    pub fn read(group: &Group) -> Snapshot {
+        let stats = group.stats();
+        let mut live = 0;
+        let mut expected = 0;
+        for n in &stats.numa {
+            let s = n.hierarchical;
+            let node_live = s.alloc_bytes + s.runtime_bytes + s.reservation_bytes;
+            live += node_live;
+            expected += node_live.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        }
+        Snapshot {
+            current_bytes: stats.current_bytes,
+            live_bytes: live,
+            expected_bytes: expected,
+        }
+    }
+}
+
+/// The documented bound of `memory.current − live` for one group, and its
+/// terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bound {
+    /// CPUs of the controller's topology.
+    pub nr_cpus: u64,
+    /// Tasks attached to the group.
+    pub nr_tasks: u64,
+    /// Objcgs of the group (one per node).
+    pub nr_objcgs: u64,
+    /// Per CPU: 7 page-stock slots × 64 pages + 5 byte-stock slots ×
+    /// 65,535 bytes.
+    pub stocks_bytes: u64,
+    /// Per task: `memcg::TASK_CACHE_BOUND_BYTES`.
+    pub task_caches_bytes: u64,
+    /// Per objcg: under a page in its sub-page pool, and under a page of
+    /// rounding `live` up to whole pages.
+    pub objcg_bytes: u64,
+    /// Per task: [`STAT_BATCH_BYTES`] of statistics lag (the live-bytes
+    /// statistic is batched, `memory.current` is not).
+    pub stat_lag_bytes: u64,
+    /// The sum of the terms above.
+    pub total_bytes: u64,
+}
+
+impl Bound {
+    /// The bound for `group` with its current task count.
+    pub fn of(group: &Group) -> Bound {
+        let topo = memcg::controller().topology();
+        let nr_cpus = topo.nr_cpus() as u64;
+        let nr_objcgs = topo.nodes().count() as u64;
+        let nr_tasks = group.nr_tasks() as u64;
+        let stocks_bytes = nr_cpus
+            * (PAGE_STOCK_SLOTS * PAGE_STOCK_SLOT_PAGES * PAGE_SIZE
+                + BYTE_STOCK_SLOTS * BYTE_STOCK_SLOT_BYTES);
+        let task_caches_bytes = nr_tasks * TASK_CACHE_BOUND_BYTES;
+        let objcg_bytes = nr_objcgs * 2 * PAGE_SIZE;
+        let stat_lag_bytes = nr_tasks * STAT_BATCH_BYTES;
+        Bound {
+            nr_cpus,
+            nr_tasks,
+            nr_objcgs,
+            stocks_bytes,
+            task_caches_bytes,
+            objcg_bytes,
+            stat_lag_bytes,
+            total_bytes: stocks_bytes + task_caches_bytes + objcg_bytes + stat_lag_bytes,
+        }
+    }
+}
+
+/// The worst gaps seen while sampling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Gaps {
+    /// Samples taken.
+    pub samples: u64,
+    /// Largest `memory.current − live` (bytes charged but not live).
+    pub worst_over_bytes: u64,
+    /// Largest `live − memory.current` (statistics ahead of usage; only
+    /// the statistics lag can cause it).
+    pub worst_under_bytes: u64,
+    /// Largest `memory.current` seen.
+    pub peak_current_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Idle,
+    Measure,
+    Sample,
+    Exit,
+}
+
+#[derive(Debug)]
+struct State {
+    command: Command,
+    snapshot: Option<Snapshot>,
+    gaps: Gaps,
+}
+
+type Shared = Arc<(Mutex<State>, Condvar)>;
+
+/// The monitor thread; see the module docs.
+#[derive(Debug)]
+pub struct Monitor {
+    shared: Shared,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Monitor {
+    /// Starts the monitor for `group`. Call it from a thread still in
+    /// root, before the workload's threads attach, so that its own
+    /// allocations stay out of the group.
+    pub fn start(group: Group) -> Monitor {
+        let shared: Shared = Arc::new((
+            Mutex::new(State {
+                command: Command::Idle,
+                snapshot: None,
+                gaps: Gaps::default(),
+            }),
+            Condvar::new(),
+        ));
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("memcg-monitor".into())
+            .spawn(move || run(&s, &group))
+            .expect("the OS starts the monitor thread");
+        Monitor {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, command: Command) {
+        let mut st = lock(&self.shared);
+        st.command = command;
+        self.shared.1.notify_all();
+    }
+
+    /// Drains every stock (`memcg::Controller::drain_stocks`, which also
+    /// trims the objcgs' sub-page pools) and reads the group, on the
+    /// monitor thread. The calling thread does not allocate meanwhile.
+    pub fn measure(&self) -> Snapshot {
+        let mut st = lock(&self.shared);
+        st.snapshot = None;
+        st.command = Command::Measure;
+        self.shared.1.notify_all();
+        loop {
+            if let Some(s) = st.snapshot.take() {
+                return s;
+            }
+            st = self.shared.1.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Starts sampling every millisecond, with fresh gaps.
+    pub fn start_sampling(&self) {
+        lock(&self.shared).gaps = Gaps::default();
+        self.set(Command::Sample);
+    }
+
+    /// Stops sampling; returns the gaps seen.
+    pub fn stop_sampling(&self) -> Gaps {
+        let mut st = lock(&self.shared);
+        st.command = Command::Idle;
+        st.gaps
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.set(Command::Exit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, group: &Group) {
+    memcg::set_current_exempt(true);
+    let mut st = lock(shared);
+    loop {
+        match st.command {
+            Command::Idle => st = shared.1.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Command::Exit => return,
+            Command::Measure => {
+                memcg::controller().drain_stocks();
+                st.snapshot = Some(Snapshot::read(group));
+                st.command = Command::Idle;
+                shared.1.notify_all();
+            }
+            Command::Sample => {
+                drop(st);
+                let s = Snapshot::read(group);
+                st = lock(shared);
+                if st.command == Command::Sample {
+                    let g = &mut st.gaps;
+                    g.samples += 1;
+                    g.worst_over_bytes = g
+                        .worst_over_bytes
+                        .max(s.current_bytes.saturating_sub(s.live_bytes));
+                    g.worst_under_bytes = g
+                        .worst_under_bytes
+                        .max(s.live_bytes.saturating_sub(s.current_bytes));
+                    g.peak_current_bytes = g.peak_current_bytes.max(s.current_bytes);
+                    st = shared
+                        .1
+                        .wait_timeout(st, Duration::from_millis(1))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
