@@ -23,7 +23,9 @@ pub const MEMCG_BIN: &str = "workloads-memcg";
 #[derive(Debug, Parser)]
 #[command(
     about = "Real programs under memcg's MemcgAlloc<mimalloc> against bare mimalloc",
-    after_help = "Build the three binaries first: cargo build --release -p memcg-workloads --bins"
+    after_help = "Run through `cargo run --release -p memcg-workloads --bin workloads`: the runner \
+                  then builds its two children first (cargo sets CARGO). Run directly, it needs \
+                  `cargo build --release -p memcg-workloads --bins` first."
 )]
 pub struct RunnerArgs {
     /// Runs per allocator and workload (interleaved mimalloc, memcg, ...).
@@ -85,6 +87,8 @@ pub enum Error {
     },
     /// Bad arguments.
     Usage(String),
+    /// Building the children with cargo failed.
+    Build(String),
 }
 
 impl fmt::Display for Error {
@@ -97,6 +101,11 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::CurrentExe(e) => write!(f, "cannot find the runner's own path: {e}"),
+            Error::Build(what) => write!(
+                f,
+                "building the child binaries failed ({what}); run \
+                 `cargo build --release -p memcg-workloads --bins` to see why"
+            ),
             Error::Child { path, what, source } => {
                 write!(f, "cannot {what} child {}: {source}", path.display())
             }
@@ -183,6 +192,26 @@ pub struct WorkloadResult {
     pub pass: bool,
     /// Every run, in order.
     pub runs: Vec<Run>,
+}
+
+/// When started by `cargo run` (cargo sets `CARGO`), builds the two child
+/// binaries with the runner's own profile first, so that one command
+/// measures the current sources and never stale children.
+fn build_children() -> Result<(), Error> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "memcg-workloads", "--bins"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| Error::Build(e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Build(status.to_string()))
+    }
 }
 
 fn sibling(dir: &Path, name: &str) -> Result<PathBuf, Error> {
@@ -294,6 +323,7 @@ pub fn measure(args: &RunnerArgs) -> Result<Vec<WorkloadResult>, Error> {
     if reps == 0 {
         return Err(Error::Usage("--reps must be at least 1".to_string()));
     }
+    build_children()?;
     let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     let plain = sibling(dir, MIMALLOC_BIN)?;

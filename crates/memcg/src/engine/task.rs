@@ -547,6 +547,46 @@ impl Task {
         true
     }
 
+    /// The allocator's fast path for a `realloc`: moves the difference
+    /// between `old_bytes` and `new_bytes` of the charge named by `raw`
+    /// between the charge and the byte cache when the cache holds that
+    /// objcg and has the bytes (growing) or the room (shrinking). The object
+    /// count and references do not change. `false` means "take
+    /// [`Task::resize`]"; plain loads and stores only, statistics as in
+    /// [`Task::charge_fast`].
+    ///
+    /// # Safety
+    /// `raw` comes from `Charge::into_raw` of a live charge of `old_bytes`
+    /// bytes of `ChargeKind::Alloc` made by this task's controller; if this
+    /// returns `true`, that charge is now of `new_bytes` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn resize_fast(&self, raw: usize, old_bytes: u64, new_bytes: u64) -> bool {
+        let cache = &self.shared.cache;
+        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+            return false;
+        }
+        let have = get_u64(&cache.bytes);
+        let left = if new_bytes >= old_bytes {
+            match have.checked_sub(new_bytes - old_bytes) {
+                Some(left) => left,
+                None => return false,
+            }
+        } else {
+            let left = have + (old_bytes - new_bytes);
+            if left > CACHE_MAX_BYTES {
+                return false;
+            }
+            left
+        };
+        set_u64(&cache.bytes, left);
+        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
+        slot.store(
+            slot.load(Ordering::Relaxed) + (have as i64 - left as i64),
+            Ordering::Relaxed,
+        );
+        true
+    }
+
     /// `current_obj_cgroup()` for node `nid`: the active override's objcg
     /// if one is entered, else the cached objcg (refreshing a stale cache
     /// first), else root's. Returns the objcg's current `(group path,
@@ -1318,5 +1358,47 @@ mod fast_path_tests {
         let _second = charge(&ctrl, &task, 1, 0, 64);
         assert_eq!(alloc_bytes(&task, &a), 64);
         assert_eq!(alloc_bytes(&task, &b), 64);
+    }
+
+    #[test]
+    fn fast_resize_moves_only_the_difference_and_misses_other_objcgs() {
+        let (ctrl, g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let c = task.charge_keyed(1, 0, 100).expect("charge");
+        let raw = c.into_raw();
+        // SAFETY (all calls below): `raw` names the live 100-byte charge,
+        // whose size each successful call changes as stated.
+        assert!(unsafe { task.resize_fast(raw, 100, 300) });
+        assert!(unsafe { task.resize_fast(raw, 300, 40) });
+        assert!(unsafe { task.resize_fast(raw, 40, 200) });
+        // More than the byte cache can hold misses.
+        let huge = 200 + TASK_CACHE_BOUND_BYTES;
+        assert!(!unsafe { task.resize_fast(raw, 200, huge) });
+        assert_eq!(alloc_bytes(&task, &g), 200);
+        // The flush emptied the byte cache: everything misses until the
+        // next charge fills it.
+        assert!(!unsafe { task.resize_fast(raw, 200, 100) });
+        // A charge of another objcg (made under an override) misses.
+        let o = {
+            let _guard = task.enter(&other).expect("enter");
+            task.charge(0, 64, ChargeKind::Alloc).expect("charge")
+        };
+        let c = task.charge_keyed(1, 0, 8).expect("charge");
+        let o_raw = o.into_raw();
+        assert!(!unsafe { task.resize_fast(o_raw, 64, 32) });
+        assert_eq!(alloc_bytes(&task, &g), 208, "200 + 8");
+        // SAFETY: the raw words of the live charges, rebuilt once.
+        let (big, o) = unsafe {
+            (
+                Charge::from_raw(raw, 200, ChargeKind::Alloc, &ctrl),
+                Charge::from_raw(o_raw, 64, ChargeKind::Alloc, &ctrl),
+            )
+        };
+        for charge in [big, c, o] {
+            task.uncharge(0, charge).expect("uncharge");
+        }
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(alloc_bytes(&task, &g), 0);
+        assert_eq!(alloc_bytes(&task, &other), 0);
     }
 }

@@ -297,7 +297,29 @@ fn uncharge_alloc_slow(raw: usize, bytes: u64) {
 
 /// Resizes an allocation's charge (`realloc`); returns the new raw word,
 /// or `None` when growing is refused.
+#[inline]
 pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
+    let f = FLAGS.get();
+    if f & (LIFE | BUSY) == ACTIVE {
+        FLAGS.set(f | BUSY);
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: `raw` is a trailer word written by `charge_alloc` (or an
+        // earlier resize) for a block of `old_bytes` bytes of the global
+        // controller; if the resize succeeds the caller writes the same
+        // word for the block of `new_bytes` bytes.
+        let done = unsafe { task.resize_fast(raw, old_bytes, new_bytes) };
+        FLAGS.set(f);
+        if done {
+            return Some(raw);
+        }
+    }
+    resize_alloc_slow(raw, old_bytes, new_bytes)
+}
+
+#[cold]
+#[inline(never)]
+fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
     let ctrl = global::try_controller()?;
     // SAFETY: as in `uncharge_alloc`; the charge is rebuilt once and turned
     // back into a raw word for the new trailer.
