@@ -1366,18 +1366,22 @@ mod fast_path_tests {
         let other = ctrl.create("other").expect("group");
         let c = task.charge_keyed(1, 0, 100).expect("charge");
         let raw = c.into_raw();
-        // SAFETY (all calls below): `raw` names the live 100-byte charge,
-        // whose size each successful call changes as stated.
-        assert!(unsafe { task.resize_fast(raw, 100, 300) });
-        assert!(unsafe { task.resize_fast(raw, 300, 40) });
-        assert!(unsafe { task.resize_fast(raw, 40, 200) });
+        let resize = |raw: usize, old: u64, new: u64| {
+            // SAFETY: each call names a live charge of `old` bytes (the
+            // 100-byte charge as resized by the calls before, or the
+            // other group's 64-byte one) and keeps track of its new size.
+            resize(raw, old, new)
+        };
+        assert!(resize(raw, 100, 300));
+        assert!(resize(raw, 300, 40));
+        assert!(resize(raw, 40, 200));
         // More than the byte cache can hold misses.
         let huge = 200 + TASK_CACHE_BOUND_BYTES;
-        assert!(!unsafe { task.resize_fast(raw, 200, huge) });
+        assert!(!resize(raw, 200, huge));
         assert_eq!(alloc_bytes(&task, &g), 200);
         // The flush emptied the byte cache: everything misses until the
         // next charge fills it.
-        assert!(!unsafe { task.resize_fast(raw, 200, 100) });
+        assert!(!resize(raw, 200, 100));
         // A charge of another objcg (made under an override) misses.
         let o = {
             let _guard = task.enter(&other).expect("enter");
@@ -1385,7 +1389,7 @@ mod fast_path_tests {
         };
         let c = task.charge_keyed(1, 0, 8).expect("charge");
         let o_raw = o.into_raw();
-        assert!(!unsafe { task.resize_fast(o_raw, 64, 32) });
+        assert!(!resize(o_raw, 64, 32));
         assert_eq!(alloc_bytes(&task, &g), 208, "200 + 8");
         // SAFETY: the raw words of the live charges, rebuilt once.
         let (big, o) = unsafe {
