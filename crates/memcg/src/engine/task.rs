@@ -1370,7 +1370,7 @@ mod fast_path_tests {
             // SAFETY: each call names a live charge of `old` bytes (the
             // 100-byte charge as resized by the calls before, or the
             // other group's 64-byte one) and keeps track of its new size.
-            resize(raw, old, new)
+            unsafe { task.resize_fast(raw, old, new) }
         };
         assert!(resize(raw, 100, 300));
         assert!(resize(raw, 300, 40));
