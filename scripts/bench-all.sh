@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates every figure of BENCHMARKS.md (about 2 minutes on 2 cores):
+#   docs/bench/machine.txt     lscpu, kernel, rustc
+#   docs/bench/shootout.txt    the allocator shoot-out tables
+#   docs/bench/*.svg           its plots
+#   docs/bench/workloads.txt   the real programs: wall time, peak RSS,
+#                              accuracy against the documented bound
+# Run it on a quiet machine: every figure is a ratio against a baseline
+# measured in the same run, but noise still widens the min/max spread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/bench
+mkdir -p "$out"
+{
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ)"
+    lscpu
+    echo
+    echo "kernel: $(uname -r)"
+    echo "rustc:  $(rustc -V)"
+    echo "load:   $(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$out/machine.txt"
+cargo run --release -q -p memcg-bench --bin shootout -- --svg-dir "$out" | tee "$out/shootout.txt"
+cargo run --release -q -p memcg-workloads --bin workloads | tee "$out/workloads.txt"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
