@@ -128,6 +128,15 @@ pub(crate) struct Consumed {
     pub(crate) refs: u64,
 }
 
+/// What [`Stock::take_obj`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// Bytes taken.
+    pub(crate) bytes: u64,
+    /// References handed over with the bytes (at most what was asked).
+    pub(crate) refs: u64,
+}
+
 /// Result of a byte-stock refill: work the caller finishes outside.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RefillOutcome {
@@ -172,15 +181,32 @@ impl CpuStock {
     /// credit) from the slot caching objcg `id`.
     #[inline]
     pub(crate) fn consume_obj(&self, id: u32, bytes: u64, want_refs: u64) -> Option<Consumed> {
+        self.take_obj(id, bytes, bytes, want_refs)
+            .map(|t| Consumed { refs: t.refs })
+    }
+
+    /// Takes at least `min_bytes` and at most `max_bytes` (as much as the
+    /// slot holds up to that) and up to `want_refs` reference credit from
+    /// the slot caching objcg `id`, in one CAS: how a task cache refills
+    /// itself from its CPU's stock.
+    #[inline]
+    pub(crate) fn take_obj(
+        &self,
+        id: u32,
+        min_bytes: u64,
+        max_bytes: u64,
+        want_refs: u64,
+    ) -> Option<Taken> {
         for slot in self.obj_slots() {
             // Relaxed: the CAS below validates the value; the bytes and
             // credit carry no data that needs ordering.
             let mut word = slot.load(Ordering::Relaxed);
             loop {
                 let s = ObjSlot::unpack(word);
-                if s.id != id || s.bytes < bytes {
+                if s.id != id || s.bytes < min_bytes {
                     break;
                 }
+                let bytes = s.bytes.min(max_bytes.max(min_bytes));
                 let refs = s.refs.min(want_refs);
                 let new = ObjSlot {
                     id,
@@ -193,7 +219,7 @@ impl CpuStock {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Some(Consumed { refs }),
+                    Ok(_) => return Some(Taken { bytes, refs }),
                     Err(actual) => word = actual,
                 }
             }
@@ -490,6 +516,39 @@ mod tests {
         assert_eq!(st.consume_obj(4, 1, 1), None);
         let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
         assert_eq!((s.bytes, s.refs), (400, 2));
+    }
+
+    #[test]
+    fn take_obj_takes_between_min_and_max_or_nothing() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        st.refill_obj(3, 1000, 5, false, &pool);
+        // Up to `max`, and all the slot has when that is less.
+        assert_eq!(
+            st.take_obj(3, 100, 300, 0),
+            Some(Taken {
+                bytes: 300,
+                refs: 0
+            })
+        );
+        assert_eq!(
+            st.take_obj(3, 100, 5000, 1),
+            Some(Taken {
+                bytes: 700,
+                refs: 1
+            })
+        );
+        // Less than `min` left: nothing is taken.
+        st.refill_obj(3, 50, 1, false, &pool);
+        assert_eq!(st.take_obj(3, 51, 5000, 0), None);
+        assert_eq!(st.take_obj(4, 1, 5000, 0), None, "another objcg");
+        // `max` below `min` takes `min`.
+        assert_eq!(
+            st.take_obj(3, 20, 10, 0),
+            Some(Taken { bytes: 20, refs: 0 })
+        );
+        let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
+        assert_eq!(s.bytes, 30);
     }
 
     #[test]
