@@ -34,6 +34,19 @@ pub enum Flavor {
     /// `memcg::MemcgAlloc<mimalloc::MiMalloc>`, the workload's threads
     /// attached to a group of their own.
     Memcg,
+    /// `memcg::MemcgMimalloc` (one mimalloc heap per objcg, no trailer),
+    /// attached the same way.
+    MemcgHeaps,
+}
+
+impl Flavor {
+    /// Bytes the flavor's allocator adds to each block's charge.
+    pub fn per_block_overhead_bytes(self) -> usize {
+        match self {
+            Flavor::Mimalloc | Flavor::MemcgHeaps => 0,
+            Flavor::Memcg => memcg::TRAILER_BYTES,
+        }
+    }
 }
 
 /// Arguments of the two children.
@@ -96,7 +109,8 @@ pub struct MemcgReport {
     /// Read-modify-writes on counters shared by all CPUs during the
     /// workload (`memcg::EngineCounters::shared_atomics`).
     pub shared_atomics: u64,
-    /// `charges × memcg::TRAILER_BYTES`: the trailer bytes those
+    /// `charges ×` the per-block overhead (`memcg::TRAILER_BYTES` for
+    /// `MemcgAlloc`, 0 for `MemcgMimalloc`): the trailer bytes those
     /// allocations carried.
     pub trailer_bytes: u64,
     /// Group live bytes before the workload (pool and thread state).
@@ -178,11 +192,12 @@ pub fn main(flavor: Flavor) -> i32 {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    crate::workloads::set_per_block_overhead_bytes(flavor.per_block_overhead_bytes());
     let mut code = exit::OK;
     for w in workloads {
         let report = match flavor {
             Flavor::Mimalloc => run_plain(w, scale, threads),
-            Flavor::Memcg => run_memcg(w, scale, threads, args.sample),
+            Flavor::Memcg | Flavor::MemcgHeaps => run_memcg(w, scale, threads, args.sample),
         };
         if !report.pass() {
             code = exit::CHECK_FAILED;
@@ -404,7 +419,7 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
             charges,
             slow_charges,
             shared_atomics,
-            trailer_bytes: charges * memcg::TRAILER_BYTES as u64,
+            trailer_bytes: charges * crate::workloads::per_block_overhead_bytes() as u64,
             baseline_live_bytes: base.live_bytes,
             held_live_bytes: held_live,
             held_estimate_bytes: estimate.bytes,

@@ -16,8 +16,39 @@ use crate::workloads::Workload;
 
 /// Name of the bare-mimalloc child binary.
 pub const MIMALLOC_BIN: &str = "workloads-mimalloc";
-/// Name of the memcg child binary.
+/// Name of the memcg child binary (`MemcgAlloc<mimalloc>`).
 pub const MEMCG_BIN: &str = "workloads-memcg";
+/// Name of the memcg child binary on `MemcgMimalloc`.
+pub const MEMCG_HEAPS_BIN: &str = "workloads-memcg-heaps";
+
+/// Which memcg allocator the memcg child uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemcgVariant {
+    /// `MemcgAlloc<mimalloc>`: an 8-byte trailer per block.
+    #[default]
+    Trailer,
+    /// `MemcgMimalloc`: one mimalloc heap per objcg, no trailer.
+    Heaps,
+}
+
+impl MemcgVariant {
+    /// The child binary's name.
+    pub fn bin(self) -> &'static str {
+        match self {
+            MemcgVariant::Trailer => MEMCG_BIN,
+            MemcgVariant::Heaps => MEMCG_HEAPS_BIN,
+        }
+    }
+
+    /// The allocator's name, for reports.
+    pub fn allocator(self) -> &'static str {
+        match self {
+            MemcgVariant::Trailer => "MemcgAlloc<mimalloc>",
+            MemcgVariant::Heaps => "MemcgMimalloc",
+        }
+    }
+}
 
 /// Arguments of the runner.
 #[derive(Debug, Parser)]
@@ -46,6 +77,9 @@ pub struct RunnerArgs {
     /// Threads of the children's rayon pools.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The memcg allocator to measure against bare mimalloc.
+    #[arg(long, value_enum, default_value_t = MemcgVariant::Trailer)]
+    pub memcg: MemcgVariant,
     /// Skip the extra memcg run per workload that samples accuracy.
     #[arg(long)]
     pub no_accuracy: bool,
@@ -327,7 +361,7 @@ pub fn measure(args: &RunnerArgs) -> Result<Vec<WorkloadResult>, Error> {
     let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     let plain = sibling(dir, MIMALLOC_BIN)?;
-    let memcg = sibling(dir, MEMCG_BIN)?;
+    let memcg = sibling(dir, args.memcg.bin())?;
     let workloads = if args.workload.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -486,6 +520,10 @@ pub fn main() -> i32 {
             }
         }
     } else {
+        println!(
+            "memcg = {} (against bare mimalloc; --memcg trailer|heaps)",
+            args.memcg.allocator()
+        );
         print!("{}", table(&results));
     }
     if results.iter().all(|r| r.pass) {

@@ -11,14 +11,32 @@ use rayon::prelude::*;
 use regex::Regex;
 use serde_json::Value;
 
-/// Bytes `MemcgAlloc` charges for an allocation of `size_bytes`: the size
-/// rounded up to 8 plus the 8-byte trailer (see `memcg::MemcgAlloc`); 0
+/// Bytes the memcg allocator adds to each block's charge: the 8-byte
+/// trailer of `memcg::MemcgAlloc` (the default), 0 for
+/// `memcg::MemcgMimalloc`. Set once by the child before it runs anything.
+static PER_BLOCK_OVERHEAD_BYTES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(memcg::TRAILER_BYTES);
+
+/// Sets what [`charged_bytes`] adds per block (see
+/// `PER_BLOCK_OVERHEAD_BYTES`).
+pub fn set_per_block_overhead_bytes(bytes: usize) {
+    PER_BLOCK_OVERHEAD_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What [`charged_bytes`] adds per block.
+pub fn per_block_overhead_bytes() -> usize {
+    PER_BLOCK_OVERHEAD_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Bytes the memcg allocator charges for an allocation of `size_bytes`:
+/// the size rounded up to 8 plus the per-block overhead (the 8-byte
+/// trailer of `memcg::MemcgAlloc`, nothing for `memcg::MemcgMimalloc`); 0
 /// for no allocation.
 pub fn charged_bytes(size_bytes: usize) -> u64 {
     if size_bytes == 0 {
         0
     } else {
-        (size_bytes.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
+        (size_bytes.div_ceil(8) * 8 + per_block_overhead_bytes()) as u64
     }
 }
 

@@ -7,7 +7,16 @@ use memcg_workloads::child::ChildReport;
 
 #[test]
 fn memcg_child_quick_checks_pass() {
-    let out = Command::new(env!("CARGO_BIN_EXE_workloads-memcg"))
+    quick_checks_pass(env!("CARGO_BIN_EXE_workloads-memcg"));
+}
+
+#[test]
+fn memcg_heaps_child_quick_checks_pass() {
+    quick_checks_pass(env!("CARGO_BIN_EXE_workloads-memcg-heaps"));
+}
+
+fn quick_checks_pass(bin: &str) {
+    let out = Command::new(bin)
         .args(["--quick", "--sample"])
         .output()
         .expect("the memcg child starts");

@@ -30,3 +30,6 @@ pub use task::{
     ActiveGuard, Charge, Task, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG, TASK_CACHE_BOUND_BYTES,
 };
 pub use topology::{Topology, MAX_CPUS, MAX_NODES};
+
+#[cfg(all(feature = "mimalloc", not(memcg_loom)))]
+pub(crate) use obj_cgroup::alloc_cookie;

@@ -39,7 +39,9 @@ use std::sync::Arc;
 
 use crate::engine::memcg::MemCgroup;
 use crate::limit::PAGE_SIZE;
-use crate::sync::{AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
 
 /// Entries per chunk of the table.
 #[cfg(not(all(test, memcg_loom)))]
@@ -81,6 +83,23 @@ pub(crate) struct ObjCgroup {
     pub(crate) live_objects: AtomicI64,
     /// Next free id while on the free list.
     next_free: AtomicU32,
+    /// An opaque word owned by the runtime's allocator (the mimalloc heap
+    /// of `MemcgMimalloc`), 0 until it sets one. It survives the reuse of
+    /// the entry: every object of an incarnation is gone before the entry
+    /// is freed (each holds a reference), so the next one can reuse it.
+    pub(crate) alloc_cookie: AtomicUsize,
+}
+
+/// The `alloc_cookie` of the objcg whose raw charge word is `raw`.
+///
+/// # Safety
+/// `raw` is [`crate::Charge::into_raw`] of a charge made by a controller
+/// that is still alive (the address of an entry of its type-stable table).
+#[cfg_attr(any(not(feature = "mimalloc"), memcg_loom), allow(dead_code))]
+#[inline(always)]
+pub(crate) unsafe fn alloc_cookie<'a>(raw: usize) -> &'a AtomicUsize {
+    // SAFETY: by the caller's guarantee `raw` points to a live entry.
+    unsafe { &(*(raw as *const ObjCgroup)).alloc_cookie }
 }
 
 impl ObjCgroup {
@@ -98,6 +117,7 @@ impl ObjCgroup {
             live_bytes: AtomicI64::new(0),
             live_objects: AtomicI64::new(0),
             next_free: AtomicU32::new(0),
+            alloc_cookie: AtomicUsize::new(0),
         }
     }
 

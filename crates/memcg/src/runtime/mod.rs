@@ -9,12 +9,16 @@
 pub(crate) mod alloc;
 pub(crate) mod cpu;
 pub(crate) mod global;
+#[cfg(feature = "mimalloc")]
+pub(crate) mod mimalloc;
 pub(crate) mod scope;
 pub(crate) mod thread;
 pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
 pub use global::{controller, cpu_id_source};
+#[cfg(feature = "mimalloc")]
+pub use mimalloc::{MemcgMimalloc, MAX_OBJCG_HEAPS};
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
     check_invariants, current_group, current_thread, flush_current, set_current_exempt, spawn,

@@ -1,0 +1,187 @@
+// The allocator tests shared by `alloc_basic.rs` (`MemcgAlloc`) and
+// `alloc_heaps.rs` (`MemcgMimalloc`), included by both with `include!`.
+// The including binary sets the global allocator and defines
+// `charged(size) -> u64`, the bytes that allocator charges for a block of
+// `size` bytes.
+
+use std::sync::{Arc, Mutex};
+
+use memcg::{Limit, PAGE_SIZE};
+
+/// A fresh group under a per-test name, with the current thread in it.
+fn group(name: &str) -> memcg::Group {
+    // Made from root, so the group's own structures are not charged to
+    // the group the thread was in.
+    memcg::controller()
+        .root()
+        .attach_current()
+        .expect("attach root");
+    let g = memcg::controller().create(name).expect("unique test group");
+    g.attach_current().expect("attach");
+    g
+}
+
+fn alloc_bytes(g: &memcg::Group) -> u64 {
+    memcg::flush_current();
+    g.stats().stat.alloc_bytes
+}
+
+fn leave(g: &memcg::Group) {
+    memcg::controller().root().attach_current().unwrap();
+    memcg::controller().drain_stocks();
+    assert_eq!(alloc_bytes(g), 0, "{}: everything freed", g.path());
+}
+
+#[test]
+fn allocations_of_an_attached_thread_are_charged_to_its_group() {
+    let g = group("basic-attach");
+    let v: Vec<u8> = Vec::with_capacity(1000);
+    let b = Box::new([0u64; 100]);
+    assert_eq!(alloc_bytes(&g), charged(1000) + charged(800));
+    drop(v);
+    drop(b);
+    assert_eq!(alloc_bytes(&g), 0);
+    leave(&g);
+}
+
+#[test]
+fn realloc_moves_the_charge_with_the_block() {
+    let g = group("basic-realloc");
+    let mut v: Vec<u8> = Vec::with_capacity(10);
+    assert_eq!(alloc_bytes(&g), charged(10));
+    v.reserve_exact(5000);
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()));
+    // The block keeps its group when the thread moves.
+    let other = group("basic-realloc-other");
+    v.reserve_exact(20_000);
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()));
+    assert_eq!(alloc_bytes(&other), 0);
+    v.shrink_to(100);
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()));
+    drop(v);
+    assert_eq!(alloc_bytes(&g), 0);
+    leave(&g);
+    leave(&other);
+}
+
+#[test]
+fn zeroed_and_over_aligned_blocks_keep_their_contents_and_alignment() {
+    #[repr(align(4096))]
+    struct Page([u8; 4096]);
+    let g = group("basic-align");
+    let z = vec![0u8; 100_000];
+    assert!(z.iter().all(|&b| b == 0));
+    let p = Box::new(Page([7; 4096]));
+    assert_eq!(&*p as *const Page as usize % 4096, 0);
+    assert!(p.0.iter().all(|&b| b == 7));
+    assert_eq!(alloc_bytes(&g), charged(100_000) + charged(4096));
+    drop((z, p));
+    leave(&g);
+}
+
+#[test]
+fn try_reserve_over_max_fails_and_leaves_nothing_charged() {
+    let g = group("basic-limit");
+    g.set_max(Limit::Bytes(256 * PAGE_SIZE)).unwrap();
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve(2 << 20).is_err());
+    assert_eq!(alloc_bytes(&g), 0);
+    assert!(v.try_reserve(100_000).is_ok());
+    assert!(g.events_local().oom >= 1);
+    // Explicit reservations fail with the typed error.
+    match g.try_charge(4 << 20) {
+        Err(memcg::Error::Charge(e)) => assert_eq!(e.path(), "basic-limit"),
+        other => panic!("expected a charge error, got {other:?}"),
+    }
+    drop(v);
+    leave(&g);
+}
+
+#[test]
+fn reclaim_callback_that_frees_a_cache_lets_the_allocation_succeed() {
+    let g = group("basic-reclaim");
+    g.set_max(Limit::Bytes(64 * PAGE_SIZE)).unwrap();
+    // The cache's bookkeeping and the callback live in root; its entries
+    // are charged to the group.
+    let root = memcg::controller().root();
+    root.attach_current().unwrap();
+    let cache: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::with_capacity(10)));
+    let cache2 = Arc::clone(&cache);
+    let h = g.register_reclaimer(move |req| {
+        let mut freed = 0;
+        let mut c = cache2.lock().unwrap();
+        while freed < req.wanted_bytes {
+            match c.pop() {
+                Some(v) => freed += v.capacity() as u64,
+                None => break,
+            }
+        }
+        freed
+    });
+    g.attach_current().unwrap();
+    for _ in 0..10 {
+        let entry = vec![1u8; 20_000];
+        cache.lock().unwrap().push(entry);
+    }
+    let big = vec![2u8; 100_000];
+    assert!(
+        cache.lock().unwrap().len() < 10,
+        "the callback evicted entries"
+    );
+    assert_eq!(g.events_local().oom, 0);
+    drop(big);
+    cache.lock().unwrap().clear();
+    root.attach_current().unwrap();
+    drop(h);
+    leave(&g);
+}
+
+#[test]
+fn forced_group_goes_over_max_and_counts_max_events() {
+    let g = group("basic-force");
+    g.set_max(Limit::Bytes(16 * PAGE_SIZE)).unwrap();
+    g.set_force_over_max(true);
+    let v = vec![0u8; 200_000];
+    assert!(g.current_bytes() > 16 * PAGE_SIZE);
+    assert!(g.events_local().max >= 1);
+    assert_eq!(g.events_local().oom, 0);
+    drop(v);
+    leave(&g);
+}
+
+#[test]
+fn scope_charges_its_group_and_restores() {
+    let scoped = memcg::controller().create("basic-scope").unwrap();
+    let home = group("basic-scope-home");
+    let a = {
+        let _s = scoped.enter().unwrap();
+        vec![0u8; 3000]
+    };
+    let b = vec![0u8; 500];
+    assert_eq!(alloc_bytes(&scoped), charged(3000));
+    assert_eq!(alloc_bytes(&home), charged(500));
+    drop((a, b));
+    leave(&home);
+    leave(&scoped);
+}
+
+#[test]
+fn spawn_helper_starts_the_thread_in_the_spawners_group() {
+    let g = group("basic-spawn");
+    let child = memcg::spawn(|| memcg::current_group().unwrap().path().to_string()).unwrap();
+    assert_eq!(child.join().unwrap(), "basic-spawn");
+    let plain = std::thread::spawn(|| memcg::current_group().unwrap().path().to_string());
+    assert_eq!(plain.join().unwrap(), "");
+    leave(&g);
+}
+
+#[test]
+fn exempt_thread_charges_root() {
+    let g = group("basic-exempt");
+    memcg::set_current_exempt(true);
+    let v = vec![0u8; 5000];
+    assert_eq!(alloc_bytes(&g), 0);
+    memcg::set_current_exempt(false);
+    drop(v);
+    leave(&g);
+}
