@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates every figure of BENCHMARKS.md (about 2 minutes on 2 cores):
+# Regenerates every figure of BENCHMARKS.md (about 3 minutes on 2 cores):
 #   docs/bench/machine.txt     lscpu, kernel, rustc
 #   docs/bench/shootout.txt    the allocator shoot-out tables
 #   docs/bench/*.svg           its plots
-#   docs/bench/workloads.txt   the real programs: wall time, peak RSS,
-#                              accuracy against the documented bound
+#   docs/bench/workloads.txt   the real programs under MemcgAlloc<mimalloc>:
+#                              wall time, peak RSS, accuracy against the
+#                              documented bound
+#   docs/bench/workloads-heaps.txt  the same under MemcgMimalloc
 # Run it on a quiet machine: every figure is a ratio against a baseline
 # measured in the same run, but noise still widens the min/max spread.
 set -euo pipefail
@@ -21,4 +23,5 @@ mkdir -p "$out"
 } > "$out/machine.txt"
 cargo run --release -q -p memcg-bench --bin shootout -- --svg-dir "$out" | tee "$out/shootout.txt"
 cargo run --release -q -p memcg-workloads --bin workloads | tee "$out/workloads.txt"
+cargo run --release -q -p memcg-workloads --bin workloads -- --memcg heaps | tee "$out/workloads-heaps.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"

@@ -42,7 +42,11 @@ fn blocks_freed_on_other_threads_uncharge_their_own_group() {
 #[test]
 fn many_groups_each_get_their_own_heap_and_balance() {
     let groups: Vec<memcg::Group> = (0..64)
-        .map(|i| memcg::controller().create(&format!("heaps-many-{i}")).unwrap())
+        .map(|i| {
+            memcg::controller()
+                .create(&format!("heaps-many-{i}"))
+                .unwrap()
+        })
         .collect();
     let mut held = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
