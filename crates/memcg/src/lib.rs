@@ -63,6 +63,7 @@
 mod engine;
 mod error;
 pub mod export;
+mod heap_table;
 mod limit;
 #[cfg(not(memcg_loom))]
 mod runtime;

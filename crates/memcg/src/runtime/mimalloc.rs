@@ -32,6 +32,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
 
+use crate::heap_table::HeapTable;
 use crate::runtime::thread::{self, REFUSED};
 use crate::sync::{AtomicUsize, Ordering};
 
@@ -65,90 +66,7 @@ pub const MAX_OBJCG_HEAPS: usize = 1 << 16;
 /// Slots of the heap → objcg table (open addressing, load ≤ 1/2).
 const TABLE_SLOTS: usize = 2 * MAX_OBJCG_HEAPS;
 
-/// One slot: the heap's address (0: empty, 1: being written) and the
-/// objcg's raw word.
-struct Slot {
-    heap: AtomicUsize,
-    objcg: AtomicUsize,
-}
-
-/// Heap → objcg with `SLOTS` slots (a power of two) for at most `SLOTS / 2`
-/// heaps: open addressing, insert-only (heaps are never deleted), lock-free.
-struct HeapTable<const SLOTS: usize> {
-    slots: [Slot; SLOTS],
-    created: AtomicUsize,
-}
-
 static TABLE: HeapTable<TABLE_SLOTS> = HeapTable::new();
-
-impl<const SLOTS: usize> HeapTable<SLOTS> {
-    /// Heaps the table takes (load at most 1/2, so probes stay short).
-    const CAPACITY: usize = SLOTS / 2;
-
-    const fn new() -> Self {
-        HeapTable {
-            slots: [const {
-                Slot {
-                    heap: AtomicUsize::new(0),
-                    objcg: AtomicUsize::new(0),
-                }
-            }; SLOTS],
-            created: AtomicUsize::new(0),
-        }
-    }
-
-    /// The first slot to probe for `heap` (Fibonacci hashing of the
-    /// address).
-    #[inline(always)]
-    fn home(heap: usize) -> usize {
-        (heap.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - SLOTS.trailing_zeros()))
-            & (SLOTS - 1)
-    }
-
-    /// The objcg raw word of `heap`, 0 if it is not an objcg's heap.
-    #[inline(always)]
-    fn objcg_of(&self, heap: usize) -> usize {
-        let mut i = Self::home(heap);
-        // At most `CAPACITY` keys, so an empty slot ends every probe.
-        loop {
-            // Acquire: pairs with `insert`'s Release store of the key, so
-            // the value stored before it is visible.
-            let k = self.slots[i].heap.load(Ordering::Acquire);
-            if k == heap {
-                return self.slots[i].objcg.load(Ordering::Relaxed);
-            }
-            if k == 0 {
-                return 0;
-            }
-            i = (i + 1) & (SLOTS - 1);
-        }
-    }
-
-    /// Records `heap → objcg` (`heap` is not in the table and is neither 0
-    /// nor 1); `false` when the table is full.
-    fn insert(&self, heap: usize, objcg: usize) -> bool {
-        if self.created.fetch_add(1, Ordering::Relaxed) >= Self::CAPACITY {
-            self.created.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        let mut i = Self::home(heap);
-        loop {
-            let slot = &self.slots[i];
-            // Claim the slot with the sentinel 1 (heaps are aligned, never
-            // at address 1), write the value, then publish the key.
-            if slot
-                .heap
-                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                slot.objcg.store(objcg, Ordering::Relaxed);
-                slot.heap.store(heap, Ordering::Release);
-                return true;
-            }
-            i = (i + 1) & (SLOTS - 1);
-        }
-    }
-}
 
 /// The heap of the objcg whose raw word is `raw`, creating it on first
 /// use; null when no heap can be had (the caller then does not account).
@@ -330,54 +248,5 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
             let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
         }
         block as *mut u8
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heap_table_maps_every_inserted_heap_and_nothing_else() {
-        let t: Box<HeapTable<64>> = Box::new(HeapTable::new());
-        for i in 1..=32usize {
-            assert!(t.insert(i * 4096, i * 8), "heap {i}");
-        }
-        assert!(!t.insert(33 * 4096, 33 * 8), "full at half the slots");
-        for i in 1..=32usize {
-            assert_eq!(t.objcg_of(i * 4096), i * 8);
-        }
-        assert_eq!(t.objcg_of(40 * 4096), 0);
-        assert_eq!(t.objcg_of(0x1234_5678_9000), 0);
-    }
-
-    #[test]
-    fn concurrent_inserts_and_lookups_see_complete_entries() {
-        let t: &'static HeapTable<1024> = Box::leak(Box::new(HeapTable::new()));
-        let threads: Vec<_> = (0..4usize)
-            .map(|k| {
-                std::thread::spawn(move || {
-                    for i in 0..128usize {
-                        let heap = (k * 1000 + i + 1) * 64;
-                        assert!(t.insert(heap, heap + 1));
-                        // Every key another thread published reads whole.
-                        for j in 0..4usize {
-                            let other = (j * 1000 + i + 1) * 64;
-                            let v = t.objcg_of(other);
-                            assert!(v == 0 || v == other + 1, "torn entry for {other}: {v}");
-                        }
-                    }
-                })
-            })
-            .collect();
-        for h in threads {
-            h.join().expect("thread");
-        }
-        for k in 0..4usize {
-            for i in 0..128usize {
-                let heap = (k * 1000 + i + 1) * 64;
-                assert_eq!(t.objcg_of(heap), heap + 1);
-            }
-        }
     }
 }

@@ -10,6 +10,8 @@
 //! - `loom_stock`: per-CPU byte and page stocks: consume and refill vs a
 //!   remote drain.
 //! - `loom_reparent`: a charge vs removal of its group (reparenting).
+//! - `loom_heap_table`: `MemcgMimalloc`'s heap → objcg table: racing
+//!   inserts and lookups.
 //!
 //! loom sees every engine atomic and mutex through `crate::sync`; it treats
 //! SeqCst as AcqRel and does not model load buffering, so a pass is
@@ -22,6 +24,7 @@ compile_error!(
     "loom models need debug assertions: RUSTFLAGS=\"--cfg memcg_loom -C debug-assertions\""
 );
 
+mod loom_heap_table;
 mod loom_reparent;
 mod loom_stock;
 mod loom_task;
