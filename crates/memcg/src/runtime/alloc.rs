@@ -92,8 +92,39 @@ unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
 /// As [`write_trailer`], and the trailer was written.
 #[inline(always)]
 unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
+    let block = launder(block);
     // SAFETY: as in `write_trailer`.
     unsafe { (block.add(offset) as *const usize).read_unaligned() }
+}
+
+/// Hides where `p` came from from the optimizer.
+///
+/// The compiler treats the pointer a `#[global_allocator]` returns as a
+/// fresh object of exactly the requested size (`__rust_alloc` carries
+/// `allocsize`). When the allocator's code is inlined next to the
+/// allocation (the global allocator defined in the same crate, or LTO),
+/// the trailer read at `round_up(size, 8)` would look out of bounds and
+/// the optimizer may treat the path as unreachable (seen: a release build
+/// of a test compiled a `ud2` after the free). An empty `asm!` that
+/// returns the pointer makes its origin unknown, so the read is an
+/// ordinary access to memory the inner allocator handed out, which is
+/// what it is.
+#[inline(always)]
+fn launder(p: *const u8) -> *const u8 {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let mut p = p;
+        // SAFETY: an empty instruction sequence that only passes a
+        // register through; it touches no memory, stack or flags.
+        unsafe {
+            std::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags));
+        }
+        p
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        std::hint::black_box(p)
+    }
 }
 
 impl<A: GlobalAlloc> MemcgAlloc<A> {

@@ -2,8 +2,10 @@
 // `alloc_heaps.rs` (`MemcgMimalloc`), included by both with `include!`.
 // The including binary sets the global allocator and defines
 // `charged(size) -> u64`, the bytes that allocator charges for a block of
-// `size` bytes.
+// `size` bytes. Allocations go through `black_box`: in release builds the
+// optimizer may remove an allocation nothing reads.
 
+use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 
 use memcg::{Limit, PAGE_SIZE};
@@ -35,8 +37,8 @@ fn leave(g: &memcg::Group) {
 #[test]
 fn allocations_of_an_attached_thread_are_charged_to_its_group() {
     let g = group("basic-attach");
-    let v: Vec<u8> = Vec::with_capacity(1000);
-    let b = Box::new([0u64; 100]);
+    let v: Vec<u8> = black_box(Vec::with_capacity(1000));
+    let b = black_box(Box::new([0u64; 100]));
     assert_eq!(alloc_bytes(&g), charged(1000) + charged(800));
     drop(v);
     drop(b);
@@ -69,9 +71,9 @@ fn zeroed_and_over_aligned_blocks_keep_their_contents_and_alignment() {
     #[repr(align(4096))]
     struct Page([u8; 4096]);
     let g = group("basic-align");
-    let z = vec![0u8; 100_000];
+    let z = black_box(vec![0u8; 100_000]);
     assert!(z.iter().all(|&b| b == 0));
-    let p = Box::new(Page([7; 4096]));
+    let p = black_box(Box::new(Page([7; 4096])));
     assert_eq!(&*p as *const Page as usize % 4096, 0);
     assert!(p.0.iter().all(|&b| b == 7));
     assert_eq!(alloc_bytes(&g), charged(100_000) + charged(4096));
@@ -120,10 +122,10 @@ fn reclaim_callback_that_frees_a_cache_lets_the_allocation_succeed() {
     });
     g.attach_current().unwrap();
     for _ in 0..10 {
-        let entry = vec![1u8; 20_000];
+        let entry = black_box(vec![1u8; 20_000]);
         cache.lock().unwrap().push(entry);
     }
-    let big = vec![2u8; 100_000];
+    let big = black_box(vec![2u8; 100_000]);
     assert!(
         cache.lock().unwrap().len() < 10,
         "the callback evicted entries"
@@ -141,7 +143,7 @@ fn forced_group_goes_over_max_and_counts_max_events() {
     let g = group("basic-force");
     g.set_max(Limit::Bytes(16 * PAGE_SIZE)).unwrap();
     g.set_force_over_max(true);
-    let v = vec![0u8; 200_000];
+    let v = black_box(vec![0u8; 200_000]);
     assert!(g.current_bytes() > 16 * PAGE_SIZE);
     assert!(g.events_local().max >= 1);
     assert_eq!(g.events_local().oom, 0);
@@ -155,9 +157,9 @@ fn scope_charges_its_group_and_restores() {
     let home = group("basic-scope-home");
     let a = {
         let _s = scoped.enter().unwrap();
-        vec![0u8; 3000]
+        black_box(vec![0u8; 3000])
     };
-    let b = vec![0u8; 500];
+    let b = black_box(vec![0u8; 500]);
     assert_eq!(alloc_bytes(&scoped), charged(3000));
     assert_eq!(alloc_bytes(&home), charged(500));
     drop((a, b));
@@ -179,7 +181,7 @@ fn spawn_helper_starts_the_thread_in_the_spawners_group() {
 fn exempt_thread_charges_root() {
     let g = group("basic-exempt");
     memcg::set_current_exempt(true);
-    let v = vec![0u8; 5000];
+    let v = black_box(vec![0u8; 5000]);
     assert_eq!(alloc_bytes(&g), 0);
     memcg::set_current_exempt(false);
     drop(v);

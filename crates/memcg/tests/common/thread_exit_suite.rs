@@ -38,7 +38,8 @@ fn allocations_in_late_tls_destructors_are_balanced() {
         LATE.with(|l| *l.borrow_mut() = Some(LateAllocator(Vec::with_capacity(16))));
         g2.attach_current().unwrap();
         let keep = vec![0u8; 5000];
-        std::mem::forget(keep.clone());
+        // `black_box`: the optimizer may remove an allocation nothing reads.
+        std::mem::forget(std::hint::black_box(keep.clone()));
         drop(keep);
     })
     .join()
