@@ -111,20 +111,20 @@ unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
 /// what it is.
 #[inline(always)]
 fn launder(p: *const u8) -> *const u8 {
+    // The address leaves through an exposed-provenance integer and comes
+    // back from one the optimizer cannot follow.
+    let mut addr = p.expose_provenance();
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    {
-        let mut p = p;
-        // SAFETY: an empty instruction sequence that only passes a
-        // register through; it touches no memory, stack or flags.
-        unsafe {
-            std::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags));
-        }
-        p
+    // SAFETY: an empty instruction sequence that only passes a register
+    // through; it touches no memory, stack or flags.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags));
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        std::hint::black_box(p)
+        addr = std::hint::black_box(addr);
     }
+    std::ptr::with_exposed_provenance(addr)
 }
 
 impl<A: GlobalAlloc> MemcgAlloc<A> {

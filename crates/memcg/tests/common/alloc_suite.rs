@@ -187,3 +187,27 @@ fn exempt_thread_charges_root() {
     drop(v);
     leave(&g);
 }
+
+/// No `black_box` here on purpose: the allocation, its use and its free
+/// sit in one function the optimizer sees whole, with the allocator's
+/// code inlined (release builds). A trailer read that looked out of
+/// bounds to the optimizer compiled to a trap after the free; this test
+/// then dies with SIGILL instead of passing.
+#[test]
+fn blocks_the_optimizer_sees_whole_are_freed_normally() {
+    #[repr(align(4096))]
+    struct Page([u8; 4096]);
+    let g = group("basic-inlined");
+    let z = vec![0u8; 100_000];
+    assert!(z.iter().all(|&b| b == 0));
+    let p = Box::new(Page([7; 4096]));
+    assert_eq!(&*p as *const Page as usize % 4096, 0);
+    assert!(p.0.iter().all(|&b| b == 7));
+    // Whichever blocks the optimizer kept, their charge is what is live.
+    let live = alloc_bytes(&g);
+    let (a, b) = (charged(100_000), charged(4096));
+    assert!([0, a, b, a + b].contains(&live), "{live}");
+    drop((z, p));
+    assert_eq!(alloc_bytes(&g), 0);
+    leave(&g);
+}
