@@ -89,13 +89,36 @@ impl<const SLOTS: usize> HeapTable<SLOTS> {
     }
 
     /// Records `heap → objcg` (`heap` is not in the table and is neither 0
-    /// nor 1); `false` when the table is full.
+    /// nor 1); `false` when the table is full. (The allocator reserves room
+    /// before it makes a heap; tests insert in one step.)
+    #[cfg(test)]
     pub(crate) fn insert(&self, heap: usize, objcg: usize) -> bool {
+        if !self.reserve() {
+            return false;
+        }
+        self.insert_reserved(heap, objcg);
+        true
+    }
+
+    /// Takes room for one heap; `false` when the table is full.
+    pub(crate) fn reserve(&self) -> bool {
         if self.created.fetch_add(1, Ordering::Relaxed) >= Self::CAPACITY {
             self.created.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
+        true
+    }
+
+    /// Gives back room taken by [`HeapTable::reserve`] and not used.
+    pub(crate) fn unreserve(&self) {
+        self.created.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records `heap → objcg` in room taken by [`HeapTable::reserve`]
+    /// (`heap` is not in the table and is neither 0 nor 1).
+    pub(crate) fn insert_reserved(&self, heap: usize, objcg: usize) {
         let mut i = Self::home(heap);
+        // Reserved room guarantees an empty slot (at most half are taken).
         loop {
             let slot = &self.slots[i];
             // Claim the slot with the sentinel 1 (heaps are aligned, never
@@ -107,7 +130,7 @@ impl<const SLOTS: usize> HeapTable<SLOTS> {
             {
                 slot.objcg.store(objcg, Ordering::Relaxed);
                 slot.heap.store(heap, Ordering::Release);
-                return true;
+                return;
             }
             i = (i + 1) & (SLOTS - 1);
         }
@@ -130,6 +153,20 @@ mod tests {
         }
         assert_eq!(t.objcg_of(40 * 4096), 0);
         assert_eq!(t.objcg_of(0x1234_5678_9000), 0);
+    }
+
+    #[test]
+    fn room_is_reserved_before_a_heap_is_made_and_can_be_given_back() {
+        let t: Box<HeapTable<8>> = Box::new(HeapTable::new());
+        assert!(t.reserve());
+        assert!(t.reserve());
+        assert!(t.reserve());
+        assert!(t.reserve());
+        assert!(!t.reserve(), "four heaps fill eight slots");
+        t.unreserve();
+        assert!(t.reserve(), "room given back is taken again");
+        t.insert_reserved(0x1000, 7);
+        assert_eq!(t.objcg_of(0x1000), 7);
     }
 
     #[test]

@@ -61,7 +61,13 @@ extern "C" {
 /// Heaps the process may create: one per objcg table entry that ever
 /// allocated, up to this many (each costs mimalloc a few KiB per thread
 /// that uses it). Past it, allocations of new objcgs are not accounted.
-pub const MAX_OBJCG_HEAPS: usize = 1 << 16;
+/// mimalloc 3 gives every heap a dynamic thread-local slot and has fewer
+/// than 65,535 of them; half of that leaves room for the process's own.
+pub const MAX_OBJCG_HEAPS: usize = 1 << 15;
+
+/// The cookie of an objcg table entry that could not get a heap (the table
+/// was full or mimalloc refused): later allocations do not try again.
+const NO_HEAP: usize = 1;
 
 /// Slots of the heap → objcg table (open addressing, load ≤ 1/2).
 const TABLE_SLOTS: usize = 2 * MAX_OBJCG_HEAPS;
@@ -76,23 +82,38 @@ fn heap_of_objcg(raw: usize) -> *mut c_void {
     // controller (`thread::charge_alloc`), i.e. the address of an entry of
     // its type-stable objcg table, which lives as long as the process.
     let cookie = unsafe { crate::engine::alloc_cookie(raw) };
-    let heap = cookie.load(Ordering::Acquire);
-    if heap != 0 {
-        return heap as *mut c_void;
+    match cookie.load(Ordering::Acquire) {
+        0 => new_heap(cookie, raw),
+        NO_HEAP => std::ptr::null_mut(),
+        heap => heap as *mut c_void,
     }
-    new_heap(cookie, raw)
 }
 
 #[cold]
 #[inline(never)]
 fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
-    // SAFETY: plain FFI call; mimalloc allocates the heap from the OS, not
-    // through the Rust global allocator.
-    let heap = unsafe { mi_heap_new() };
-    if heap.is_null() || !TABLE.insert(heap as usize, raw) {
-        // No heap: the allocation is not accounted. (A heap that was made
-        // but not recorded stays empty; mimalloc keeps it.)
-        return std::ptr::null_mut();
+    // Room in the table first, so that no heap is made that cannot be
+    // recorded.
+    let heap = if TABLE.reserve() {
+        // SAFETY: plain FFI call; mimalloc allocates the heap from the OS,
+        // not through the Rust global allocator.
+        let heap = unsafe { mi_heap_new() };
+        if heap.is_null() {
+            TABLE.unreserve();
+        } else {
+            TABLE.insert_reserved(heap as usize, raw);
+        }
+        heap
+    } else {
+        std::ptr::null_mut()
+    };
+    if heap.is_null() {
+        // No heap, now or later: this entry's allocations are not
+        // accounted (latched, so they do not retry).
+        return match cookie.compare_exchange(0, NO_HEAP, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) | Err(NO_HEAP) => std::ptr::null_mut(),
+            Err(winner) => winner as *mut c_void,
+        };
     }
     // AcqRel: publishes the table entry before the cookie; on a lost race
     // the winner's heap is used and ours stays empty in the table, still

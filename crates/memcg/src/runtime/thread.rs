@@ -37,7 +37,17 @@ const CPU_KEY: u8 = 8;
 thread_local! {
     /// The thread's state in one byte, so that the allocator's fast path
     /// reads it with one load: `LIFE` bits, `BUSY`, `CPU_KEY`.
+    ///
+    /// Its `LIFE` bits are a copy for the fast path; [`LIFE_OF_TASK`] is the
+    /// truth. `BUSY` is set by a read-modify-write of this byte, and a
+    /// signal handler that makes the thread's task between the read and the
+    /// write (the thread's first allocation, interrupted) has its `ACTIVE`
+    /// overwritten by the stale `FRESH`: the fast path then misses, and the
+    /// slow path copies the truth back ([`sync_flags`]).
     static FLAGS: Cell<u8> = const { Cell::new(FRESH) };
+    /// The task's life, written with plain stores only (never a
+    /// read-modify-write), so nothing can put back a stale value.
+    static LIFE_OF_TASK: Cell<u8> = const { Cell::new(FRESH) };
     /// Set while this thread checks the invariants: its allocations are
     /// then not accounted at all, so the check sees a still picture.
     static SUSPENDED: Cell<bool> = const { Cell::new(false) };
@@ -48,17 +58,35 @@ thread_local! {
 /// The task's life (`FRESH`, `ACTIVE`, `TORN_DOWN`).
 #[inline(always)]
 fn life() -> u8 {
-    FLAGS.get() & LIFE
+    LIFE_OF_TASK.get()
 }
 
-/// Sets the task's life; `CPU_KEY` is set with `ACTIVE` when needed.
-fn set_life(life: u8) {
-    let key = if life == ACTIVE && !global::one_key() {
-        CPU_KEY
+/// The `LIFE` and `CPU_KEY` bits of [`FLAGS`] for `life`.
+fn flag_bits(life: u8) -> u8 {
+    if life == ACTIVE && !global::one_key() {
+        life | CPU_KEY
     } else {
-        0
-    };
-    FLAGS.set((FLAGS.get() & BUSY) | life | key);
+        life
+    }
+}
+
+/// Sets the task's life (and its copy in [`FLAGS`]).
+fn set_life(life: u8) {
+    LIFE_OF_TASK.set(life);
+    FLAGS.set((FLAGS.get() & BUSY) | flag_bits(life));
+}
+
+/// Copies the task's life back into [`FLAGS`] if a stale write replaced
+/// it (see [`FLAGS`]). Slow paths only. A signal handler interrupting this
+/// leaves `FLAGS` as it found it (its own busy marks are undone and the
+/// life can no longer change from `ACTIVE`), so the write is not stale.
+#[inline]
+fn sync_flags() {
+    let f = FLAGS.get();
+    let bits = flag_bits(life());
+    if f & !BUSY != bits {
+        FLAGS.set((f & BUSY) | bits);
+    }
 }
 
 /// Marks the thread busy (inside memcg); returns whether it already was.
@@ -187,6 +215,7 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
 #[cold]
 #[inline(never)]
 fn charge_alloc_other(bytes: u64) -> usize {
+    sync_flags();
     if enter_busy() {
         return charge_reentrant(bytes);
     }
@@ -279,6 +308,7 @@ pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
 #[cold]
 #[inline(never)]
 fn uncharge_alloc_slow(raw: usize, bytes: u64) {
+    sync_flags();
     let Some(ctrl) = global::try_controller() else {
         return;
     };
@@ -431,5 +461,36 @@ impl BuilderExt for std::thread::Builder {
             }
             f()
         })
+    }
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_busy_write_over_a_fresh_life_does_not_make_a_second_task() {
+        std::thread::spawn(|| {
+            // The thread's first allocation reads FLAGS (FRESH)...
+            let f = FLAGS.get();
+            assert_eq!(f, FRESH);
+            // ...a signal handler interrupts it and makes the task...
+            let first = current_thread().expect("task");
+            assert_eq!(life(), ACTIVE);
+            // ...then the interrupted write of `f | BUSY` lands.
+            FLAGS.set(f | BUSY);
+            leave_busy(false);
+            assert_eq!(FLAGS.get(), FRESH, "the stale write replaced ACTIVE");
+            // The next allocation misses the fast path; the slow path must
+            // keep the task (not make a second one over it) and repair FLAGS.
+            let raw = charge_alloc(64);
+            assert_ne!(raw, REFUSED);
+            let again = current_thread().expect("task");
+            assert!(first.same_task(&again), "a second task was made");
+            assert_eq!(FLAGS.get() & LIFE, ACTIVE, "FLAGS repaired");
+            uncharge_alloc(raw, 64);
+        })
+        .join()
+        .expect("thread");
     }
 }
