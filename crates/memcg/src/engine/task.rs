@@ -533,12 +533,14 @@ impl Task {
             return false;
         }
         let new_bytes = get_u64(&cache.bytes) + bytes;
-        let new_refs = get_u64(&cache.refs) + 1;
-        if new_bytes > CACHE_MAX_BYTES || new_refs > 2 * REF_BATCH {
+        // Only the bytes are bounded here: every object is at least 8
+        // bytes, so the credit gained before the bytes overflow is at most
+        // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
+        if new_bytes > CACHE_MAX_BYTES {
             return false;
         }
         set_u64(&cache.bytes, new_bytes);
-        set_u64(&cache.refs, new_refs);
+        set_u64(&cache.refs, get_u64(&cache.refs) + 1);
         let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
         slot.store(
             slot.load(Ordering::Relaxed) - bytes as i64,

@@ -79,6 +79,20 @@ fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
     Some((inner, offset))
 }
 
+/// [`with_trailer`] of a layout that `alloc` accepted, without the checks.
+///
+/// # Safety
+/// `with_trailer(layout)` is `Some`.
+#[inline(always)]
+unsafe fn with_trailer_of_allocated(layout: Layout) -> (Layout, usize) {
+    let offset = (layout.size() + 7) & !7;
+    // SAFETY: the caller's guarantee: this is the layout `with_trailer`
+    // made (valid size and alignment).
+    let inner =
+        unsafe { Layout::from_size_align_unchecked(offset + TRAILER_BYTES, layout.align()) };
+    (inner, offset)
+}
+
 /// # Safety
 /// `block` starts a block of at least `offset + 8` bytes.
 #[inline(always)]
@@ -177,10 +191,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((inner, offset)) = with_trailer(layout) else {
-            // Cannot happen: `alloc` made this layout's trailer layout.
-            return;
-        };
+        // SAFETY: `alloc` accepted `layout` (the caller's contract), so
+        // `with_trailer` returned `Some` for it then and would now.
+        let (inner, offset) = unsafe { with_trailer_of_allocated(layout) };
         // SAFETY: `ptr` was returned by `alloc` with `layout`, which wrote
         // the trailer at `offset`.
         let raw = unsafe { read_trailer(ptr, offset) };
