@@ -99,9 +99,10 @@ pub(crate) struct TaskCache {
     pub(crate) charges: AtomicU64,
     /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
     /// none: while it is set, the cached objcg is the one the task charges
-    /// for that key's node, with no override active, as long as the seed's
-    /// tagged word stays clean. Cleared by everything that could change
-    /// that: a refresh, a drain or switch of the cache, an override.
+    /// for that key's node, with no override active. Cleared by everything
+    /// that could change that: a refresh, a drain or switch of the cache,
+    /// an override, exemption, and an attach from any thread (after it sets
+    /// the update flag; see `Task::arm_fast_key`).
     pub(crate) fast_key: AtomicU64,
 }
 
@@ -376,6 +377,7 @@ impl Task {
         self.shared
             .objcgs
             .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
+        self.clear_fast_key();
     }
 
     /// The group the task is attached to (`None` after exit).
@@ -416,8 +418,7 @@ impl Task {
     /// cache holds enough; returns the charge as a raw word
     /// ([`Charge::into_raw`]). `None` means "take `charge_keyed`".
     ///
-    /// A hit reads the key, the tagged word, the bytes and the reference
-    /// credit, and writes the bytes, the credit, the pending statistics and
+    /// A hit reads the key, the bytes and the reference credit, and writes the bytes, the credit, the pending statistics and
     /// the charge count: plain loads and stores of the task's own cache
     /// line and no atomic read-modify-write. The pending statistics are not
     /// range-checked here: between two calls that are not hits their sum
@@ -428,14 +429,12 @@ impl Task {
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         let shared = &*self.shared;
         let cache = &shared.cache;
-        if cache.fast_key.load(Ordering::Relaxed) != key {
-            return None;
-        }
-        // Relaxed: a clean word with the key set means the cached objcg is
-        // still the entry for the key's node (a refresh clears the key); an
+        // Relaxed: the key set means the cached objcg is still the entry
+        // for the key's node (everything that could change it clears the
+        // key, an attach from any thread included; see `arm_fast_key`); an
         // attach racing with this charge is seen by the next one, as in the
         // seed.
-        if shared.objcgs.load(Ordering::Relaxed) & CURRENT_OBJCG_UPDATE_FLAG != 0 {
+        if cache.fast_key.load(Ordering::Relaxed) != key {
             return None;
         }
         let have = get_u64(&cache.bytes);
@@ -482,11 +481,38 @@ impl Task {
                     .map(|e| e.load(Ordering::Relaxed) as usize);
                 let cached = shared.cache.objcg_addr.load(Ordering::Relaxed);
                 if entry == Some(cached) && cached != 0 {
-                    shared.cache.fast_key.store(key, Ordering::Relaxed);
+                    self.arm_fast_key(key, tagged);
                 }
             }
         }
         Ok(charge)
+    }
+
+    /// Arms the fast path for `key` while the tagged word is still the
+    /// clean `tagged`; an attach clears the key after setting the update
+    /// flag, so the fast path need not read the word.
+    ///
+    /// The key is stored, then the word is compared-and-exchanged with
+    /// itself. If that RMW comes first in the word's modification order,
+    /// the attach's flag RMW reads from it (AcqRel both), so the key store
+    /// happens before the attach's clear, which therefore wins. If the
+    /// attach's RMW comes first, the exchange sees the flag and fails, and
+    /// the key is cleared here. Either way no key stays armed with the flag
+    /// set (loom: `loom_task::arming_racing_attach_leaves_no_stale_key`).
+    #[cold]
+    fn arm_fast_key(&self, key: u64, tagged: usize) {
+        let shared = &*self.shared;
+        if shared.cache.fast_key.load(Ordering::Relaxed) == key {
+            return;
+        }
+        shared.cache.fast_key.store(key, Ordering::Relaxed);
+        if shared
+            .objcgs
+            .compare_exchange(tagged, tagged, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.clear_fast_key();
+        }
     }
 
     /// Disarms the allocator's fast path (see [`TaskCache::fast_key`]).
@@ -1202,10 +1228,15 @@ pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> 
         }
     };
     // `set_bit(CURRENT_OBJCG_UPDATE_BIT)`: AcqRel pairs with the owner's
-    // Acquire load and CAS in `refresh`, publishing the group store above.
+    // Acquire load and CAS in `refresh`, publishing the group store above,
+    // and with the owner's CAS in `Task::arm_fast_key`.
     shared
         .objcgs
         .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
+    // Disarm the owner's allocator fast path (which does not read the
+    // word); see `Task::arm_fast_key` for why this store wins any race
+    // with the owner arming it.
+    shared.cache.fast_key.store(0, Ordering::Release);
     old.unpin_task();
     Ok(())
 }

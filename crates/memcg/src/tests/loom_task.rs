@@ -301,3 +301,52 @@ fn fast_charge_racing_attach_moves_to_attached_group() {
         assert_quiescent(&ctrl, &[&a, &b]);
     });
 }
+
+/// The owner's first charge arms the fast path (after refreshing to `a`)
+/// while an attach to `b` runs: the attach sets the update flag and clears
+/// the key, the owner stores the key and re-checks the word. Once both are
+/// done, no key is left armed for `a`: the fast path (which does not read
+/// the word) misses, and the next charge goes to `b`.
+#[test]
+fn arming_racing_attach_leaves_no_stale_key() {
+    model(|| {
+        let (ctrl, a, b, task) = setup();
+        let handle = task.handle();
+        let owner = thread::spawn(move || {
+            let charge = task.charge_keyed(2, 0, 64).expect("charge");
+            (task, charge)
+        });
+        b.attach(&handle).expect("attach");
+        let (task, first) = owner.join().expect("owner");
+
+        if let Some(raw) = task.charge_fast(2, 8) {
+            // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
+            // rebuilt once.
+            let hit = unsafe { crate::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
+            let path = hit
+                .objcg(ctrl.core())
+                .expect("objcg")
+                .memcg()
+                .path
+                .to_string();
+            task.uncharge(0, hit).expect("uncharge");
+            assert_eq!(path, "b", "a key armed for a survived the attach");
+        }
+        let next = fast_or_keyed(&ctrl, &task);
+        assert_eq!(
+            next.objcg(ctrl.core())
+                .expect("objcg")
+                .memcg()
+                .path
+                .as_ref(),
+            "b"
+        );
+        assert_invariants(&ctrl);
+
+        for charge in [first, next] {
+            task.uncharge(0, charge).expect("uncharge");
+        }
+        drop(task);
+        assert_quiescent(&ctrl, &[&a, &b]);
+    });
+}
