@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates every figure of BENCHMARKS.md (about 3 minutes on 2 cores):
+# Regenerates every figure of BENCHMARKS.md (about 6 minutes on 2 cores):
 #   docs/bench/machine.txt     lscpu, kernel, rustc
 #   docs/bench/shootout.txt    the allocator shoot-out tables
 #   docs/bench/*.svg           its plots
@@ -22,6 +22,6 @@ mkdir -p "$out"
     echo "load:   $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$out/machine.txt"
 cargo run --release -q -p memcg-bench --bin shootout -- --svg-dir "$out" | tee "$out/shootout.txt"
-cargo run --release -q -p memcg-workloads --bin workloads | tee "$out/workloads.txt"
-cargo run --release -q -p memcg-workloads --bin workloads -- --memcg heaps | tee "$out/workloads-heaps.txt"
+cargo run --release -q -p memcg-workloads --bin workloads -- --reps 9 | tee "$out/workloads.txt"
+cargo run --release -q -p memcg-workloads --bin workloads -- --reps 9 --memcg heaps | tee "$out/workloads-heaps.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
