@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates every figure of BENCHMARKS.md (about 6 minutes on 2 cores):
+# Regenerates every figure of BENCHMARKS.md (about 3 minutes on 2 cores):
 #   docs/bench/machine.txt     lscpu, kernel, rustc
 #   docs/bench/shootout.txt    the allocator shoot-out tables
 #   docs/bench/*.svg           its plots
