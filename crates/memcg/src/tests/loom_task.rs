@@ -239,6 +239,16 @@ fn exit_racing_attach_releases_every_reference() {
     });
 }
 
+/// The path of the group whose objcg `charge` charged.
+fn path_of(ctrl: &Controller, charge: &crate::Charge) -> String {
+    charge
+        .objcg(ctrl.core())
+        .expect("objcg")
+        .memcg()
+        .path
+        .to_string()
+}
+
 /// Charges 64 bytes on CPU 0 the allocator's way: the fast path under key
 /// 2 (CPU 0), else `charge_keyed`, which arms it.
 fn fast_or_keyed(ctrl: &Controller, task: &Task) -> crate::Charge {
@@ -260,15 +270,7 @@ fn fast_charge_racing_attach_moves_to_attached_group() {
     model(|| {
         let (ctrl, a, b, task) = setup();
         let first = task.charge_keyed(2, 0, 64).expect("charge");
-        assert_eq!(
-            first
-                .objcg(ctrl.core())
-                .expect("objcg")
-                .memcg()
-                .path
-                .as_ref(),
-            "a"
-        );
+        assert_eq!(path_of(&ctrl, &first), "a");
         let handle = task.handle();
         let owner = thread::spawn(move || {
             let raw = task.charge_fast(2, 64);
@@ -283,15 +285,7 @@ fn fast_charge_racing_attach_moves_to_attached_group() {
         };
 
         let third = fast_or_keyed(&ctrl, &task);
-        assert_eq!(
-            third
-                .objcg(ctrl.core())
-                .expect("objcg")
-                .memcg()
-                .path
-                .as_ref(),
-            "b"
-        );
+        assert_eq!(path_of(&ctrl, &third), "b");
         assert_invariants(&ctrl);
 
         for charge in [first, second, third] {
@@ -333,14 +327,7 @@ fn arming_racing_attach_leaves_no_stale_key() {
             assert_eq!(path, "b", "a key armed for a survived the attach");
         }
         let next = fast_or_keyed(&ctrl, &task);
-        assert_eq!(
-            next.objcg(ctrl.core())
-                .expect("objcg")
-                .memcg()
-                .path
-                .as_ref(),
-            "b"
-        );
+        assert_eq!(path_of(&ctrl, &next), "b");
         assert_invariants(&ctrl);
 
         for charge in [first, next] {
