@@ -317,12 +317,7 @@ fn arming_racing_attach_leaves_no_stale_key() {
             // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
             // rebuilt once.
             let hit = unsafe { crate::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
-            let path = hit
-                .objcg(ctrl.core())
-                .expect("objcg")
-                .memcg()
-                .path
-                .to_string();
+            let path = path_of(&ctrl, &hit);
             task.uncharge(0, hit).expect("uncharge");
             assert_eq!(path, "b", "a key armed for a survived the attach");
         }
