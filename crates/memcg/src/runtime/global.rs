@@ -36,7 +36,12 @@ pub(crate) fn try_controller() -> Option<&'static Controller> {
 /// The CPU id of the controller's topology where this thread runs now.
 #[inline(always)]
 pub(crate) fn current_cpu() -> usize {
-    let real = crate::runtime::cpu::current_cpu();
+    to_topology(crate::runtime::cpu::current_cpu())
+}
+
+/// The controller's topology CPU id of the real CPU `real`.
+#[inline(always)]
+fn to_topology(real: usize) -> usize {
     let map = CPU_MAP.load(Ordering::Acquire);
     // SAFETY: set once in `init` from `Box::into_raw`, never freed.
     match unsafe { map.as_ref() } {
@@ -51,24 +56,31 @@ pub(crate) fn current_cpu() -> usize {
 /// names CPUs of one node, so equal keys charge the same node's objcg.
 #[inline(always)]
 pub(crate) fn fast_key() -> u64 {
-    // Relaxed: set once before READY; a thread that reads `false` early
-    // only uses the per-CPU keys, which are also correct.
-    if ONE_KEY.load(Ordering::Relaxed) {
+    if one_key() {
         1
     } else {
-        crate::runtime::cpu::current_cpu() as u64 + 2
+        fast_key_of_cpu()
     }
 }
 
 /// [`fast_key`] when the key needs the CPU (`one_key()` is false).
 #[inline(always)]
 pub(crate) fn fast_key_of_cpu() -> u64 {
-    crate::runtime::cpu::current_cpu() as u64 + 2
+    key_of_cpu(crate::runtime::cpu::current_cpu())
+}
+
+/// The per-CPU key of the real CPU `real`.
+#[inline(always)]
+fn key_of_cpu(real: usize) -> u64 {
+    real as u64 + 2
 }
 
 /// Whether the fast-path key is 1 for every CPU (see [`fast_key`]); final
 /// once the controller is ready.
+#[inline(always)]
 pub(crate) fn one_key() -> bool {
+    // Relaxed: set once before READY; a thread that reads `false` early
+    // only uses the per-CPU keys, which are also correct.
     ONE_KEY.load(Ordering::Relaxed)
 }
 
@@ -76,18 +88,8 @@ pub(crate) fn one_key() -> bool {
 /// names the node of the CPU charged.
 pub(crate) fn current_cpu_and_key() -> (usize, u64) {
     let real = crate::runtime::cpu::current_cpu();
-    let key = if ONE_KEY.load(Ordering::Relaxed) {
-        1
-    } else {
-        real as u64 + 2
-    };
-    let map = CPU_MAP.load(Ordering::Acquire);
-    // SAFETY: set once in `init` from `Box::into_raw`, never freed.
-    let cpu = match unsafe { map.as_ref() } {
-        Some(m) => m.to_topology(real),
-        None => real,
-    };
-    (cpu, key)
+    let key = if one_key() { 1 } else { key_of_cpu(real) };
+    (to_topology(real), key)
 }
 
 /// The controller, initialising it if needed. Returns `None` only while

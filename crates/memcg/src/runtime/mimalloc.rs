@@ -198,16 +198,17 @@ impl MemcgMimalloc {
     }
 }
 
-/// The objcg raw word of a block (0: not accounted).
+/// The heap of a block and the objcg raw word of that heap (0: not
+/// accounted).
 #[inline(always)]
-fn objcg_of_block(ptr: *const u8) -> usize {
+fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
     // SAFETY: `ptr` is a live block from mimalloc; `mi_heap_of` reads
     // mimalloc's page map and the page's metadata, not the block.
     let heap = unsafe { mi_heap_of(ptr as *const c_void) };
     if heap.is_null() {
-        return 0;
+        return (heap, 0);
     }
-    TABLE.objcg_of(heap as usize)
+    (heap, TABLE.objcg_of(heap as usize))
 }
 
 // SAFETY: see the type's `# Safety` section.
@@ -226,7 +227,7 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let raw = objcg_of_block(ptr);
+        let (_, raw) = heap_and_objcg_of_block(ptr);
         if raw != 0 {
             thread::uncharge_alloc(raw, charged_bytes(layout));
         }
@@ -241,7 +242,7 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
             return std::ptr::null_mut();
         };
         let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
-        let raw = objcg_of_block(ptr);
+        let (heap, raw) = heap_and_objcg_of_block(ptr);
         // Grow: charge first, so a refusal leaves the block untouched.
         if raw != 0
             && new_bytes > old_bytes
@@ -253,7 +254,6 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
         // block's own, so a moved block stays with its objcg.
         let block = unsafe {
             if raw != 0 {
-                let heap = mi_heap_of(ptr as *const c_void);
                 mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
             } else {
                 mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align())
