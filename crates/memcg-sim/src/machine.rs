@@ -490,7 +490,7 @@ impl Machine {
             }
             SimFault::ForceOverMax => {
                 let g = group.and_then(|p| self.group(p)).ok_or(StepError::Skip)?;
-                g.set_force_over_max(true);
+                g.set_oom_policy(memcg::OomPolicy::Force);
                 Ok(())
             }
         }

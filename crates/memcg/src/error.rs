@@ -107,6 +107,11 @@ pub enum Error {
     },
     /// The controller has no room for more objcgs (groups × nodes).
     TooManyGroups,
+    /// An OOM policy string is not `kill`, `fail` or `force`.
+    InvalidPolicy {
+        /// The rejected input.
+        value: String,
+    },
     /// A charge was refused by a limit.
     Charge(ChargeError),
 }
@@ -156,6 +161,9 @@ impl fmt::Display for Error {
             Error::TaskExited => write!(f, "the task has exited; create a new task"),
             Error::OutOfMemory { what } => write!(f, "out of memory allocating {what}"),
             Error::TooManyGroups => write!(f, "too many groups in this controller; remove unused groups"),
+            Error::InvalidPolicy { value } => {
+                write!(f, "invalid oom policy {value:?}: expected `kill`, `fail` or `force`")
+            }
             Error::Charge(e) => e.fmt(f),
         }
     }

@@ -27,7 +27,7 @@ fn mimalloc_inner_charges_frees_reallocs_and_refuses_over_max() {
     assert!(v[..100].iter().all(|&x| x == 1));
     g.set_max(Limit::Bytes(32 * PAGE_SIZE)).unwrap();
     let mut big: Vec<u8> = Vec::new();
-    assert!(big.try_reserve(1 << 20).is_err());
+    assert!(memcg::fallible(|| big.try_reserve(1 << 20)).is_err());
     drop((v, b, big));
     ctrl.root().attach_current().unwrap();
     memcg::flush_current();

@@ -1056,6 +1056,9 @@ impl Harness {
         }
         let ctrl = Controller::new(topology);
         let root = ctrl.root();
+        // The reference model predicts refusals at `max` (policy `fail`,
+        // inherited by every group made below root).
+        root.set_oom_policy(memcg::OomPolicy::Fail);
         Harness {
             ctrl,
             shared: Arc::new(Mutex::new(Shared {
@@ -1350,9 +1353,14 @@ impl Harness {
             }
             Op::SetForceOverMax { group, force } => {
                 let g = group.resolve(&model, false);
-                self.groups[g].set_force_over_max(force);
+                let policy = if force {
+                    memcg::OomPolicy::Force
+                } else {
+                    memcg::OomPolicy::Fail
+                };
+                self.groups[g].set_oom_policy(policy);
                 self.shared().model.groups[g].force = force;
-                if self.groups[g].force_over_max() != force {
+                if self.groups[g].oom_policy() != policy {
                     return Err("force_over_max does not read back".into());
                 }
             }

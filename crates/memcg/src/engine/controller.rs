@@ -1,6 +1,7 @@
 //! The controller: topology, root group, per-CPU stocks, tasks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::engine::core::{Core, DrainFilter};
 use crate::engine::group::Group;
@@ -32,13 +33,31 @@ pub struct Config {
     /// [`crate::NR_OBJ_STOCK`]). One slot is the kernel's obj stock before
     /// its multi-slot fix (6.16–7.0), for experiments.
     pub obj_stock_slots: usize,
+    /// How long, in all, a charge over `max` waits for the reclaimer
+    /// thread's passes before its group's OOM outcome (default
+    /// [`DEFAULT_RECLAIM_WAIT`]); changeable later with
+    /// [`Controller::set_reclaim_wait`].
+    pub reclaim_wait: Duration,
+    /// Whether the controller starts its reclaimer thread when the first
+    /// reclaim or kill callback is registered (default). Without it, the
+    /// embedder serves the queue with [`Controller::run_reclaimer`] (a
+    /// simulator's deterministic steps), and charges do not wait.
+    pub reclaimer_thread: bool,
 }
+
+/// How long a charge over `max` waits for reclaim by default: 50 ms in
+/// all, enough for callbacks that evict from a cache, short enough that a
+/// callback blocked on a lock the charging thread holds costs one short
+/// stall before the OOM outcome.
+pub const DEFAULT_RECLAIM_WAIT: Duration = Duration::from_millis(50);
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             task_cache: TaskCacheMode::default(),
             obj_stock_slots: crate::NR_OBJ_STOCK,
+            reclaim_wait: DEFAULT_RECLAIM_WAIT,
+            reclaimer_thread: true,
         }
     }
 }
@@ -53,6 +72,20 @@ impl Config {
     /// Sets the byte-stock slots per CPU (clamped to `1..=NR_OBJ_STOCK`).
     pub fn obj_stock_slots(mut self, slots: usize) -> Self {
         self.obj_stock_slots = slots.clamp(1, crate::NR_OBJ_STOCK);
+        self
+    }
+
+    /// Sets how long a charge waits for reclaim in all.
+    pub fn reclaim_wait(mut self, wait: Duration) -> Self {
+        self.reclaim_wait = wait;
+        self
+    }
+
+    /// Chooses whether a reclaimer thread serves reclaim and kill
+    /// callbacks (`true`, the default) or the embedder does, with
+    /// [`Controller::run_reclaimer`].
+    pub fn reclaimer_thread(mut self, spawn: bool) -> Self {
+        self.reclaimer_thread = spawn;
         self
     }
 }
@@ -121,7 +154,13 @@ impl Controller {
 
     /// A controller for `topology` with `config`.
     pub fn with_config(topology: Topology, config: Config) -> Controller {
-        match Core::new(topology, config.task_cache, config.obj_stock_slots) {
+        match Core::new(
+            topology,
+            config.task_cache,
+            config.obj_stock_slots,
+            config.reclaim_wait,
+            config.reclaimer_thread,
+        ) {
             Some(core) => Controller {
                 core: Arc::new(core),
             },
@@ -255,7 +294,7 @@ impl Controller {
     /// [`Error::UnknownCpu`], [`Error::InvalidSize`].
     pub fn charge_root(&self, cpu: usize, bytes: u64, kind: crate::ChargeKind) -> Result<Charge> {
         let nid = self.core.topology.node_of(cpu)?;
-        crate::engine::task::check_size(bytes)?;
+        crate::engine::core::check_size(bytes)?;
         let Some(root) = self.core.root_objcg(nid) else {
             return Err(Error::UnknownCpu {
                 cpu,
@@ -265,7 +304,7 @@ impl Controller {
         let ctx = crate::engine::core::ChargeCtx {
             cpu: Some(cpu),
             forced: true,
-            reclaim_flag: None,
+            may_fail: false,
         };
         self.core.obj_cgroup_charge(ctx, root, bytes, kind)?;
         Ok(Charge::for_objcg(root, bytes, kind))
@@ -278,7 +317,7 @@ impl Controller {
     /// As [`Task::resize`].
     pub fn resize(&self, cpu: usize, charge: &mut Charge, new_bytes: u64) -> Result<()> {
         self.core.topology.node_of(cpu)?;
-        crate::engine::task::check_size(new_bytes)?;
+        crate::engine::core::check_size(new_bytes)?;
         let objcg = charge.objcg(&self.core)?;
         let old_bytes = charge.bytes();
         let ctx = crate::engine::core::ChargeCtx::direct(Some(cpu));
@@ -314,6 +353,47 @@ impl Controller {
                 self.core.objcg_put(objcg, 1);
             }
         }
+    }
+
+    /// How long a charge over `max` waits for reclaim in all.
+    pub fn reclaim_wait(&self) -> Duration {
+        self.core.reclaimd.wait()
+    }
+
+    /// Sets how long a charge over `max` waits for the reclaimer thread in
+    /// all before its group's OOM outcome (0: never wait). A callback that
+    /// blocks on a lock the charging thread holds delays that charge by at
+    /// most this.
+    pub fn set_reclaim_wait(&self, wait: Duration) {
+        self.core.reclaimd.set_wait(wait);
+    }
+
+    /// Waits until the reclaimer thread has served every queued request
+    /// (reclaim passes and kill notifications) and is idle, or `timeout`;
+    /// returns whether it got there. With no reclaimer thread, returns
+    /// whether the queue is empty. For tests, and for a shutdown that wants
+    /// the last notifications delivered.
+    pub fn wait_reclaim_idle(&self, timeout: Duration) -> bool {
+        self.core.reclaimd.wait_idle(timeout)
+    }
+
+    /// Serves every queued reclaim request and kill notification on the
+    /// calling thread, and returns (for controllers made without a
+    /// reclaimer thread, [`Config::reclaimer_thread`]`(false)`). Charges
+    /// the callbacks make meanwhile are forced, as on the reclaimer thread.
+    pub fn run_reclaimer(&self) {
+        self.core.reclaimd.serve_pending();
+    }
+
+    /// Reclaimer statistics: `(passes served, charge waits that ended at
+    /// their deadline, callbacks that panicked)`.
+    pub fn reclaimer_counters(&self) -> (u64, u64, u64) {
+        let c = &self.core.reclaimd.counters;
+        (
+            c.passes.load(Ordering::Relaxed),
+            c.wait_timeouts.load(Ordering::Relaxed),
+            c.panics.load(Ordering::Relaxed),
+        )
     }
 
     /// Statistics of every group, root first, depth first.

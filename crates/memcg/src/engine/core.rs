@@ -14,15 +14,16 @@ use crossbeam_utils::CachePadded;
 use crate::engine::memcg::{ChargeKind, MemCgroup, MemoryEvent};
 use crate::engine::obj_cgroup::{ObjCgroup, ObjcgTable, Released};
 use crate::engine::page_counter;
-use crate::engine::reclaim::{self, ReclaimReason};
+use crate::engine::policy::{OomPolicy, ReclaimReason};
+use crate::engine::reclaim::Reclaimd;
 use crate::engine::stock::{CpuStock, ObjSlot, PageSlot, MEMCG_CHARGE_BATCH};
 use crate::engine::sys_alloc::SysArc;
-use crate::engine::task::TaskShared;
+use crate::engine::task_shared::TaskShared;
 use crate::engine::topology::Topology;
 use crate::engine::TaskCacheMode;
 use crate::error::ChargeError;
 use crate::limit::PAGE_SIZE;
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU64, Deadline, Mutex, Ordering};
 
 /// `MAX_RECLAIM_RETRIES`.
 pub(crate) const MAX_RECLAIM_RETRIES: u32 = 16;
@@ -46,28 +47,37 @@ pub(crate) struct Core {
     pub(crate) refreshes: AtomicU64,
     /// Charges counted by tasks that have exited.
     pub(crate) exited_charges: AtomicU64,
+    /// The reclaimer thread (reclaim callbacks, kill notifications).
+    pub(crate) reclaimd: Arc<Reclaimd>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.reclaimd.shutdown();
+    }
 }
 
 /// How a charge may proceed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ChargeCtx<'a> {
+pub(crate) struct ChargeCtx {
     /// CPU whose stocks to use; `None` charges the page counters directly.
     pub(crate) cpu: Option<usize>,
-    /// Charge past `max` without reclaim (made from inside reclaim).
+    /// Charge past `max` without reclaim (root's lock-free path).
     pub(crate) forced: bool,
-    /// Set while this context's reclaim callbacks run, so charges they make
-    /// through the same task are forced.
-    pub(crate) reclaim_flag: Option<&'a std::cell::Cell<bool>>,
+    /// The caller handles a refusal (explicit charges, fallible regions):
+    /// over `max` after reclaim the charge fails under every OOM policy but
+    /// `force`, and never kills.
+    pub(crate) may_fail: bool,
 }
 
-impl ChargeCtx<'_> {
-    /// A charge from outside any task and reclaim, through `cpu`'s stocks
-    /// (or none).
+impl ChargeCtx {
+    /// An explicit charge from outside any task, through `cpu`'s stocks
+    /// (or none): it may fail.
     pub(crate) fn direct(cpu: Option<usize>) -> Self {
         ChargeCtx {
             cpu,
             forced: false,
-            reclaim_flag: None,
+            may_fail: true,
         }
     }
 }
@@ -91,10 +101,13 @@ impl Core {
         topology: Topology,
         task_cache: TaskCacheMode,
         obj_stock_slots: usize,
+        reclaim_wait: std::time::Duration,
+        reclaimer_thread: bool,
     ) -> Option<Self> {
         let serial = crate::sync::next_serial();
         let nr_nodes = topology.nr_node_ids();
-        let root = Arc::new(MemCgroup::new("", None, nr_nodes));
+        let root = MemCgroup::new("", None, nr_nodes);
+        let reclaimd = Arc::new(Reclaimd::new(&root, reclaim_wait, reclaimer_thread));
         let table = ObjcgTable::new(serial);
         for nid in 0..nr_nodes {
             let objcg = table.install(&root, nid, true)?;
@@ -117,6 +130,7 @@ impl Core {
             tasks: Mutex::new(Vec::new()),
             refreshes: AtomicU64::new(0),
             exited_charges: AtomicU64::new(0),
+            reclaimd,
         })
     }
 
@@ -189,7 +203,7 @@ impl Core {
     /// `obj_cgroup_charge_pages`.
     pub(crate) fn obj_cgroup_charge_pages(
         &self,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
         objcg: &ObjCgroup,
         nr_pages: u64,
     ) -> Result<(), ChargeError> {
@@ -218,11 +232,14 @@ impl Core {
     }
 
     /// `try_charge_memcg`: charges `nr_pages` to `memcg`'s chain, through
-    /// the page stock of `ctx.cpu`, in batches of 64 pages, with reclaim,
-    /// one drain and up to 16 retries over `max`.
+    /// the page stock of `ctx.cpu`, in batches of 64 pages. Over `max`: one
+    /// drain of the over-limit subtree's stocks, then up to 16 reclaim
+    /// passes of the reclaimer thread (waited for in all at most the
+    /// controller's reclaim wait, holding no engine lock), then the OOM
+    /// outcome of the over-limit group's policy. No user code runs here.
     fn try_charge_memcg(
         &self,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
         objcg: &ObjCgroup,
         memcg: &MemCgroup,
         nr_pages: u64,
@@ -241,6 +258,7 @@ impl Core {
         let mut retries = MAX_RECLAIM_RETRIES;
         let mut drained = false;
         let mut raised_max = false;
+        let mut deadline: Option<Deadline> = None;
         loop {
             self.count_shared(ctx.cpu, 1);
             let over = match page_counter::try_charge(memcg, batch) {
@@ -249,7 +267,7 @@ impl Core {
                         self.refill_page_stock(ctx.cpu, objcg, batch - nr_pages);
                     }
                     if !ctx.forced {
-                        self.handle_high(ctx, memcg);
+                        self.handle_high(memcg);
                     }
                     return Ok(());
                 }
@@ -259,71 +277,87 @@ impl Core {
                 batch = nr_pages;
                 continue;
             }
-            let forced = ctx.forced || ctx.reclaim_flag.is_some_and(|f| f.get());
             if !raised_max {
                 over.memory_event(MemoryEvent::Max);
                 raised_max = true;
             }
-            if forced {
+            // PF_MEMALLOC: the reclaimer's own allocations are forced, and
+            // its explicit charges never wait for it.
+            let on_reclaimer = self.reclaimd.is_current_thread();
+            if ctx.forced || (on_reclaimer && !ctx.may_fail) {
                 break;
             }
-            let has_reclaimers = reclaim::subtree_has_reclaimers(over);
-            // Ask for at least SWAP_CLUSTER_MAX pages, as the kernel's
-            // try_to_free_mem_cgroup_pages does, so that concurrent
-            // chargers do not each win back only their own request.
-            let wanted_bytes = nr_pages.max(SWAP_CLUSTER_MAX) * PAGE_SIZE;
-            let progress = has_reclaimers
-                && self
-                    .run_reclaim(ctx, over, wanted_bytes, ReclaimReason::Max)
-                    .progress();
-            if over.counter.margin_pages() >= nr_pages {
-                continue;
+            // A killed subtree's allocations are forced at once, as the
+            // kernel forces a dying task's charges.
+            if !ctx.may_fail && memcg.killed_ancestor().is_some() {
+                break;
             }
             if !drained {
                 self.drain_all_stock(DrainFilter::OwnerIn(over));
                 drained = true;
                 continue;
             }
-            if retries > 0 && (has_reclaimers || progress) {
+            if retries > 0
+                && !on_reclaimer
+                && over.subtree_has_reclaimers()
+                && self.reclaimd.is_served()
+            {
                 retries -= 1;
+                // Ask for at least SWAP_CLUSTER_MAX pages, as the kernel's
+                // try_to_free_mem_cgroup_pages does, so that concurrent
+                // chargers do not each win back only their own request.
+                let wanted_bytes = nr_pages.max(SWAP_CLUSTER_MAX) * PAGE_SIZE;
+                let seen = self.reclaimd.passes(over);
+                self.reclaimd
+                    .request_reclaim(over, wanted_bytes, ReclaimReason::Max);
+                let d = deadline.get_or_insert_with(|| Deadline::after(self.reclaimd.wait()));
+                if !self.reclaimd.wait_for_pass(over, seen, d) {
+                    // Out of time: one more try, then the OOM outcome.
+                    retries = 0;
+                }
                 continue;
             }
-            if over.force_over_max.load(Ordering::Relaxed) {
+            let policy = over.oom_policy();
+            if policy == OomPolicy::Force {
+                // Counted as `max` only.
                 break;
             }
             over.memory_event(MemoryEvent::Oom);
-            return Err(ChargeError {
-                path: Arc::clone(&over.path),
-                limit_bytes: over.counter.max_pages().saturating_mul(PAGE_SIZE),
-                usage_bytes: over.counter.usage_pages().saturating_mul(PAGE_SIZE),
-                requested_bytes: nr_pages.saturating_mul(PAGE_SIZE),
-            });
+            match policy {
+                OomPolicy::Kill if !ctx.may_fail => {
+                    self.kill(over);
+                    break;
+                }
+                _ => {
+                    return Err(ChargeError {
+                        path: Arc::clone(&over.path),
+                        limit_bytes: over.counter.max_pages().saturating_mul(PAGE_SIZE),
+                        usage_bytes: over.counter.usage_pages().saturating_mul(PAGE_SIZE),
+                        requested_bytes: nr_pages.saturating_mul(PAGE_SIZE),
+                    });
+                }
+            }
         }
-        // force: charge exactly `nr_pages`, ignoring max.
+        // Forced: charge exactly `nr_pages`, ignoring max.
         page_counter::charge(memcg, nr_pages);
         Ok(())
     }
 
-    /// Runs reclaim callbacks with the context's flag set, so that charges
-    /// they make through the same task are forced.
-    pub(crate) fn run_reclaim(
-        &self,
-        ctx: ChargeCtx<'_>,
-        over: &MemCgroup,
-        wanted_bytes: u64,
-        reason: ReclaimReason,
-    ) -> reclaim::ReclaimOutcome {
-        let previous = ctx.reclaim_flag.map(|f| f.replace(true));
-        let freed = reclaim::reclaim_subtree(over, wanted_bytes, reason);
-        if let (Some(f), Some(p)) = (ctx.reclaim_flag, previous) {
-            f.set(p);
+    /// The OOM kill of `over` (policy [`OomPolicy::Kill`]): marks it
+    /// killed, counts `oom_kill`, and queues its notifications for the
+    /// reclaimer thread. Idempotent while the group stays killed.
+    pub(crate) fn kill(&self, over: &MemCgroup) {
+        if over.mark_killed() {
+            over.memory_event(MemoryEvent::OomKill);
+            self.reclaimd.request_kill_notify(over);
         }
-        freed
     }
 
     /// After a successful batch charge: every level over `memory.high`
-    /// (root excluded) counts a `high` event and reclaims its excess.
-    fn handle_high(&self, ctx: ChargeCtx<'_>, memcg: &MemCgroup) {
+    /// (root excluded) counts a `high` event and, if its subtree has
+    /// reclaim callbacks, asks the reclaimer thread for the excess without
+    /// waiting (the kernel defers high reclaim to a safe point too).
+    fn handle_high(&self, memcg: &MemCgroup) {
         let mut m = Some(memcg);
         while let Some(g) = m {
             if g.is_root() {
@@ -333,8 +367,12 @@ impl Core {
             let high = g.counter.high_pages();
             if usage > high {
                 g.memory_event(MemoryEvent::High);
-                if reclaim::subtree_has_reclaimers(g) {
-                    self.run_reclaim(ctx, g, (usage - high) * PAGE_SIZE, ReclaimReason::High);
+                if g.subtree_has_reclaimers() {
+                    self.reclaimd.request_reclaim(
+                        g,
+                        (usage - high) * PAGE_SIZE,
+                        ReclaimReason::High,
+                    );
                 }
             }
             m = g.parent();
@@ -480,7 +518,7 @@ impl Core {
     /// statistics directly.
     pub(crate) fn obj_cgroup_charge(
         &self,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
         objcg: &ObjCgroup,
         bytes: u64,
         kind: ChargeKind,
@@ -512,7 +550,7 @@ impl Core {
     /// stock, else whole pages with the remainder deposited.
     pub(crate) fn charge_bytes(
         &self,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
         objcg: &ObjCgroup,
         bytes: u64,
     ) -> Result<(), ChargeError> {
@@ -534,7 +572,7 @@ impl Core {
     /// the byte stock without handing pages back (`allow_uncharge = false`).
     pub(crate) fn charge_pages_for_bytes(
         &self,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
         objcg: &ObjCgroup,
         bytes: u64,
     ) -> Result<u64, ChargeError> {
@@ -622,4 +660,37 @@ pub(crate) fn nearest_online(m: &MemCgroup) -> &MemCgroup {
         }
     }
     g
+}
+
+/// Largest single charge (keeps page arithmetic far from overflow).
+pub(crate) const MAX_CHARGE_BYTES: u64 = 1 << 48;
+
+/// Checks a charge size: `1..=MAX_CHARGE_BYTES`.
+#[inline(always)]
+pub(crate) fn check_size(bytes: u64) -> crate::error::Result<()> {
+    if bytes == 0 || bytes > MAX_CHARGE_BYTES {
+        return Err(invalid_size(bytes));
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_size(bytes: u64) -> crate::error::Error {
+    crate::error::Error::InvalidSize {
+        bytes,
+        reason: if bytes == 0 {
+            "a charge must be at least 1 byte"
+        } else {
+            "a charge must be at most 2^48 bytes"
+        },
+    }
+}
+
+/// Checks a size that may be 0 (a reservation): at most `MAX_CHARGE_BYTES`.
+pub(crate) fn check_size_or_zero(bytes: u64) -> crate::error::Result<()> {
+    if bytes > MAX_CHARGE_BYTES {
+        return Err(invalid_size(bytes));
+    }
+    Ok(())
 }

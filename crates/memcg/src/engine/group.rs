@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use crate::engine::core::{ChargeCtx, Core, DrainFilter, MAX_RECLAIM_RETRIES};
+use crate::engine::locked_vec;
 use crate::engine::memcg::{MemCgroup, MemoryEvent};
-use crate::engine::reclaim::{self, ReclaimReason, ReclaimRequest, Reclaimer, ReclaimerHandle};
+use crate::engine::policy::{OomKilled, OomPolicy, ReclaimReason, ReclaimRequest};
+use crate::engine::reclaim::{OomKillHandle, ReclaimerHandle};
 use crate::engine::reservation::Reservation;
 use crate::engine::stats::{pages_to_limit, Events, GroupStats};
-use crate::engine::task::{self, TaskHandle};
+use crate::engine::task::TaskHandle;
+use crate::engine::task_shared;
 use crate::error::{Error, Result};
 use crate::limit::{Limit, PAGE_SIZE};
-use crate::sync::Ordering;
+use crate::sync::{Deadline, Ordering};
 
 /// Longest group name, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -130,8 +133,8 @@ impl Group {
     /// # Errors
     /// [`Error::NotFound`].
     pub fn child(&self, name: &str) -> Result<Group> {
-        let found = self.memcg.children.lock().get(name).cloned();
-        found
+        self.memcg
+            .child(name)
             .map(|m| Group::from_parts(Arc::clone(&self.core), m))
             .ok_or_else(|| Error::NotFound {
                 path: join(&self.memcg.path, name),
@@ -150,26 +153,27 @@ impl Group {
     /// (this group was removed), [`Error::TooManyGroups`].
     pub fn create_child(&self, name: &str) -> Result<Group> {
         validate_name(name)?;
+        // Made before the tree lock is taken: no allocation under an engine
+        // lock.
+        let nr_nodes = self.core.topology.nr_node_ids();
+        let child = MemCgroup::new(name, Some(Arc::clone(&self.memcg)), nr_nodes);
+        let mut installed = Vec::with_capacity(nr_nodes);
+        locked_vec::reserve_one(&self.memcg.children);
+        self.core.table.prepare(nr_nodes);
         let _tree = self.core.tree_lock.lock();
         if !self.memcg.is_online() {
             return Err(Error::Removed {
                 path: self.memcg.path.to_string(),
             });
         }
-        if self.memcg.children.lock().contains_key(name) {
+        if self.memcg.child(name).is_some() {
             return Err(Error::AlreadyExists {
-                path: join(&self.memcg.path, name),
+                path: child.path.to_string(),
             });
         }
-        let nr_nodes = self.core.topology.nr_node_ids();
-        let child = Arc::new(MemCgroup::new(
-            name,
-            Some(Arc::clone(&self.memcg)),
-            nr_nodes,
-        ));
-        let mut installed = Vec::with_capacity(nr_nodes);
         for nid in 0..nr_nodes {
             match self.core.table.install(&child, nid, false) {
+                // No allocation: `installed` has the room.
                 Some(objcg) => installed.push(objcg),
                 None => {
                     for objcg in installed {
@@ -183,11 +187,29 @@ impl Group {
             // Release: pairs with the Acquire in `get_obj_cgroup_from_memcg`.
             info.objcg.store(objcg.slot_word(), Ordering::Release);
         }
-        self.memcg
-            .children
-            .lock()
-            .insert(name.into(), Arc::clone(&child));
+        if self.memcg.insert_child(Arc::clone(&child)).is_err() {
+            // Unreachable under the tree lock (checked above); undone all
+            // the same.
+            for objcg in installed {
+                self.core.objcg_put(objcg, 1);
+            }
+            return Err(Error::AlreadyExists {
+                path: child.path.to_string(),
+            });
+        }
         Ok(Group::from_parts(Arc::clone(&self.core), child))
+    }
+
+    /// Creates the child called `name`, or returns it if it exists (the
+    /// `mkdir -p` of one level).
+    ///
+    /// # Errors
+    /// As [`Group::create_child`], except [`Error::AlreadyExists`].
+    pub fn child_or_create(&self, name: &str) -> Result<Group> {
+        match self.create_child(name) {
+            Err(Error::AlreadyExists { .. }) => self.child(name),
+            other => other,
+        }
     }
 
     /// Removes the group (`mem_cgroup_css_offline`): its objcgs are
@@ -204,6 +226,9 @@ impl Group {
                 operation: "remove",
             });
         };
+        // Room made before the tree lock: nothing below allocates under it.
+        locked_vec::reserve_one(&parent.dead_children);
+        let mut removed = Vec::with_capacity(1);
         let _tree = self.core.tree_lock.lock();
         let m = &self.memcg;
         if !m.is_online() {
@@ -211,7 +236,7 @@ impl Group {
                 path: m.path.to_string(),
             });
         }
-        let nr_children = m.children.lock().len();
+        let nr_children = m.nr_children();
         if nr_children > 0 {
             return Err(Error::HasChildren {
                 path: m.path.to_string(),
@@ -233,22 +258,34 @@ impl Group {
         // memcg_reparent_objcgs, in the kernel's order: unpublish the
         // slots, re-point (owner resolution moves to the parent once the
         // group is offline), kill the live references.
-        let words: Vec<u64> = m
-            .nodeinfo
-            .iter()
-            .map(|info| info.objcg.swap(0, Ordering::AcqRel))
-            .collect();
+        let words: [u64; crate::engine::topology::MAX_NODES] = {
+            let mut w = [0u64; crate::engine::topology::MAX_NODES];
+            for (slot, info) in w.iter_mut().zip(m.nodeinfo.iter()) {
+                *slot = info.objcg.swap(0, Ordering::AcqRel);
+            }
+            w
+        };
         m.set_offline();
-        for word in words {
-            if let Some(objcg) = self.core.table.get(word as u32) {
+        for word in words.iter().take(m.nodeinfo.len()) {
+            if let Some(objcg) = self.core.table.get(*word as u32) {
                 self.core.objcg_put(objcg, 1);
             }
         }
         // drain_all_stock for the objcgs made here and below.
         self.core.drain_all_stock(DrainFilter::OriginIn(m));
-        m.reclaimers.lock().clear();
-        parent.children.lock().remove(&*m.name);
-        parent.dead_children.lock().push(Arc::clone(m));
+        // Its callbacks stop counting for its ancestors (they stay listed
+        // until their handles drop; nothing asks an offline group).
+        m.uncount_reclaimers();
+        {
+            let mut children = parent.children.lock();
+            if let Some(i) = children.iter().position(|c| Arc::ptr_eq(c, m)) {
+                removed.push(children.remove(i));
+            }
+        }
+        locked_vec::push(&parent.dead_children, Arc::clone(m));
+        drop(_tree);
+        // Dropped (and freed) after every lock.
+        drop(removed);
         Ok(())
     }
 
@@ -276,8 +313,10 @@ impl Group {
 
     /// Sets `memory.max` (rounded down to whole pages). A limit below
     /// usage is accepted; reclaim then runs: one drain of the stocks, then
-    /// up to 16 rounds of reclaim callbacks; if usage is still over, an
-    /// `oom` event is counted.
+    /// up to 16 passes of the reclaim callbacks on the reclaimer thread
+    /// (this call waits for them, at most the controller's reclaim wait in
+    /// all); if usage is still over, an `oom` event is counted. Charges
+    /// over the new limit meet it at once.
     ///
     /// # Errors
     /// [`Error::Root`], [`Error::Removed`].
@@ -302,24 +341,31 @@ impl Group {
         Ok(())
     }
 
-    /// Drains once, then reclaims while usage is over `limit`; returns
-    /// whether usage got to the limit.
+    /// Drains once, then has the reclaimer thread reclaim while usage is
+    /// over `limit`; returns whether usage got to the limit.
     fn reclaim_to(&self, limit: fn(&crate::engine::page_counter::PageCounter) -> u64) -> bool {
         let c = &self.memcg.counter;
         if c.usage_pages() <= limit(c) {
             return true;
         }
         self.core.drain_all_stock(DrainFilter::OwnerIn(&self.memcg));
-        let ctx = ChargeCtx::direct(None);
+        let reclaimd = &self.core.reclaimd;
+        let mut deadline = Deadline::after(reclaimd.wait());
         for _ in 0..MAX_RECLAIM_RETRIES {
             let usage = c.usage_pages();
             let target = limit(c);
-            if usage <= target || !reclaim::subtree_has_reclaimers(&self.memcg) {
+            if usage <= target || !self.memcg.subtree_has_reclaimers() {
                 break;
             }
-            let wanted = (usage - target) * PAGE_SIZE;
-            self.core
-                .run_reclaim(ctx, &self.memcg, wanted, ReclaimReason::LimitLowered);
+            let seen = reclaimd.passes(&self.memcg);
+            reclaimd.request_reclaim(
+                &self.memcg,
+                (usage - target) * PAGE_SIZE,
+                ReclaimReason::LimitLowered,
+            );
+            if !reclaimd.wait_for_pass(&self.memcg, seen, &mut deadline) {
+                break;
+            }
         }
         c.usage_pages() <= limit(c)
     }
@@ -374,7 +420,7 @@ impl Group {
         if task.shared.ctrl_serial != self.core.serial {
             return Err(Error::ForeignController);
         }
-        task::attach(&task.shared, &self.memcg)
+        task_shared::attach(&task.shared, &self.memcg)
     }
 
     /// Reserves `bytes` for this group, on its first node; see
@@ -418,31 +464,136 @@ impl Group {
     }
 
     /// Registers a reclaim callback: when a charge in this group's subtree
-    /// would exceed a `max` (or usage exceeds `high`), it is asked to free
-    /// `wanted_bytes` and returns how many bytes it freed. The callback
-    /// stays registered while the handle lives.
+    /// would exceed a `max` (or usage exceeds `high`, or a limit is set
+    /// below usage), the controller's reclaimer thread asks it to free
+    /// `wanted_bytes`; it returns how many bytes it freed (an estimate; the
+    /// engine re-reads usage). The callback stays registered while the
+    /// handle lives.
+    ///
+    /// The callback runs on the reclaimer thread only (started by the
+    /// first registration), never inside an allocation and never while the
+    /// engine holds a lock: it may take the application's locks, allocate
+    /// (its charges are forced past `max`) and call the library, removing
+    /// groups included. A charge waits for it at most the controller's
+    /// reclaim wait ([`crate::Controller::set_reclaim_wait`]); a callback
+    /// blocked on a lock the charging thread holds only delays that charge
+    /// until then. Callbacks of one controller run one at a time, largest
+    /// group first; a callback that panics is skipped.
     pub fn register_reclaimer<F>(&self, callback: F) -> ReclaimerHandle
     where
         F: Fn(&ReclaimRequest) -> u64 + Send + Sync + 'static,
     {
-        let r = Arc::new(Reclaimer::new(Box::new(callback)));
-        self.memcg.reclaimers.lock().push(Arc::clone(&r));
+        let r: crate::engine::policy::Reclaimer = Arc::new(callback);
+        self.memcg.add_reclaimer(Arc::clone(&r));
+        self.core.reclaimd.ensure_started();
         ReclaimerHandle {
             group: Arc::downgrade(&self.memcg),
             reclaimer: Some(r),
         }
     }
 
-    /// Policy at `max`: `true` forces charges past the limit instead of
-    /// failing them (counted as `max` events, not `oom`).
-    pub fn set_force_over_max(&self, force: bool) {
-        self.memcg.force_over_max.store(force, Ordering::Relaxed);
+    /// The group's OOM policy: what happens when a charge would take it
+    /// over `max` and reclaim could not make room. New groups start with
+    /// their parent's; root's is [`OomPolicy::Kill`].
+    pub fn oom_policy(&self) -> OomPolicy {
+        self.memcg.oom_policy()
     }
 
-    /// Whether charges past `max` are forced; see
-    /// [`Group::set_force_over_max`].
-    pub fn force_over_max(&self) -> bool {
-        self.memcg.force_over_max.load(Ordering::Relaxed)
+    /// Sets the group's OOM policy (any time; charges from then on use it).
+    /// Children made later start with it; existing children keep theirs.
+    pub fn set_oom_policy(&self, policy: OomPolicy) {
+        self.memcg.set_oom_policy(policy);
+    }
+
+    /// Whether this group, or an ancestor, was killed by its OOM policy
+    /// and not revived: its work should stop. Its allocations are forced
+    /// meanwhile (they never fail and never wait for reclaim); explicit
+    /// charges and fallible regions still fail at `max`.
+    pub fn is_killed(&self) -> bool {
+        self.memcg.killed_ancestor().is_some()
+    }
+
+    /// The kill that affects this group (its own or an ancestor's), if any.
+    pub fn killed_by(&self) -> Option<OomKilled> {
+        let k = self.memcg.killed_ancestor()?;
+        Some(OomKilled {
+            path: k.path.to_string(),
+            limit_bytes: k.counter.max_pages().saturating_mul(PAGE_SIZE),
+        })
+    }
+
+    /// Clears this group's kill mark (after the application stopped the
+    /// work and freed memory, or raised `max`): its charges meet `max`
+    /// again. Returns whether it was killed. An ancestor's kill is the
+    /// ancestor's to revive.
+    pub fn revive(&self) -> bool {
+        self.memcg.revive()
+    }
+
+    /// Registers a callback run on the reclaimer thread when this group or
+    /// an ancestor is killed by its OOM policy, with the kill's details.
+    /// It may take locks, allocate and call the library. It stays
+    /// registered while the handle lives.
+    pub fn on_oom_kill<F>(&self, callback: F) -> OomKillHandle
+    where
+        F: Fn(&OomKilled) + Send + Sync + 'static,
+    {
+        let c: crate::engine::policy::KillCallback = Arc::new(callback);
+        locked_vec::push(&self.memcg.kill_callbacks, Arc::clone(&c));
+        self.core.reclaimd.ensure_started();
+        OomKillHandle {
+            group: Arc::downgrade(&self.memcg),
+            callback: Some(c),
+        }
+    }
+
+    /// A future that completes when this group (or an ancestor) is killed
+    /// by its OOM policy, with the kill's details. Woken by the reclaimer
+    /// thread.
+    pub fn killed(&self) -> Killed {
+        Killed {
+            group: self.clone(),
+            waker_id: 0,
+        }
+    }
+
+    /// Registers `waker` under the id `*slot` (0: a new id is given) to be
+    /// woken when this group or an ancestor is killed; returns the kill if
+    /// it already happened. The waker is cloned and dropped outside the
+    /// engine's locks (waker code is user code).
+    pub(crate) fn register_kill_waker(
+        &self,
+        slot: &mut u64,
+        waker: &std::task::Waker,
+    ) -> Option<OomKilled> {
+        if let Some(k) = self.killed_by() {
+            return Some(k);
+        }
+        self.core.reclaimd.ensure_started();
+        let fresh = {
+            let wakers = self.memcg.kill_wakers.lock();
+            *slot == 0
+                || !wakers
+                    .iter()
+                    .any(|(id, w)| *id == *slot && w.will_wake(waker))
+        };
+        if fresh {
+            self.deregister_kill_waker(*slot);
+            *slot = next_waker_id();
+            locked_vec::push(&self.memcg.kill_wakers, (*slot, waker.clone()));
+        }
+        // A kill between the check and the registration: its notification
+        // may have run before the waker was there.
+        self.killed_by()
+    }
+
+    /// Removes the waker registered under `id` (dropped unlocked).
+    pub(crate) fn deregister_kill_waker(&self, id: u64) {
+        if id != 0 {
+            drop(locked_vec::take_where(&self.memcg.kill_wakers, |(i, _)| {
+                *i == id
+            }));
+        }
     }
 
     /// Drains the per-CPU stocks caching objcgs of this subtree (the
@@ -475,5 +626,42 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{parent}/{name}")
+    }
+}
+
+fn next_waker_id() -> u64 {
+    crate::sync::next_serial()
+}
+
+/// A future that completes when a group (or an ancestor) is killed by its
+/// OOM policy; made by [`Group::killed`]. Woken by the reclaimer thread.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Killed {
+    group: Group,
+    waker_id: u64,
+}
+
+impl std::future::Future for Killed {
+    type Output = OomKilled;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<OomKilled> {
+        let this = self.get_mut();
+        match this
+            .group
+            .register_kill_waker(&mut this.waker_id, cx.waker())
+        {
+            Some(k) => std::task::Poll::Ready(k),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.group.deregister_kill_waker(self.waker_id);
     }
 }

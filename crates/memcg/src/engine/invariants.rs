@@ -52,10 +52,15 @@ pub enum Fault {
     DropReference,
     /// A group's page counter is charged one page that no objcg holds.
     StrayPage,
+    /// A group's objcg is released twice while in use: its table entry is
+    /// pushed on the free list twice, so that two later objcgs would share
+    /// it (the bug a put without a reference makes).
+    DoubleRelease,
 }
 
 impl Controller {
     /// Injects a deliberate accounting bug (tests and the simulator only).
+    /// The controller is not fit for further use afterwards.
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn inject_fault(&self, fault: Fault, group: &crate::Group) {
         let core = self.core();
@@ -74,6 +79,10 @@ impl Controller {
             }
             Fault::StrayPage => {
                 crate::engine::page_counter::charge(&**group.memcg(), 1);
+            }
+            Fault::DoubleRelease => {
+                core.table.push_free_for_fault(objcg);
+                core.table.push_free_for_fault(objcg);
             }
         }
         core.objcg_put(objcg, 1);
@@ -96,7 +105,9 @@ impl Controller {
     /// - per online group and node: `kernel` == pages charged through its
     ///   objcgs of that node; live bytes == the objcgs' live bytes;
     /// - no page counter underflow, no reference dropped twice, no release
-    ///   with a partial page left.
+    ///   with a partial page left;
+    /// - the table's free list: no cycle, no entry twice, only released
+    ///   entries, and every released entry on it.
     ///
     /// # Errors
     /// [`InvariantViolations`] listing what is wrong.
@@ -178,6 +189,7 @@ impl Controller {
         }
         let mut owned = Vec::new();
         let ids: Vec<u32> = core.table.entries().map(|o| o.id()).collect();
+        check_free_list(core, &ids, &mut v);
         for id in ids {
             let Some(objcg) = core.table.get(id) else {
                 continue;
@@ -315,6 +327,41 @@ impl Controller {
             Ok(())
         } else {
             Err(InvariantViolations { violations: v })
+        }
+    }
+}
+
+/// The free list of the objcg table: no cycle (an entry pushed twice makes
+/// one), only released entries, every released entry on it.
+fn check_free_list(core: &crate::engine::core::Core, ids: &[u32], v: &mut Vec<String>) {
+    let (list, cyclic) = core.table.free_list(ids.len() + 1);
+    if cyclic {
+        let repeat = list.last().copied().unwrap_or(0);
+        v.push(format!(
+            "free list: cycle or repeated entry after {} entries (objcg {repeat} released twice?)",
+            list.len()
+        ));
+    }
+    for &id in &list {
+        if let Some(o) = core.table.get(id) {
+            let refcnt = o.refcnt();
+            if refcnt > 0 {
+                v.push(format!(
+                    "free list: objcg {id} is on the free list but in use (reference count {refcnt})"
+                ));
+            }
+        }
+    }
+    if !cyclic {
+        for &id in ids {
+            let Some(o) = core.table.get(id) else {
+                continue;
+            };
+            if o.refcnt() <= 0 && !o.is_root() && !list.contains(&id) {
+                v.push(format!(
+                    "free list: objcg {id} is released but not on the free list (a lost entry)"
+                ));
+            }
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The group tree node (the kernel's `struct mem_cgroup`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::engine::locked_vec;
 use crate::engine::page_counter::{CounterChain, PageCounter};
-use crate::engine::reclaim::Reclaimer;
-use crate::sync::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::engine::policy::{KillCallback, OomPolicy, Reclaimer};
+use crate::sync::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
 
 /// Kinds of live bytes counted per group and node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -56,15 +56,25 @@ pub enum MemoryEvent {
     High,
     /// A charge hit `memory.max` (counted once per charge attempt).
     Max,
-    /// A charge failed after reclaim and retries (a group whose policy
-    /// forces charges counts only `max`), or a `memory.max` write could
-    /// not bring usage under the new limit.
+    /// A charge could not be met after reclaim and retries (a group whose
+    /// policy forces charges counts only `max`), or a `memory.max` write
+    /// could not bring usage under the new limit.
     Oom,
+    /// The group was killed by its OOM policy ([`crate::OomPolicy::Kill`]).
+    OomKill,
 }
+
+/// Number of [`MemoryEvent`]s.
+pub(crate) const NR_EVENTS: usize = 4;
 
 impl MemoryEvent {
     /// Every event, in `memory.events` order.
-    pub const ALL: [MemoryEvent; 3] = [MemoryEvent::High, MemoryEvent::Max, MemoryEvent::Oom];
+    pub const ALL: [MemoryEvent; NR_EVENTS] = [
+        MemoryEvent::High,
+        MemoryEvent::Max,
+        MemoryEvent::Oom,
+        MemoryEvent::OomKill,
+    ];
 
     /// The `memory.events` key.
     pub fn key(self) -> &'static str {
@@ -72,6 +82,7 @@ impl MemoryEvent {
             MemoryEvent::High => "high",
             MemoryEvent::Max => "max",
             MemoryEvent::Oom => "oom",
+            MemoryEvent::OomKill => "oom_kill",
         }
     }
 }
@@ -100,6 +111,8 @@ impl NodeInfo {
 
 /// One node of the group tree.
 pub(crate) struct MemCgroup {
+    /// This group, weakly (to queue it for the reclaimer from a `&self`).
+    pub(crate) self_ref: std::sync::Weak<MemCgroup>,
     pub(crate) name: Box<str>,
     /// Path from root, `""` for root, `"a/b"` below.
     pub(crate) path: Arc<str>,
@@ -110,16 +123,49 @@ pub(crate) struct MemCgroup {
     pub(crate) dying: AtomicBool,
     pub(crate) nr_tasks: AtomicUsize,
     pub(crate) nodeinfo: Box<[NodeInfo]>,
-    pub(crate) events_local: [AtomicU64; 3],
-    pub(crate) events: [AtomicU64; 3],
-    /// Online children by name.
-    pub(crate) children: Mutex<BTreeMap<Box<str>, Arc<MemCgroup>>>,
+    pub(crate) events_local: [AtomicU64; NR_EVENTS],
+    pub(crate) events: [AtomicU64; NR_EVENTS],
+    /// Online children, sorted by name (changed without allocating under
+    /// the lock: see `locked_vec`).
+    pub(crate) children: Mutex<Vec<Arc<MemCgroup>>>,
     /// Removed children whose statistics still count here (their objcgs
     /// were reparented to this group).
     pub(crate) dead_children: Mutex<Vec<Arc<MemCgroup>>>,
-    pub(crate) reclaimers: Mutex<Vec<Arc<Reclaimer>>>,
-    /// Policy: force charges past `max` instead of failing them.
-    pub(crate) force_over_max: AtomicBool,
+    /// Reclaim callbacks registered on this group.
+    pub(crate) reclaimers: Mutex<Vec<Reclaimer>>,
+    /// Whether `reclaimers` count in `subtree_reclaimers` here and above
+    /// (until removal); read and written under the `reclaimers` lock.
+    reclaimers_counted: AtomicBool,
+    /// Callbacks registered on this group, run when it is killed.
+    pub(crate) kill_callbacks: Mutex<Vec<KillCallback>>,
+    /// Wakers of futures waiting for this group (or a descendant) to be
+    /// killed; woken by the reclaimer thread.
+    pub(crate) kill_wakers: Mutex<Vec<(u64, std::task::Waker)>>,
+    /// Reclaim callbacks registered in this group's subtree (lock-free
+    /// "does anyone reclaim here").
+    pub(crate) subtree_reclaimers: AtomicUsize,
+    /// [`OomPolicy`] as `OomPolicy::to_u8`.
+    oom_policy: AtomicU8,
+    /// Killed by its OOM policy (until revived).
+    killed: AtomicBool,
+    /// The request the reclaimer thread serves for this group.
+    pub(crate) reclaim: ReclaimState,
+}
+
+/// A group's pending work for the reclaimer thread, merged across
+/// requesters (lock-free; the queue holds the group at most once).
+#[derive(Debug, Default)]
+pub(crate) struct ReclaimState {
+    /// Largest number of bytes asked for since the last pass began.
+    pub(crate) want_bytes: AtomicU64,
+    /// Strongest [`crate::ReclaimReason`] asked for (`to_u8`), 0 for none.
+    pub(crate) reason: AtomicU8,
+    /// The group is in the reclaimer's queue for reclaim.
+    pub(crate) queued: AtomicBool,
+    /// The group is in the reclaimer's queue for kill notifications.
+    pub(crate) kill_queued: AtomicBool,
+    /// Reclaim passes completed for this group (waiters watch it).
+    pub(crate) passes: AtomicU64,
 }
 
 impl std::fmt::Debug for MemCgroup {
@@ -142,13 +188,26 @@ impl CounterChain for MemCgroup {
 }
 
 impl MemCgroup {
-    pub(crate) fn new(name: &str, parent: Option<Arc<MemCgroup>>, nr_node_ids: usize) -> Self {
+    pub(crate) fn new(name: &str, parent: Option<Arc<MemCgroup>>, nr_node_ids: usize) -> Arc<Self> {
+        Arc::new_cyclic(|me| MemCgroup::with_self(me.clone(), name, parent, nr_node_ids))
+    }
+
+    fn with_self(
+        self_ref: std::sync::Weak<MemCgroup>,
+        name: &str,
+        parent: Option<Arc<MemCgroup>>,
+        nr_node_ids: usize,
+    ) -> Self {
+        let oom_policy = parent
+            .as_ref()
+            .map_or(OomPolicy::default(), |p| p.oom_policy());
         let path: Arc<str> = match &parent {
             None => Arc::from(""),
             Some(p) if p.path.is_empty() => Arc::from(name),
             Some(p) => Arc::from(format!("{}/{}", p.path, name)),
         };
         MemCgroup {
+            self_ref,
             name: name.into(),
             path,
             parent,
@@ -157,13 +216,106 @@ impl MemCgroup {
             dying: AtomicBool::new(false),
             nr_tasks: AtomicUsize::new(0),
             nodeinfo: (0..nr_node_ids).map(|_| NodeInfo::new()).collect(),
-            events_local: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
-            events: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
-            children: Mutex::new(BTreeMap::new()),
+            events_local: std::array::from_fn(|_| AtomicU64::new(0)),
+            events: std::array::from_fn(|_| AtomicU64::new(0)),
+            children: Mutex::new(Vec::new()),
             dead_children: Mutex::new(Vec::new()),
             reclaimers: Mutex::new(Vec::new()),
-            force_over_max: AtomicBool::new(false),
+            reclaimers_counted: AtomicBool::new(true),
+            kill_callbacks: Mutex::new(Vec::new()),
+            kill_wakers: Mutex::new(Vec::new()),
+            subtree_reclaimers: AtomicUsize::new(0),
+            oom_policy: AtomicU8::new(oom_policy.to_u8()),
+            killed: AtomicBool::new(false),
+            reclaim: ReclaimState::default(),
         }
+    }
+
+    /// The group's OOM policy.
+    pub(crate) fn oom_policy(&self) -> OomPolicy {
+        OomPolicy::from_u8(self.oom_policy.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_oom_policy(&self, policy: OomPolicy) {
+        self.oom_policy.store(policy.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Marks the group killed; returns whether it was alive until now.
+    pub(crate) fn mark_killed(&self) -> bool {
+        !self.killed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the killed mark; returns whether it was set.
+    pub(crate) fn revive(&self) -> bool {
+        self.killed.swap(false, Ordering::AcqRel)
+    }
+
+    /// The nearest killed group on this group's ancestor chain (itself
+    /// included), if any.
+    pub(crate) fn killed_ancestor(&self) -> Option<&MemCgroup> {
+        let mut m = Some(self);
+        while let Some(g) = m {
+            if g.killed.load(Ordering::Acquire) {
+                return Some(g);
+            }
+            m = g.parent();
+        }
+        None
+    }
+
+    /// Adds `delta` to the reclaim-callback counts of this group and its
+    /// ancestors.
+    pub(crate) fn add_subtree_reclaimers(&self, delta: isize) {
+        let mut m = Some(self);
+        while let Some(g) = m {
+            if delta >= 0 {
+                g.subtree_reclaimers
+                    .fetch_add(delta as usize, Ordering::AcqRel);
+            } else {
+                g.subtree_reclaimers
+                    .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+            }
+            m = g.parent();
+        }
+    }
+
+    /// Registers a reclaim callback (no allocation under the lock).
+    pub(crate) fn add_reclaimer(&self, r: Reclaimer) {
+        loop {
+            locked_vec::reserve_one(&self.reclaimers);
+            let mut list = self.reclaimers.lock();
+            if list.len() < list.capacity() {
+                list.push(r);
+                if self.reclaimers_counted.load(Ordering::Relaxed) {
+                    self.add_subtree_reclaimers(1);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Unregisters the callback `r`; returns it (to be dropped unlocked).
+    pub(crate) fn remove_reclaimer(&self, r: &Reclaimer) -> Option<Reclaimer> {
+        let mut list = self.reclaimers.lock();
+        let i = list.iter().position(|x| Arc::ptr_eq(x, r))?;
+        let out = list.remove(i);
+        if self.reclaimers_counted.load(Ordering::Relaxed) {
+            self.add_subtree_reclaimers(-1);
+        }
+        Some(out)
+    }
+
+    /// At removal: this group's callbacks stop counting for its ancestors.
+    pub(crate) fn uncount_reclaimers(&self) {
+        let list = self.reclaimers.lock();
+        if self.reclaimers_counted.swap(false, Ordering::Relaxed) && !list.is_empty() {
+            self.add_subtree_reclaimers(-(list.len() as isize));
+        }
+    }
+
+    /// Whether any reclaim callback is registered in this subtree.
+    pub(crate) fn subtree_has_reclaimers(&self) -> bool {
+        self.subtree_reclaimers.load(Ordering::Acquire) > 0
     }
 
     #[inline]
@@ -205,6 +357,7 @@ impl MemCgroup {
     /// `memcg_memory_event`: counts `event` locally, and hierarchically on
     /// this group and every ancestor except root.
     pub(crate) fn memory_event(&self, event: MemoryEvent) {
+        debug_assert!((event as usize) < NR_EVENTS);
         let i = event as usize;
         self.events_local[i].fetch_add(1, Ordering::Relaxed);
         let mut m = Some(self);
@@ -276,7 +429,7 @@ impl MemCgroup {
                 *acc += v.load(Ordering::Relaxed);
             }
         }
-        let dead = self.dead_children.lock().clone();
+        let dead = locked_vec::snapshot(&self.dead_children);
         for d in dead {
             d.add_own_and_dead(nid, kernel, live);
         }
@@ -284,20 +437,51 @@ impl MemCgroup {
 
     /// Online children, sorted by name.
     pub(crate) fn children_snapshot(&self) -> Vec<Arc<MemCgroup>> {
-        self.children.lock().values().cloned().collect()
+        locked_vec::snapshot(&self.children)
+    }
+
+    /// The online child called `name`.
+    pub(crate) fn child(&self, name: &str) -> Option<Arc<MemCgroup>> {
+        let children = self.children.lock();
+        let i = children.binary_search_by(|c| (*c.name).cmp(name)).ok()?;
+        children.get(i).cloned()
+    }
+
+    /// Number of online children.
+    pub(crate) fn nr_children(&self) -> usize {
+        self.children.lock().len()
+    }
+
+    /// Adds an online child (in name order); hands it back if a child of
+    /// that name exists.
+    pub(crate) fn insert_child(&self, child: Arc<MemCgroup>) -> Result<(), Arc<MemCgroup>> {
+        let name = Arc::clone(&child);
+        locked_vec::insert_with(&self.children, child, |v| {
+            v.binary_search_by(|c| (*c.name).cmp(&name.name)).err()
+        })
     }
 
     /// Folds dead children that nothing refers to any more into this
     /// group's own counters and forgets them, recursively.
     pub(crate) fn prune_dead(&self) {
-        let mut dead = self.dead_children.lock();
-        let mut i = 0;
-        while i < dead.len() {
-            dead[i].prune_dead();
-            let d = &dead[i];
-            // Only this list refers to it: no objcg can update it any more
-            // (objcgs hold their origin, whose chain includes `d`).
-            if Arc::strong_count(d) == 1 && d.dead_children.lock().is_empty() {
+        let snap = locked_vec::snapshot(&self.dead_children);
+        for d in &snap {
+            d.prune_dead();
+        }
+        let mut pruned = Vec::with_capacity(snap.len());
+        drop(snap);
+        {
+            let mut dead = self.dead_children.lock();
+            let mut i = 0;
+            while i < dead.len() {
+                let d = &dead[i];
+                // Only this list refers to it: no objcg can update it any
+                // more (objcgs hold their origin, whose chain includes `d`).
+                let prunable = Arc::strong_count(d) == 1 && d.dead_children.lock().is_empty();
+                if !prunable || pruned.len() == pruned.capacity() {
+                    i += 1;
+                    continue;
+                }
                 for (nid, n) in d.nodeinfo.iter().enumerate() {
                     self.mod_kernel_pages(nid, n.kernel_pages.load(Ordering::Relaxed));
                     for kind in ChargeKind::ALL {
@@ -308,10 +492,11 @@ impl MemCgroup {
                         );
                     }
                 }
-                dead.swap_remove(i);
-            } else {
-                i += 1;
+                // No allocation: `pruned` has the room.
+                pruned.push(dead.swap_remove(i));
             }
         }
+        // Freed here, after the lock.
+        drop(pruned);
     }
 }

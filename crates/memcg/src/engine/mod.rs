@@ -1,34 +1,50 @@
 //! The explicit-context accounting engine: no thread-locals, no real CPU
 //! ids; the controller, the task and the CPU are arguments.
+//!
+//! Layers, imports running downward only: topology, page counters, stocks,
+//! `locked_vec`, `policy` → objcgs → groups (`memcg`) → the reclaimer
+//! thread (`reclaim`) → the task's shared part (`task_shared`: the seed's
+//! tagged word, the byte cache's counters, attach) → the charge path
+//! (`core`) → the task layer (`task` with its `impl` blocks split by
+//! concept: the seed's cache in `objcg_cache`, the byte cache in
+//! `byte_cache`, the allocator's hit path in `fast_path`) and reservations
+//! → group handles, controller → checkers.
 
+pub(crate) mod byte_cache;
 pub(crate) mod controller;
 pub(crate) mod core;
+pub(crate) mod fast_path;
 pub(crate) mod group;
 pub(crate) mod invariants;
+pub(crate) mod locked_vec;
 pub(crate) mod memcg;
 pub(crate) mod obj_cgroup;
+pub(crate) mod objcg_cache;
 pub(crate) mod page_counter;
+pub(crate) mod policy;
 pub(crate) mod reclaim;
 pub(crate) mod reservation;
 pub(crate) mod stats;
 pub(crate) mod stock;
 pub(crate) mod sys_alloc;
 pub(crate) mod task;
+pub(crate) mod task_shared;
 pub(crate) mod topology;
 
-pub use controller::{Config, Controller, EngineCounters, TaskCacheMode};
-pub use group::{validate_name, Group, MAX_NAME_BYTES};
+pub use byte_cache::TASK_CACHE_BOUND_BYTES;
+pub use controller::{Config, Controller, EngineCounters, TaskCacheMode, DEFAULT_RECLAIM_WAIT};
+pub use group::{validate_name, Group, Killed, MAX_NAME_BYTES};
 #[cfg(any(test, feature = "fault-injection"))]
 pub use invariants::Fault;
 pub use invariants::InvariantViolations;
 pub use memcg::{ChargeKind, MemoryEvent};
-pub use reclaim::{ReclaimReason, ReclaimRequest, ReclaimerHandle, MAX_CONCURRENT_RUNS};
+pub use policy::{OomKilled, OomPolicy, ReclaimReason, ReclaimRequest};
+pub use reclaim::{OomKillHandle, ReclaimerHandle};
 pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};
-pub use task::{
-    ActiveGuard, Charge, Task, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG, TASK_CACHE_BOUND_BYTES,
-};
+pub use task::{ActiveGuard, Charge, FallibleGuard, SpendGuard, Task, TaskHandle};
+pub use task_shared::CURRENT_OBJCG_UPDATE_FLAG;
 pub use topology::{Topology, MAX_CPUS, MAX_NODES};
 
 #[cfg(all(feature = "mimalloc", not(memcg_loom)))]

@@ -286,6 +286,62 @@ impl ObjcgTable {
         (1..end).filter_map(move |id| self.get(id))
     }
 
+    /// Makes sure the chunks for the next `n` new entries exist, allocating
+    /// them outside the table's lock, so that the `install`s that follow
+    /// (under the tree lock) do not allocate.
+    pub(crate) fn prepare(&self, n: usize) {
+        let first = self.alloc_lock.lock().next_unused as usize;
+        let last = first + n.saturating_sub(1);
+        for chunk in first / CHUNK_LEN..=last / CHUNK_LEN {
+            let Some(slot) = self.chunks.get(chunk) else {
+                return;
+            };
+            if !slot.load(Ordering::Acquire).is_null() {
+                continue;
+            }
+            let raw = make_chunk(chunk, self.ctrl_serial);
+            let spare = {
+                let _state = self.alloc_lock.lock();
+                if slot.load(Ordering::Relaxed).is_null() {
+                    // Release: publishes the initialised entries to `get`.
+                    slot.store(raw, Ordering::Release);
+                    None
+                } else {
+                    Some(raw)
+                }
+            };
+            if let Some(raw) = spare {
+                // SAFETY: made by `make_chunk` just above, never published.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, CHUNK_LEN)) });
+            }
+        }
+    }
+
+    /// The ids of the free list, in order, as far as it can be walked: ends
+    /// at the first id seen twice (a cycle) or after `limit` steps.
+    pub(crate) fn free_list(&self, limit: usize) -> (Vec<u32>, bool) {
+        let mut out = Vec::new();
+        let mut id = self.free_head.load(Ordering::Acquire) as u32;
+        while id != 0 {
+            if out.len() >= limit || out.contains(&id) {
+                return (out, true);
+            }
+            out.push(id);
+            let Some(o) = self.get(id) else {
+                break;
+            };
+            id = o.next_free.load(Ordering::Relaxed);
+        }
+        (out, false)
+    }
+
+    /// Pushes `objcg` on the free list without a release (a deliberate
+    /// double release, for the checkers' tests).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub(crate) fn push_free_for_fault(&self, objcg: &ObjCgroup) {
+        self.push_free(objcg);
+    }
+
     /// Makes a new objcg for `origin` on `nid` with one reference (the live
     /// reference of the group's slot). `None` when the table is full or
     /// memory for a new chunk cannot be had.
@@ -303,13 +359,10 @@ impl ObjcgTable {
                 let chunk = id as usize / CHUNK_LEN;
                 let slot = self.chunks.get(chunk)?;
                 if slot.load(Ordering::Relaxed).is_null() {
-                    let base = chunk * CHUNK_LEN;
-                    let entries: Box<[ObjCgroup]> = (0..CHUNK_LEN)
-                        .map(|i| ObjCgroup::vacant((base + i) as u32, self.ctrl_serial))
-                        .collect();
-                    let raw = Box::into_raw(entries) as *mut ObjCgroup;
+                    // Only without `prepare` (the root's objcgs, made with
+                    // the controller): allocates under the table's lock.
                     // Release: publishes the initialised entries to `get`.
-                    slot.store(raw, Ordering::Release);
+                    slot.store(make_chunk(chunk, self.ctrl_serial), Ordering::Release);
                 }
                 state.next_unused = id.checked_add(1)?;
                 self.get(id)?
@@ -443,6 +496,15 @@ impl ObjcgTable {
         self.push_free(objcg);
         released
     }
+}
+
+/// A new chunk of vacant entries (the `chunk`-th), as a raw pointer.
+fn make_chunk(chunk: usize, ctrl_serial: u64) -> *mut ObjCgroup {
+    let base = chunk * CHUNK_LEN;
+    let entries: Box<[ObjCgroup]> = (0..CHUNK_LEN)
+        .map(|i| ObjCgroup::vacant((base + i) as u32, ctrl_serial))
+        .collect();
+    Box::into_raw(entries) as *mut ObjCgroup
 }
 
 /// What a released objcg leaves behind: its leftover pages, still charged

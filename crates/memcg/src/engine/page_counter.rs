@@ -31,6 +31,12 @@ pub(crate) trait CounterChain {
 }
 
 impl PageCounter {
+    /// Pages that can still be charged before `max` (tests).
+    #[cfg(test)]
+    pub(crate) fn margin_pages(&self) -> u64 {
+        self.max_pages().saturating_sub(self.usage_pages())
+    }
+
     pub(crate) fn new() -> Self {
         PageCounter {
             usage_pages: AtomicI64::new(0),
@@ -79,11 +85,6 @@ impl PageCounter {
     /// Number of uncharges that would have taken usage below zero.
     pub(crate) fn underflows(&self) -> u64 {
         self.underflows.load(Ordering::Relaxed)
-    }
-
-    /// Pages that may still be charged before `max` (0 when over).
-    pub(crate) fn margin_pages(&self) -> u64 {
-        self.max_pages().saturating_sub(self.usage_pages())
     }
 
     fn raise_watermark(&self, usage_pages: i64) {

@@ -1,119 +1,63 @@
-//! Reclaim callbacks ("shrinkers") that a group's caches register.
+//! The reclaimer thread: where reclaim callbacks ("shrinkers") and kill
+//! notifications run, never inside an allocation and never under an engine
+//! lock.
 //!
-//! When a charge would take a group over `max` (or has taken it over
-//! `high`), the engine asks the callbacks registered in the over-limit
-//! group's subtree to free memory, largest group first, passing how many
-//! bytes are wanted. A callback returns how many bytes it freed (an
-//! estimate; the engine re-reads usage afterwards).
+//! A charge that finds its group over `max` (or a charge that took it over
+//! `high`, or a `memory.max` write below usage) does not run user code: it
+//! records what it wants in the over-limit group's [`ReclaimState`]
+//! (merged with other requesters, lock-free), queues the group once, and
+//! for `max` waits a bounded time for the reclaimer thread to complete a
+//! pass over that group, holding no engine lock while it waits (the wait
+//! releases the queue's lock). A callback that blocks on a lock the waiting
+//! thread holds therefore only delays that thread until its deadline; the
+//! charge then takes its group's OOM outcome.
 //!
-//! A callback may run on several threads at once (up to
-//! [`MAX_CONCURRENT_RUNS`]; past that a reclaim yields and counts the busy
-//! callback as progress, so its charge retries while the others free
-//! memory), but it is never re-entered on one thread: a charge the
-//! callback makes that needs reclaim again skips it. Charges that a callback makes
-//! through the task that triggered reclaim are forced past `max` (the
-//! kernel's `PF_MEMALLOC`), so reclaim cannot recurse through them.
+//! The reclaimer thread (one per controller, named `memcg-reclaim`, started
+//! when the first callback or kill waiter is registered) serves the queue
+//! in order: for a reclaim request it asks the callbacks of the group's
+//! subtree, largest group first, until the wanted bytes were freed; for a
+//! kill it runs the kill callbacks of the killed subtree and wakes the
+//! futures waiting for the kill. Its own charges (those of the callbacks)
+//! are forced past `max`, the kernel's `PF_MEMALLOC`, so reclaim never
+//! waits for itself. A callback that panics is caught and skipped.
+//!
+//! The queue's storage is made when the controller is made and never grows:
+//! pushing never allocates. When it is full a request is not lost: the
+//! group's `queued` flag stays set and the reclaimer scans the tree for
+//! flagged groups.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use crate::engine::memcg::MemCgroup;
-use crate::sync::{AtomicI32, Ordering};
+use crate::engine::locked_vec;
+use crate::engine::memcg::{MemCgroup, ReclaimState};
+use crate::engine::policy::{KillCallback, OomKilled, ReclaimReason, ReclaimRequest, Reclaimer};
+use crate::limit::PAGE_SIZE;
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Deadline, Mutex, Ordering};
 
-/// What a reclaim callback is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReclaimRequest {
-    /// Bytes the engine would like freed.
-    pub wanted_bytes: u64,
-    /// Why reclaim runs.
-    pub reason: ReclaimReason,
-}
-
-/// Why a reclaim runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReclaimReason {
-    /// A charge would exceed `memory.max`.
-    Max,
-    /// Usage exceeds `memory.high`.
-    High,
-    /// `memory.max` or `memory.high` was set below usage.
-    LimitLowered,
-}
-
-type Callback = dyn Fn(&ReclaimRequest) -> u64 + Send + Sync;
-
-/// How many threads may run one callback at the same time.
-pub const MAX_CONCURRENT_RUNS: usize = 8;
-
-/// A registered callback.
-pub(crate) struct Reclaimer {
-    callback: Box<Callback>,
-    /// Kernel thread ids of the threads running the callback (0 = free).
-    running: [AtomicI32; MAX_CONCURRENT_RUNS],
-}
-
-impl std::fmt::Debug for Reclaimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reclaimer").finish_non_exhaustive()
-    }
-}
-
-/// Why a callback did not run.
-enum Skipped {
-    /// It is running on this very thread (a charge it made).
-    Recursion,
-    /// Too many threads run it now.
-    Busy,
-}
-
-impl Reclaimer {
-    pub(crate) fn new(callback: Box<Callback>) -> Self {
-        Reclaimer {
-            callback,
-            running: std::array::from_fn(|_| AtomicI32::new(0)),
-        }
-    }
-
-    /// Runs the callback unless this thread is already running it or too
-    /// many threads are; returns the bytes freed.
-    fn run(&self, request: &ReclaimRequest) -> Result<u64, Skipped> {
-        // SAFETY: `gettid` has no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        if self
-            .running
-            .iter()
-            .any(|t| t.load(Ordering::Acquire) == tid)
-        {
-            return Err(Skipped::Recursion);
-        }
-        let slot = self
-            .running
-            .iter()
-            .find(|t| {
-                t.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            })
-            .ok_or(Skipped::Busy)?;
-        struct Release<'a>(&'a AtomicI32);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.store(0, Ordering::Release);
-            }
-        }
-        let _release = Release(slot);
-        Ok((self.callback)(request))
-    }
-}
+/// Entries of the reclaimer's queue, made at start (never grown).
+const QUEUE_CAPACITY: usize = 1024;
 
 /// Keeps a reclaim callback registered; dropping it unregisters the
 /// callback (use [`ReclaimerHandle::keep`] to leave it registered for the
 /// group's lifetime).
-#[derive(Debug)]
 #[must_use = "dropping the handle unregisters the callback at once"]
 pub struct ReclaimerHandle {
     pub(crate) group: Weak<MemCgroup>,
-    pub(crate) reclaimer: Option<Arc<Reclaimer>>,
+    pub(crate) reclaimer: Option<Reclaimer>,
+}
+
+impl std::fmt::Debug for ReclaimerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReclaimerHandle").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OomKillHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OomKillHandle").finish_non_exhaustive()
+    }
 }
 
 impl ReclaimerHandle {
@@ -128,76 +72,451 @@ impl Drop for ReclaimerHandle {
         let (Some(group), Some(r)) = (self.group.upgrade(), self.reclaimer.take()) else {
             return;
         };
-        group.reclaimers.lock().retain(|x| !Arc::ptr_eq(x, &r));
+        drop(group.remove_reclaimer(&r));
     }
 }
 
-/// What a reclaim pass achieved.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ReclaimOutcome {
-    /// Bytes the callbacks reported freed.
-    pub(crate) freed_bytes: u64,
-    /// Some callback was busy (running elsewhere): progress is likely.
-    pub(crate) busy: bool,
+/// Keeps a kill callback registered ([`crate::Group::on_oom_kill`]);
+/// dropping it unregisters the callback, [`OomKillHandle::keep`] leaves it
+/// registered for the group's lifetime.
+#[must_use = "dropping the handle unregisters the callback at once"]
+pub struct OomKillHandle {
+    pub(crate) group: Weak<MemCgroup>,
+    pub(crate) callback: Option<KillCallback>,
 }
 
-impl ReclaimOutcome {
-    pub(crate) fn progress(self) -> bool {
-        self.freed_bytes > 0 || self.busy
+impl OomKillHandle {
+    /// Leaves the callback registered until the group is removed.
+    pub fn keep(mut self) {
+        self.callback = None;
     }
 }
 
-/// Runs the callbacks of `over`'s subtree, largest usage first, until
-/// `wanted_bytes` were freed.
-pub(crate) fn reclaim_subtree(
+impl Drop for OomKillHandle {
+    fn drop(&mut self) {
+        let (Some(group), Some(c)) = (self.group.upgrade(), self.callback.take()) else {
+            return;
+        };
+        drop(locked_vec::take_where(&group.kill_callbacks, |x| {
+            Arc::ptr_eq(x, &c)
+        }));
+    }
+}
+
+/// Work for the reclaimer thread.
+#[derive(Debug)]
+enum Work {
+    Reclaim(Arc<MemCgroup>),
+    Kill(Arc<MemCgroup>),
+    /// The queue overflowed: serve every flagged group of the tree.
+    Scan,
+}
+
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Work>,
+    overflow: bool,
+    /// The reclaimer is serving an item.
+    busy: bool,
+    shutdown: bool,
+}
+
+/// The reclaimer of one controller: its queue, and who serves it.
+#[derive(Debug)]
+pub(crate) struct Reclaimd {
+    queue: Mutex<Queue>,
+    /// The reclaimer waits here for work.
+    work: Condvar,
+    /// Waiters wait here for passes (and for idleness).
+    done: Condvar,
+    /// The thread serving the queue now ([`crate::sync::current_thread_token`]), 0 for none.
+    server: AtomicU64,
+    /// Someone serves the queue (the thread was started, or a model or
+    /// embedder serves it): only then do chargers wait.
+    served: AtomicBool,
+    /// The thread was started (once).
+    started: AtomicBool,
+    /// The root group, for overflow scans.
+    root: Weak<MemCgroup>,
+    /// How long a charge waits for reclaim in all, in nanoseconds.
+    wait_nanos: AtomicU64,
+    /// Spawn a thread on first need (else the embedder serves the queue).
+    spawn: bool,
+    /// Counters for tests and statistics.
+    pub(crate) counters: ReclaimCounters,
+}
+
+/// What the reclaimer did.
+#[derive(Debug, Default)]
+pub(crate) struct ReclaimCounters {
+    /// Reclaim passes served.
+    pub(crate) passes: AtomicU64,
+    /// Waits for a pass that ended at the deadline.
+    pub(crate) wait_timeouts: AtomicU64,
+    /// Callbacks that panicked (caught).
+    pub(crate) panics: AtomicU64,
+}
+
+impl Reclaimd {
+    pub(crate) fn new(root: &Arc<MemCgroup>, wait: Duration, spawn: bool) -> Self {
+        Reclaimd {
+            queue: Mutex::new(Queue {
+                items: VecDeque::with_capacity(QUEUE_CAPACITY),
+                overflow: false,
+                busy: false,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            server: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            root: Arc::downgrade(root),
+            wait_nanos: AtomicU64::new(duration_nanos(wait)),
+            spawn,
+            counters: ReclaimCounters::default(),
+        }
+    }
+
+    /// How long a charge waits for reclaim in all.
+    pub(crate) fn wait(&self) -> Duration {
+        Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_wait(&self, wait: Duration) {
+        self.wait_nanos
+            .store(duration_nanos(wait), Ordering::Relaxed);
+    }
+
+    /// Whether the calling thread is the one serving the queue (its
+    /// charges are forced: reclaim must not wait for itself).
+    pub(crate) fn is_current_thread(&self) -> bool {
+        let s = self.server.load(Ordering::Acquire);
+        s != 0 && s == crate::sync::current_thread_token()
+    }
+
+    /// Whether anyone serves the queue (chargers wait only then).
+    pub(crate) fn is_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    /// Marks the queue as served by the embedder (manual mode, models).
+    #[cfg_attr(not(all(test, memcg_loom)), allow(dead_code))]
+    pub(crate) fn set_served(&self, served: bool) {
+        self.served.store(served, Ordering::Release);
+    }
+
+    /// Starts the reclaimer thread if the controller has one and it is not
+    /// running yet. Called from registration paths (never from inside an
+    /// allocation).
+    pub(crate) fn ensure_started(self: &Arc<Self>) {
+        if !self.spawn || self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        #[cfg(not(all(test, memcg_loom)))]
+        {
+            let me = Arc::clone(self);
+            match crate::sync::spawn_named("memcg-reclaim", move || me.run()) {
+                Ok(()) => self.served.store(true, Ordering::Release),
+                Err(_) => self.started.store(false, Ordering::Release),
+            }
+        }
+    }
+
+    /// Asks for a reclaim pass over `group` (merged with pending requests).
+    pub(crate) fn request_reclaim(
+        &self,
+        group: &MemCgroup,
+        want_bytes: u64,
+        reason: ReclaimReason,
+    ) {
+        let st: &ReclaimState = &group.reclaim;
+        st.want_bytes.fetch_max(want_bytes, Ordering::AcqRel);
+        st.reason.fetch_max(reason.to_u8(), Ordering::AcqRel);
+        if st.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match group.arc() {
+            Some(g) => self.push(Work::Reclaim(g)),
+            None => st.queued.store(false, Ordering::Release),
+        }
+    }
+
+    /// Queues the kill notification of `group`.
+    pub(crate) fn request_kill_notify(&self, group: &MemCgroup) {
+        if group.reclaim.kill_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match group.arc() {
+            Some(g) => self.push(Work::Kill(g)),
+            None => group.reclaim.kill_queued.store(false, Ordering::Release),
+        }
+    }
+
+    fn push(&self, w: Work) {
+        let mut q = self.queue.lock();
+        if q.items.len() < q.items.capacity() {
+            // No allocation: the room was made with the queue.
+            q.items.push_back(w);
+        } else {
+            q.overflow = true;
+            // `w`'s Arc is dropped after the lock (below); its group stays
+            // flagged, so the scan finds it.
+        }
+        drop(q);
+        self.work.notify_all();
+    }
+
+    /// The number of passes completed for `group` so far; pass it to
+    /// [`Reclaimd::wait_for_pass`].
+    pub(crate) fn passes(&self, group: &MemCgroup) -> u64 {
+        group.reclaim.passes.load(Ordering::Acquire)
+    }
+
+    /// Waits until a pass over `group` completes after `seen` passes, or
+    /// the deadline. Holds no engine lock while it sleeps. Returns whether
+    /// a pass completed.
+    pub(crate) fn wait_for_pass(
+        &self,
+        group: &MemCgroup,
+        seen: u64,
+        deadline: &mut Deadline,
+    ) -> bool {
+        if !self.is_served() || self.is_current_thread() {
+            return false;
+        }
+        let mut q = self.queue.lock();
+        loop {
+            if group.reclaim.passes.load(Ordering::Acquire) != seen {
+                return true;
+            }
+            if q.shutdown {
+                return false;
+            }
+            let Some(left) = deadline.remaining() else {
+                self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                return false;
+            };
+            self.done.wait_timeout(&self.queue, &mut q, Some(left));
+        }
+    }
+
+    /// Waits until the queue is empty and the reclaimer idle, or `timeout`;
+    /// returns whether it got idle.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
+        let mut deadline = Deadline::after(timeout);
+        let mut q = self.queue.lock();
+        loop {
+            if q.items.is_empty() && !q.overflow && !q.busy {
+                return true;
+            }
+            if q.shutdown || !self.is_served() {
+                return false;
+            }
+            let Some(left) = deadline.remaining() else {
+                return false;
+            };
+            self.done.wait_timeout(&self.queue, &mut q, Some(left));
+        }
+    }
+
+    /// Stops the reclaimer thread (the controller is going away).
+    pub(crate) fn shutdown(&self) {
+        let mut q = self.queue.lock();
+        q.shutdown = true;
+        let items = std::mem::take(&mut q.items);
+        drop(q);
+        drop(items);
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+
+    /// The reclaimer thread's loop.
+    #[cfg(not(all(test, memcg_loom)))]
+    fn run(&self) {
+        self.server
+            .store(crate::sync::current_thread_token(), Ordering::Release);
+        while let Some(w) = self.next(true) {
+            self.serve(w);
+        }
+        self.server.store(0, Ordering::Release);
+    }
+
+    /// Serves everything queued now on the calling thread, without
+    /// waiting for more (manual mode, models). Charges of the callbacks
+    /// are forced meanwhile.
+    pub(crate) fn serve_pending(&self) {
+        let me = crate::sync::current_thread_token();
+        let previous = self.server.swap(me, Ordering::AcqRel);
+        while let Some(w) = self.next(false) {
+            self.serve(w);
+        }
+        self.server.store(previous, Ordering::Release);
+    }
+
+    /// The next work item (marking the reclaimer busy), waiting for one
+    /// when `block`; `None` at shutdown or, without `block`, when empty.
+    fn next(&self, block: bool) -> Option<Work> {
+        let mut q = self.queue.lock();
+        q.busy = false;
+        loop {
+            if q.shutdown {
+                drop(q);
+                self.done.notify_all();
+                return None;
+            }
+            if let Some(w) = q.items.pop_front() {
+                q.busy = true;
+                return Some(w);
+            }
+            if std::mem::take(&mut q.overflow) {
+                q.busy = true;
+                return Some(Work::Scan);
+            }
+            // Idle: tell `wait_idle`.
+            self.done.notify_all();
+            if !block {
+                return None;
+            }
+            self.work.wait_timeout(&self.queue, &mut q, None);
+        }
+    }
+
+    fn serve(&self, w: Work) {
+        match w {
+            Work::Reclaim(g) => self.serve_reclaim(&g),
+            Work::Kill(g) => serve_kill(&g),
+            Work::Scan => {
+                if let Some(root) = self.root.upgrade() {
+                    self.scan(&root);
+                }
+            }
+        }
+    }
+
+    fn scan(&self, g: &Arc<MemCgroup>) {
+        if g.reclaim.queued.load(Ordering::Acquire) {
+            self.serve_reclaim(g);
+        }
+        if g.reclaim.kill_queued.load(Ordering::Acquire) {
+            serve_kill(g);
+        }
+        for c in g.children_snapshot() {
+            self.scan(&c);
+        }
+    }
+
+    fn serve_reclaim(&self, g: &MemCgroup) {
+        let st = &g.reclaim;
+        // Cleared before the pass, so that a request made during it queues
+        // the group again.
+        st.queued.store(false, Ordering::Release);
+        let asked = st.want_bytes.swap(0, Ordering::AcqRel);
+        let reason = ReclaimReason::from_u8(st.reason.swap(0, Ordering::AcqRel));
+        let want = match reason {
+            // The excess now, not when it was asked.
+            Some(ReclaimReason::High) => {
+                let (usage, high) = (g.counter.usage_pages(), g.counter.high_pages());
+                usage.saturating_sub(high).saturating_mul(PAGE_SIZE)
+            }
+            _ => asked,
+        };
+        if let (Some(reason), true) = (reason, want > 0) {
+            reclaim_subtree(self, g, want, reason);
+        }
+        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        let q = self.queue.lock();
+        st.passes.fetch_add(1, Ordering::AcqRel);
+        drop(q);
+        self.done.notify_all();
+    }
+}
+
+impl MemCgroup {
+    /// A strong reference to this group (`None` only while it is being
+    /// dropped, when nobody can ask for reclaim on it).
+    pub(crate) fn arc(&self) -> Option<Arc<MemCgroup>> {
+        self.self_ref.upgrade()
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs `f`, catching a panic (a user callback must not end the
+/// reclaimer). Returns `None` if it panicked.
+fn catching<R>(d: &Reclaimd, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            d.counters.panics.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Asks the callbacks of `over`'s subtree, largest usage first, until
+/// `wanted_bytes` were freed; returns the bytes they reported.
+fn reclaim_subtree(
+    d: &Reclaimd,
     over: &MemCgroup,
     wanted_bytes: u64,
     reason: ReclaimReason,
-) -> ReclaimOutcome {
-    let mut candidates: Vec<(u64, Arc<Reclaimer>)> = Vec::new();
+) -> u64 {
+    let mut candidates: Vec<(u64, Reclaimer)> = Vec::new();
     collect(over, &mut candidates);
-    let mut out = ReclaimOutcome::default();
-    if candidates.is_empty() {
-        return out;
-    }
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let mut freed = 0u64;
     for (_, r) in candidates {
-        if out.freed_bytes >= wanted_bytes {
+        if freed >= wanted_bytes {
             break;
         }
         let request = ReclaimRequest {
-            wanted_bytes: wanted_bytes - out.freed_bytes,
+            wanted_bytes: wanted_bytes - freed,
             reason,
         };
-        match r.run(&request) {
-            Ok(freed) => out.freed_bytes = out.freed_bytes.saturating_add(freed),
-            Err(Skipped::Busy) => out.busy = true,
-            Err(Skipped::Recursion) => {}
+        if let Some(n) = catching(d, || r(&request)) {
+            freed = freed.saturating_add(n);
         }
     }
-    if out.busy {
-        crate::sync::spin_yield();
-    }
-    out
+    freed
 }
 
-/// Whether any callback is registered in `group`'s subtree.
-pub(crate) fn subtree_has_reclaimers(group: &MemCgroup) -> bool {
-    if !group.reclaimers.lock().is_empty() {
-        return true;
+/// The callbacks of `group`'s subtree with their group's usage (copied
+/// out of the locks before anything runs).
+fn collect(group: &MemCgroup, out: &mut Vec<(u64, Reclaimer)>) {
+    if !group.subtree_has_reclaimers() {
+        return;
     }
-    group
-        .children_snapshot()
-        .iter()
-        .any(|c| subtree_has_reclaimers(c))
-}
-
-fn collect(group: &MemCgroup, out: &mut Vec<(u64, Arc<Reclaimer>)>) {
     let usage = group.counter.usage_pages();
-    for r in group.reclaimers.lock().iter() {
-        out.push((usage, Arc::clone(r)));
+    for r in locked_vec::snapshot(&group.reclaimers) {
+        out.push((usage, r));
     }
     for child in group.children_snapshot() {
         collect(&child, out);
+    }
+}
+
+/// Runs the kill callbacks of the killed `group`'s subtree and wakes the
+/// futures waiting there.
+fn serve_kill(group: &MemCgroup) {
+    group.reclaim.kill_queued.store(false, Ordering::Release);
+    let info = OomKilled {
+        path: group.path.to_string(),
+        limit_bytes: group.counter.max_pages().saturating_mul(PAGE_SIZE),
+    };
+    notify_subtree(group, &info);
+}
+
+fn notify_subtree(g: &MemCgroup, info: &OomKilled) {
+    for cb in locked_vec::snapshot(&g.kill_callbacks) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(info)));
+    }
+    for (_, w) in locked_vec::take_where(&g.kill_wakers, |_| true) {
+        w.wake();
+    }
+    for c in g.children_snapshot() {
+        notify_subtree(&c, info);
     }
 }

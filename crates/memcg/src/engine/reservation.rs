@@ -1,13 +1,15 @@
-//! Explicit, fallible reservations (`try_charge` → RAII guard).
+//! Explicit, fallible reservations (`try_charge` → RAII guard), and
+//! spending them: allocations paid from a reservation's bytes instead of
+//! being charged a second time.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::engine::core::{ChargeCtx, Core};
+use crate::engine::core::{check_size_or_zero, ChargeCtx, Core};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
-use crate::engine::task::{invalid_size, MAX_CHARGE_BYTES};
 use crate::error::Result;
+use crate::sync::{AtomicU64, Ordering};
 
 /// Bytes reserved for a group: charged when made, uncharged when dropped.
 ///
@@ -15,6 +17,17 @@ use crate::error::Result;
 /// stock), in whole pages, and counts its exact bytes in the group's
 /// `reservation` statistic. It holds a reference on its objcg, so it
 /// survives the group's removal: its bytes then count against the parent.
+///
+/// # Spending
+/// A reservation made for a buffer can pay for the buffer: while a spend
+/// guard is active on a thread (`Reservation::spend` with the global
+/// allocator, [`crate::Task::spend`] in the engine), that thread's
+/// allocations take their bytes from the reservation instead of being
+/// charged again, and `memory.stat` moves those bytes from `reservation`
+/// to `alloc`. The objects are then ordinary allocations of the
+/// reservation's group and node: their frees uncharge as usual. When the
+/// reservation runs out, allocations charge normally. "Reserve, then
+/// build" counts the memory once.
 ///
 /// # Examples
 /// ```
@@ -32,24 +45,82 @@ use crate::error::Result;
 /// ```
 #[must_use = "the reservation is released as soon as it is dropped"]
 pub struct Reservation {
+    pub(crate) inner: Arc<Reserved>,
+}
+
+/// The state of a reservation, shared with the task spending it (so that a
+/// forgotten spend guard leaves a live reservation behind, never a
+/// dangling one).
+pub(crate) struct Reserved {
     core: Arc<Core>,
     objcg: NonNull<ObjCgroup>,
-    bytes: u64,
+    /// Bytes still reserved (written by the owner and, while spent, by the
+    /// spending task; the guard's `&mut` borrow keeps them apart).
+    bytes: AtomicU64,
 }
 
 // SAFETY: the objcg lives in the controller's type-stable table, kept
 // alive by `core`; the reservation owns one reference on it, and every
 // operation on it goes through atomics.
-unsafe impl Send for Reservation {}
-// SAFETY: `&Reservation` only reads `bytes`.
-unsafe impl Sync for Reservation {}
+unsafe impl Send for Reserved {}
+// SAFETY: as above; shared access only reads or updates atomics.
+unsafe impl Sync for Reserved {}
 
 impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
-            .field("bytes", &self.bytes)
-            .field("group", &self.objcg().memcg().path)
+            .field("bytes", &self.bytes())
+            .field("group", &self.inner.objcg().memcg().path)
             .finish()
+    }
+}
+
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reserved")
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reserved {
+    pub(crate) fn objcg(&self) -> &ObjCgroup {
+        // SAFETY: points into `core`'s type-stable table; this reservation
+        // holds a reference on it.
+        unsafe { self.objcg.as_ref() }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Takes `bytes` for an object of `kind` (allocations only) charged to
+    /// this reservation's objcg: the bytes move from the `reservation`
+    /// statistic to `kind`'s, and the object gets its own reference.
+    /// `None` (nothing changed) when fewer bytes are left.
+    pub(crate) fn spend(&self, bytes: u64, kind: ChargeKind, objects: i64) -> Option<&ObjCgroup> {
+        if kind != ChargeKind::Alloc {
+            return None;
+        }
+        let mut cur = self.bytes.load(Ordering::Relaxed);
+        loop {
+            let left = cur.checked_sub(bytes)?;
+            match self
+                .bytes
+                .compare_exchange_weak(cur, left, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let objcg = self.objcg();
+        if objects > 0 {
+            objcg.get(objects as u64);
+        }
+        self.core
+            .account(None, objcg, ChargeKind::Reservation, -(bytes as i64), 0);
+        self.core.account(None, objcg, kind, bytes as i64, objects);
+        Some(objcg)
     }
 }
 
@@ -59,36 +130,30 @@ impl Reservation {
         core: Arc<Core>,
         objcg: &ObjCgroup,
         bytes: u64,
-        ctx: ChargeCtx<'_>,
+        ctx: ChargeCtx,
     ) -> Result<Reservation> {
-        if bytes > MAX_CHARGE_BYTES {
-            return Err(invalid_size(bytes));
-        }
+        check_size_or_zero(bytes)?;
         charge(&core, objcg, bytes, ctx)?;
         objcg.get(1);
         core.account(None, objcg, ChargeKind::Reservation, 0, 1);
         Ok(Reservation {
-            objcg: NonNull::from(objcg),
-            core,
-            bytes,
+            inner: Arc::new(Reserved {
+                objcg: NonNull::from(objcg),
+                core,
+                bytes: AtomicU64::new(bytes),
+            }),
         })
     }
 
-    fn objcg(&self) -> &ObjCgroup {
-        // SAFETY: points into `core`'s type-stable table; this reservation
-        // holds a reference on it.
-        unsafe { self.objcg.as_ref() }
-    }
-
-    /// Bytes reserved.
+    /// Bytes reserved (what spending left, if it was spent).
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.inner.bytes.load(Ordering::Relaxed)
     }
 
     /// Path of the group charged now (an ancestor once the original group
     /// was removed).
     pub fn group_path(&self) -> String {
-        self.objcg().memcg().path.to_string()
+        self.inner.objcg().memcg().path.to_string()
     }
 
     /// Reserves `bytes` more.
@@ -97,28 +162,35 @@ impl Reservation {
     /// [`crate::Error::Charge`] when a limit refuses after reclaim (the
     /// reservation is unchanged), [`crate::Error::InvalidSize`] past 2^48 bytes.
     pub fn grow(&mut self, bytes: u64) -> Result<()> {
-        let total = self
-            .bytes
-            .checked_add(bytes)
-            .filter(|&t| t <= MAX_CHARGE_BYTES);
-        let Some(total) = total else {
-            return Err(invalid_size(self.bytes.saturating_add(bytes)));
-        };
+        let total = self.bytes().saturating_add(bytes);
+        check_size_or_zero(total)?;
         let ctx = ChargeCtx::direct(None);
-        charge(&self.core, self.objcg(), bytes, ctx)?;
-        self.bytes = total;
+        charge(&self.inner.core, self.inner.objcg(), bytes, ctx)?;
+        self.inner.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     /// Releases `bytes` of the reservation (at most all of it).
     pub fn shrink(&mut self, bytes: u64) {
-        let bytes = bytes.min(self.bytes);
-        self.bytes -= bytes;
-        uncharge(&self.core, self.objcg(), bytes);
+        let inner = &*self.inner;
+        let mut cur = inner.bytes.load(Ordering::Relaxed);
+        let taken = loop {
+            let take = bytes.min(cur);
+            match inner.bytes.compare_exchange_weak(
+                cur,
+                cur - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break take,
+                Err(actual) => cur = actual,
+            }
+        };
+        uncharge(&inner.core, inner.objcg(), taken);
     }
 }
 
-fn charge(core: &Core, objcg: &ObjCgroup, bytes: u64, ctx: ChargeCtx<'_>) -> Result<()> {
+fn charge(core: &Core, objcg: &ObjCgroup, bytes: u64, ctx: ChargeCtx) -> Result<()> {
     if bytes == 0 {
         return Ok(());
     }
@@ -136,10 +208,11 @@ fn uncharge(core: &Core, objcg: &ObjCgroup, bytes: u64) {
     core.uncharge_to_pool(objcg, bytes);
 }
 
-impl Drop for Reservation {
+impl Drop for Reserved {
     fn drop(&mut self) {
+        let bytes = self.bytes.load(Ordering::Acquire);
         let objcg = self.objcg();
-        uncharge(&self.core, objcg, self.bytes);
+        uncharge(&self.core, objcg, bytes);
         self.core
             .account(None, objcg, ChargeKind::Reservation, 0, -1);
         self.core.objcg_put(objcg, 1);

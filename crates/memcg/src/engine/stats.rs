@@ -66,18 +66,21 @@ pub struct Events {
     pub high: u64,
     /// Charges that hit `memory.max`.
     pub max: u64,
-    /// Charges that failed after reclaim, and `memory.max` writes that
-    /// could not bring usage under the new limit.
+    /// Charges that could not be met after reclaim, and `memory.max`
+    /// writes that could not bring usage under the new limit.
     pub oom: u64,
+    /// Kills by the OOM policy ([`crate::OomPolicy::Kill`]).
+    pub oom_kill: u64,
 }
 
 impl Events {
-    fn read(counters: &[crate::sync::AtomicU64; 3]) -> Self {
+    fn read(counters: &[crate::sync::AtomicU64; crate::engine::memcg::NR_EVENTS]) -> Self {
         let get = |e: MemoryEvent| counters[e as usize].load(Ordering::Relaxed);
         Events {
             high: get(MemoryEvent::High),
             max: get(MemoryEvent::Max),
             oom: get(MemoryEvent::Oom),
+            oom_kill: get(MemoryEvent::OomKill),
         }
     }
 
@@ -87,10 +90,12 @@ impl Events {
             MemoryEvent::High => self.high,
             MemoryEvent::Max => self.max,
             MemoryEvent::Oom => self.oom,
+            MemoryEvent::OomKill => self.oom_kill,
         }
     }
 
-    /// The `memory.events` text: `high N`, `max N`, `oom N`, one per line.
+    /// The `memory.events` text: `high N`, `max N`, `oom N`, `oom_kill N`,
+    /// one per line.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         for e in MemoryEvent::ALL {

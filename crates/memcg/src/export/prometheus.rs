@@ -649,7 +649,7 @@ mod tests {
         let nr_groups = ctrl.stats().len();
         assert_eq!(nr_groups, 5);
         let counts: Vec<usize> = families.iter().map(|f| f.samples.len()).collect();
-        let (nodes, kinds, events) = (2, 3, 3);
+        let (nodes, kinds, events) = (2, 3, 4);
         let per_group = [1, 1, 1, 1, nodes, nodes * kinds, events, events];
         let expected: Vec<usize> = per_group.iter().map(|n| n * nr_groups).collect();
         assert_eq!(counts, expected);

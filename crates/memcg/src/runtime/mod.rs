@@ -9,6 +9,7 @@
 pub(crate) mod alloc;
 pub(crate) mod cpu;
 pub(crate) mod global;
+pub(crate) mod limits;
 #[cfg(feature = "mimalloc")]
 pub(crate) mod mimalloc;
 pub(crate) mod scope;
@@ -17,10 +18,11 @@ pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
 pub use global::{controller, cpu_id_source};
+pub use limits::{fallible, Killable, Spend};
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::{MemcgMimalloc, MAX_OBJCG_HEAPS};
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
-    check_invariants, current_group, current_thread, flush_current, set_current_exempt, spawn,
-    BuilderExt,
+    allocations_under_engine_locks, check_invariants, current_group, current_thread, flush_current,
+    set_current_exempt, spawn, BuilderExt,
 };

@@ -98,6 +98,15 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<F> InGroup<F> {
+    /// The group, if it belongs to [`crate::controller()`].
+    pub(crate) fn group(&self) -> Option<Group> {
+        let m = self.memcg.as_ref()?;
+        let ctrl = crate::runtime::global::controller();
+        Some(Group::from_parts(Arc::clone(ctrl.core()), Arc::clone(m)))
+    }
+}
+
 impl<F: Future> Future for InGroup<F> {
     type Output = F::Output;
 

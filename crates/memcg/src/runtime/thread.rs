@@ -190,6 +190,8 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
 pub(crate) fn charge_alloc(bytes: u64) -> usize {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
     let f = FLAGS.get();
     // The fast path: an active task, not re-entered, one flags load.
     if f == ACTIVE || f == ACTIVE | CPU_KEY {
@@ -209,6 +211,36 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
         return raw;
     }
     charge_alloc_other(bytes)
+}
+
+/// Debug builds: allocations made while the thread held an engine lock
+/// (the engine's rule is that there are none; the checker's own, made with
+/// accounting suspended, do not count).
+#[cfg(debug_assertions)]
+static ENGINE_LOCK_ALLOCS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
+
+#[cfg(debug_assertions)]
+#[inline(always)]
+fn note_engine_lock_alloc() {
+    if crate::sync::engine_locks_held() > 0 && !SUSPENDED.get() {
+        ENGINE_LOCK_ALLOCS.fetch_add(1, crate::sync::Ordering::Relaxed);
+    }
+}
+
+/// How many allocations this process made while one of its threads held
+/// one of the engine's locks (debug builds; always 0 in release builds,
+/// which do not count). The engine never allocates under its locks (an
+/// allocation there could be charged and wait for the reclaimer thread,
+/// which may need the lock): tests assert this is 0.
+pub fn allocations_under_engine_locks() -> u64 {
+    #[cfg(debug_assertions)]
+    {
+        ENGINE_LOCK_ALLOCS.load(crate::sync::Ordering::Relaxed)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        0
+    }
 }
 
 /// [`charge_alloc`] off the fast path: re-entered, or no active task.
@@ -258,18 +290,13 @@ fn charge_slow(bytes: u64) -> usize {
     }
 }
 
-/// Re-entrant charge: forced through the task inside reclaim callbacks,
-/// else the lock-free root path.
+/// Re-entrant charge (an allocation made by the engine itself, a signal
+/// handler or initialisation): the lock-free root path.
 #[cold]
 #[inline(never)]
 fn charge_reentrant(bytes: u64) -> usize {
     if SUSPENDED.get() {
         return 0;
-    }
-    if let Some(task) = active_task() {
-        if task.in_reclaim() {
-            return charge_task(task, bytes);
-        }
     }
     charge_root(bytes)
 }
@@ -358,7 +385,6 @@ fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize
     let cpu = global::current_cpu();
     let r = match (nested, active_task()) {
         (false, Some(task)) => task.resize(cpu, &mut charge, new_bytes),
-        (true, Some(task)) if task.in_reclaim() => task.resize(cpu, &mut charge, new_bytes),
         _ => ctrl.resize(cpu, &mut charge, new_bytes),
     };
     leave_busy(nested);

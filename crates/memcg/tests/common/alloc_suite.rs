@@ -86,16 +86,38 @@ fn try_reserve_over_max_fails_and_leaves_nothing_charged() {
     let g = group("basic-limit");
     g.set_max(Limit::Bytes(256 * PAGE_SIZE)).unwrap();
     let mut v: Vec<u8> = Vec::new();
-    assert!(v.try_reserve(2 << 20).is_err());
+    // In a fallible region the allocator refuses (the group's default OOM
+    // policy would let the allocation through and kill the group).
+    assert!(memcg::fallible(|| v.try_reserve(2 << 20)).is_err());
     assert_eq!(alloc_bytes(&g), 0);
-    assert!(v.try_reserve(100_000).is_ok());
+    assert!(memcg::fallible(|| v.try_reserve(100_000)).is_ok());
     assert!(g.events_local().oom >= 1);
+    assert_eq!(g.events_local().oom_kill, 0);
+    assert!(!g.is_killed());
     // Explicit reservations fail with the typed error.
     match g.try_charge(4 << 20) {
         Err(memcg::Error::Charge(e)) => assert_eq!(e.path(), "basic-limit"),
         other => panic!("expected a charge error, got {other:?}"),
     }
     drop(v);
+    leave(&g);
+}
+
+#[test]
+fn an_infallible_allocation_over_max_succeeds_and_kills_the_group() {
+    let g = group("basic-kill");
+    g.set_max(Limit::Bytes(64 * PAGE_SIZE)).unwrap();
+    let v = black_box(vec![3u8; 1 << 20]);
+    assert!(v.iter().all(|&b| b == 3), "the allocation succeeded");
+    assert!(g.is_killed());
+    assert_eq!(g.events_local().oom_kill, 1);
+    assert!(g.events_local().oom >= 1);
+    // Killed: later allocations are forced, and count no more kills.
+    let w = black_box(vec![4u8; 1 << 20]);
+    assert_eq!(g.events_local().oom_kill, 1);
+    assert!(g.revive());
+    assert!(!g.is_killed());
+    drop((v, w));
     leave(&g);
 }
 
@@ -142,7 +164,7 @@ fn reclaim_callback_that_frees_a_cache_lets_the_allocation_succeed() {
 fn forced_group_goes_over_max_and_counts_max_events() {
     let g = group("basic-force");
     g.set_max(Limit::Bytes(16 * PAGE_SIZE)).unwrap();
-    g.set_force_over_max(true);
+    g.set_oom_policy(memcg::OomPolicy::Force);
     let v = black_box(vec![0u8; 200_000]);
     assert!(g.current_bytes() > 16 * PAGE_SIZE);
     assert!(g.events_local().max >= 1);

@@ -1,4 +1,4 @@
-use memcg::{ChargeKind, Error, Limit, PAGE_SIZE};
+use memcg::{ChargeKind, Error, Limit, OomPolicy, PAGE_SIZE};
 
 use super::util::{check, ctrl, settle};
 
@@ -104,8 +104,8 @@ fn force_over_max_policy_charges_and_counts_max_not_oom() {
     let c = ctrl("1x1");
     let g = c.create("g").unwrap();
     g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
-    g.set_force_over_max(true);
-    assert!(g.force_over_max());
+    g.set_oom_policy(OomPolicy::Force);
+    assert_eq!(g.oom_policy(), OomPolicy::Force);
     let r = g.try_charge(5 * PAGE_SIZE).unwrap();
     assert_eq!(g.current_bytes(), 5 * PAGE_SIZE);
     assert_eq!(g.events_local().max, 1);

@@ -1,6 +1,8 @@
 use std::sync::{Arc, Mutex};
 
-use memcg::{ChargeKind, Limit, ReclaimReason, Reservation, PAGE_SIZE};
+use std::time::{Duration, Instant};
+
+use memcg::{ChargeKind, Limit, OomPolicy, ReclaimReason, Reservation, PAGE_SIZE};
 
 use super::util::{check, ctrl, settle};
 
@@ -78,10 +80,16 @@ fn reclaim_that_frees_nothing_fails_after_retries_and_counts_oom() {
         0
     });
     assert!(g.try_charge(3 * PAGE_SIZE).is_err());
-    // One reclaim per attempt: the first, the retry after the drain, and 16 retries.
-    assert_eq!(*calls.lock().unwrap(), 18);
+    // One drain, then one reclaimer pass per retry: 16 passes.
+    assert_eq!(*calls.lock().unwrap(), 16);
     assert_eq!(g.events_local().oom, 1);
     assert_eq!(g.events_local().max, 1);
+    assert_eq!(
+        g.events_local().oom_kill,
+        0,
+        "an explicit charge never kills"
+    );
+    assert!(!g.is_killed());
 }
 
 #[test]
@@ -108,49 +116,46 @@ fn dropped_handle_unregisters_and_keep_leaves_registered() {
 }
 
 #[test]
-fn charges_inside_reclaim_through_the_task_are_forced_without_recursion() {
+fn callbacks_run_on_the_reclaimer_thread_and_their_charges_are_forced() {
     let c = ctrl("1x1");
     let g = c.create("g").unwrap();
     g.set_max(Limit::Bytes(PAGE_SIZE)).unwrap();
-    let t = Arc::new(OneThread(c.new_task(&g).unwrap()));
-    // The callback charges through the same task while reclaim runs, as an
-    // allocation made by the callback on the charging thread would.
-    let inner = Arc::new(Mutex::new(Vec::new()));
-    let depth = Arc::new(Mutex::new(0u32));
-    let (t2, inner2, depth2) = (Arc::clone(&t), Arc::clone(&inner), Arc::clone(&depth));
+    g.set_oom_policy(OomPolicy::Fail);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (c2, g2, seen2) = (c.clone(), g.clone(), Arc::clone(&seen));
     let _h = g.register_reclaimer(move |_| {
-        *depth2.lock().unwrap() += 1;
-        inner2.lock().unwrap().push(
-            t2.0.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc)
-                .expect("forced"),
-        );
+        let name = std::thread::current().name().map(str::to_string);
+        // A charge the callback makes through a task of the over-limit
+        // group: forced past `max` (PF_MEMALLOC), never waiting for itself.
+        let task = c2.new_task(&g2).expect("task");
+        let forced = task.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc);
+        let ok = forced.is_ok();
+        if let Ok(ch) = forced {
+            task.uncharge(0, ch).unwrap();
+        }
+        seen2.lock().unwrap().push((name, ok));
         0
     });
-    let t = &t.0;
+    let t = c.new_task(&g).unwrap();
     assert!(t.charge(0, 2 * PAGE_SIZE, ChargeKind::Alloc).is_err());
-    assert!(*depth.lock().unwrap() >= 1);
-    assert!(!inner.lock().unwrap().is_empty());
-    assert!(g.current_bytes() > PAGE_SIZE, "forced charges go past max");
-    for ch in inner.lock().unwrap().drain(..) {
-        t.uncharge(0, ch).unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    for (name, ok) in seen.iter() {
+        assert_eq!(name.as_deref(), Some("memcg-reclaim"));
+        assert!(ok, "the callback's charge was refused");
     }
-    settle(&c, &[t]);
+    drop(seen);
+    settle(&c, &[&t]);
     assert_eq!(g.current_bytes(), 0);
 }
 
-/// Lets a reclaim callback reach the task of the thread that runs it.
-struct OneThread(memcg::Task);
-// SAFETY: the test uses the task from the main thread only: the callback
-// runs synchronously inside `charge` on that same thread.
-unsafe impl Sync for OneThread {}
-// SAFETY: as above; the wrapper is dropped on the main thread.
-unsafe impl Send for OneThread {}
-
 #[test]
-fn reclaimer_is_never_reentered_by_its_own_charges() {
+fn a_callback_charging_its_own_group_does_not_wait_for_itself() {
     let c = ctrl("1x1");
     let g = c.create("g").unwrap();
     g.set_max(Limit::Bytes(PAGE_SIZE)).unwrap();
+    // Long enough that a callback waiting for itself would show.
+    c.set_reclaim_wait(Duration::from_secs(30));
     let depth = Arc::new(Mutex::new((0u32, 0u32)));
     let (g2, d2) = (g.clone(), Arc::clone(&depth));
     let _h = g.register_reclaimer(move |_| {
@@ -159,13 +164,16 @@ fn reclaimer_is_never_reentered_by_its_own_charges() {
             d.0 += 1;
             d.1 = d.1.max(d.0);
         }
-        // A task-less charge from inside the callback: it skips this
-        // (running) callback instead of recursing.
-        let _ = g2.try_charge(4 * PAGE_SIZE);
+        // An explicit charge from inside the callback: a typed error at
+        // once (the reclaimer does not wait for its own passes).
+        let r = g2.try_charge(4 * PAGE_SIZE);
+        assert!(r.is_err());
         d2.lock().unwrap().0 -= 1;
         0
     });
+    let start = Instant::now();
     assert!(g.try_charge(2 * PAGE_SIZE).is_err());
+    assert!(start.elapsed() < Duration::from_secs(20));
     assert_eq!(depth.lock().unwrap().1, 1);
 }
 
@@ -182,6 +190,9 @@ fn over_high_counts_high_and_reclaims_excess() {
     });
     let _r = g.try_charge(6 * PAGE_SIZE).unwrap();
     assert_eq!(g.events_local().high, 1);
+    // High reclaim is asked for, not waited for: it runs on the reclaimer
+    // thread after the charge returned.
+    assert!(c.wait_reclaim_idle(Duration::from_secs(10)));
     assert_eq!(
         *wanted.lock().unwrap(),
         [(2 * PAGE_SIZE, ReclaimReason::High)]

@@ -29,7 +29,7 @@ fn text_formats_follow_cgroup_v2() {
         )
     );
     assert_eq!(s.memory_current(), format!("{}\n", 3 * PAGE_SIZE));
-    assert_eq!(s.events.to_text(), "high 0\nmax 0\noom 0\n");
+    assert_eq!(s.events.to_text(), "high 0\nmax 0\noom 0\noom_kill 0\n");
     assert_eq!(s.memory_max(), "1048576\n");
     assert_eq!(s.memory_high(), "max\n");
     t.uncharge(0, a).unwrap();

@@ -1,0 +1,142 @@
+//! The task's byte cache (DESIGN §4.4 level 1): for one objcg,
+//! pre-charged bytes, reference credit and pending statistics.
+//!
+//! A hit (charge or uncharge of an object of the cached objcg) touches only
+//! the task's own fields: no atomic read-modify-write, no shared cache
+//! line. The fields are atomics written only by the owner with plain loads
+//! and stores, so that the checkers on another thread can read them. The
+//! operations on it are `Task` methods (`task.rs`, and `fast_path.rs` for
+//! the allocator's hit path).
+
+use crate::engine::memcg::ChargeKind;
+use crate::engine::obj_cgroup::ObjCgroup;
+use crate::engine::task::Task;
+use crate::engine::task_shared::{add_pending, get_u64, set_u64};
+use crate::limit::PAGE_SIZE;
+use crate::sync::Ordering;
+
+/// References a task cache takes from its objcg at once.
+pub(crate) const REF_BATCH: u64 = 64;
+/// Bytes a task cache keeps before handing the rest to the CPU stock: 4
+/// pages, so that alternating charges and frees of objects up to about 3
+/// pages stay in the cache.
+pub(crate) const CACHE_MAX_BYTES: u64 = 4 * PAGE_SIZE;
+/// Pending statistics flushed when they exceed this many bytes.
+pub(crate) const STAT_FLUSH_BYTES: i64 = 4 * PAGE_SIZE as i64;
+/// A task's byte cache holds less than this many bytes at any time (part
+/// of the error bound of `memory.current`).
+pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE;
+
+impl Task {
+    /// Serves a charge of `bytes` of the cached objcg from the byte cache
+    /// (bytes and one reference of credit) if it holds enough; the caller
+    /// checked that the cache holds `objcg`.
+    #[inline(always)]
+    pub(crate) fn take_cached(&self, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> bool {
+        let cache = &self.shared.cache;
+        let have = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        if have < bytes || refs == 0 {
+            return false;
+        }
+        set_u64(&cache.bytes, have - bytes);
+        set_u64(&cache.refs, refs - 1);
+        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        self.pend(objcg, kind, bytes as i64);
+        true
+    }
+
+    /// Records statistics for the cached objcg, flushing when large.
+    #[inline(always)]
+    pub(crate) fn pend(&self, objcg: &ObjCgroup, kind: ChargeKind, bytes: i64) {
+        let v = add_pending(&self.shared.cache, kind, bytes);
+        if !(-STAT_FLUSH_BYTES..=STAT_FLUSH_BYTES).contains(&v) {
+            self.flush_stats(objcg);
+        }
+    }
+
+    /// Credit changed by `delta` without an object: keep
+    /// `refs_base - refs` equal to the objects charged since the flush.
+    #[inline]
+    pub(crate) fn rebase_refs(&self, delta: i64) {
+        let base = &self.shared.cache.refs_base;
+        base.store(base.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
+    }
+
+    /// Moves pending statistics to the objcg and its owner's counters.
+    pub(crate) fn flush_stats(&self, objcg: &ObjCgroup) {
+        let cache = &self.shared.cache;
+        for kind in ChargeKind::ALL {
+            let bytes = cache.pending_bytes[kind.index()].swap(0, Ordering::Relaxed);
+            if bytes != 0 {
+                self.core.account(None, objcg, kind, bytes, 0);
+            }
+        }
+        let refs = get_u64(&cache.refs) as i64;
+        let objects = cache.refs_base.load(Ordering::Relaxed) - refs;
+        cache.refs_base.store(refs, Ordering::Relaxed);
+        if objects != 0 {
+            self.core
+                .account(None, objcg, ChargeKind::Alloc, 0, objects);
+        }
+    }
+
+    /// Empties the byte cache: bytes and references go to `cpu`'s stock
+    /// (or, with no CPU, straight back to the objcg), statistics are
+    /// flushed, and the cache's own reference is dropped.
+    pub(crate) fn drain_cache(&self, cpu: Option<usize>) {
+        self.clear_fast_key();
+        let cache = &self.shared.cache;
+        let id = cache.objcg.load(Ordering::Relaxed);
+        let Some(old) = (id != 0).then(|| self.core.table.get(id)).flatten() else {
+            return;
+        };
+        self.flush_stats(old);
+        let bytes = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        set_u64(&cache.bytes, 0);
+        set_u64(&cache.refs, 0);
+        cache.refs_base.store(0, Ordering::Relaxed);
+        cache.objcg.store(0, Ordering::Relaxed);
+        cache.objcg_addr.store(0, Ordering::Relaxed);
+        match cpu {
+            Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
+            None => {
+                let pages = bytes / PAGE_SIZE;
+                self.core.obj_cgroup_uncharge_pages(old, pages);
+                self.core.uncharge_to_pool(old, bytes % PAGE_SIZE);
+                self.core.objcg_put(old, refs + 1);
+            }
+        }
+    }
+
+    pub(crate) fn switch_cache(&self, cpu: Option<usize>, new: &ObjCgroup) {
+        self.drain_cache(cpu);
+        new.get(1);
+        self.shared.cache.objcg.store(new.id(), Ordering::Relaxed);
+        self.shared
+            .cache
+            .objcg_addr
+            .store(new as *const ObjCgroup as usize, Ordering::Relaxed);
+    }
+
+    /// Hands bytes above a page fraction and surplus references to the CPU
+    /// stock (which returns whole pages above one page to the counters).
+    #[cold]
+    pub(crate) fn trim_cache(&self, cpu: usize, objcg: &ObjCgroup) {
+        let cache = &self.shared.cache;
+        let bytes = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        let keep_bytes = if bytes > CACHE_MAX_BYTES {
+            bytes % PAGE_SIZE
+        } else {
+            bytes
+        };
+        let keep_refs = refs.min(REF_BATCH);
+        set_u64(&cache.bytes, keep_bytes);
+        set_u64(&cache.refs, keep_refs);
+        self.rebase_refs(keep_refs as i64 - refs as i64);
+        self.core
+            .refill_obj_stock(Some(cpu), objcg, bytes - keep_bytes, refs - keep_refs, true);
+    }
+}

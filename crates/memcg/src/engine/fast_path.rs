@@ -1,0 +1,436 @@
+//! The allocator's hit path: a charge, free or resize served by the byte
+//! cache under a per-task *fast key*, with plain loads and stores of the
+//! task's own cache line and no atomic read-modify-write.
+//!
+//! [`Task::charge_keyed`] (the allocator's slow path) arms the key when the
+//! byte cache holds the objcg the task charges for the key's node, with no
+//! override and a clean tagged word; everything that could change that
+//! objcg clears it: a refresh, a drain or switch of the cache, an override
+//! or a spent reservation, exemption, and an attach from any thread (after
+//! it sets the seed's update flag; see [`Task::arm_fast_key`]).
+
+use crate::engine::byte_cache::CACHE_MAX_BYTES;
+use crate::engine::memcg::ChargeKind;
+use crate::engine::task::{Charge, Task};
+use crate::engine::task_shared::CURRENT_OBJCG_UPDATE_FLAG;
+use crate::engine::task_shared::{add_pending, get_u64, set_u64};
+use crate::error::Result;
+use crate::sync::Ordering;
+
+impl Task {
+    /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
+    /// from the byte cache when `key` is the cache's fast key (armed by
+    /// [`Task::charge_keyed`], cleared by anything that could change the
+    /// objcg charged, an attach included) and the cache holds enough;
+    /// returns the charge as a raw word ([`Charge::into_raw`]). `None`
+    /// means "take `charge_keyed`".
+    ///
+    /// A hit reads the key, the bytes and the reference credit, and writes
+    /// the bytes, the credit, the pending statistics and the charge count:
+    /// plain loads and stores of the task's own cache line and no atomic
+    /// read-modify-write. The pending statistics are not
+    /// range-checked here: between two calls that are not hits their sum
+    /// with the cached bytes is constant, so they stay within
+    /// `STAT_FLUSH_BYTES + TASK_CACHE_BOUND_BYTES` of zero, and the next
+    /// slow call flushes them.
+    #[inline(always)]
+    pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
+        let shared = &*self.shared;
+        let cache = &shared.cache;
+        // Relaxed: the key set means the cached objcg is still the entry
+        // for the key's node (everything that could change it clears the
+        // key, an attach from any thread included; see `arm_fast_key`); an
+        // attach racing with this charge is seen by the next one, as in the
+        // seed.
+        if cache.fast_key.load(Ordering::Relaxed) != key {
+            return None;
+        }
+        let have = get_u64(&cache.bytes);
+        let refs = get_u64(&cache.refs);
+        if have < bytes || refs == 0 {
+            return None;
+        }
+        set_u64(&cache.bytes, have - bytes);
+        set_u64(&cache.refs, refs - 1);
+        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        // Written out rather than `add_pending`, which measured three
+        // instructions more per alloc+free pair here (callgrind).
+        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
+        slot.store(
+            slot.load(Ordering::Relaxed) + bytes as i64,
+            Ordering::Relaxed,
+        );
+        Some(cache.objcg_addr.load(Ordering::Relaxed))
+    }
+
+    /// [`Task::charge`] of `bytes` of [`ChargeKind::Alloc`] on `cpu`, which
+    /// then arms the fast path for `key` when the byte cache holds the
+    /// task's own objcg for `cpu`'s node (no override, clean word).
+    ///
+    /// `key` is any non-zero value the caller uses to name a set of CPUs
+    /// of one node (the runtime uses the real CPU id plus 2, or 1 when the
+    /// topology has a single node): [`Task::charge_fast`] with the same key
+    /// then charges that node's objcg.
+    ///
+    /// # Errors
+    /// As [`Task::charge`].
+    pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
+        let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
+        if key != 0 && !self.has_active.get() && !self.exited.get() {
+            let tagged = self.shared.objcgs.load(Ordering::Acquire);
+            // `charge` succeeded, so `cpu` has a node.
+            if let Some(nid) = self.core.topology.node_of_cpu(cpu) {
+                let cached = self.shared.cache.objcg_addr.load(Ordering::Relaxed);
+                if tagged & CURRENT_OBJCG_UPDATE_FLAG == 0
+                    && cached != 0
+                    && self.entry(tagged, nid) as usize == cached
+                {
+                    self.arm_fast_key(key, tagged);
+                }
+            }
+        }
+        Ok(charge)
+    }
+
+    /// Arms the fast path for `key` while the tagged word is still the
+    /// clean `tagged`; an attach clears the key after setting the update
+    /// flag, so the fast path need not read the word.
+    ///
+    /// The key is stored, then the word is compared-and-exchanged with
+    /// itself. If that RMW comes first in the word's modification order,
+    /// the attach's flag RMW reads from it (AcqRel both), so the key store
+    /// happens before the attach's clear, which therefore wins. If the
+    /// attach's RMW comes first, the exchange sees the flag and fails, and
+    /// the key is cleared here. Either way no key stays armed with the flag
+    /// set (loom: `loom_task::arming_racing_attach_leaves_no_stale_key`).
+    #[cold]
+    pub(crate) fn arm_fast_key(&self, key: u64, tagged: usize) {
+        let shared = &*self.shared;
+        if shared.cache.fast_key.load(Ordering::Relaxed) == key {
+            return;
+        }
+        shared.cache.fast_key.store(key, Ordering::Relaxed);
+        if shared
+            .objcgs
+            .compare_exchange(tagged, tagged, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.clear_fast_key();
+        }
+    }
+
+    /// Disarms the allocator's fast path (see [`TaskCache::fast_key`]).
+    #[inline]
+    pub(crate) fn clear_fast_key(&self) {
+        self.shared.cache.fast_key.store(0, Ordering::Relaxed);
+    }
+
+    /// The allocator's fast path for a free: returns `bytes` of
+    /// [`ChargeKind::Alloc`] named by the raw word `raw`
+    /// ([`Charge::into_raw`] of a charge of this controller) to the byte
+    /// cache when it caches that objcg and has room. `false` means "take
+    /// [`Task::uncharge`]". Plain loads and stores only; the pending
+    /// statistics are flushed by the next slow call (see
+    /// [`Task::charge_fast`]). After [`Task::exit`] the cache holds no
+    /// objcg, so this always returns `false`.
+    ///
+    /// # Safety
+    /// `raw` comes from `Charge::into_raw` of a live charge of `bytes`
+    /// bytes of `ChargeKind::Alloc` made by this task's controller, and is
+    /// uncharged once (by this call if it returns `true`).
+    #[inline(always)]
+    pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
+        let cache = &self.shared.cache;
+        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+            return false;
+        }
+        let new_bytes = get_u64(&cache.bytes) + bytes;
+        // Only the bytes are bounded here: every object is at least 8
+        // bytes, so the credit gained before the bytes overflow is at most
+        // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
+        if new_bytes > CACHE_MAX_BYTES {
+            return false;
+        }
+        set_u64(&cache.bytes, new_bytes);
+        set_u64(&cache.refs, get_u64(&cache.refs) + 1);
+        // Written out rather than `add_pending`, which measured three
+        // instructions more per alloc+free pair here (callgrind).
+        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
+        slot.store(
+            slot.load(Ordering::Relaxed) - bytes as i64,
+            Ordering::Relaxed,
+        );
+        true
+    }
+
+    /// The allocator's fast path for a `realloc`: moves the difference
+    /// between `old_bytes` and `new_bytes` of the charge named by `raw`
+    /// between the charge and the byte cache when the cache holds that
+    /// objcg and has the bytes (growing) or the room (shrinking). The object
+    /// count and references do not change. `false` means "take
+    /// [`Task::resize`]"; plain loads and stores only, statistics as in
+    /// [`Task::charge_fast`].
+    ///
+    /// # Safety
+    /// `raw` comes from `Charge::into_raw` of a live charge of `old_bytes`
+    /// bytes of `ChargeKind::Alloc` made by this task's controller; if this
+    /// returns `true`, that charge is now of `new_bytes` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn resize_fast(&self, raw: usize, old_bytes: u64, new_bytes: u64) -> bool {
+        let cache = &self.shared.cache;
+        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+            return false;
+        }
+        let have = get_u64(&cache.bytes);
+        let left = if new_bytes >= old_bytes {
+            match have.checked_sub(new_bytes - old_bytes) {
+                Some(left) => left,
+                None => return false,
+            }
+        } else {
+            let left = have + (old_bytes - new_bytes);
+            if left > CACHE_MAX_BYTES {
+                return false;
+            }
+            left
+        };
+        set_u64(&cache.bytes, left);
+        add_pending(cache, ChargeKind::Alloc, have as i64 - left as i64);
+        true
+    }
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod fast_path_tests {
+    //! The allocator's fast path: `charge_keyed` arms a key, `charge_fast`
+    //! hits only under that key, and everything that could change the
+    //! objcg the task charges disarms it.
+
+    use super::*;
+    use crate::engine::byte_cache::TASK_CACHE_BOUND_BYTES;
+    use crate::engine::Group;
+    use crate::{Controller, Topology};
+
+    fn setup(spec: &str) -> (Controller, Group, Task) {
+        let ctrl = Controller::new(Topology::from_spec(spec).expect("topology"));
+        let g = ctrl.create("g").expect("group");
+        let task = ctrl.new_task(&g).expect("task");
+        (ctrl, g, task)
+    }
+
+    /// Charges through the fast path if it hits, else `charge_keyed`.
+    fn charge(ctrl: &Controller, task: &Task, key: u64, cpu: usize, bytes: u64) -> Charge {
+        match task.charge_fast(key, bytes) {
+            // SAFETY: a raw word of a charge of `bytes` Alloc bytes of
+            // `ctrl`, rebuilt once.
+            Some(raw) => unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, ctrl) },
+            None => task.charge_keyed(key, cpu, bytes).expect("charge"),
+        }
+    }
+
+    /// The armed key (0 for none).
+    fn armed(task: &Task) -> u64 {
+        task.shared.cache.fast_key.load(Ordering::Relaxed)
+    }
+
+    fn alloc_bytes(task: &Task, g: &Group) -> u64 {
+        task.flush(0).expect("flush");
+        g.stats().stat.alloc_bytes
+    }
+
+    #[test]
+    fn keyed_charge_arms_the_key_and_only_that_key_hits() {
+        let (_ctrl, g, task) = setup("2x1");
+        assert!(task.charge_fast(2, 64).is_none(), "a new task has no key");
+        let first = task.charge_keyed(2, 0, 64).expect("charge");
+        let raw = task.charge_fast(2, 64).expect("armed key hits");
+        assert_eq!(raw, first.objcg.as_ptr() as usize);
+        assert!(task.charge_fast(3, 64).is_none(), "another key misses");
+        assert!(task.charge_fast(0, 64).is_none(), "key 0 never hits");
+        assert_eq!(alloc_bytes(&task, &g), 128);
+    }
+
+    #[test]
+    fn fast_hits_and_frees_keep_the_invariants_and_statistics() {
+        let (ctrl, g, task) = setup("1x2");
+        let mut charges = Vec::new();
+        for i in 0..1000u64 {
+            charges.push(charge(&ctrl, &task, 1, (i % 2) as usize, 24 + i % 100));
+        }
+        let total: u64 = (0..1000u64).map(|i| 24 + i % 100).sum();
+        ctrl.check_invariants()
+            .expect("invariants with pending fast charges");
+        assert_eq!(alloc_bytes(&task, &g), total);
+        for c in charges {
+            let bytes = c.bytes;
+            let raw = c.into_raw();
+            // SAFETY: each charge's raw word, uncharged once.
+            if !unsafe { task.uncharge_fast(raw, bytes) } {
+                // SAFETY: as above.
+                let c = unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, &ctrl) };
+                task.uncharge(0, c).expect("uncharge");
+            }
+        }
+        ctrl.check_invariants()
+            .expect("invariants after fast frees");
+        assert_eq!(alloc_bytes(&task, &g), 0);
+    }
+
+    #[test]
+    fn attach_makes_the_fast_path_miss_and_the_next_charge_goes_to_the_new_group() {
+        let (ctrl, a, task) = setup("1x1");
+        let b = ctrl.create("b").expect("group");
+        let _first = charge(&ctrl, &task, 1, 0, 64);
+        assert!(task.charge_fast(1, 8).is_some());
+        b.attach(&task.handle()).expect("attach");
+        assert!(task.charge_fast(1, 64).is_none(), "the update flag is set");
+        let _second = task.charge_keyed(1, 0, 64).expect("charge");
+        assert!(task.charge_fast(1, 32).is_some(), "re-armed for b");
+        assert_eq!(alloc_bytes(&task, &a), 72);
+        assert_eq!(alloc_bytes(&task, &b), 96);
+    }
+
+    #[test]
+    fn overrides_flushes_and_exemption_disarm_the_key() {
+        let (ctrl, _g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let _c = charge(&ctrl, &task, 1, 0, 64);
+        assert!(task.charge_fast(1, 8).is_some());
+        {
+            let _guard = task.enter(&other).expect("enter");
+            assert!(task.charge_fast(1, 8).is_none(), "override entered");
+            let _d = task.charge_keyed(1, 0, 8).expect("charge");
+            assert_eq!(armed(&task), 0, "never armed under an override");
+        }
+        assert!(task.charge_fast(1, 8).is_none(), "override left");
+        let _e = task.charge_keyed(1, 0, 8).expect("charge");
+        // (The bytes may have come from the CPU stock, leaving the byte
+        // cache empty: check the key, not a hit.)
+        assert_eq!(armed(&task), 1);
+        task.flush(0).expect("flush");
+        assert!(task.charge_fast(1, 8).is_none(), "flushed");
+        let _f = task.charge_keyed(1, 0, 8).expect("charge");
+        assert_eq!(armed(&task), 1);
+        task.set_exempt(true);
+        assert!(task.charge_fast(1, 8).is_none(), "exempt");
+    }
+
+    #[test]
+    fn a_charge_on_another_node_does_not_arm_the_first_nodes_key() {
+        // Per-node cache, 2 nodes: key 2 is CPU 0 (node 0), key 3 CPU 1.
+        let (ctrl, _g, task) = setup("2x1");
+        let n0 = charge(&ctrl, &task, 2, 0, 64);
+        let n1 = charge(&ctrl, &task, 3, 1, 64);
+        assert_ne!(n0.objcg.as_ptr(), n1.objcg.as_ptr(), "one objcg per node");
+        assert!(
+            task.charge_fast(2, 8).is_none(),
+            "the cache moved to node 1"
+        );
+        let raw = task.charge_fast(3, 8).expect("armed for node 1");
+        assert_eq!(raw, n1.objcg.as_ptr() as usize);
+    }
+
+    #[test]
+    fn a_refresh_outside_the_allocator_path_disarms_the_key() {
+        // The lookup refreshes and leaves the word clean while the byte
+        // cache still holds `a`: without the refresh's disarm, the fast
+        // path would keep charging `a`.
+        let (ctrl, a, task) = setup("1x1");
+        let b = ctrl.create("b").expect("group");
+        let _first = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(armed(&task), 1);
+        b.attach(&task.handle()).expect("attach");
+        assert_eq!(task.obj_cgroup(0).expect("lookup").0, "b");
+        assert!(!task.is_stale());
+        assert!(task.charge_fast(1, 8).is_none(), "refreshed: must miss");
+        let _second = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(alloc_bytes(&task, &a), 64);
+        assert_eq!(alloc_bytes(&task, &b), 64);
+    }
+
+    #[test]
+    fn fast_resize_moves_only_the_difference_and_misses_other_objcgs() {
+        let (ctrl, g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let c = task.charge_keyed(1, 0, 100).expect("charge");
+        let raw = c.into_raw();
+        let resize = |raw: usize, old: u64, new: u64| {
+            // SAFETY: each call names a live charge of `old` bytes (the
+            // 100-byte charge as resized by the calls before, or the
+            // other group's 64-byte one) and keeps track of its new size.
+            unsafe { task.resize_fast(raw, old, new) }
+        };
+        assert!(resize(raw, 100, 300));
+        assert!(resize(raw, 300, 40));
+        assert!(resize(raw, 40, 200));
+        // More than the byte cache can hold misses.
+        let huge = 200 + TASK_CACHE_BOUND_BYTES;
+        assert!(!resize(raw, 200, huge));
+        assert_eq!(alloc_bytes(&task, &g), 200);
+        // The flush emptied the byte cache: everything misses until the
+        // next charge fills it.
+        assert!(!resize(raw, 200, 100));
+        // A charge of another objcg (made under an override) misses.
+        let o = {
+            let _guard = task.enter(&other).expect("enter");
+            task.charge(0, 64, ChargeKind::Alloc).expect("charge")
+        };
+        let c = task.charge_keyed(1, 0, 8).expect("charge");
+        let o_raw = o.into_raw();
+        assert!(!resize(o_raw, 64, 32));
+        assert_eq!(alloc_bytes(&task, &g), 208, "200 + 8");
+        // SAFETY: the raw words of the live charges, rebuilt once.
+        let (big, o) = unsafe {
+            (
+                Charge::from_raw(raw, 200, ChargeKind::Alloc, &ctrl),
+                Charge::from_raw(o_raw, 64, ChargeKind::Alloc, &ctrl),
+            )
+        };
+        for charge in [big, c, o] {
+            task.uncharge(0, charge).expect("uncharge");
+        }
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(alloc_bytes(&task, &g), 0);
+        assert_eq!(alloc_bytes(&task, &other), 0);
+    }
+
+    #[test]
+    fn a_short_cache_refills_from_the_stock_in_one_take() {
+        // A task whose byte cache is empty takes all the bytes CPU 0's
+        // stock holds for its objcg at once (up to the cache's limit), not
+        // just the object's: a task allocating what other tasks free then
+        // misses once per batch instead of once per object.
+        let (ctrl, g, t) = setup("1x1");
+        let first = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        let left = get_u64(&t.shared.cache.bytes);
+        assert!(
+            left >= 64 * 2,
+            "the page charge left {left} bytes in the cache"
+        );
+        t.flush(0)
+            .expect("flush: the cache's bytes go to CPU 0's stock");
+        assert_eq!(get_u64(&t.shared.cache.bytes), 0);
+        let second = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        assert_eq!(
+            get_u64(&t.shared.cache.bytes),
+            left - 64,
+            "one take brought the stock's bytes into the cache"
+        );
+        let slow = ctrl.counters().slow_charges;
+        let rest: Vec<Charge> = (0..(left - 64) / 64)
+            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
+            .collect();
+        assert_eq!(
+            ctrl.counters().slow_charges,
+            slow,
+            "all served by the cache"
+        );
+        for c in rest.into_iter().chain([first, second]) {
+            t.uncharge(0, c).expect("uncharge");
+        }
+        drop(t);
+        ctrl.drain_stocks();
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(g.current_bytes(), 0);
+    }
+}

@@ -1,0 +1,135 @@
+//! The part of a task other threads touch: the seed's tagged word
+//! (`task->objcgs`), the attached group, the byte cache's counters (read by
+//! the checkers), and the attach operation (`mem_cgroup_kmem_attach`).
+//!
+//! Below the charge path (`core.rs` keeps the list of live tasks) and
+//! above nothing but groups, objcgs and the byte cache.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::engine::memcg::MemCgroup;
+use crate::engine::memcg::{ChargeKind, NR_KINDS};
+use crate::engine::obj_cgroup::ObjCgroup;
+use crate::engine::sys_alloc::SysSlice;
+use crate::engine::TaskCacheMode;
+use crate::error::{Error, Result};
+use crate::sync::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
+
+/// Bit 0 of the task's tagged word: the cache is stale.
+pub const CURRENT_OBJCG_UPDATE_FLAG: usize = 1;
+
+/// A task's level-1 cache. Written only by the owning task.
+#[derive(Debug)]
+pub(crate) struct TaskCache {
+    /// Id of the cached objcg, 0 for none. The cache holds one reference.
+    pub(crate) objcg: AtomicU32,
+    /// Address of the cached objcg (0 for none), so the hot paths compare
+    /// pointers without touching the objcg's cache line.
+    pub(crate) objcg_addr: AtomicUsize,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) refs: AtomicU64,
+    pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
+    /// Reference credit at the last statistics flush, adjusted whenever
+    /// credit changes for a reason other than an object: every object
+    /// charged from the cache takes one credit and every object returned
+    /// gives one back, so `refs_base - refs` is the net number of objects
+    /// charged since the flush (not yet in the objcg's `live_objects`).
+    pub(crate) refs_base: AtomicI64,
+    pub(crate) charges: AtomicU64,
+    /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
+    /// none: while it is set, the cached objcg is the one the task charges
+    /// for that key's node, with no override active. Cleared by everything
+    /// that could change that: a refresh, a drain or switch of the cache,
+    /// an override, exemption, and an attach from any thread (after it sets
+    /// the update flag; see `Task::arm_fast_key`).
+    pub(crate) fast_key: AtomicU64,
+}
+
+/// Adds `bytes` to the pending statistics of `kind` (single writer) and
+/// returns the new value; no flush (see [`Task::charge_fast`]).
+#[inline(always)]
+pub(crate) fn add_pending(cache: &TaskCache, kind: ChargeKind, bytes: i64) -> i64 {
+    let slot = &cache.pending_bytes[kind.index()];
+    let v = slot.load(Ordering::Relaxed) + bytes;
+    slot.store(v, Ordering::Relaxed);
+    v
+}
+
+/// Plain read-modify-write by the single writer.
+#[inline(always)]
+pub(crate) fn set_u64(a: &AtomicU64, v: u64) {
+    a.store(v, Ordering::Relaxed)
+}
+#[inline(always)]
+pub(crate) fn get_u64(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// The part of a task other threads may touch (attach, checkers).
+#[derive(Debug)]
+pub(crate) struct TaskShared {
+    /// The seed's tagged word (`task->objcgs`).
+    pub(crate) objcgs: AtomicUsize,
+    /// Entries of the array (node count, or 1 in single mode).
+    pub(crate) nr_entries: usize,
+    pub(crate) mode: TaskCacheMode,
+    /// Exempt tasks charge root (the kthread analogue).
+    pub(crate) exempt: AtomicBool,
+    /// The attached group (`None` after exit).
+    pub(crate) group: Mutex<Option<Arc<MemCgroup>>>,
+    /// Written on every charge: on cache lines of its own, so two tasks'
+    /// caches never share a line.
+    pub(crate) cache: crossbeam_utils::CachePadded<TaskCache>,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) ctrl_serial: u64,
+}
+
+impl TaskShared {
+    /// The array behind a tagged word.
+    ///
+    /// # Safety
+    /// The array must stay allocated for `'a`: the caller is the owning
+    /// task (only it frees the array, in `exit`), or holds the controller's
+    /// task-list lock (which `exit` takes to free it).
+    pub(crate) unsafe fn entries<'a>(&self, tagged: usize) -> Option<&'a [AtomicPtr<ObjCgroup>]> {
+        let ptr = NonNull::new((tagged & !CURRENT_OBJCG_UPDATE_FLAG) as *mut AtomicPtr<ObjCgroup>)?;
+        // SAFETY: non-null untagged words are arrays of `nr_entries` made by
+        // `SysSlice::try_alloc` in `Task::new`; liveness is the caller's.
+        Some(unsafe { SysSlice::as_slice(ptr, self.nr_entries) })
+    }
+}
+
+/// Attaches the task behind `shared` to `group` (`mem_cgroup_kmem_attach`).
+pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> {
+    if !group.try_pin_task() {
+        return Err(Error::Removed {
+            path: group.path.to_string(),
+        });
+    }
+    let old = {
+        let mut current = shared.group.lock();
+        match current.as_mut() {
+            None => {
+                drop(current);
+                group.unpin_task();
+                return Err(Error::TaskExited);
+            }
+            Some(cur) => std::mem::replace(cur, Arc::clone(group)),
+        }
+    };
+    // `set_bit(CURRENT_OBJCG_UPDATE_BIT)`: AcqRel pairs with the owner's
+    // Acquire load and CAS in `refresh`, publishing the group store above,
+    // and with the owner's CAS in `Task::arm_fast_key`.
+    shared
+        .objcgs
+        .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
+    // Disarm the owner's allocator fast path (which does not read the
+    // word); see `Task::arm_fast_key` for why this store wins any race
+    // with the owner arming it.
+    shared.cache.fast_key.store(0, Ordering::Release);
+    old.unpin_task();
+    Ok(())
+}
