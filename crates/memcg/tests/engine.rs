@@ -4,6 +4,7 @@ mod engine {
     pub(crate) mod charge;
     pub(crate) mod groups;
     pub(crate) mod limits;
+    pub(crate) mod oom;
     pub(crate) mod reclaim;
     pub(crate) mod reparent;
     pub(crate) mod stats;

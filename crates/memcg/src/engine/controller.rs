@@ -7,21 +7,10 @@ use crate::engine::core::{Core, DrainFilter};
 use crate::engine::group::Group;
 use crate::engine::stats::GroupStats;
 use crate::engine::task::{Charge, Task};
+use crate::engine::task_shared::TaskCacheMode;
 use crate::engine::topology::Topology;
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
-
-/// Which objcg cache a task keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskCacheMode {
-    /// One objcg per node, indexed by the node the task runs on (the seed).
-    #[default]
-    PerNode,
-    /// One objcg, for the node the task ran on when it last refreshed,
-    /// refreshed only after an attach (before the seed).
-    Single,
-}
 
 /// Settings of a controller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,7 +76,7 @@ impl Task {
     /// As [`Task::charge`].
     pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
-        if key != 0 && !self.has_active.get() && !self.exited.get() {
+        if key != 0 && !self.has_active.get() && !self.spending.get() && !self.exited.get() {
             let tagged = self.shared.objcgs.load(Ordering::Acquire);
             // `charge` succeeded, so `cpu` has a node.
             if let Some(nid) = self.core.topology.node_of_cpu(cpu) {
@@ -432,5 +432,25 @@ mod fast_path_tests {
         ctrl.drain_stocks();
         ctrl.check_invariants().expect("invariants");
         assert_eq!(g.current_bytes(), 0);
+    }
+
+    #[test]
+    fn a_spent_reservation_disarms_the_key_and_pays_for_keyed_charges() {
+        let (ctrl, g, task) = setup("1x1");
+        let _first = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(armed(&task), 1);
+        let mut r = g.try_charge(4096).expect("reservation");
+        let before = g.current_bytes();
+        {
+            let _spend = task.spend(&mut r).expect("spend");
+            assert!(task.charge_fast(1, 64).is_none(), "spending disarms");
+            let paid = task.charge_keyed(1, 0, 1000).expect("charge");
+            assert_eq!(armed(&task), 0, "never armed while spending");
+            assert_eq!(g.current_bytes(), before, "paid from the reservation");
+            task.uncharge(0, paid).expect("uncharge");
+        }
+        assert_eq!(r.bytes(), 4096 - 1000);
+        let _again = task.charge_keyed(1, 0, 64).expect("charge");
+        assert_eq!(armed(&task), 1, "armed again once spending ended");
     }
 }

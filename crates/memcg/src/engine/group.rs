@@ -9,8 +9,7 @@ use crate::engine::policy::{OomKilled, OomPolicy, ReclaimReason, ReclaimRequest}
 use crate::engine::reclaim::{OomKillHandle, ReclaimerHandle};
 use crate::engine::reservation::Reservation;
 use crate::engine::stats::{pages_to_limit, Events, GroupStats};
-use crate::engine::task::TaskHandle;
-use crate::engine::task_shared;
+use crate::engine::task_shared::{self, TaskHandle};
 use crate::error::{Error, Result};
 use crate::limit::{Limit, PAGE_SIZE};
 use crate::sync::{Deadline, Ordering};

@@ -450,4 +450,34 @@ mod tests {
         let v = violations(&c);
         assert!(v.contains("underflowed"), "{v}");
     }
+
+    #[test]
+    fn check_invariants_double_release_reports_the_free_list() {
+        let (c, g, _t, _ch) = setup();
+        assert!(c.check_invariants().is_ok());
+        c.inject_fault(Fault::DoubleRelease, &g);
+        let v = violations(&c);
+        assert!(v.contains("free list: cycle or repeated entry"), "{v}");
+        assert!(v.contains("is on the free list but in use"), "{v}");
+    }
+
+    #[test]
+    fn check_invariants_free_list_is_clean_after_removal_and_reuse() {
+        let (c, g, mut t, ch) = setup();
+        t.uncharge(0, ch).unwrap();
+        t.exit();
+        g.remove().unwrap();
+        c.drain_stocks();
+        // The removed group's objcgs were released onto the free list and
+        // are reused by the next groups.
+        let a = c.create("a").unwrap();
+        let b = c.create("b").unwrap();
+        assert!(c.check_invariants().is_ok());
+        a.remove().unwrap();
+        b.remove().unwrap();
+        c.drain_stocks();
+        if let Err(v) = c.check_invariants() {
+            panic!("{v}");
+        }
+    }
 }

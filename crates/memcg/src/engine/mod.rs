@@ -2,13 +2,14 @@
 //! ids; the controller, the task and the CPU are arguments.
 //!
 //! Layers, imports running downward only: topology, page counters, stocks,
-//! `locked_vec`, `policy` → objcgs → groups (`memcg`) → the reclaimer
-//! thread (`reclaim`) → the task's shared part (`task_shared`: the seed's
-//! tagged word, the byte cache's counters, attach) → the charge path
-//! (`core`) → the task layer (`task` with its `impl` blocks split by
-//! concept: the seed's cache in `objcg_cache`, the byte cache in
-//! `byte_cache`, the allocator's hit path in `fast_path`) and reservations
-//! → group handles, controller → checkers.
+//! `locked_vec`, `policy` → the group tree (`memcg`) → objcgs
+//! (`obj_cgroup`) and the reclaimer thread (`reclaim`) → the task's shared
+//! part (`task_shared`: the seed's tagged word, the byte cache's counters,
+//! attach, task handles) → the charge path (`core`) → reservations → group
+//! handles (`group`) → the task layer (`task`, with its `impl` blocks split
+//! by concept: the seed's cache in `objcg_cache`, the byte cache in
+//! `byte_cache`, the allocator's hit path in `fast_path`) → the controller
+//! → the checkers (`invariants`). `stats` reads the tree only.
 
 pub(crate) mod byte_cache;
 pub(crate) mod controller;
@@ -32,7 +33,7 @@ pub(crate) mod task_shared;
 pub(crate) mod topology;
 
 pub use byte_cache::TASK_CACHE_BOUND_BYTES;
-pub use controller::{Config, Controller, EngineCounters, TaskCacheMode, DEFAULT_RECLAIM_WAIT};
+pub use controller::{Config, Controller, EngineCounters, DEFAULT_RECLAIM_WAIT};
 pub use group::{validate_name, Group, Killed, MAX_NAME_BYTES};
 #[cfg(any(test, feature = "fault-injection"))]
 pub use invariants::Fault;
@@ -43,8 +44,8 @@ pub use reclaim::{OomKillHandle, ReclaimerHandle};
 pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};
-pub use task::{ActiveGuard, Charge, FallibleGuard, SpendGuard, Task, TaskHandle};
-pub use task_shared::CURRENT_OBJCG_UPDATE_FLAG;
+pub use task::{ActiveGuard, Charge, FallibleGuard, SpendGuard, Task};
+pub use task_shared::{TaskCacheMode, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG};
 pub use topology::{Topology, MAX_CPUS, MAX_NODES};
 
 #[cfg(all(feature = "mimalloc", not(memcg_loom)))]

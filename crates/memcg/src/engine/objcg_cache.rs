@@ -43,8 +43,8 @@ use std::ptr::NonNull;
 
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
+use crate::engine::task_shared::TaskCacheMode;
 use crate::engine::task_shared::CURRENT_OBJCG_UPDATE_FLAG;
-use crate::engine::TaskCacheMode;
 use crate::error::{Error, Result};
 use crate::sync::Ordering;
 

@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, REF_BATCH};
 use crate::engine::core::{check_size, ChargeCtx, Core};
+use crate::engine::group::Group;
 use crate::engine::locked_vec;
 use crate::engine::memcg::{ChargeKind, MemCgroup};
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
-    get_u64, set_u64, TaskCache, TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
+    get_u64, set_u64, TaskCache, TaskCacheMode, TaskHandle, TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
 };
-use crate::engine::{Group, TaskCacheMode};
 use crate::error::{Error, Result};
 use crate::sync::{
     AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
@@ -141,19 +141,6 @@ impl std::fmt::Debug for Task {
             .field("exempt", &self.is_exempt())
             .field("exited", &self.exited.get())
             .finish_non_exhaustive()
-    }
-}
-
-/// A handle through which any thread can attach a task to a group.
-#[derive(Debug, Clone)]
-pub struct TaskHandle {
-    pub(crate) shared: SysArc<TaskShared>,
-}
-
-impl TaskHandle {
-    /// Whether both handles name the same task.
-    pub fn same_task(&self, other: &TaskHandle) -> bool {
-        SysArc::ptr_eq(&self.shared, &other.shared)
     }
 }
 

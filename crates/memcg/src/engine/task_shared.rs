@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::engine::memcg::MemCgroup;
 use crate::engine::memcg::{ChargeKind, NR_KINDS};
 use crate::engine::obj_cgroup::ObjCgroup;
+use crate::engine::sys_alloc::SysArc;
 use crate::engine::sys_alloc::SysSlice;
-use crate::engine::TaskCacheMode;
 use crate::error::{Error, Result};
 use crate::sync::{
     AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
@@ -68,6 +68,18 @@ pub(crate) fn get_u64(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// Which objcg cache a task keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskCacheMode {
+    /// One objcg per node, indexed by the node the task runs on (the seed).
+    #[default]
+    PerNode,
+    /// One objcg, for the node the task ran on when it last refreshed,
+    /// refreshed only after an attach (before the seed).
+    Single,
+}
+
 /// The part of a task other threads may touch (attach, checkers).
 #[derive(Debug)]
 pub(crate) struct TaskShared {
@@ -99,6 +111,19 @@ impl TaskShared {
         // SAFETY: non-null untagged words are arrays of `nr_entries` made by
         // `SysSlice::try_alloc` in `Task::new`; liveness is the caller's.
         Some(unsafe { SysSlice::as_slice(ptr, self.nr_entries) })
+    }
+}
+
+/// A handle through which any thread can attach a task to a group.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    pub(crate) shared: SysArc<TaskShared>,
+}
+
+impl TaskHandle {
+    /// Whether both handles name the same task.
+    pub fn same_task(&self, other: &TaskHandle) -> bool {
+        SysArc::ptr_eq(&self.shared, &other.shared)
     }
 }
 

@@ -1,0 +1,369 @@
+//! OOM policies, kills, fallible regions, spent reservations, and the
+//! reclaimer thread's hand-off (the issue on limits).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use memcg::{ChargeKind, Error, Limit, OomPolicy, PAGE_SIZE};
+
+use super::util::{check, ctrl, settle};
+
+/// Generous bound that turns a hang into a failure (never a timing claim).
+const HANG: Duration = Duration::from_secs(20);
+
+#[test]
+fn kill_policy_forces_the_charge_kills_the_group_and_spares_its_sibling() {
+    let c = ctrl("1x1");
+    let a = c.create("a").unwrap();
+    let b = c.create("b").unwrap();
+    a.set_max(Limit::Bytes(4 * PAGE_SIZE)).unwrap();
+    b.set_max(Limit::Bytes(64 * PAGE_SIZE)).unwrap();
+    assert_eq!(a.oom_policy(), OomPolicy::Kill, "the default");
+    let ta = c.new_task(&a).unwrap();
+    let tb = c.new_task(&b).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(ta.charge(0, PAGE_SIZE, ChargeKind::Alloc).expect("forced"));
+    }
+    assert!(a.is_killed());
+    assert!(ta.is_killed());
+    assert_eq!(a.killed_by().unwrap().path, "a");
+    assert_eq!(a.killed_by().unwrap().limit_bytes, 4 * PAGE_SIZE);
+    let ev = a.events_local();
+    assert_eq!(ev.oom_kill, 1, "one kill, later charges forced silently");
+    assert_eq!(ev.oom, 1);
+    assert!(a.current_bytes() >= 16 * PAGE_SIZE);
+    // The sibling is untouched.
+    let x = tb.charge(0, 8 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(!b.is_killed());
+    assert_eq!(b.events_local().oom_kill, 0);
+    assert_eq!(c.root().events().oom_kill, 0, "root is excluded");
+    tb.uncharge(0, x).unwrap();
+    for h in held {
+        ta.uncharge(0, h).unwrap();
+    }
+    settle(&c, &[&ta, &tb]);
+    assert_eq!(a.current_bytes(), 0);
+    // Revived, the limit applies again (and kills again when hit).
+    assert!(a.revive());
+    assert!(!a.is_killed());
+    let _ok = ta.charge(0, PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(!a.is_killed());
+}
+
+#[test]
+fn a_kill_of_the_parent_covers_its_children() {
+    let c = ctrl("1x1");
+    let p = c.create("p").unwrap();
+    let child = c.create("p/c").unwrap();
+    p.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    let t = c.new_task(&child).unwrap();
+    let x = t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(p.is_killed());
+    assert!(child.is_killed(), "an ancestor's kill covers the subtree");
+    assert_eq!(child.killed_by().unwrap().path, "p");
+    assert_eq!(p.events_local().oom_kill, 1);
+    assert_eq!(child.events_local().oom_kill, 0);
+    assert!(!child.revive(), "the kill is the parent's to revive");
+    t.uncharge(0, x).unwrap();
+    settle(&c, &[&t]);
+}
+
+#[test]
+fn fail_policy_refuses_and_counts_oom_without_a_kill() {
+    let c = ctrl("1x1");
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    g.set_oom_policy(OomPolicy::Fail);
+    let t = c.new_task(&g).unwrap();
+    let Err(Error::Charge(e)) = t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc) else {
+        panic!("policy fail refuses");
+    };
+    assert_eq!(e.path(), "g");
+    assert_eq!(e.limit_bytes(), 2 * PAGE_SIZE);
+    assert!(!g.is_killed());
+    assert_eq!(g.events_local().oom, 1);
+    assert_eq!(g.events_local().oom_kill, 0);
+    settle(&c, &[&t]);
+    assert_eq!(g.current_bytes(), 0, "a refused charge changes nothing");
+}
+
+#[test]
+fn force_policy_charges_past_max_and_counts_only_max() {
+    let c = ctrl("1x1");
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    g.set_oom_policy(OomPolicy::Force);
+    let t = c.new_task(&g).unwrap();
+    let x = t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    // Forced also in a fallible region and for explicit charges.
+    let y = {
+        let _f = t.enter_fallible();
+        t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap()
+    };
+    let r = g.try_charge(5 * PAGE_SIZE).unwrap();
+    assert!(g.current_bytes() >= 15 * PAGE_SIZE);
+    let ev = g.events_local();
+    assert!(ev.max >= 3);
+    assert_eq!((ev.oom, ev.oom_kill), (0, 0));
+    assert!(!g.is_killed());
+    drop(r);
+    t.uncharge(0, x).unwrap();
+    t.uncharge(0, y).unwrap();
+    settle(&c, &[&t]);
+}
+
+#[test]
+fn fallible_regions_and_explicit_charges_fail_under_kill_and_never_kill() {
+    let c = ctrl("1x1");
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    let t = c.new_task(&g).unwrap();
+    {
+        let _outer = t.enter_fallible();
+        {
+            let _nested = t.enter_fallible();
+            assert!(t.is_fallible());
+        }
+        assert!(t.is_fallible(), "regions nest");
+        assert!(matches!(
+            t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc),
+            Err(Error::Charge(_))
+        ));
+    }
+    assert!(!t.is_fallible());
+    assert!(matches!(g.try_charge(3 * PAGE_SIZE), Err(Error::Charge(_))));
+    assert!(matches!(
+        t.try_charge(0, 3 * PAGE_SIZE),
+        Err(Error::Charge(_))
+    ));
+    let mut r = g.try_charge(PAGE_SIZE).unwrap();
+    assert!(matches!(r.grow(2 * PAGE_SIZE), Err(Error::Charge(_))));
+    assert!(!g.is_killed());
+    assert_eq!(g.events_local().oom, 4);
+    assert_eq!(g.events_local().oom_kill, 0);
+    drop(r);
+    settle(&c, &[&t]);
+}
+
+#[test]
+fn policy_is_copied_from_the_parent_at_creation_and_settable_any_time() {
+    let c = ctrl("1x1");
+    let p = c.create("p").unwrap();
+    p.set_oom_policy(OomPolicy::Fail);
+    let a = c.create("p/a").unwrap();
+    assert_eq!(a.oom_policy(), OomPolicy::Fail);
+    p.set_oom_policy(OomPolicy::Force);
+    assert_eq!(
+        a.oom_policy(),
+        OomPolicy::Fail,
+        "existing children keep theirs"
+    );
+    let b = c.create("p/b").unwrap();
+    assert_eq!(b.oom_policy(), OomPolicy::Force);
+    a.set_oom_policy(OomPolicy::Kill);
+    assert_eq!(a.oom_policy(), OomPolicy::Kill);
+    assert_eq!("force".parse::<OomPolicy>().unwrap(), OomPolicy::Force);
+    assert!(matches!(
+        "killl".parse::<OomPolicy>(),
+        Err(Error::InvalidPolicy { .. })
+    ));
+}
+
+#[test]
+fn a_callback_blocked_on_the_waiters_lock_only_delays_the_charge() {
+    // The natural cache: insert allocates while holding the cache's lock,
+    // and the reclaim callback takes the same lock to evict.
+    let c = ctrl("1x1");
+    c.set_reclaim_wait(Duration::from_millis(100));
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(8 * PAGE_SIZE)).unwrap();
+    let cache = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..6 {
+        cache.lock().unwrap().push(g.try_charge(PAGE_SIZE).unwrap());
+    }
+    let cache2 = Arc::clone(&cache);
+    let evicted = Arc::new(Mutex::new(0u64));
+    let evicted2 = Arc::clone(&evicted);
+    let _h = g.register_reclaimer(move |req| {
+        let mut entries = cache2.lock().unwrap();
+        let mut freed = 0;
+        while freed < req.wanted_bytes {
+            match entries.pop() {
+                Some(r) => freed += r.bytes(),
+                None => break,
+            }
+        }
+        *evicted2.lock().unwrap() += freed;
+        freed
+    });
+    let t = c.new_task(&g).unwrap();
+    let start = Instant::now();
+    let x = {
+        let _locked = cache.lock().unwrap();
+        // Over max with the lock held: the callback blocks on it; the
+        // charge waits at most the reclaim wait, then the group's policy
+        // (kill) lets it through.
+        t.charge(0, 4 * PAGE_SIZE, ChargeKind::Alloc)
+            .expect("forced")
+    };
+    assert!(start.elapsed() < HANG);
+    assert!(g.is_killed());
+    assert_eq!(g.events_local().oom_kill, 1);
+    let (_, timeouts, _) = c.reclaimer_counters();
+    assert!(timeouts >= 1, "the wait ended at its deadline");
+    // Once the lock is free, the callback runs and evicts.
+    assert!(c.wait_reclaim_idle(HANG));
+    assert!(*evicted.lock().unwrap() > 0);
+    t.uncharge(0, x).unwrap();
+    cache.lock().unwrap().clear();
+    settle(&c, &[&t]);
+    assert_eq!(g.current_bytes(), 0);
+}
+
+#[test]
+fn a_killed_subtree_charges_without_waiting_for_reclaim() {
+    let c = ctrl("1x1");
+    c.set_reclaim_wait(Duration::from_secs(60));
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    let calls = Arc::new(Mutex::new(0u32));
+    let calls2 = Arc::clone(&calls);
+    let _h = g.register_reclaimer(move |_| {
+        *calls2.lock().unwrap() += 1;
+        0
+    });
+    let t = c.new_task(&g).unwrap();
+    // 16 passes that free nothing, then the kill.
+    let x = t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(g.is_killed());
+    let after_kill = *calls.lock().unwrap();
+    assert_eq!(after_kill, 16);
+    let y = t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert_eq!(*calls.lock().unwrap(), after_kill, "no reclaim asked");
+    t.uncharge(0, x).unwrap();
+    t.uncharge(0, y).unwrap();
+    settle(&c, &[&t]);
+}
+
+#[test]
+fn kill_callbacks_and_the_killed_future_run_off_the_allocation_path() {
+    let c = ctrl("1x1");
+    let p = c.create("p").unwrap();
+    let g = c.create("p/g").unwrap();
+    g.set_max(Limit::Bytes(PAGE_SIZE)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = Arc::clone(&seen);
+    let _k = g.on_oom_kill(move |k| {
+        let name = std::thread::current().name().map(str::to_string);
+        seen2.lock().unwrap().push((k.path.clone(), name));
+    });
+    let seen_parent = Arc::new(Mutex::new(0u32));
+    let sp = Arc::clone(&seen_parent);
+    let _kp = p.on_oom_kill(move |_| *sp.lock().unwrap() += 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let g2 = g.clone();
+    let waiter = std::thread::spawn(move || rt.block_on(g2.killed()));
+    let t = c.new_task(&g).unwrap();
+    let x = t.charge(0, 2 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    let killed = waiter.join().unwrap();
+    assert_eq!(killed.path, "p/g");
+    assert!(c.wait_reclaim_idle(HANG));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("p/g".to_string(), Some("memcg-reclaim".to_string()))]
+    );
+    assert_eq!(*seen_parent.lock().unwrap(), 0, "only the killed subtree");
+    t.uncharge(0, x).unwrap();
+    settle(&c, &[&t]);
+}
+
+#[test]
+fn a_spent_reservation_pays_for_allocations_once() {
+    let c = ctrl("1x1");
+    let g = c.create("g").unwrap();
+    g.set_max(Limit::Bytes(10 * PAGE_SIZE)).unwrap();
+    let t = c.new_task(&g).unwrap();
+    let mut r = g.try_charge(8 * PAGE_SIZE).unwrap();
+    let usage = g.current_bytes();
+    assert_eq!(usage, 8 * PAGE_SIZE);
+    let (mut paid, extra) = {
+        let _spend = t.spend(&mut r).unwrap();
+        let paid: Vec<_> = (0..6)
+            .map(|_| t.charge(0, PAGE_SIZE, ChargeKind::Alloc).unwrap())
+            .collect();
+        assert_eq!(g.current_bytes(), usage, "counted once");
+        // Runtime charges are not paid from it.
+        let rt = t.charge(0, 100, ChargeKind::Runtime).unwrap();
+        // Growth of a paid object is paid too.
+        let mut grown = t.charge(0, PAGE_SIZE, ChargeKind::Alloc).unwrap();
+        t.resize(0, &mut grown, 2 * PAGE_SIZE).unwrap();
+        // The reservation is spent out: this charges normally.
+        let normal = t.charge(0, PAGE_SIZE, ChargeKind::Alloc).unwrap();
+        let mut paid = paid;
+        paid.push(grown);
+        (paid, vec![rt, normal])
+    };
+    assert_eq!(r.bytes(), 0);
+    assert!(!g.is_killed());
+    t.flush(0).unwrap();
+    let s = g.stats().stat;
+    assert_eq!(s.reservation_bytes, 0);
+    assert_eq!(s.alloc_bytes, 9 * PAGE_SIZE);
+    check(&c);
+    for x in paid.drain(..).chain(extra) {
+        t.uncharge(0, x).unwrap();
+    }
+    drop(r);
+    settle(&c, &[&t]);
+    assert_eq!(g.current_bytes(), 0);
+}
+
+#[test]
+fn spending_another_controllers_reservation_is_refused() {
+    let c1 = ctrl("1x1");
+    let c2 = ctrl("1x1");
+    let g1 = c1.create("g").unwrap();
+    let g2 = c2.create("g").unwrap();
+    let t = c1.new_task(&g1).unwrap();
+    let mut r = g2.try_charge(PAGE_SIZE).unwrap();
+    assert!(matches!(t.spend(&mut r), Err(Error::ForeignController)));
+}
+
+#[test]
+fn a_callback_that_removes_the_group_under_a_waiting_charge_keeps_the_table_consistent() {
+    // The charge waits for the reclaimer; the callback removes the
+    // over-limit group and creates a sibling (which may reuse its table
+    // entry) and reserves in it.
+    let c = ctrl("1x1");
+    let p = c.create("p").unwrap();
+    let g = c.create("p/c").unwrap();
+    g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let (c2, made2) = (c.clone(), Arc::clone(&made));
+    let _h = g.register_reclaimer(move |_| {
+        let mut made = made2.lock().unwrap();
+        if made.is_empty() && c2.remove("p/c").is_ok() {
+            let d = c2.create("p/d").unwrap();
+            made.push(d.try_charge(PAGE_SIZE).unwrap());
+        }
+        0
+    });
+    let first = g.try_charge(PAGE_SIZE).unwrap();
+    let second = g.try_charge(2 * PAGE_SIZE);
+    assert!(c.wait_reclaim_idle(HANG));
+    let made = std::mem::take(&mut *made.lock().unwrap());
+    assert_eq!(made.len(), 1, "the callback removed c and reserved in d");
+    assert_eq!(made[0].group_path(), "p/d");
+    assert_eq!(first.group_path(), "p", "reparented");
+    if let Ok(r) = &second {
+        assert_eq!(r.group_path(), "p");
+    }
+    check(&c);
+    drop((first, second, made));
+    c.drain_stocks();
+    check(&c);
+    assert_eq!(p.current_bytes(), 0);
+}
