@@ -25,11 +25,16 @@ pub const TRAILER_BYTES: usize = 8;
 /// pointer). `realloc` moves the trailer and charges or uncharges only the
 /// difference, to the block's own group.
 ///
-/// When a charge would exceed a group's `max` (after its reclaim
-/// callbacks, a drain and retries), `alloc` returns null: `Vec::try_reserve`
-/// reports an error, and an infallible allocation goes to
-/// `handle_alloc_error` as for any allocation failure — unless the group
-/// forces charges ([`crate::Group::set_force_over_max`]).
+/// When a charge would exceed a group's `max`, the allocation drains the
+/// group's stocks, waits (a bounded time, holding no lock of the engine)
+/// for the reclaimer thread to run the group's reclaim callbacks, and then
+/// takes the group's [`crate::OomPolicy`]: by default the allocation
+/// succeeds and the group is killed ([`crate::Group::is_killed`]), so one
+/// tenant over its limit never ends the process; under
+/// [`crate::OomPolicy::Fail`], and inside [`crate::fallible`] regions,
+/// `alloc` returns null (`Vec::try_reserve` reports an error; an
+/// infallible allocation would go to `handle_alloc_error`). No user code
+/// runs inside `alloc`: callbacks run on the reclaimer thread.
 ///
 /// # Safety
 /// The adapter keeps the `GlobalAlloc` contract:

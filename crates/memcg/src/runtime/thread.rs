@@ -9,9 +9,10 @@
 //!
 //! A flag marks "inside memcg": an allocation made while it is set (from
 //! the engine itself, from a signal handler, from initialisation) takes a
-//! lock-free bypass that charges root without touching the task — except
-//! inside reclaim callbacks, whose allocations are forced charges through
-//! the task (the kernel's `PF_MEMALLOC`).
+//! lock-free bypass that charges root without touching the task. Reclaim
+//! and kill callbacks never run inside an allocation: they run on the
+//! controller's reclaimer thread, whose own charges the engine forces (the
+//! kernel's `PF_MEMALLOC`).
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
