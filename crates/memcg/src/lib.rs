@@ -15,6 +15,18 @@
 //!   `task->objcgs`), charging ([`Task::charge`] → [`Charge`]), overrides
 //!   ([`Task::enter`]); other threads move it with
 //!   [`Group::attach`]`(&task.handle())`.
+//! - Limits: over `high` a charge goes through and the controller's
+//!   reclaimer thread runs the group's reclaim callbacks
+//!   ([`Group::register_reclaimer`]) off the allocation path; at `max` a
+//!   charge waits for them at most [`Controller::reclaim_wait`], then the
+//!   group's [`OomPolicy`] decides: kill (the default: the allocation
+//!   succeeds and the group is killed, see [`Group::is_killed`],
+//!   [`Group::killed`], [`Group::on_oom_kill`], [`InGroup::killable`]),
+//!   fail, or force.
+//! - Fallible charges never kill: explicit charges and fallible regions
+//!   ([`fallible()`], [`Task::enter_fallible`]) fail with [`Error::Charge`];
+//!   a spent reservation ([`Reservation::spend`], [`Task::spend`]) pays for
+//!   the allocations made with it, counted once.
 //! - Checking: [`Controller::check_invariants`] verifies conservation and
 //!   balance and returns [`InvariantViolations`].
 //!

@@ -89,6 +89,7 @@ fn lock_count_add(_delta: i32) {
 }
 
 /// How many engine locks this thread holds (debug builds; 0 otherwise).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn engine_locks_held() -> i32 {
     #[cfg(all(debug_assertions, not(all(test, memcg_loom))))]

@@ -109,6 +109,7 @@ impl Core {
         let root = MemCgroup::new("", None, nr_nodes);
         let reclaimd = Arc::new(Reclaimd::new(&root, reclaim_wait, reclaimer_thread));
         let table = ObjcgTable::new(serial);
+        table.prepare(nr_nodes);
         for nid in 0..nr_nodes {
             let objcg = table.install(&root, nid, true)?;
             root.nodeinfo

@@ -57,6 +57,16 @@ impl PartialEq for Group {
 }
 impl Eq for Group {}
 
+/// Why a tree change was refused (decided under the tree lock; the error,
+/// which allocates, is built after it).
+enum Refusal {
+    Removed,
+    Exists,
+    Full,
+    HasChildren(usize),
+    HasTasks(usize),
+}
+
 /// Checks a group name: not empty, not `.` or `..`, no `/`, no control
 /// characters, at most 255 bytes.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -152,51 +162,65 @@ impl Group {
     /// (this group was removed), [`Error::TooManyGroups`].
     pub fn create_child(&self, name: &str) -> Result<Group> {
         validate_name(name)?;
-        // Made before the tree lock is taken: no allocation under an engine
-        // lock.
+        // Made before the tree lock is taken: nothing allocates under an
+        // engine lock (errors are built after it is released).
         let nr_nodes = self.core.topology.nr_node_ids();
         let child = MemCgroup::new(name, Some(Arc::clone(&self.memcg)), nr_nodes);
         let mut installed = Vec::with_capacity(nr_nodes);
         locked_vec::reserve_one(&self.memcg.children);
         self.core.table.prepare(nr_nodes);
-        let _tree = self.core.tree_lock.lock();
-        if !self.memcg.is_online() {
-            return Err(Error::Removed {
-                path: self.memcg.path.to_string(),
-            });
-        }
-        if self.memcg.child(name).is_some() {
-            return Err(Error::AlreadyExists {
-                path: child.path.to_string(),
-            });
-        }
-        for nid in 0..nr_nodes {
-            match self.core.table.install(&child, nid, false) {
-                // No allocation: `installed` has the room.
-                Some(objcg) => installed.push(objcg),
-                None => {
-                    for objcg in installed {
-                        self.core.objcg_put(objcg, 1);
-                    }
-                    return Err(Error::TooManyGroups);
-                }
-            }
-        }
-        for (info, objcg) in child.nodeinfo.iter().zip(&installed) {
-            // Release: pairs with the Acquire in `get_obj_cgroup_from_memcg`.
-            info.objcg.store(objcg.slot_word(), Ordering::Release);
-        }
-        if self.memcg.insert_child(Arc::clone(&child)).is_err() {
-            // Unreachable under the tree lock (checked above); undone all
-            // the same.
+        let refused = self.create_locked(&child, &mut installed);
+        if let Some(refusal) = refused {
             for objcg in installed {
                 self.core.objcg_put(objcg, 1);
             }
-            return Err(Error::AlreadyExists {
-                path: child.path.to_string(),
+            return Err(match refusal {
+                Refusal::Removed => Error::Removed {
+                    path: self.memcg.path.to_string(),
+                },
+                Refusal::Exists => Error::AlreadyExists {
+                    path: child.path.to_string(),
+                },
+                _ => Error::TooManyGroups,
             });
         }
         Ok(Group::from_parts(Arc::clone(&self.core), child))
+    }
+
+    /// The part of `create_child` under the tree lock: installs `child`'s
+    /// objcgs (into `installed`, which has the room) and links it. Does not
+    /// allocate.
+    fn create_locked<'c>(
+        &'c self,
+        child: &Arc<MemCgroup>,
+        installed: &mut Vec<&'c crate::engine::obj_cgroup::ObjCgroup>,
+    ) -> Option<Refusal> {
+        let _tree = self.core.tree_lock.lock();
+        if !self.memcg.is_online() {
+            return Some(Refusal::Removed);
+        }
+        if self.memcg.child(&child.name).is_some() {
+            return Some(Refusal::Exists);
+        }
+        for nid in 0..child.nodeinfo.len() {
+            match self.core.table.install(child, nid, false) {
+                // No allocation: `installed` has the room.
+                Some(objcg) => installed.push(objcg),
+                None => return Some(Refusal::Full),
+            }
+        }
+        for (info, objcg) in child.nodeinfo.iter().zip(installed.iter()) {
+            // Release: pairs with the Acquire in `get_obj_cgroup_from_memcg`.
+            info.objcg.store(objcg.slot_word(), Ordering::Release);
+        }
+        if self.memcg.insert_child(Arc::clone(child)).is_err() {
+            // Unreachable under the tree lock (checked above).
+            for info in child.nodeinfo.iter() {
+                info.objcg.store(0, Ordering::Release);
+            }
+            return Some(Refusal::Exists);
+        }
+        None
     }
 
     /// Creates the child called `name`, or returns it if it exists (the
@@ -228,30 +252,36 @@ impl Group {
         // Room made before the tree lock: nothing below allocates under it.
         locked_vec::reserve_one(&parent.dead_children);
         let mut removed = Vec::with_capacity(1);
-        let _tree = self.core.tree_lock.lock();
+        let tree = self.core.tree_lock.lock();
         let m = &self.memcg;
-        if !m.is_online() {
-            return Err(Error::Removed {
-                path: m.path.to_string(),
-            });
-        }
-        let nr_children = m.nr_children();
-        if nr_children > 0 {
-            return Err(Error::HasChildren {
-                path: m.path.to_string(),
-                nr_children,
-            });
-        }
-        // Handshake with `try_pin_task` (SeqCst on both sides).
-        m.dying.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `try_pin_task`.
-        crate::sync::fence(Ordering::SeqCst);
-        let nr_tasks = m.nr_tasks.load(Ordering::SeqCst);
-        if nr_tasks > 0 {
-            m.dying.store(false, Ordering::SeqCst);
-            return Err(Error::HasTasks {
-                path: m.path.to_string(),
-                nr_tasks,
+        // Errors are built after the lock is released (they allocate).
+        let refusal = if !m.is_online() {
+            Some(Refusal::Removed)
+        } else {
+            let nr_children = m.nr_children();
+            if nr_children > 0 {
+                Some(Refusal::HasChildren(nr_children))
+            } else {
+                // Handshake with `try_pin_task` (SeqCst on both sides).
+                m.dying.store(true, Ordering::SeqCst);
+                // Pairs with the fence in `try_pin_task`.
+                crate::sync::fence(Ordering::SeqCst);
+                let nr_tasks = m.nr_tasks.load(Ordering::SeqCst);
+                if nr_tasks > 0 {
+                    m.dying.store(false, Ordering::SeqCst);
+                    Some(Refusal::HasTasks(nr_tasks))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(refusal) = refusal {
+            drop(tree);
+            let path = m.path.to_string();
+            return Err(match refusal {
+                Refusal::HasChildren(nr_children) => Error::HasChildren { path, nr_children },
+                Refusal::HasTasks(nr_tasks) => Error::HasTasks { path, nr_tasks },
+                _ => Error::Removed { path },
             });
         }
         // memcg_reparent_objcgs, in the kernel's order: unpublish the
@@ -282,7 +312,7 @@ impl Group {
             }
         }
         locked_vec::push(&parent.dead_children, Arc::clone(m));
-        drop(_tree);
+        drop(tree);
         // Dropped (and freed) after every lock.
         drop(removed);
         Ok(())

@@ -359,8 +359,8 @@ impl ObjcgTable {
                 let chunk = id as usize / CHUNK_LEN;
                 let slot = self.chunks.get(chunk)?;
                 if slot.load(Ordering::Relaxed).is_null() {
-                    // Only without `prepare` (the root's objcgs, made with
-                    // the controller): allocates under the table's lock.
+                    // Only without `prepare` before (every caller prepares;
+                    // a full table fails below): allocates under the lock.
                     // Release: publishes the initialised entries to `get`.
                     slot.store(make_chunk(chunk, self.ctrl_serial), Ordering::Release);
                 }

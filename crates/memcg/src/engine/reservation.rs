@@ -5,6 +5,8 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::engine::sys_alloc::SysArc;
+
 use crate::engine::core::{check_size_or_zero, ChargeCtx, Core};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
@@ -45,7 +47,9 @@ use crate::sync::{AtomicU64, Ordering};
 /// ```
 #[must_use = "the reservation is released as soon as it is dropped"]
 pub struct Reservation {
-    pub(crate) inner: Arc<Reserved>,
+    /// Made by the system allocator, never charged: making a reservation
+    /// allocates nothing that could meet the group's limit (or kill it).
+    pub(crate) inner: SysArc<Reserved>,
 }
 
 /// The state of a reservation, shared with the task spending it (so that a
@@ -133,16 +137,25 @@ impl Reservation {
         ctx: ChargeCtx,
     ) -> Result<Reservation> {
         check_size_or_zero(bytes)?;
-        charge(&core, objcg, bytes, ctx)?;
+        // The reservation's own reference and object, taken first so that
+        // dropping `inner` on a refused charge undoes them exactly.
         objcg.get(1);
         core.account(None, objcg, ChargeKind::Reservation, 0, 1);
-        Ok(Reservation {
-            inner: Arc::new(Reserved {
-                objcg: NonNull::from(objcg),
-                core,
-                bytes: AtomicU64::new(bytes),
-            }),
-        })
+        let made = SysArc::try_new(Reserved {
+            objcg: NonNull::from(objcg),
+            core: Arc::clone(&core),
+            bytes: AtomicU64::new(0),
+        });
+        let Some(inner) = made else {
+            core.account(None, objcg, ChargeKind::Reservation, 0, -1);
+            core.objcg_put(objcg, 1);
+            return Err(crate::error::Error::OutOfMemory {
+                what: "a reservation",
+            });
+        };
+        charge(&core, objcg, bytes, ctx)?;
+        inner.bytes.store(bytes, Ordering::Relaxed);
+        Ok(Reservation { inner })
     }
 
     /// Bytes reserved (what spending left, if it was spent).

@@ -130,7 +130,7 @@ pub struct Task {
     /// Whether `spend` holds a reservation (a cheap check).
     pub(crate) spending: Cell<bool>,
     /// The reservation this task's allocations are paid from.
-    spend: RefCell<Option<Arc<Reserved>>>,
+    spend: RefCell<Option<SysArc<Reserved>>>,
     pub(crate) exited: Cell<bool>,
 }
 
@@ -552,7 +552,7 @@ impl Task {
         if reservation.inner.core().serial != self.core.serial {
             return Err(Error::ForeignController);
         }
-        let previous = self.swap_spend(Some(Arc::clone(&reservation.inner)));
+        let previous = self.swap_spend(Some(reservation.inner.clone()));
         Ok(SpendGuard {
             task: self,
             previous,
@@ -561,7 +561,7 @@ impl Task {
     }
 
     /// Replaces the reservation spent (for the runtime's guards).
-    pub(crate) fn swap_spend(&self, r: Option<Arc<Reserved>>) -> Option<Arc<Reserved>> {
+    pub(crate) fn swap_spend(&self, r: Option<SysArc<Reserved>>) -> Option<SysArc<Reserved>> {
         self.clear_fast_key();
         self.spending.set(r.is_some());
         self.spend.replace(r)
@@ -719,7 +719,7 @@ impl Drop for FallibleGuard<'_> {
 #[must_use = "spending ends when the guard is dropped"]
 pub struct SpendGuard<'a> {
     task: &'a Task,
-    previous: Option<Arc<Reserved>>,
+    previous: Option<SysArc<Reserved>>,
     _reservation: std::marker::PhantomData<&'a mut Reservation>,
 }
 

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::engine::{Group, OomKilled, Reservation};
@@ -51,7 +50,7 @@ pub fn fallible<R>(f: impl FnOnce() -> R) -> R {
 #[must_use = "spending ends when the guard is dropped"]
 #[derive(Debug)]
 pub struct Spend<'a> {
-    previous: Option<Arc<crate::engine::reservation::Reserved>>,
+    previous: Option<crate::engine::sys_alloc::SysArc<crate::engine::reservation::Reserved>>,
     entered: bool,
     _reservation: PhantomData<&'a mut Reservation>,
     _not_send: PhantomData<*const ()>,
@@ -98,7 +97,7 @@ impl Reservation {
         if self.inner.core().serial != global.core().serial {
             return Err(Error::ForeignController);
         }
-        let inner = Arc::clone(&self.inner);
+        let inner = self.inner.clone();
         Ok(match with_task(|t| t.swap_spend(Some(inner))) {
             Some(previous) => Spend {
                 previous,

@@ -12,6 +12,9 @@
 //! - `loom_reparent`: a charge vs removal of its group (reparenting).
 //! - `loom_heap_table`: `MemcgMimalloc`'s heap → objcg table: racing
 //!   inserts and lookups.
+//! - `loom_reclaim`: the reclaim hand-off (a charge over `max` waiting for
+//!   the reclaimer's pass, with a callback that frees or blocks), and a
+//!   charge racing a group removal and the reuse of its objcg's entry.
 //!
 //! loom sees every engine atomic and mutex through `crate::sync`; it treats
 //! SeqCst as AcqRel and does not model load buffering, so a pass is
@@ -25,6 +28,7 @@ compile_error!(
 );
 
 mod loom_heap_table;
+mod loom_reclaim;
 mod loom_reparent;
 mod loom_stock;
 mod loom_task;
