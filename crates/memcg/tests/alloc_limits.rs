@@ -405,7 +405,8 @@ fn reserve_then_allocate_counts_once() -> Result<(), Error> {
 /// region, no `Fail`/`Kill` policy and no `oom_kill` event; the only
 /// alternative was forcing. Now `try_reserve` in `memcg::fallible` sees
 /// `Err` and counts `oom` without a kill; outside a region the group's
-/// policy decides (`Fail`: `Err`; `Force`: `Ok`, counted as `max` only).
+/// policy decides (`Fail`: `Err`; `Force`: `Ok`, counted as `max` only),
+/// and a region fails whatever the policy.
 #[test]
 fn fallible_region_returns_err_and_counts_oom_not_oom_kill() {
     const OVER_MAX_BYTES: usize = 4 << 20;
@@ -444,7 +445,10 @@ fn fallible_region_returns_err_and_counts_oom_not_oom_kill() {
     assert_eq!(after.oom, before.oom, "not counted as oom");
     assert_eq!(after.oom_kill, 0);
     assert!(!g.is_killed());
-    drop(v);
+    // A fallible region fails whatever the policy, `force` included.
+    let mut w: Vec<u8> = Vec::new();
+    assert!(memcg::fallible(|| w.try_reserve(OVER_MAX_BYTES)).is_err());
+    drop((v, w));
     assert_released(&g);
 }
 

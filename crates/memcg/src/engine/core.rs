@@ -208,8 +208,9 @@ impl Core {
         objcg: &ObjCgroup,
         nr_pages: u64,
     ) -> Result<(), ChargeError> {
-        let memcg = objcg.memcg();
-        self.try_charge_memcg(ctx, objcg, memcg, nr_pages)?;
+        // The group charged: the objcg's owner, read again after any wait
+        // (the group may have been removed meanwhile).
+        let memcg = self.try_charge_memcg(ctx, objcg, nr_pages)?;
         memcg.mod_kernel_pages(objcg.nid(), nr_pages as i64);
         objcg
             .charged_pages
@@ -238,17 +239,17 @@ impl Core {
     /// passes of the reclaimer thread (waited for in all at most the
     /// controller's reclaim wait, holding no engine lock), then the OOM
     /// outcome of the over-limit group's policy. No user code runs here.
-    fn try_charge_memcg(
+    fn try_charge_memcg<'a>(
         &self,
         ctx: ChargeCtx,
-        objcg: &ObjCgroup,
-        memcg: &MemCgroup,
+        objcg: &'a ObjCgroup,
         nr_pages: u64,
-    ) -> Result<(), ChargeError> {
+    ) -> Result<&'a MemCgroup, ChargeError> {
+        let mut memcg = objcg.memcg();
         let stock = ctx.cpu.and_then(|c| self.stock(c));
         if let Some(s) = stock {
             if s.consume_pages(objcg.id(), nr_pages) {
-                return Ok(());
+                return Ok(memcg);
             }
         }
         let mut batch = if stock.is_some() {
@@ -270,7 +271,7 @@ impl Core {
                     if !ctx.forced {
                         self.handle_high(memcg);
                     }
-                    return Ok(());
+                    return Ok(memcg);
                 }
                 Err(over) => over,
             };
@@ -298,12 +299,7 @@ impl Core {
                 drained = true;
                 continue;
             }
-            if retries > 0
-                && !on_reclaimer
-                && over.subtree_has_reclaimers()
-                && self.reclaimd.is_served()
-            {
-                retries -= 1;
+            if retries > 0 && !on_reclaimer && over.subtree_has_reclaimers() {
                 // Ask for at least SWAP_CLUSTER_MAX pages, as the kernel's
                 // try_to_free_mem_cgroup_pages does, so that concurrent
                 // chargers do not each win back only their own request.
@@ -311,37 +307,46 @@ impl Core {
                 let seen = self.reclaimd.passes(over);
                 self.reclaimd
                     .request_reclaim(over, wanted_bytes, ReclaimReason::Max);
+                if !self.reclaimd.is_served() {
+                    // Queued for the embedder's `run_reclaimer`; nobody to
+                    // wait for now.
+                    retries = 0;
+                    continue;
+                }
+                retries -= 1;
                 let d = deadline.get_or_insert_with(|| Deadline::after(self.reclaimd.wait()));
                 if !self.reclaimd.wait_for_pass(over, seen, d) {
                     // Out of time: one more try, then the OOM outcome.
                     retries = 0;
                 }
+                // The callbacks may have removed the group: charge its
+                // objcg's owner now.
+                memcg = objcg.memcg();
                 continue;
             }
+            // The OOM outcome. A charge that may fail (explicit, or in a
+            // fallible region) fails whatever the policy; an allocation
+            // takes the over-limit group's policy.
             let policy = over.oom_policy();
-            if policy == OomPolicy::Force {
+            if !ctx.may_fail && policy == OomPolicy::Force {
                 // Counted as `max` only.
                 break;
             }
             over.memory_event(MemoryEvent::Oom);
-            match policy {
-                OomPolicy::Kill if !ctx.may_fail => {
-                    self.kill(over);
-                    break;
-                }
-                _ => {
-                    return Err(ChargeError {
-                        path: Arc::clone(&over.path),
-                        limit_bytes: over.counter.max_pages().saturating_mul(PAGE_SIZE),
-                        usage_bytes: over.counter.usage_pages().saturating_mul(PAGE_SIZE),
-                        requested_bytes: nr_pages.saturating_mul(PAGE_SIZE),
-                    });
-                }
+            if !ctx.may_fail && policy == OomPolicy::Kill {
+                self.kill(over);
+                break;
             }
+            return Err(ChargeError {
+                path: Arc::clone(&over.path),
+                limit_bytes: over.counter.max_pages().saturating_mul(PAGE_SIZE),
+                usage_bytes: over.counter.usage_pages().saturating_mul(PAGE_SIZE),
+                requested_bytes: nr_pages.saturating_mul(PAGE_SIZE),
+            });
         }
         // Forced: charge exactly `nr_pages`, ignoring max.
         page_counter::charge(memcg, nr_pages);
-        Ok(())
+        Ok(memcg)
     }
 
     /// The OOM kill of `over` (policy [`OomPolicy::Kill`]): marks it

@@ -183,6 +183,11 @@ impl Task {
         }
         let have = get_u64(&cache.bytes);
         let left = if new_bytes >= old_bytes {
+            // Growth while a reservation is spent is paid from it
+            // (`Task::resize`).
+            if self.spending.get() {
+                return false;
+            }
             match have.checked_sub(new_bytes - old_bytes) {
                 Some(left) => left,
                 None => return false,

@@ -60,6 +60,8 @@ impl Eq for Group {}
 /// Why a tree change was refused (decided under the tree lock; the error,
 /// which allocates, is built after it).
 enum Refusal {
+    /// The room made before the lock was used by another change: retry.
+    Retry,
     Removed,
     Exists,
     Full,
@@ -167,9 +169,15 @@ impl Group {
         let nr_nodes = self.core.topology.nr_node_ids();
         let child = MemCgroup::new(name, Some(Arc::clone(&self.memcg)), nr_nodes);
         let mut installed = Vec::with_capacity(nr_nodes);
-        locked_vec::reserve_one(&self.memcg.children);
-        self.core.table.prepare(nr_nodes);
-        let refused = self.create_locked(&child, &mut installed);
+        let refused = loop {
+            locked_vec::reserve_one(&self.memcg.children);
+            self.core.table.prepare(nr_nodes);
+            match self.create_locked(&child, &mut installed) {
+                // Another creation used the room made: make it again.
+                Some(Refusal::Retry) => continue,
+                other => break other,
+            }
+        };
         if let Some(refusal) = refused {
             for objcg in installed {
                 self.core.objcg_put(objcg, 1);
@@ -201,6 +209,13 @@ impl Group {
         }
         if self.memcg.child(&child.name).is_some() {
             return Some(Refusal::Exists);
+        }
+        let room = {
+            let children = self.memcg.children.lock();
+            children.len() < children.capacity()
+        };
+        if !room || !self.core.table.is_prepared(child.nodeinfo.len()) {
+            return Some(Refusal::Retry);
         }
         for nid in 0..child.nodeinfo.len() {
             match self.core.table.install(child, nid, false) {
@@ -249,11 +264,21 @@ impl Group {
                 operation: "remove",
             });
         };
-        // Room made before the tree lock: nothing below allocates under it.
-        locked_vec::reserve_one(&parent.dead_children);
+        // Room made before the tree lock: nothing below allocates under it
+        // (checked under the lock; made again if another removal used it).
         let mut removed = Vec::with_capacity(1);
-        let tree = self.core.tree_lock.lock();
         let m = &self.memcg;
+        let tree = loop {
+            locked_vec::reserve_one(&parent.dead_children);
+            let tree = self.core.tree_lock.lock();
+            let room = {
+                let dead = parent.dead_children.lock();
+                dead.len() < dead.capacity()
+            };
+            if room {
+                break tree;
+            }
+        };
         // Errors are built after the lock is released (they allocate).
         let refusal = if !m.is_online() {
             Some(Refusal::Removed)
@@ -513,8 +538,10 @@ impl Group {
         F: Fn(&ReclaimRequest) -> u64 + Send + Sync + 'static,
     {
         let r: crate::engine::policy::Reclaimer = Arc::new(callback);
-        self.memcg.add_reclaimer(Arc::clone(&r));
+        // Started first, so that no charge sees the callback counted and
+        // nobody to ask.
         self.core.reclaimd.ensure_started();
+        self.memcg.add_reclaimer(Arc::clone(&r));
         ReclaimerHandle {
             group: Arc::downgrade(&self.memcg),
             reclaimer: Some(r),

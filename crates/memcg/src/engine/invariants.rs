@@ -113,8 +113,9 @@ impl Controller {
     /// [`InvariantViolations`] listing what is wrong.
     pub fn check_invariants(&self) -> Result<(), InvariantViolations> {
         let core = &**self.core();
-        let _tree = core.tree_lock.lock();
-        core.root.prune_dead();
+        let tree = core.tree_lock.lock();
+        let mut pruned = Vec::new();
+        core.root.prune_dead(&mut pruned);
         let mut v = Vec::new();
         let mut held: HashMap<u32, Held> = HashMap::new();
 
@@ -323,6 +324,9 @@ impl Controller {
         if unaligned > 0 {
             v.push(format!("{unaligned} objcg release(s) left a partial page"));
         }
+        drop(tree);
+        // Forgotten groups (and the callbacks they kept) go after the lock.
+        drop(pruned);
         if v.is_empty() {
             Ok(())
         } else {
@@ -353,11 +357,12 @@ fn check_free_list(core: &crate::engine::core::Core, ids: &[u32], v: &mut Vec<St
         }
     }
     if !cyclic {
+        let on_list: std::collections::HashSet<u32> = list.iter().copied().collect();
         for &id in ids {
             let Some(o) = core.table.get(id) else {
                 continue;
             };
-            if o.refcnt() <= 0 && !o.is_root() && !list.contains(&id) {
+            if o.refcnt() <= 0 && !o.is_root() && !on_list.contains(&id) {
                 v.push(format!(
                     "free list: objcg {id} is released but not on the free list (a lost entry)"
                 ));

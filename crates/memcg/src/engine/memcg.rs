@@ -463,10 +463,14 @@ impl MemCgroup {
 
     /// Folds dead children that nothing refers to any more into this
     /// group's own counters and forgets them, recursively.
-    pub(crate) fn prune_dead(&self) {
+    ///
+    /// The forgotten groups are moved to `out` for the caller to drop once
+    /// it holds no engine lock (dropping one drops its callbacks: user
+    /// code).
+    pub(crate) fn prune_dead(&self, out: &mut Vec<Arc<MemCgroup>>) {
         let snap = locked_vec::snapshot(&self.dead_children);
         for d in &snap {
-            d.prune_dead();
+            d.prune_dead(out);
         }
         let mut pruned = Vec::with_capacity(snap.len());
         drop(snap);
@@ -496,7 +500,6 @@ impl MemCgroup {
                 pruned.push(dead.swap_remove(i));
             }
         }
-        // Freed here, after the lock.
-        drop(pruned);
+        out.extend(pruned);
     }
 }

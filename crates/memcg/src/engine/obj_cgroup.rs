@@ -317,13 +317,28 @@ impl ObjcgTable {
         }
     }
 
+    /// Whether the next `n` new entries have their chunks (`prepare` was
+    /// not undone by a concurrent install): then `install` does not
+    /// allocate.
+    pub(crate) fn is_prepared(&self, n: usize) -> bool {
+        let first = self.alloc_lock.lock().next_unused as usize;
+        let last = first + n.saturating_sub(1);
+        (first / CHUNK_LEN..=last / CHUNK_LEN).all(|chunk| {
+            self.chunks
+                .get(chunk)
+                .is_none_or(|slot| !slot.load(Ordering::Acquire).is_null())
+        })
+    }
+
     /// The ids of the free list, in order, as far as it can be walked: ends
     /// at the first id seen twice (a cycle) or after `limit` steps.
     pub(crate) fn free_list(&self, limit: usize) -> (Vec<u32>, bool) {
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut id = self.free_head.load(Ordering::Acquire) as u32;
         while id != 0 {
-            if out.len() >= limit || out.contains(&id) {
+            if out.len() >= limit || !seen.insert(id) {
+                out.push(id);
                 return (out, true);
             }
             out.push(id);

@@ -11,8 +11,10 @@ use std::sync::Arc;
 /// Set per group with [`crate::Group::set_oom_policy`]; a new group starts
 /// with its parent's policy. Explicit charges ([`crate::Group::try_charge`],
 /// [`crate::Reservation::grow`]) and allocations in a fallible region
-/// (`memcg::fallible`) fail with a typed error under every policy but
-/// [`OomPolicy::Force`]: they can handle a refusal.
+/// (`memcg::fallible`) are not allocations that must succeed: at `max`,
+/// after reclaim, they fail with a typed error whatever the policy (and
+/// count `oom`, never `oom_kill`). The policy decides the fate of the
+/// allocations that cannot fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -33,8 +35,9 @@ pub enum OomPolicy {
     /// `handle_alloc_error`. Only for groups whose every allocation is
     /// fallible (`try_reserve` and friends).
     Fail,
-    /// Never fail: charges past `max` are forced and counted as `max`
-    /// events only (the limit becomes a reporting threshold).
+    /// Never fail an allocation: charges past `max` are forced and counted
+    /// as `max` events only (the limit becomes a reporting threshold for
+    /// allocations; explicit charges and fallible regions still meet it).
     Force,
 }
 

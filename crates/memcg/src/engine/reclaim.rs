@@ -213,12 +213,15 @@ impl Reclaimd {
         if !self.spawn || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Served from now on: a charge that meets `max` after this waits
+        // for the thread, which serves whatever is queued when it starts.
+        self.served.store(true, Ordering::Release);
         #[cfg(not(all(test, memcg_loom)))]
         {
             let me = Arc::clone(self);
-            match crate::sync::spawn_named("memcg-reclaim", move || me.run()) {
-                Ok(()) => self.served.store(true, Ordering::Release),
-                Err(_) => self.started.store(false, Ordering::Release),
+            if crate::sync::spawn_named("memcg-reclaim", move || me.run()).is_err() {
+                self.served.store(false, Ordering::Release);
+                self.started.store(false, Ordering::Release);
             }
         }
     }
@@ -242,8 +245,13 @@ impl Reclaimd {
         }
     }
 
-    /// Queues the kill notification of `group`.
+    /// Queues the kill notification of `group`. Not queued when the
+    /// controller's thread was never started: nothing was registered to
+    /// notify (registering a kill callback or waiter starts it).
     pub(crate) fn request_kill_notify(&self, group: &MemCgroup) {
+        if self.spawn && !self.started.load(Ordering::Acquire) {
+            return;
+        }
         if group.reclaim.kill_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -344,8 +352,12 @@ impl Reclaimd {
 
     /// Serves everything queued now on the calling thread, without
     /// waiting for more (manual mode, models). Charges of the callbacks
-    /// are forced meanwhile.
+    /// are forced meanwhile. Does nothing when the controller's reclaimer
+    /// thread serves the queue (callbacks run one at a time, on it).
     pub(crate) fn serve_pending(&self) {
+        if self.spawn && self.started.load(Ordering::Acquire) {
+            return;
+        }
         let me = crate::sync::current_thread_token();
         let previous = self.server.swap(me, Ordering::AcqRel);
         while let Some(w) = self.next(false) {
@@ -516,7 +528,10 @@ fn notify_subtree(g: &MemCgroup, info: &OomKilled) {
     for (_, w) in locked_vec::take_where(&g.kill_wakers, |_| true) {
         w.wake();
     }
-    for c in g.children_snapshot() {
-        notify_subtree(&c, info);
+    // Removed children too: a future of a removed group is killed with
+    // the group its charges now go to.
+    let dead = locked_vec::snapshot(&g.dead_children);
+    for c in g.children_snapshot().iter().chain(dead.iter()) {
+        notify_subtree(c, info);
     }
 }

@@ -27,9 +27,12 @@ use crate::sync::{AtomicU64, Ordering};
 /// allocations take their bytes from the reservation instead of being
 /// charged again, and `memory.stat` moves those bytes from `reservation`
 /// to `alloc`. The objects are then ordinary allocations of the
-/// reservation's group and node: their frees uncharge as usual. When the
-/// reservation runs out, allocations charge normally. "Reserve, then
-/// build" counts the memory once.
+/// reservation's group and node: their frees uncharge as usual. An
+/// allocation larger than what is left takes the rest and charges only
+/// the difference (to the same group and node); once the reservation is
+/// spent out, allocations charge normally. "Reserve, then build" counts
+/// the memory once (an allocator's per-block overhead, such as
+/// `MemcgAlloc`'s 8-byte trailer, is charged on top).
 ///
 /// # Examples
 /// ```
@@ -98,33 +101,42 @@ impl Reserved {
         &self.core
     }
 
-    /// Takes `bytes` for an object of `kind` (allocations only) charged to
-    /// this reservation's objcg: the bytes move from the `reservation`
-    /// statistic to `kind`'s, and the object gets its own reference.
-    /// `None` (nothing changed) when fewer bytes are left.
-    pub(crate) fn spend(&self, bytes: u64, kind: ChargeKind, objects: i64) -> Option<&ObjCgroup> {
-        if kind != ChargeKind::Alloc {
-            return None;
-        }
+    /// Takes up to `bytes` of the reservation for allocations (of
+    /// [`ChargeKind::Alloc`]) charged to its objcg: the bytes taken move
+    /// from the `reservation` statistic to `alloc`. Returns how many were
+    /// taken (0 when it is spent out).
+    pub(crate) fn take_up_to(&self, bytes: u64) -> u64 {
         let mut cur = self.bytes.load(Ordering::Relaxed);
-        loop {
-            let left = cur.checked_sub(bytes)?;
-            match self
-                .bytes
-                .compare_exchange_weak(cur, left, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => break,
+        let taken = loop {
+            let take = bytes.min(cur);
+            if take == 0 {
+                return 0;
+            }
+            match self.bytes.compare_exchange_weak(
+                cur,
+                cur - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break take,
                 Err(actual) => cur = actual,
             }
-        }
+        };
+        self.move_bytes(ChargeKind::Reservation, ChargeKind::Alloc, taken);
+        taken
+    }
+
+    /// Undoes `take_up_to` of `bytes` (the rest of the object could not be
+    /// charged).
+    pub(crate) fn give_back(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.move_bytes(ChargeKind::Alloc, ChargeKind::Reservation, bytes);
+    }
+
+    fn move_bytes(&self, from: ChargeKind, to: ChargeKind, bytes: u64) {
         let objcg = self.objcg();
-        if objects > 0 {
-            objcg.get(objects as u64);
-        }
-        self.core
-            .account(None, objcg, ChargeKind::Reservation, -(bytes as i64), 0);
-        self.core.account(None, objcg, kind, bytes as i64, objects);
-        Some(objcg)
+        self.core.account(None, objcg, from, -(bytes as i64), 0);
+        self.core.account(None, objcg, to, bytes as i64, 0);
     }
 }
 

@@ -143,7 +143,9 @@ pub struct GroupStats {
 
 impl GroupStats {
     pub(crate) fn collect(memcg: &MemCgroup, nr_node_ids: usize) -> Self {
-        memcg.prune_dead();
+        let mut pruned = Vec::new();
+        memcg.prune_dead(&mut pruned);
+        drop(pruned);
         let numa: Vec<NodeStat> = (0..nr_node_ids)
             .map(|nid| {
                 let (k, l) = memcg.local_node_stats(nid);

@@ -293,8 +293,8 @@ impl Task {
         let nid = self.node_of(cpu)?;
         check_size(bytes)?;
         if self.spending.get() {
-            if let Some(c) = self.charge_spent(bytes, kind) {
-                return Ok(c);
+            if let Some(c) = self.charge_spent(cpu, bytes, kind) {
+                return c;
             }
         }
         let pinned = self.pin(nid);
@@ -318,12 +318,33 @@ impl Task {
         }
     }
 
-    /// A charge paid from the reservation being spent, if it has the bytes.
+    /// A charge paid from the reservation being spent: what it has left,
+    /// and the rest charged to the same objcg. `None` when it is spent out
+    /// (or `kind` is not an allocation).
     #[cold]
-    fn charge_spent(&self, bytes: u64, kind: ChargeKind) -> Option<Charge> {
+    fn charge_spent(&self, cpu: usize, bytes: u64, kind: ChargeKind) -> Option<Result<Charge>> {
+        if kind != ChargeKind::Alloc {
+            return None;
+        }
         let spend = self.spend.borrow();
-        let objcg = spend.as_ref()?.spend(bytes, kind, 1)?;
-        Some(Charge::new(objcg, bytes, kind))
+        let r = spend.as_ref()?;
+        let taken = r.take_up_to(bytes);
+        if taken == 0 {
+            return None;
+        }
+        let objcg = r.objcg();
+        if taken < bytes {
+            let rest = bytes - taken;
+            if let Err(e) = self.core.charge_bytes(self.ctx(Some(cpu)), objcg, rest) {
+                r.give_back(taken);
+                return Some(Err(e.into()));
+            }
+            self.core.account(None, objcg, kind, rest as i64, 0);
+        }
+        // The object's own reference, and its count.
+        objcg.get(1);
+        self.core.account(None, objcg, kind, 0, 1);
+        Some(Ok(Charge::new(objcg, bytes, kind)))
     }
 
     #[cold]
@@ -469,9 +490,12 @@ impl Task {
         let cached = !self.exited.get() && cache.objcg.load(Ordering::Relaxed) == objcg.id();
         if new_bytes > old_bytes {
             let delta = new_bytes - old_bytes;
-            if self.spending.get() && self.resize_spent(objcg, charge.kind, delta) {
-                charge.bytes = new_bytes;
-                return Ok(());
+            if self.spending.get() {
+                if let Some(r) = self.resize_spent(cpu, objcg, charge.kind, delta) {
+                    r?;
+                    charge.bytes = new_bytes;
+                    return Ok(());
+                }
             }
             let have = get_u64(&cache.bytes);
             if cached && have >= delta {
@@ -507,20 +531,40 @@ impl Task {
     }
 
     /// Growth of a live charge of `objcg` paid from the reservation being
-    /// spent, when it is that objcg's and has the bytes.
+    /// spent, when it is that objcg's: what it has left, the rest charged.
+    /// `None` when it does not apply (another objcg, spent out).
     #[cold]
-    fn resize_spent(&self, objcg: &ObjCgroup, kind: ChargeKind, delta: u64) -> bool {
-        let spend = self.spend.borrow();
-        match spend.as_ref() {
-            Some(r) if std::ptr::eq(r.objcg(), objcg) => r.spend(delta, kind, 0).is_some(),
-            _ => false,
+    fn resize_spent(
+        &self,
+        cpu: usize,
+        objcg: &ObjCgroup,
+        kind: ChargeKind,
+        delta: u64,
+    ) -> Option<Result<()>> {
+        if kind != ChargeKind::Alloc {
+            return None;
         }
+        let spend = self.spend.borrow();
+        let r = spend.as_ref().filter(|r| std::ptr::eq(r.objcg(), objcg))?;
+        let taken = r.take_up_to(delta);
+        if taken == 0 {
+            return None;
+        }
+        if taken < delta {
+            let rest = delta - taken;
+            if let Err(e) = self.core.charge_bytes(self.ctx(Some(cpu)), objcg, rest) {
+                r.give_back(taken);
+                return Some(Err(e.into()));
+            }
+            self.core.account(None, objcg, kind, rest as i64, 0);
+        }
+        Some(Ok(()))
     }
 
     /// Starts a fallible region: until the guard drops, charges through
     /// this task that a `max` refuses after reclaim fail with
     /// [`Error::Charge`] (the allocator returns null) whatever the group's
-    /// OOM policy but `force`, and count `oom`, not `oom_kill` (the
+    /// OOM policy, and count `oom`, not `oom_kill` (the
     /// kernel's may-fail allocations). Regions nest.
     pub fn enter_fallible(&self) -> FallibleGuard<'_> {
         self.fallible_depth.set(self.fallible_depth.get() + 1);

@@ -15,7 +15,7 @@ use crate::runtime::thread::with_task;
 /// Runs `f` in a fallible region: allocations of this thread that a group's
 /// `max` refuses after reclaim fail (the allocator returns null, so
 /// `Vec::try_reserve`, `Box::try_new` and friends see `Err`) whatever the
-/// group's OOM policy but `force`, and the group counts `oom`, not
+/// group's OOM policy, and the group counts `oom`, not
 /// `oom_kill` (the kernel's may-fail allocations). Infallible allocations
 /// inside the region abort on such a refusal, as for any allocation
 /// failure: use it around code whose allocations are all fallible.

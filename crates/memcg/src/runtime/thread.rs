@@ -357,6 +357,10 @@ fn uncharge_alloc_slow(raw: usize, bytes: u64) {
 /// or `None` when growing is refused.
 #[inline]
 pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
+    #[cfg(debug_assertions)]
+    if new_bytes > old_bytes {
+        note_engine_lock_alloc();
+    }
     let f = FLAGS.get();
     if f & (LIFE | BUSY) == ACTIVE {
         FLAGS.set(f | BUSY);

@@ -106,12 +106,13 @@ fn force_over_max_policy_charges_and_counts_max_not_oom() {
     g.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
     g.set_oom_policy(OomPolicy::Force);
     assert_eq!(g.oom_policy(), OomPolicy::Force);
-    let r = g.try_charge(5 * PAGE_SIZE).unwrap();
-    assert_eq!(g.current_bytes(), 5 * PAGE_SIZE);
+    let t = c.new_task(&g).unwrap();
+    let x = t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(g.current_bytes() >= 5 * PAGE_SIZE);
     assert_eq!(g.events_local().max, 1);
     assert_eq!(g.events_local().oom, 0);
-    drop(r);
-    check(&c);
+    t.uncharge(0, x).unwrap();
+    settle(&c, &[&t]);
 }
 
 #[test]

@@ -96,18 +96,24 @@ fn force_policy_charges_past_max_and_counts_only_max() {
     g.set_oom_policy(OomPolicy::Force);
     let t = c.new_task(&g).unwrap();
     let x = t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
-    // Forced also in a fallible region and for explicit charges.
-    let y = {
-        let _f = t.enter_fallible();
-        t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap()
-    };
-    let r = g.try_charge(5 * PAGE_SIZE).unwrap();
-    assert!(g.current_bytes() >= 15 * PAGE_SIZE);
+    let y = t.charge(0, 5 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(g.current_bytes() >= 10 * PAGE_SIZE);
     let ev = g.events_local();
-    assert!(ev.max >= 3);
+    assert!(ev.max >= 2);
     assert_eq!((ev.oom, ev.oom_kill), (0, 0));
     assert!(!g.is_killed());
-    drop(r);
+    // A fallible region and an explicit charge still meet `max`: they can
+    // handle the refusal (DESIGN §4.7: "whatever the policy").
+    {
+        let _f = t.enter_fallible();
+        assert!(matches!(
+            t.charge(0, PAGE_SIZE, ChargeKind::Alloc),
+            Err(Error::Charge(_))
+        ));
+    }
+    assert!(matches!(g.try_charge(PAGE_SIZE), Err(Error::Charge(_))));
+    assert_eq!(g.events_local().oom, 2);
+    assert_eq!(g.events_local().oom_kill, 0);
     t.uncharge(0, x).unwrap();
     t.uncharge(0, y).unwrap();
     settle(&c, &[&t]);
@@ -366,4 +372,32 @@ fn a_callback_that_removes_the_group_under_a_waiting_charge_keeps_the_table_cons
     c.drain_stocks();
     check(&c);
     assert_eq!(p.current_bytes(), 0);
+}
+
+#[test]
+fn an_allocation_larger_than_what_is_left_takes_the_rest_and_charges_the_difference() {
+    let c = ctrl("1x1");
+    let g = c.create("g").unwrap();
+    let t = c.new_task(&g).unwrap();
+    let mut r = g.try_charge(6000).unwrap();
+    let (a, mut b) = {
+        let _spend = t.spend(&mut r).unwrap();
+        let a = t.charge(0, 4000, ChargeKind::Alloc).unwrap();
+        // 2000 bytes left: taken, and 3000 more charged to the same group.
+        let b = t.charge(0, 5000, ChargeKind::Alloc).unwrap();
+        (a, b)
+    };
+    assert_eq!(r.bytes(), 0);
+    // Growth of `b` after spending ended is charged normally.
+    t.resize(0, &mut b, 6000).unwrap();
+    t.flush(0).unwrap();
+    let s = g.stats().stat;
+    assert_eq!(s.reservation_bytes, 0);
+    assert_eq!(s.alloc_bytes, 10_000);
+    check(&c);
+    t.uncharge(0, a).unwrap();
+    t.uncharge(0, b).unwrap();
+    drop(r);
+    settle(&c, &[&t]);
+    assert_eq!(g.current_bytes(), 0);
 }
