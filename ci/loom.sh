@@ -19,7 +19,13 @@ export RUSTFLAGS="--cfg memcg_loom -C debug-assertions"
 
 start=$(date +%s)
 status=0
-cargo test -p memcg --lib --release --target-dir target/loom "$@" loom_ || status=$?
+if [ "$#" -gt 0 ]; then
+    # A narrower selection, e.g. `-- loom_reclaim` (cargo runs a test that
+    # matches any filter, so `loom_` is only added when none is given).
+    cargo test -p memcg --lib --release --target-dir target/loom "$@" || status=$?
+else
+    cargo test -p memcg --lib --release --target-dir target/loom loom_ || status=$?
+fi
 end=$(date +%s)
 
 echo "loom: LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS}, took $((end - start))s (exit ${status})"
