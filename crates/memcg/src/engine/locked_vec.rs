@@ -34,46 +34,25 @@ pub(crate) fn insert_with<T>(
     item: T,
     mut at: impl FnMut(&[T]) -> Option<usize>,
 ) -> Result<(), T> {
-    let mut spare: Option<Vec<T>> = None;
     loop {
-        let grown = {
-            let mut v = m.lock();
-            let Some(i) = at(&v) else {
-                drop(v);
-                drop(spare);
-                return Err(item);
-            };
-            if v.len() < v.capacity() {
-                let at = i.min(v.len());
-                v.insert(at, item);
-                drop(v);
-                drop(spare);
-                return Ok(());
-            }
-            match spare.take() {
-                Some(mut bigger) if bigger.capacity() > v.len() => {
-                    // Moving elements into room made outside does not
-                    // allocate; the old buffer is freed after unlocking.
-                    bigger.append(&mut v);
-                    std::mem::swap(&mut *v, &mut bigger);
-                    bigger
-                }
-                _ => {
-                    let want = (v.len() + 1).max(v.capacity() * 2).max(4);
-                    drop(v);
-                    spare = Some(Vec::with_capacity(want));
-                    continue;
-                }
-            }
+        reserve_one(m);
+        let mut v = m.lock();
+        let Some(i) = at(&v) else {
+            drop(v);
+            return Err(item);
         };
-        drop(grown);
+        // Another insert may have used the room made: make it again.
+        if v.len() < v.capacity() {
+            let i = i.min(v.len());
+            v.insert(i, item);
+            return Ok(());
+        }
     }
 }
 
 /// Makes room for one more element outside the lock, so that a later
 /// insert made under another lock (the tree lock) does not allocate.
 pub(crate) fn reserve_one<T>(m: &Mutex<Vec<T>>) {
-    let _ = m;
     let mut spare: Option<Vec<T>> = None;
     loop {
         let old = {

@@ -106,23 +106,10 @@ impl Reserved {
     /// from the `reservation` statistic to `alloc`. Returns how many were
     /// taken (0 when it is spent out).
     pub(crate) fn take_up_to(&self, bytes: u64) -> u64 {
-        let mut cur = self.bytes.load(Ordering::Relaxed);
-        let taken = loop {
-            let take = bytes.min(cur);
-            if take == 0 {
-                return 0;
-            }
-            match self.bytes.compare_exchange_weak(
-                cur,
-                cur - take,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break take,
-                Err(actual) => cur = actual,
-            }
-        };
-        self.move_bytes(ChargeKind::Reservation, ChargeKind::Alloc, taken);
+        let taken = take_at_most(&self.bytes, bytes);
+        if taken > 0 {
+            self.move_bytes(ChargeKind::Reservation, ChargeKind::Alloc, taken);
+        }
         taken
     }
 
@@ -198,20 +185,23 @@ impl Reservation {
     /// Releases `bytes` of the reservation (at most all of it).
     pub fn shrink(&mut self, bytes: u64) {
         let inner = &*self.inner;
-        let mut cur = inner.bytes.load(Ordering::Relaxed);
-        let taken = loop {
-            let take = bytes.min(cur);
-            match inner.bytes.compare_exchange_weak(
-                cur,
-                cur - take,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break take,
-                Err(actual) => cur = actual,
-            }
-        };
+        let taken = take_at_most(&inner.bytes, bytes);
         uncharge(&inner.core, inner.objcg(), taken);
+    }
+}
+
+/// Subtracts up to `n` from `bytes` (never below 0); returns how much.
+fn take_at_most(bytes: &AtomicU64, n: u64) -> u64 {
+    let mut cur = bytes.load(Ordering::Relaxed);
+    loop {
+        let take = n.min(cur);
+        if take == 0 {
+            return 0;
+        }
+        match bytes.compare_exchange_weak(cur, cur - take, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return take,
+            Err(actual) => cur = actual,
+        }
     }
 }
 
