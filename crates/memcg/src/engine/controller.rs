@@ -27,12 +27,20 @@ pub struct Config {
     /// [`DEFAULT_RECLAIM_WAIT`]); changeable later with
     /// [`Controller::set_reclaim_wait`].
     pub reclaim_wait: Duration,
-    /// Whether the controller starts its reclaimer thread when the first
-    /// reclaim or kill callback is registered (default). Without it, the
+    /// How many reclaimer threads the controller starts when the first
+    /// reclaim or kill callback is registered (default
+    /// [`DEFAULT_RECLAIMER_THREADS`], at most
+    /// [`crate::MAX_RECLAIMER_THREADS`]). Several, so that a callback that
+    /// blocks (on a lock an allocating thread holds, say) does not hold up
+    /// the other groups' reclaim; one group is served by one thread at a
+    /// time and a callback never runs on two at once. 0: no thread; the
     /// embedder serves the queue with [`Controller::run_reclaimer`] (a
     /// simulator's deterministic steps), and charges do not wait.
-    pub reclaimer_thread: bool,
+    pub reclaimer_threads: usize,
 }
+
+/// Reclaimer threads of a controller by default.
+pub const DEFAULT_RECLAIMER_THREADS: usize = 4;
 
 /// How long a charge over `max` waits for reclaim by default: 50 ms in
 /// all, enough for callbacks that evict from a cache, short enough that a
@@ -46,7 +54,7 @@ impl Default for Config {
             task_cache: TaskCacheMode::default(),
             obj_stock_slots: crate::NR_OBJ_STOCK,
             reclaim_wait: DEFAULT_RECLAIM_WAIT,
-            reclaimer_thread: true,
+            reclaimer_threads: DEFAULT_RECLAIMER_THREADS,
         }
     }
 }
@@ -70,11 +78,18 @@ impl Config {
         self
     }
 
-    /// Chooses whether a reclaimer thread serves reclaim and kill
-    /// callbacks (`true`, the default) or the embedder does, with
-    /// [`Controller::run_reclaimer`].
+    /// Chooses whether reclaimer threads serve reclaim and kill callbacks
+    /// (`true`: [`DEFAULT_RECLAIMER_THREADS`] of them, the default) or the
+    /// embedder does, with [`Controller::run_reclaimer`] (`false`).
     pub fn reclaimer_thread(mut self, spawn: bool) -> Self {
-        self.reclaimer_thread = spawn;
+        self.reclaimer_threads = if spawn { DEFAULT_RECLAIMER_THREADS } else { 0 };
+        self
+    }
+
+    /// Sets the number of reclaimer threads (clamped to
+    /// `0..=MAX_RECLAIMER_THREADS`; 0 as `reclaimer_thread(false)`).
+    pub fn reclaimer_threads(mut self, n: usize) -> Self {
+        self.reclaimer_threads = n.min(crate::MAX_RECLAIMER_THREADS);
         self
     }
 }
@@ -148,7 +163,7 @@ impl Controller {
             config.task_cache,
             config.obj_stock_slots,
             config.reclaim_wait,
-            config.reclaimer_thread,
+            config.reclaimer_threads,
         ) {
             Some(core) => Controller {
                 core: Arc::new(core),

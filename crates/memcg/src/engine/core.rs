@@ -102,12 +102,12 @@ impl Core {
         task_cache: TaskCacheMode,
         obj_stock_slots: usize,
         reclaim_wait: std::time::Duration,
-        reclaimer_thread: bool,
+        reclaimer_threads: usize,
     ) -> Option<Self> {
         let serial = crate::sync::next_serial();
         let nr_nodes = topology.nr_node_ids();
         let root = MemCgroup::new("", None, nr_nodes);
-        let reclaimd = Arc::new(Reclaimd::new(&root, reclaim_wait, reclaimer_thread));
+        let reclaimd = Arc::new(Reclaimd::new(&root, reclaim_wait, reclaimer_threads));
         let table = ObjcgTable::new(serial);
         table.prepare(nr_nodes);
         for nid in 0..nr_nodes {

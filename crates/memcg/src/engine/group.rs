@@ -531,13 +531,19 @@ impl Group {
     /// groups included. A charge waits for it at most the controller's
     /// reclaim wait ([`crate::Controller::set_reclaim_wait`]); a callback
     /// blocked on a lock the charging thread holds only delays that charge
-    /// until then. Callbacks of one controller run one at a time, largest
-    /// group first; a callback that panics is skipped.
+    /// until then. A group's pass runs the callbacks of its subtree in
+    /// order, largest group first; other groups are served by the other
+    /// reclaimer threads meanwhile ([`crate::Config::reclaimer_threads`]);
+    /// a callback never runs on two threads at once, and one that panics
+    /// is skipped.
     pub fn register_reclaimer<F>(&self, callback: F) -> ReclaimerHandle
     where
         F: Fn(&ReclaimRequest) -> u64 + Send + Sync + 'static,
     {
-        let r: crate::engine::policy::Reclaimer = Arc::new(callback);
+        let r: crate::engine::policy::Reclaimer = Arc::new(crate::engine::policy::ReclaimerEntry {
+            callback: Box::new(callback),
+            running: crate::sync::AtomicBool::new(false),
+        });
         // Started first, so that no charge sees the callback counted and
         // nobody to ask.
         self.core.reclaimd.ensure_started();

@@ -166,6 +166,11 @@ pub(crate) struct ReclaimState {
     pub(crate) kill_queued: AtomicBool,
     /// Reclaim passes completed for this group (waiters watch it).
     pub(crate) passes: AtomicU64,
+    /// A reclaimer thread is serving the group (under the queue's lock).
+    pub(crate) serving: AtomicBool,
+    /// Another request came while it was served: serve it again (under
+    /// the queue's lock).
+    pub(crate) rerun: AtomicBool,
 }
 
 impl std::fmt::Debug for MemCgroup {

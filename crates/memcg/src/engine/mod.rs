@@ -33,14 +33,16 @@ pub(crate) mod task_shared;
 pub(crate) mod topology;
 
 pub use byte_cache::TASK_CACHE_BOUND_BYTES;
-pub use controller::{Config, Controller, EngineCounters, DEFAULT_RECLAIM_WAIT};
+pub use controller::{
+    Config, Controller, EngineCounters, DEFAULT_RECLAIMER_THREADS, DEFAULT_RECLAIM_WAIT,
+};
 pub use group::{validate_name, Group, Killed, MAX_NAME_BYTES};
 #[cfg(any(test, feature = "fault-injection"))]
 pub use invariants::Fault;
 pub use invariants::InvariantViolations;
 pub use memcg::{ChargeKind, MemoryEvent};
 pub use policy::{OomKilled, OomPolicy, ReclaimReason, ReclaimRequest};
-pub use reclaim::{OomKillHandle, ReclaimerHandle};
+pub use reclaim::{OomKillHandle, ReclaimerHandle, MAX_RECLAIMER_THREADS};
 pub use reservation::Reservation;
 pub use stats::{Events, GroupStats, MemoryStat, NodeStat};
 pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};

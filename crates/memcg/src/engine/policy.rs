@@ -128,8 +128,17 @@ impl ReclaimReason {
 
 /// A reclaim callback: frees memory, returns the bytes it freed.
 pub(crate) type ReclaimFn = dyn Fn(&ReclaimRequest) -> u64 + Send + Sync;
+
 /// A registered reclaim callback.
-pub(crate) type Reclaimer = Arc<ReclaimFn>;
+pub(crate) struct ReclaimerEntry {
+    pub(crate) callback: Box<ReclaimFn>,
+    /// Running on a reclaimer thread now (a callback never runs on two
+    /// threads at once: a pass that finds it running skips it).
+    pub(crate) running: crate::sync::AtomicBool,
+}
+
+/// A registered reclaim callback, shared by its group's list and handle.
+pub(crate) type Reclaimer = Arc<ReclaimerEntry>;
 /// A kill callback: told the group's path when it is killed.
 pub(crate) type KillFn = dyn Fn(&OomKilled) + Send + Sync;
 /// A registered kill callback.

@@ -12,14 +12,19 @@
 //! thread holds therefore only delays that thread until its deadline; the
 //! charge then takes its group's OOM outcome.
 //!
-//! The reclaimer thread (one per controller, named `memcg-reclaim`, started
-//! when the first callback or kill waiter is registered) serves the queue
-//! in order: for a reclaim request it asks the callbacks of the group's
-//! subtree, largest group first, until the wanted bytes were freed; for a
-//! kill it runs the kill callbacks of the killed subtree and wakes the
-//! futures waiting for the kill. Its own charges (those of the callbacks)
-//! are forced past `max`, the kernel's `PF_MEMALLOC`, so reclaim never
-//! waits for itself. A callback that panics is caught and skipped.
+//! The reclaimer threads (`Config::reclaimer_threads` per controller, 4 by
+//! default, named `memcg-reclaim`, started when the first callback or kill
+//! waiter is registered) serve the queue in order: for a reclaim request a
+//! thread asks the callbacks of the group's subtree, largest group first,
+//! until the wanted bytes were freed; for a kill it runs the kill callbacks
+//! of the killed subtree and wakes the futures waiting for the kill. One
+//! group is served by one thread at a time (a request that comes while it
+//! is served is served by that thread next), and a callback never runs on
+//! two threads at once (a pass of an overlapping subtree skips it), so a
+//! callback that blocks holds up its own group and one thread, not the
+//! other groups. The threads' own charges (those of the callbacks) are
+//! forced past `max`, the kernel's `PF_MEMALLOC`, so reclaim never waits
+//! for itself. A callback that panics is caught and skipped.
 //!
 //! The queue's storage is made when the controller is made and never grows:
 //! pushing never allocates. When it is full a request is not lost: the
@@ -38,6 +43,9 @@ use crate::sync::{AtomicBool, AtomicU64, Condvar, Deadline, Mutex, Ordering};
 
 /// Entries of the reclaimer's queue, made at start (never grown).
 const QUEUE_CAPACITY: usize = 1024;
+
+/// Most reclaimer threads a controller can have.
+pub const MAX_RECLAIMER_THREADS: usize = 8;
 
 /// Keeps a reclaim callback registered; dropping it unregisters the
 /// callback (use [`ReclaimerHandle::keep`] to leave it registered for the
@@ -116,8 +124,8 @@ enum Work {
 struct Queue {
     items: VecDeque<Work>,
     overflow: bool,
-    /// The reclaimer is serving an item.
-    busy: bool,
+    /// Items being served now.
+    busy: usize,
     shutdown: bool,
 }
 
@@ -129,19 +137,20 @@ pub(crate) struct Reclaimd {
     work: Condvar,
     /// Waiters wait here for passes (and for idleness).
     done: Condvar,
-    /// The thread serving the queue now ([`crate::sync::current_thread_token`]), 0 for none.
-    server: AtomicU64,
+    /// The threads serving the queue ([`crate::sync::current_thread_token`]),
+    /// 0 for none.
+    servers: [AtomicU64; MAX_RECLAIMER_THREADS],
     /// Someone serves the queue (the thread was started, or a model or
     /// embedder serves it): only then do chargers wait.
     served: AtomicBool,
-    /// The thread was started (once).
+    /// The threads were started (once).
     started: AtomicBool,
     /// The root group, for overflow scans.
     root: Weak<MemCgroup>,
     /// How long a charge waits for reclaim in all, in nanoseconds.
     wait_nanos: AtomicU64,
-    /// Spawn a thread on first need (else the embedder serves the queue).
-    spawn: bool,
+    /// Threads to start on first need (0: the embedder serves the queue).
+    nr_threads: usize,
     /// Counters for tests and statistics.
     pub(crate) counters: ReclaimCounters,
 }
@@ -158,22 +167,22 @@ pub(crate) struct ReclaimCounters {
 }
 
 impl Reclaimd {
-    pub(crate) fn new(root: &Arc<MemCgroup>, wait: Duration, spawn: bool) -> Self {
+    pub(crate) fn new(root: &Arc<MemCgroup>, wait: Duration, nr_threads: usize) -> Self {
         Reclaimd {
             queue: Mutex::new(Queue {
                 items: VecDeque::with_capacity(QUEUE_CAPACITY),
                 overflow: false,
-                busy: false,
+                busy: 0,
                 shutdown: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
-            server: AtomicU64::new(0),
+            servers: std::array::from_fn(|_| AtomicU64::new(0)),
             served: AtomicBool::new(false),
             started: AtomicBool::new(false),
             root: Arc::downgrade(root),
             wait_nanos: AtomicU64::new(duration_nanos(wait)),
-            spawn,
+            nr_threads: nr_threads.min(MAX_RECLAIMER_THREADS),
             counters: ReclaimCounters::default(),
         }
     }
@@ -191,8 +200,17 @@ impl Reclaimd {
     /// Whether the calling thread is the one serving the queue (its
     /// charges are forced: reclaim must not wait for itself).
     pub(crate) fn is_current_thread(&self) -> bool {
-        let s = self.server.load(Ordering::Acquire);
-        s != 0 && s == crate::sync::current_thread_token()
+        let mut me = 0;
+        self.servers.iter().any(|s| {
+            let s = s.load(Ordering::Acquire);
+            if s == 0 {
+                return false;
+            }
+            if me == 0 {
+                me = crate::sync::current_thread_token();
+            }
+            s == me
+        })
     }
 
     /// Whether anyone serves the queue (chargers wait only then).
@@ -210,16 +228,22 @@ impl Reclaimd {
     /// running yet. Called from registration paths (never from inside an
     /// allocation).
     pub(crate) fn ensure_started(self: &Arc<Self>) {
-        if !self.spawn || self.started.swap(true, Ordering::AcqRel) {
+        if self.nr_threads == 0 || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
         // Served from now on: a charge that meets `max` after this waits
-        // for the thread, which serves whatever is queued when it starts.
+        // for the threads, which serve whatever is queued when they start.
         self.served.store(true, Ordering::Release);
         #[cfg(not(all(test, memcg_loom)))]
         {
-            let me = Arc::clone(self);
-            if crate::sync::spawn_named("memcg-reclaim", move || me.run()).is_err() {
+            let mut spawned = 0;
+            for slot in 0..self.nr_threads {
+                let me = Arc::clone(self);
+                if crate::sync::spawn_named("memcg-reclaim", move || me.run(slot)).is_ok() {
+                    spawned += 1;
+                }
+            }
+            if spawned == 0 {
                 self.served.store(false, Ordering::Release);
                 self.started.store(false, Ordering::Release);
             }
@@ -249,7 +273,7 @@ impl Reclaimd {
     /// controller's thread was never started: nothing was registered to
     /// notify (registering a kill callback or waiter starts it).
     pub(crate) fn request_kill_notify(&self, group: &MemCgroup) {
-        if self.spawn && !self.started.load(Ordering::Acquire) {
+        if self.nr_threads > 0 && !self.started.load(Ordering::Acquire) {
             return;
         }
         if group.reclaim.kill_queued.swap(true, Ordering::AcqRel) {
@@ -315,7 +339,7 @@ impl Reclaimd {
         let mut deadline = Deadline::after(timeout);
         let mut q = self.queue.lock();
         loop {
-            if q.items.is_empty() && !q.overflow && !q.busy {
+            if q.items.is_empty() && !q.overflow && q.busy == 0 {
                 return true;
             }
             if q.shutdown || !self.is_served() {
@@ -339,38 +363,49 @@ impl Reclaimd {
         self.done.notify_all();
     }
 
-    /// The reclaimer thread's loop.
+    /// A reclaimer thread's loop (`slot`: its entry in `servers`).
     #[cfg(not(all(test, memcg_loom)))]
-    fn run(&self) {
-        self.server
-            .store(crate::sync::current_thread_token(), Ordering::Release);
-        while let Some(w) = self.next(true) {
+    fn run(&self, slot: usize) {
+        let Some(token) = self.servers.get(slot) else {
+            return;
+        };
+        token.store(crate::sync::current_thread_token(), Ordering::Release);
+        let mut finished = false;
+        while let Some(w) = self.next(true, finished) {
             self.serve(w);
+            finished = true;
         }
-        self.server.store(0, Ordering::Release);
+        token.store(0, Ordering::Release);
     }
 
     /// Serves everything queued now on the calling thread, without
     /// waiting for more (manual mode, models). Charges of the callbacks
     /// are forced meanwhile. Does nothing when the controller's reclaimer
-    /// thread serves the queue (callbacks run one at a time, on it).
+    /// threads serve the queue.
     pub(crate) fn serve_pending(&self) {
-        if self.spawn && self.started.load(Ordering::Acquire) {
+        if self.nr_threads > 0 && self.started.load(Ordering::Acquire) {
             return;
         }
         let me = crate::sync::current_thread_token();
-        let previous = self.server.swap(me, Ordering::AcqRel);
-        while let Some(w) = self.next(false) {
+        let previous = self.servers[0].swap(me, Ordering::AcqRel);
+        let mut finished = false;
+        while let Some(w) = self.next(false, finished) {
             self.serve(w);
+            finished = true;
         }
-        self.server.store(previous, Ordering::Release);
+        self.servers[0].store(previous, Ordering::Release);
     }
 
-    /// The next work item (marking the reclaimer busy), waiting for one
-    /// when `block`; `None` at shutdown or, without `block`, when empty.
-    fn next(&self, block: bool) -> Option<Work> {
+    /// The next work item (counted busy until the next call, with
+    /// `finished` set), waiting for one when `block`; `None` at shutdown
+    /// or, without `block`, when empty. A group that another thread serves
+    /// is not served twice at once: its item is dropped and that thread
+    /// serves it again when its pass ends.
+    fn next(&self, block: bool, finished: bool) -> Option<Work> {
         let mut q = self.queue.lock();
-        q.busy = false;
+        if finished {
+            q.busy = q.busy.saturating_sub(1);
+        }
         loop {
             if q.shutdown {
                 drop(q);
@@ -378,15 +413,27 @@ impl Reclaimd {
                 return None;
             }
             if let Some(w) = q.items.pop_front() {
-                q.busy = true;
+                if let Work::Reclaim(g) = &w {
+                    if g.reclaim.serving.load(Ordering::Relaxed) {
+                        g.reclaim.rerun.store(true, Ordering::Relaxed);
+                        // The serving thread holds the group too: this
+                        // drop frees nothing.
+                        drop(w);
+                        continue;
+                    }
+                    g.reclaim.serving.store(true, Ordering::Relaxed);
+                }
+                q.busy += 1;
                 return Some(w);
             }
             if std::mem::take(&mut q.overflow) {
-                q.busy = true;
+                q.busy += 1;
                 return Some(Work::Scan);
             }
             // Idle: tell `wait_idle`.
-            self.done.notify_all();
+            if q.busy == 0 {
+                self.done.notify_all();
+            }
             if !block {
                 return None;
             }
@@ -408,7 +455,13 @@ impl Reclaimd {
 
     fn scan(&self, g: &Arc<MemCgroup>) {
         if g.reclaim.queued.load(Ordering::Acquire) {
-            self.serve_reclaim(g);
+            let claimed = {
+                let _q = self.queue.lock();
+                !g.reclaim.serving.swap(true, Ordering::Relaxed)
+            };
+            if claimed {
+                self.serve_reclaim(g);
+            }
         }
         if g.reclaim.kill_queued.load(Ordering::Acquire) {
             serve_kill(g);
@@ -418,29 +471,42 @@ impl Reclaimd {
         }
     }
 
+    /// Serves reclaim passes for `g`, which this thread claimed
+    /// (`serving`), until no request came meanwhile.
     fn serve_reclaim(&self, g: &MemCgroup) {
         let st = &g.reclaim;
-        // Cleared before the pass, so that a request made during it queues
-        // the group again.
-        st.queued.store(false, Ordering::Release);
-        let asked = st.want_bytes.swap(0, Ordering::AcqRel);
-        let reason = ReclaimReason::from_u8(st.reason.swap(0, Ordering::AcqRel));
-        let want = match reason {
-            // The excess now, not when it was asked.
-            Some(ReclaimReason::High) => {
-                let (usage, high) = (g.counter.usage_pages(), g.counter.high_pages());
-                usage.saturating_sub(high).saturating_mul(PAGE_SIZE)
+        loop {
+            // Cleared before the pass, so that a request made during it
+            // queues the group again.
+            st.queued.store(false, Ordering::Release);
+            let asked = st.want_bytes.swap(0, Ordering::AcqRel);
+            let reason = ReclaimReason::from_u8(st.reason.swap(0, Ordering::AcqRel));
+            let want = match reason {
+                // The excess now, not when it was asked.
+                Some(ReclaimReason::High) => {
+                    let (usage, high) = (g.counter.usage_pages(), g.counter.high_pages());
+                    usage.saturating_sub(high).saturating_mul(PAGE_SIZE)
+                }
+                _ => asked,
+            };
+            if let (Some(reason), true) = (reason, want > 0) {
+                reclaim_subtree(self, g, want, reason);
             }
-            _ => asked,
-        };
-        if let (Some(reason), true) = (reason, want > 0) {
-            reclaim_subtree(self, g, want, reason);
+            self.counters.passes.fetch_add(1, Ordering::Relaxed);
+            let again = {
+                let _q = self.queue.lock();
+                st.passes.fetch_add(1, Ordering::AcqRel);
+                let again = st.rerun.swap(false, Ordering::Relaxed);
+                if !again {
+                    st.serving.store(false, Ordering::Relaxed);
+                }
+                again
+            };
+            self.done.notify_all();
+            if !again {
+                return;
+            }
         }
-        self.counters.passes.fetch_add(1, Ordering::Relaxed);
-        let q = self.queue.lock();
-        st.passes.fetch_add(1, Ordering::AcqRel);
-        drop(q);
-        self.done.notify_all();
     }
 }
 
@@ -488,7 +554,14 @@ fn reclaim_subtree(
             wanted_bytes: wanted_bytes - freed,
             reason,
         };
-        if let Some(n) = catching(d, || r(&request)) {
+        // A callback runs on one thread at a time: a pass of an
+        // overlapping subtree on another thread skips it meanwhile.
+        if r.running.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let n = catching(d, || (r.callback)(&request));
+        r.running.store(false, Ordering::Release);
+        if let Some(n) = n {
             freed = freed.saturating_add(n);
         }
     }

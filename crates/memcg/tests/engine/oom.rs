@@ -401,3 +401,41 @@ fn an_allocation_larger_than_what_is_left_takes_the_rest_and_charges_the_differe
     settle(&c, &[&t]);
     assert_eq!(g.current_bytes(), 0);
 }
+
+#[test]
+fn a_blocked_callback_of_one_tenant_does_not_hold_up_anothers_reclaim() {
+    let c = ctrl("1x1");
+    c.set_reclaim_wait(Duration::from_secs(10));
+    let a = c.create("a").unwrap();
+    let b = c.create("b").unwrap();
+    a.set_max(Limit::Bytes(2 * PAGE_SIZE)).unwrap();
+    b.set_max(Limit::Bytes(4 * PAGE_SIZE)).unwrap();
+    // `a`'s callback blocks until the test lets it go.
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.lock().unwrap();
+    let gate2 = Arc::clone(&gate);
+    let _ha = a.register_reclaimer(move |_| {
+        drop(gate2.lock().unwrap());
+        0
+    });
+    let cache = Arc::new(Mutex::new(vec![b.try_charge(3 * PAGE_SIZE).unwrap()]));
+    let cache2 = Arc::clone(&cache);
+    let _hb = b.register_reclaimer(move |_| cache2.lock().unwrap().pop().map_or(0, |r| r.bytes()));
+    // A charge of `a` over max: its callback blocks one reclaimer thread.
+    let ta_ctrl = c.clone();
+    let a2 = a.clone();
+    let waiting = std::thread::spawn(move || {
+        let t = ta_ctrl.new_task(&a2).unwrap();
+        let x = t.charge(0, 3 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+        t.uncharge(0, x).unwrap();
+    });
+    // Meanwhile `b` meets its max; another thread serves its callback.
+    let tb = c.new_task(&b).unwrap();
+    let y = tb.charge(0, 2 * PAGE_SIZE, ChargeKind::Alloc).unwrap();
+    assert!(!b.is_killed(), "b's reclaim ran while a's callback blocked");
+    assert!(cache.lock().unwrap().is_empty());
+    drop(held);
+    waiting.join().unwrap();
+    tb.uncharge(0, y).unwrap();
+    settle(&c, &[&tb]);
+}
