@@ -386,14 +386,21 @@ impl Reclaimd {
         if self.nr_threads > 0 && self.started.load(Ordering::Acquire) {
             return;
         }
+        // A free server slot marks this thread as a reclaimer meanwhile
+        // (several embedder threads may serve at once, as threads do).
         let me = crate::sync::current_thread_token();
-        let previous = self.servers[0].swap(me, Ordering::AcqRel);
+        let Some(slot) = self.servers.iter().find(|s| {
+            s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        }) else {
+            return;
+        };
         let mut finished = false;
         while let Some(w) = self.next(false, finished) {
             self.serve(w);
             finished = true;
         }
-        self.servers[0].store(previous, Ordering::Release);
+        slot.store(0, Ordering::Release);
     }
 
     /// The next work item (counted busy until the next call, with
@@ -477,8 +484,10 @@ impl Reclaimd {
         let st = &g.reclaim;
         loop {
             // Cleared before the pass, so that a request made during it
-            // queues the group again.
-            st.queued.store(false, Ordering::Release);
+            // queues the group again. A read-modify-write: ordered with
+            // the requesters' swaps, and acquiring what they asked for
+            // (their `want_bytes`) before it is read below.
+            st.queued.swap(false, Ordering::AcqRel);
             let asked = st.want_bytes.swap(0, Ordering::AcqRel);
             let reason = ReclaimReason::from_u8(st.reason.swap(0, Ordering::AcqRel));
             let want = match reason {

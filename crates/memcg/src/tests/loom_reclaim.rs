@@ -474,3 +474,61 @@ fn reclaim_pass_is_seen_by_the_waiter() {
         finish(l, task, charge);
     });
 }
+
+/// Two reclaimer threads serving one group's requests: a callback never
+/// runs on two threads at once, a request that comes while the group is
+/// served is served by the serving thread next (not dropped), and the
+/// queue ends idle with no group left claimed.
+#[test]
+fn two_reclaimers_serve_one_group_one_at_a_time_and_lose_no_request() {
+    model(|| {
+        let ctrl = controller();
+        let g = ctrl.create("g").expect("group");
+        let reclaimd = Arc::clone(&ctrl.core().reclaimd);
+        reclaimd.set_served(true);
+        let running = Arc::new(crate::sync::AtomicUsize::new(0));
+        let calls = Arc::new(crate::sync::AtomicUsize::new(0));
+        let (r2, c2) = (Arc::clone(&running), Arc::clone(&calls));
+        let _h = g.register_reclaimer(move |_| {
+            assert_eq!(r2.fetch_add(1, Ordering::AcqRel), 0, "ran on two threads");
+            c2.fetch_add(1, Ordering::Relaxed);
+            r2.fetch_sub(1, Ordering::AcqRel);
+            0
+        });
+        let memcg = Arc::clone(g.memcg());
+        reclaimd.request_reclaim(&memcg, PAGE_SIZE, crate::ReclaimReason::Max);
+        let servers: Vec<_> = (0..2)
+            .map(|_| {
+                let c = ctrl.clone();
+                thread::spawn(move || c.run_reclaimer())
+            })
+            .collect();
+        // A second request, racing the servers' passes.
+        reclaimd.request_reclaim(&memcg, PAGE_SIZE, crate::ReclaimReason::Max);
+        for s in servers {
+            s.join().expect("server");
+        }
+        // What the servers left (a request after their last look).
+        ctrl.run_reclaimer();
+        let st = &memcg.reclaim;
+        assert!(
+            !st.queued.load(Ordering::Acquire),
+            "a request was lost: passes {} calls {} serving {} rerun {} idle {}",
+            st.passes.load(Ordering::Acquire),
+            calls.load(Ordering::Relaxed),
+            st.serving.load(Ordering::Relaxed),
+            st.rerun.load(Ordering::Relaxed),
+            reclaimd.wait_idle(std::time::Duration::ZERO)
+        );
+        assert!(!st.serving.load(Ordering::Relaxed));
+        assert!(!st.rerun.load(Ordering::Relaxed));
+        assert!(calls.load(Ordering::Relaxed) >= 1);
+        // A pass whose request was merged into the one before has nothing
+        // left to ask for and runs no callback.
+        assert!(st.passes.load(Ordering::Acquire) >= calls.load(Ordering::Relaxed) as u64);
+        assert!(
+            reclaimd.wait_idle(std::time::Duration::ZERO),
+            "the queue is idle"
+        );
+    });
+}
