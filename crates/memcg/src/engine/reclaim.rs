@@ -595,7 +595,7 @@ fn collect(group: &MemCgroup, out: &mut Vec<(u64, Reclaimer)>) {
 /// Runs the kill callbacks of the killed `group`'s subtree and wakes the
 /// futures waiting there.
 fn serve_kill(group: &MemCgroup) {
-    group.reclaim.kill_queued.store(false, Ordering::Release);
+    group.reclaim.kill_queued.swap(false, Ordering::AcqRel);
     let info = OomKilled {
         path: group.path.to_string(),
         limit_bytes: group.counter.max_pages().saturating_mul(PAGE_SIZE),
