@@ -536,8 +536,8 @@ fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let mut clients = Vec::new();
         for c in 0..2u64 {
             let fut = client(Arc::clone(t), Arc::clone(&stop), 100 + 10 * i as u64 + c)
-                .in_group(&t.group)
-                .killable()?;
+                .in_group(&t.group)?
+                .killable();
             let (name, start) = (t.spec.name, start);
             clients.push(rt.spawn(async move {
                 let r = fut.await;

@@ -41,7 +41,8 @@ fn futures_of_two_groups_on_shared_workers_charge_their_own_group() {
                     let blocks: Vec<Vec<u8>> = std::mem::take(&mut mine);
                     blocks
                 }
-                .in_group(group),
+                .in_group(group)
+                .expect("a group of the global controller"),
             ));
         }
         let mut all = Vec::new();

@@ -547,8 +547,8 @@ fn killable_future_stops_at_the_next_poll_and_others_keep_serving() {
         };
         tokio::spawn(
             fut.in_group(g)
-                .killable()
-                .expect("a group of the global controller"),
+                .expect("a group of the global controller")
+                .killable(),
         )
     };
     let (ra, rb, rhog, killed) = rt.block_on(async {

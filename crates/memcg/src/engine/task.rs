@@ -244,6 +244,16 @@ impl Task {
         self.clear_fast_key();
     }
 
+    /// The group this task's charges go to now: the active override
+    /// ([`Task::enter`]) if one is entered, else the attached group
+    /// (`None` after exit).
+    pub fn current_group(&self) -> Option<Group> {
+        if let Some(m) = self.active.borrow().as_ref() {
+            return Some(Group::from_parts(Arc::clone(&self.core), Arc::clone(m)));
+        }
+        self.group()
+    }
+
     /// The group the task is attached to (`None` after exit).
     pub fn group(&self) -> Option<Group> {
         let g = self.shared.group.lock().clone()?;

@@ -123,7 +123,7 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     #[must_use = "futures do nothing unless polled"]
     pub struct Killable<F> {
-        group: Group,
+        group: Option<Group>,
         waker_id: u64,
         #[pin]
         inner: InGroup<F>,
@@ -132,7 +132,9 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Killable<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            this.group.deregister_kill_waker(*this.waker_id);
+            if let Some(g) = this.group.as_ref() {
+                g.deregister_kill_waker(*this.waker_id);
+            }
         }
     }
 }
@@ -142,8 +144,10 @@ impl<F: Future> Future for Killable<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(k) = this.group.register_kill_waker(this.waker_id, cx.waker()) {
-            return Poll::Ready(Err(k));
+        if let Some(g) = this.group.as_ref() {
+            if let Some(k) = g.register_kill_waker(this.waker_id, cx.waker()) {
+                return Poll::Ready(Err(k));
+            }
         }
         this.inner.poll(cx).map(Ok)
     }
@@ -151,17 +155,14 @@ impl<F: Future> Future for Killable<F> {
 
 impl<F: Future> InGroup<F> {
     /// Makes the future stop with `Err(OomKilled)` at its next poll once its
-    /// group (or an ancestor) is killed; see [`Killable`].
-    ///
-    /// # Errors
-    /// [`Error::ForeignController`] when the future was made for a group of
-    /// another controller than [`crate::controller()`].
-    pub fn killable(self) -> Result<Killable<F>> {
-        let group = self.group().ok_or(Error::ForeignController)?;
-        Ok(Killable {
-            group,
+    /// group (or an ancestor) is killed; see [`Killable`]. (A future made by
+    /// [`crate::FutureExt::in_current_group`] during the thread's teardown
+    /// has no group: it is never killed.)
+    pub fn killable(self) -> Killable<F> {
+        Killable {
+            group: self.group(),
             waker_id: 0,
             inner: self,
-        })
+        }
     }
 }

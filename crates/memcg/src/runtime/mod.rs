@@ -14,6 +14,8 @@ pub(crate) mod limits;
 pub(crate) mod mimalloc;
 pub(crate) mod scope;
 pub(crate) mod thread;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
@@ -23,6 +25,6 @@ pub use limits::{fallible, Killable, Spend};
 pub use mimalloc::{MemcgMimalloc, MAX_OBJCG_HEAPS};
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
-    allocations_under_engine_locks, check_invariants, current_group, current_thread, flush_current,
-    set_current_exempt, spawn, BuilderExt,
+    allocations_under_engine_locks, attached_group, check_invariants, current_group,
+    current_thread, flush_current, set_current_exempt, spawn, BuilderExt,
 };

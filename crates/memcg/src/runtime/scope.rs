@@ -15,6 +15,12 @@ use crate::runtime::thread::with_task;
 /// Until dropped, allocations of this thread are charged to a group (the
 /// kernel's `set_active_memcg`). Scopes nest; each restores the group that
 /// was active before it. Made by [`Group::enter`].
+///
+/// A scope belongs to its thread: it is not `Send`, so it cannot be held
+/// across an `.await` in a future that moves between worker threads (the
+/// compiler says "`*const ()` cannot be sent between threads safely").
+/// For async code use [`FutureExt::in_group`], which enters the group
+/// around every poll, wherever the future is polled.
 #[must_use = "the scope ends when the guard is dropped"]
 #[derive(Debug)]
 pub struct Scope {
@@ -119,12 +125,46 @@ impl<F: Future> Future for InGroup<F> {
 
 /// Runs futures inside a group's scope.
 pub trait FutureExt: Future + Sized {
-    /// Wraps the future so that each `poll` charges `group`. A group of
-    /// another controller than [`crate::controller()`] is ignored (the
-    /// polls charge the polling thread's group).
-    fn in_group(self, group: &Group) -> InGroup<Self> {
+    /// Wraps the future so that each `poll` charges `group`, whichever
+    /// worker thread polls it (tasks it spawns start in no group of their
+    /// own: spawn them with [`FutureExt::in_current_group`], or the `tokio`
+    /// feature's `memcg::tokio::spawn`, to keep them in it).
+    ///
+    /// # Errors
+    /// [`Error::ForeignController`] for a group of another controller than
+    /// [`crate::controller()`] (the allocator charges that one only).
+    fn in_group(self, group: &Group) -> Result<InGroup<Self>> {
+        check_global(group)?;
+        Ok(InGroup {
+            memcg: Some(Arc::clone(group.memcg())),
+            future: self,
+        })
+    }
+
+    /// Wraps the future so that each `poll` charges the group the calling
+    /// thread's charges go to now ([`crate::current_group`]: its scope's,
+    /// the polled future's, or its attachment). For spawning: a task
+    /// spawned from inside an [`InGroup`] future stays in that group.
+    ///
+    /// ```
+    /// use memcg::FutureExt;
+    /// let tenant = memcg::controller().create("doc-current")?;
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// rt.block_on(
+    ///     async {
+    ///         // Spawned work follows the request into its tenant.
+    ///         let child = tokio::spawn(async { memcg::current_group() }.in_current_group());
+    ///         child.await.unwrap()
+    ///     }
+    ///     .in_group(&tenant)?,
+    /// )
+    /// .map(|g| assert_eq!(g.path(), "doc-current"));
+    /// # tenant.remove()?;
+    /// # Ok::<(), memcg::Error>(())
+    /// ```
+    fn in_current_group(self) -> InGroup<Self> {
         InGroup {
-            memcg: check_global(group).ok().map(|()| Arc::clone(group.memcg())),
+            memcg: crate::runtime::thread::current_group().map(|g| Arc::clone(g.memcg())),
             future: self,
         }
     }

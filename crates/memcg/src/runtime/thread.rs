@@ -440,8 +440,21 @@ pub fn set_current_exempt(exempt: bool) {
     with_task(|t| t.set_exempt(exempt));
 }
 
-/// The group the calling thread is attached to (root for a new thread).
+/// The group the calling thread's charges go to now: the innermost active
+/// scope ([`Group::enter`], or the group of the [`crate::InGroup`] future
+/// being polled), else the thread's attachment (root for a new thread).
+/// `None` only during the thread's teardown.
+///
+/// Spawning in the current group: [`crate::FutureExt::in_current_group`]
+/// for a future, [`crate::spawn`] for a thread, and with the `tokio`
+/// feature `memcg::tokio::spawn` / `spawn_blocking`.
 pub fn current_group() -> Option<Group> {
+    with_task(|t| t.current_group()).flatten()
+}
+
+/// The group the calling thread is attached to, ignoring scopes (root for
+/// a new thread).
+pub fn attached_group() -> Option<Group> {
     with_task(|t| t.group()).flatten()
 }
 
@@ -452,7 +465,8 @@ pub fn flush_current() {
     with_task(|t| t.flush(global::current_cpu()));
 }
 
-/// Spawns a thread that starts in the calling thread's group (plain
+/// Spawns a thread that starts in the calling thread's current group
+/// ([`current_group`]: its scope's, or its attachment; plain
 /// `std::thread::spawn` threads start in root).
 ///
 /// # Errors
