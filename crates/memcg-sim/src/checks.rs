@@ -14,7 +14,14 @@
 //! 3. `limit`: for every group with `memory.max = M`,
 //!    `memory.current <= M + stock_bound` (see [`stock_bound_bytes`]).
 //!    After `memory.max` is lowered below usage, the ceiling starts at the
-//!    usage left and only goes down from there.
+//!    usage left and only goes down from there. Groups whose subtree has a
+//!    group with OOM policy `force` are skipped (their limit is a
+//!    threshold).
+//!
+//! The step itself may stop the run with `oom` (a refusal or a kill, with
+//! `on_oom = "fail"`), `spend` (a spent reservation paid wrongly) or
+//! `reclaimer` (a wait for reclaim timed out, a callback panicked); see
+//! [`crate::machine`].
 //!
 //! At the end ([`crate::machine::Machine::finish`]): every object is freed,
 //! every reservation dropped, every task exits, stocks are drained; then
@@ -50,8 +57,9 @@ pub fn stock_bound_bytes(nr_cpus: u64, nr_tasks: u64, nr_objcgs: u64) -> u64 {
 /// A failed check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// The check's name (`engine`, `usage-floor`, `limit`, `oom`,
-    /// `engine-error`, `end-engine`, `end-usage`, `end-remove`, `end-leak`).
+    /// The check's name (`engine`, `usage-floor`, `limit`, `oom`, `spend`,
+    /// `reclaimer`, `engine-error`, `end-engine`, `end-usage`,
+    /// `end-remove`, `end-leak`).
     pub check: &'static str,
     /// What was found.
     pub details: String,
@@ -117,6 +125,66 @@ pub fn limit(
     Ok(())
 }
 
+/// The `spend` check of an allocation of `bytes` made while reservation
+/// `res` was spent (`before`/`after`: the reservation's bytes; `charged`:
+/// whether the allocation succeeded; `root_*`: root's `memory.current`):
+/// it takes what the reservation has, up to `bytes` (a refusal gives it
+/// all back), and taking all of it charges nothing. Returns the bytes
+/// taken.
+///
+/// # Errors
+/// A `spend` [`Violation`].
+pub fn spend(
+    res: u64,
+    bytes: u64,
+    (before, after): (u64, u64),
+    (root_before, root_after): (u64, u64),
+    charged: bool,
+) -> Result<u64, Violation> {
+    let taken = if charged { before.min(bytes) } else { 0 };
+    if before.checked_sub(after) != Some(taken) {
+        return Err(Violation {
+            check: "spend",
+            details: format!(
+                "reservation {res} of {before} bytes went to {after} bytes for an allocation of {bytes} bytes (charged: {charged}): it must give {taken}"
+            ),
+        });
+    }
+    if taken == bytes && root_before != root_after {
+        return Err(Violation {
+            check: "spend",
+            details: format!(
+                "an allocation of {bytes} bytes paid from reservation {res} changed root's memory.current from {root_before} to {root_after} bytes"
+            ),
+        });
+    }
+    Ok(taken)
+}
+
+/// The `reclaimer` check after a step: the reclaimer thread got `idle`, no
+/// charge stopped waiting for reclaim at its deadline (`timeouts`), no
+/// callback panicked: otherwise the run depends on timing.
+///
+/// # Errors
+/// A `reclaimer` [`Violation`].
+pub fn reclaimer(
+    idle: bool,
+    timeouts: u64,
+    panics: u64,
+    wait: std::time::Duration,
+) -> Result<(), Violation> {
+    if !idle || timeouts > 0 || panics > 0 {
+        return Err(Violation {
+            check: "reclaimer",
+            details: format!(
+                "reclaimer idle: {idle}; {timeouts} charges stopped waiting for reclaim after {wait:?}; \
+                 {panics} reclaim callbacks panicked: the run is no longer deterministic"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// End check: a group's usage is back to zero.
 ///
 /// # Errors
@@ -152,6 +220,32 @@ mod tests {
     fn limit_above_ceiling_fails() {
         assert!(limit("a", 10, 5, 9).is_err());
         assert!(limit("a", 9, 5, 9).is_ok());
+    }
+
+    #[test]
+    fn spend_wrong_payment_fails() {
+        // 100 bytes from 300: 100 taken, usage unchanged.
+        assert_eq!(spend(0, 100, (300, 200), (8192, 8192), true), Ok(100));
+        assert!(spend(0, 100, (300, 300), (8192, 8192), true).is_err());
+        assert!(spend(0, 100, (300, 250), (8192, 8192), true).is_err());
+        assert!(spend(0, 100, (300, 200), (8192, 12288), true).is_err());
+        // 500 bytes from 300: all taken, the rest charged (usage moves).
+        assert_eq!(spend(0, 500, (300, 0), (8192, 12288), true), Ok(300));
+        assert!(spend(0, 500, (300, 300), (8192, 12288), true).is_err());
+        // Refused: everything given back.
+        assert_eq!(spend(0, 500, (300, 300), (8192, 8192), false), Ok(0));
+        assert!(spend(0, 500, (300, 0), (8192, 8192), false).is_err());
+        // Spent out: nothing taken.
+        assert_eq!(spend(0, 500, (0, 0), (8192, 12288), true), Ok(0));
+    }
+
+    #[test]
+    fn reclaimer_timeout_panic_or_busy_fails() {
+        let wait = std::time::Duration::from_secs(30);
+        assert!(reclaimer(true, 0, 0, wait).is_ok());
+        assert!(reclaimer(false, 0, 0, wait).is_err());
+        assert!(reclaimer(true, 1, 0, wait).is_err());
+        assert!(reclaimer(true, 0, 1, wait).is_err());
     }
 
     #[test]

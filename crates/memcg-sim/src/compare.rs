@@ -96,6 +96,8 @@ pub fn workload(
         reserve_max_bytes: 64 << 10,
         cache_share: 0.0,
         flush_rate: 0.0,
+        fallible_share: 0.0,
+        spend_share: 0.0,
     };
     let mut task_specs = vec![
         TaskSpec {
@@ -114,6 +116,7 @@ pub fn workload(
         path: "app".into(),
         max_bytes: None,
         reclaimer: false,
+        oom_policy: None,
     }];
     for k in 0..SWITCH_PAIRS {
         let group = format!("app/s{k}");
@@ -121,6 +124,7 @@ pub fn workload(
             path: group.clone(),
             max_bytes: None,
             reclaimer: false,
+            oom_policy: None,
         });
         for (me, peer, start_cpu) in [("a", "b", None), ("b", "a", Some(pong_cpu))] {
             task_specs.push(TaskSpec {
@@ -142,6 +146,7 @@ pub fn workload(
             path: path.clone(),
             max_bytes: None,
             reclaimer: false,
+            oom_policy: None,
         });
         task_specs.push(TaskSpec {
             name: format!("worker{k}"),

@@ -19,38 +19,41 @@ use crate::scenario::{
 use crate::sim::{run_ops, Failure, RunOptions};
 
 /// A random scenario for `seed` with `steps` steps: 1–3 nodes × 1–4 CPUs,
-/// either cache mode, up to four groups (nested, some limited, some with
-/// reclaimers), up to four task kinds with random sizes, lifetimes, free
-/// patterns, migration, reservations and cache objects, sometimes attach
-/// churn and group churn. Refusals at `max` are counted, not failures.
+/// either cache mode, up to three groups (nested, some limited, some with
+/// reclaimers, each with an OOM policy or its parent's), up to four task
+/// kinds with random sizes, lifetimes, free patterns, migration,
+/// reservations (sometimes spent on allocations), fallible allocations
+/// and cache objects, sometimes attach churn and group churn. Refusals at
+/// `max` and kills are counted, not failures.
 pub fn random_scenario(seed: u64, steps: u64) -> Scenario {
     let mut r = Rng::new(seed ^ 0xf022_5eed);
     let nodes = r.range(1, 3);
     let cpus = r.range(1, 4);
-    let mut groups = vec![GroupSpec {
-        path: "a".into(),
+    let group = |path: &str| GroupSpec {
+        path: path.into(),
         max_bytes: None,
         reclaimer: false,
-    }];
+        oom_policy: None,
+    };
+    let mut groups = vec![group("a")];
     if r.chance(0.6) {
-        groups.push(GroupSpec {
-            path: "a/x".into(),
-            max_bytes: None,
-            reclaimer: false,
-        });
+        groups.push(group("a/x"));
     }
     if r.chance(0.6) {
-        groups.push(GroupSpec {
-            path: "b".into(),
-            max_bytes: None,
-            reclaimer: false,
-        });
+        groups.push(group("b"));
     }
     for g in &mut groups {
         if r.chance(0.4) {
             g.max_bytes = Some(r.range(64, 4096) * 4096);
             g.reclaimer = r.chance(0.6);
         }
+        // Unset inherits (root's is `kill`).
+        g.oom_policy = [
+            None,
+            Some(memcg::OomPolicy::Kill),
+            Some(memcg::OomPolicy::Fail),
+            Some(memcg::OomPolicy::Force),
+        ][r.index(4)];
     }
     let nr_specs = r.range(1, 4) as usize;
     let names: Vec<String> = (0..nr_specs).map(|i| format!("t{i}")).collect();
@@ -85,6 +88,8 @@ pub fn random_scenario(seed: u64, steps: u64) -> Scenario {
             reserve_max_bytes: r.range(1, 256 << 10),
             cache_share: [0.0, 0.3, 0.9][r.index(3)],
             flush_rate: [0.0, 0.001, 0.02][r.index(3)],
+            fallible_share: [0.0, 0.0, 0.1, 0.5][r.index(4)],
+            spend_share: [0.0, 0.3, 0.8][r.index(3)],
         });
     }
     let mut attach_churn = Vec::new();
@@ -135,6 +140,10 @@ pub struct SeedResult {
     pub charges: u64,
     /// Refusals at `max` counted.
     pub ooms: u64,
+    /// Groups killed by their OOM policy.
+    pub kills: u64,
+    /// Allocations paid from spent reservations.
+    pub spent_charges: u64,
     /// The failure, with the scenario and steps that produced it.
     pub failure: Option<(Failure, Scenario, Vec<Op>)>,
 }
@@ -164,6 +173,8 @@ pub fn run_seed(
         seed,
         charges: r.metrics.charges,
         ooms: r.metrics.ooms,
+        kills: r.metrics.kills,
+        spent_charges: r.metrics.spent_charges,
         failure: r.failure.map(|f| (f, scenario, ops)),
     })
 }
@@ -273,11 +284,13 @@ pub fn command(args: &FuzzArgs) -> anyhow::Result<u8> {
     let results: Vec<SeedResult> = results.into_iter().flatten().collect();
     let charges: u64 = results.iter().map(|r| r.charges).sum();
     let ooms: u64 = results.iter().map(|r| r.ooms).sum();
+    let kills: u64 = results.iter().map(|r| r.kills).sum();
+    let spent: u64 = results.iter().map(|r| r.spent_charges).sum();
     let mut out = std::io::stdout().lock();
     let Some(first) = results.iter().find(|r| r.failure.is_some()) else {
         writeln!(
             out,
-            "fuzz: {} seeds ({}..{}) × {} steps: no violation ({charges} charges, {ooms} refusals at max counted)",
+            "fuzz: {} seeds ({}..{}) × {} steps: no violation ({charges} charges, {ooms} refusals at max and {kills} OOM kills counted, {spent} charges paid from reservations)",
             args.seeds,
             args.first_seed,
             args.first_seed + args.seeds - 1,

@@ -5,13 +5,38 @@
 //! Each simulated task is an engine [`Task`]; every operation passes the
 //! task's virtual CPU to the engine. Nothing here accounts memory itself:
 //! the model only remembers which objects are live and how large they are.
+//!
+//! # Reclaim and determinism
+//! The engine runs reclaim callbacks on its reclaimer thread. A charge
+//! over `memory.max` (and a `memory.max` lowered below usage) waits for the
+//! passes it asks for, so while a callback runs the simulated step is
+//! blocked in the engine: the order of events is the same on every run. To
+//! keep it so on a loaded machine, the controller waits up to
+//! [`RECLAIM_WAIT`] for reclaim (a pass takes microseconds; the default
+//! 50 ms could run out under load and turn a reclaim into an OOM outcome),
+//! and after every step the machine waits until the reclaimer is idle
+//! (asynchronous work: reclaim over `memory.high`, kill notifications). A
+//! wait that timed out anyway, or a callback that panicked, stops the run
+//! with the `reclaimer` check rather than letting it go on
+//! nondeterministically.
+//!
+//! # OOM outcomes
+//! A charge over `memory.max` after reclaim takes the OOM policy of the
+//! group that hit it: `fail` refuses it (counted, or a violation with
+//! `on_oom = "fail"`), `force` lets it through (the group's limit is then
+//! a threshold: the `limit` check skips groups whose subtree forces), and
+//! `kill` lets it through and marks the group killed. The simulator plays
+//! the application: it restarts a killed tenant at once, freeing every
+//! object and reservation of the killed subtree and reviving the group,
+//! and reports the kill.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use memcg::{
-    Charge, ChargeKind, Config, Controller, EngineCounters, Group, GroupStats, Limit,
+    Charge, ChargeKind, Config, Controller, EngineCounters, Group, GroupStats, Limit, OomPolicy,
     ReclaimerHandle, Reservation, Task, Topology,
 };
 
@@ -24,6 +49,10 @@ use crate::workload::{initial_cpu, task_layout};
 /// Called after each step's operation, before the checks (tests use it to
 /// inject the engine's own faults).
 pub type Hook = Box<dyn FnMut(usize, &Machine) + Send>;
+
+/// How long a charge may wait for reclaim, and how long a step waits for
+/// the reclaimer thread to get idle (see "Reclaim and determinism").
+pub const RECLAIM_WAIT: Duration = Duration::from_secs(30);
 
 struct SimTask {
     task: Task,
@@ -44,6 +73,9 @@ struct PoolInner {
 }
 
 impl Pool {
+    /// Runs on the engine's reclaimer thread while the step that asked
+    /// waits for it (or, for asynchronous requests, before the step ends:
+    /// see "Reclaim and determinism"); frees on that step's CPU.
     fn reclaim(&self, wanted_bytes: u64) -> u64 {
         let mut inner = lock(&self.inner);
         let mut freed_bytes = 0;
@@ -52,7 +84,6 @@ impl Pool {
                 break;
             };
             freed_bytes += charge.bytes();
-            // The callback runs inside a charge on the current CPU.
             let _ = self.ctrl.uncharge(self.cpu.load(Ordering::Relaxed), charge);
             inner.freed.push(obj);
         }
@@ -75,6 +106,8 @@ struct GroupEntry {
     live_bytes: u64,
     max_bytes: Option<u64>,
     ceiling_bytes: u64,
+    /// The OOM policy the scenario gave it (or its parent's when made).
+    policy: OomPolicy,
     pool: Option<Arc<Pool>>,
     reclaimer: Option<ReclaimerHandle>,
 }
@@ -100,6 +133,10 @@ pub struct Machine {
     cpu_now: Arc<AtomicUsize>,
     metrics: Metrics,
     invariants_every: u64,
+    /// A reclaim callback was registered (the reclaimer thread runs).
+    has_reclaimers: bool,
+    /// Kills by group path.
+    kills: BTreeMap<String, u64>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -137,7 +174,8 @@ impl Machine {
             topo.clone(),
             Config::default()
                 .task_cache(scenario.machine.task_cache.into())
-                .obj_stock_slots(scenario.machine.obj_stock_slots),
+                .obj_stock_slots(scenario.machine.obj_stock_slots)
+                .reclaim_wait(RECLAIM_WAIT),
         );
         let mut m = Machine {
             ctrl: ctrl.clone(),
@@ -151,12 +189,18 @@ impl Machine {
             cpu_now: Arc::new(AtomicUsize::new(0)),
             metrics: Metrics::default(),
             invariants_every: 1,
+            has_reclaimers: false,
+            kills: BTreeMap::new(),
         };
         m.add_group(String::new(), ctrl.root(), None);
         for g in &scenario.groups {
             let group = ctrl.create(&g.path)?;
             let parent = m.by_path.get(parent_path(&g.path)).copied();
             let idx = m.add_group(g.path.clone(), group.clone(), parent);
+            if let Some(policy) = g.oom_policy {
+                group.set_oom_policy(policy);
+                m.groups[idx].policy = policy;
+            }
             if let Some(max) = g.max_bytes {
                 group.set_max(Limit::Bytes(max))?;
                 m.groups[idx].max_bytes = Some(max);
@@ -172,6 +216,7 @@ impl Machine {
                 let handle = group.register_reclaimer(move |req| p.reclaim(req.wanted_bytes));
                 m.groups[idx].pool = Some(pool);
                 m.groups[idx].reclaimer = Some(handle);
+                m.has_reclaimers = true;
             }
         }
         for (spec, replica) in task_layout(scenario) {
@@ -212,8 +257,16 @@ impl Machine {
         self.ctrl.counters()
     }
 
+    /// The groups killed by their OOM policy so far, with how many times,
+    /// by path.
+    pub fn kills(&self) -> Vec<(String, u64)> {
+        self.kills.iter().map(|(p, &n)| (p.clone(), n)).collect()
+    }
+
+    /// A new group starts with its parent's policy, as in the engine.
     fn add_group(&mut self, path: String, group: Group, parent: Option<usize>) -> usize {
         let idx = self.groups.len();
+        let policy = parent.map_or(OomPolicy::default(), |p| self.groups[p].policy);
         self.by_path.insert(path.clone(), idx);
         self.groups.push(GroupEntry {
             path,
@@ -224,10 +277,24 @@ impl Machine {
             live_bytes: 0,
             max_bytes: None,
             ceiling_bytes: u64::MAX,
+            policy,
             pool: None,
             reclaimer: None,
         });
         idx
+    }
+
+    /// Whether online group `x` is `k` or below it.
+    fn in_subtree(&self, mut x: usize, k: usize) -> bool {
+        loop {
+            if x == k {
+                return true;
+            }
+            match self.groups[x].parent {
+                Some(p) => x = self.resolve(p),
+                None => return false,
+            }
+        }
     }
 
     /// The stock error bound for the machine as it is now.
@@ -268,6 +335,84 @@ impl Machine {
         }
     }
 
+    /// After an allocation through `task` that killed a group: counts the
+    /// kill and restarts the tenant (frees every object and reservation of
+    /// the killed subtree, revives the group), as an application does
+    /// when it is told of a kill.
+    fn restart_killed(&mut self, task: usize) -> Result<(), StepError> {
+        let Some(kill) = self.tasks[task].task.group().and_then(|g| g.killed_by()) else {
+            return Ok(());
+        };
+        self.metrics.kills += 1;
+        *self.kills.entry(kill.path.clone()).or_default() += 1;
+        if self.on_oom == OnOom::Fail {
+            return Err(StepError::Stop(Violation {
+                check: "oom",
+                details: format!("{kill} (set `run.on_oom = \"count\"` to allow OOM outcomes)"),
+            }));
+        }
+        let Some(&k) = self.by_path.get(&kill.path) else {
+            return Err(StepError::Stop(Violation {
+                check: "engine-error",
+                details: format!("killed group {:?} is not online", kill.path),
+            }));
+        };
+        // Objects a reclaim pass freed in this step are gone already.
+        self.collect_reclaimed();
+        let cpu = self.tasks[task].cpu;
+        let doomed: Vec<u64> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| self.in_subtree(self.resolve(o.group), k))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in doomed {
+            let Some(o) = self.objects.remove(&id) else {
+                continue;
+            };
+            let charge = match (o.charge, o.pool) {
+                (Some(c), _) => Some(c),
+                (None, Some(p)) => self.groups[p]
+                    .pool
+                    .as_ref()
+                    .and_then(|pool| lock(&pool.inner).charges.remove(&id)),
+                (None, None) => None,
+            };
+            if let Some(c) = charge {
+                if let Err(e) = self.tasks[task].task.uncharge(cpu, c) {
+                    return Err(self.engine_error("uncharge of a killed tenant", e));
+                }
+            }
+            let g = self.resolve(o.group);
+            self.groups[g].live_bytes -= o.bytes;
+            self.metrics.killed_objects += 1;
+        }
+        let doomed: Vec<u64> = self
+            .reservations
+            .iter()
+            .filter(|(_, (_, g))| self.in_subtree(self.resolve(*g), k))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in doomed {
+            if let Some((r, g)) = self.reservations.remove(&id) {
+                let g = self.resolve(g);
+                self.groups[g].live_bytes -= r.bytes();
+                self.metrics.killed_objects += 1;
+            }
+        }
+        self.groups[k].group.revive();
+        Ok(())
+    }
+
+    /// Waits until the reclaimer thread is idle; a wait for reclaim that
+    /// timed out, or a callback that panicked, stops the run (see
+    /// "Reclaim and determinism").
+    fn settle(&self) -> Result<(), Violation> {
+        let idle = !self.has_reclaimers || self.ctrl.wait_reclaim_idle(RECLAIM_WAIT);
+        let (_, timeouts, panics) = self.ctrl.reclaimer_counters();
+        checks::reclaimer(idle, timeouts, panics, RECLAIM_WAIT)
+    }
+
     /// Runs one operation, then the per-step checks.
     ///
     /// # Errors
@@ -279,6 +424,7 @@ impl Machine {
             Err(StepError::Skip) => self.metrics.skipped_steps += 1,
             Err(StepError::Stop(v)) => return Err(v),
         }
+        self.settle()?;
         self.collect_reclaimed();
         self.check(index)
     }
@@ -290,7 +436,9 @@ impl Machine {
                 bytes,
                 obj,
                 cache,
-            } => self.alloc(*task, *bytes, *obj, *cache),
+                fallible,
+                spend,
+            } => self.alloc(*task, *bytes, *obj, *cache, *fallible, *spend),
             Op::Free { task, obj } => {
                 let t = self.tasks.get(*task).ok_or(StepError::Skip)?;
                 let o = self.objects.remove(obj).ok_or(StepError::Skip)?;
@@ -415,30 +563,89 @@ impl Machine {
         }
     }
 
-    fn alloc(&mut self, task: usize, bytes: u64, obj: u64, cache: bool) -> Result<(), StepError> {
+    fn alloc(
+        &mut self,
+        task: usize,
+        bytes: u64,
+        obj: u64,
+        cache: bool,
+        fallible: bool,
+        spend: Option<u64>,
+    ) -> Result<(), StepError> {
         if self.objects.contains_key(&obj) {
             return Err(StepError::Skip);
         }
         let t = self.tasks.get(task).ok_or(StepError::Skip)?;
         let cpu = t.cpu;
         self.cpu_now.store(cpu, Ordering::Relaxed);
-        let charge = match t.task.charge(cpu, bytes, ChargeKind::Alloc) {
+        let root_before = self.ctrl.root().current_bytes();
+        let charge = |task: &Task| {
+            let region = fallible.then(|| task.enter_fallible());
+            let result = task.charge(cpu, bytes, ChargeKind::Alloc);
+            drop(region);
+            result
+        };
+        // With `spend`: the reservation's bytes before and after, and its
+        // group.
+        let (result, spent) = match spend.and_then(|res| self.reservations.get_mut(&res)) {
+            Some((r, g)) => {
+                let before = r.bytes();
+                let result = match t.task.spend(r) {
+                    Ok(guard) => {
+                        let result = charge(&t.task);
+                        drop(guard);
+                        result
+                    }
+                    Err(e) => Err(e),
+                };
+                (result, Some((before, r.bytes(), *g)))
+            }
+            None => (charge(&t.task), None),
+        };
+        // The group whose reservation paid (in part or in full), and how
+        // much it took.
+        let paid_by = match spent {
+            Some((before, after, g)) => {
+                let taken = checks::spend(
+                    spend.unwrap_or(0),
+                    bytes,
+                    (before, after),
+                    (root_before, self.ctrl.root().current_bytes()),
+                    result.is_ok(),
+                )?;
+                (taken > 0).then(|| (self.resolve(g), taken))
+            }
+            None => None,
+        };
+        let charge = match result {
             Ok(c) => c,
             Err(e @ memcg::Error::Charge(_)) => return Err(self.oom(&e)),
             Err(e) => return Err(self.engine_error("charge", e)),
         };
-        let nid = self.node_of(cpu);
-        let (path, node) = match t.task.obj_cgroup(nid) {
-            Ok(x) => x,
-            Err(e) => return Err(self.engine_error("obj_cgroup", e)),
-        };
         self.metrics.charges += 1;
         self.metrics.charged_bytes += bytes;
-        if node != nid {
-            self.metrics.wrong_node_bytes += bytes;
-        }
-        let g = self.by_path.get(path.as_str()).copied().unwrap_or(0);
-        self.groups[g].live_bytes += bytes;
+        let g = match paid_by {
+            // The object is the reservation's, on its node: the bytes taken
+            // move from the reservation to the object, the rest is charged.
+            Some((g, taken)) => {
+                self.metrics.spent_charges += 1;
+                self.groups[g].live_bytes += bytes - taken;
+                g
+            }
+            None => {
+                let nid = self.node_of(cpu);
+                let (path, node) = match self.tasks[task].task.obj_cgroup(nid) {
+                    Ok(x) => x,
+                    Err(e) => return Err(self.engine_error("obj_cgroup", e)),
+                };
+                if node != nid {
+                    self.metrics.wrong_node_bytes += bytes;
+                }
+                let g = self.by_path.get(path.as_str()).copied().unwrap_or(0);
+                self.groups[g].live_bytes += bytes;
+                g
+            }
+        };
         let (charge, pool) = match (&self.groups[g].pool, cache) {
             (Some(p), true) => {
                 lock(&p.inner).charges.insert(obj, charge);
@@ -455,6 +662,9 @@ impl Machine {
                 pool,
             },
         );
+        if self.tasks[task].task.is_killed() {
+            self.restart_killed(task)?;
+        }
         Ok(())
     }
 
@@ -540,6 +750,24 @@ impl Machine {
         sums
     }
 
+    /// Which online groups have a group with policy `force` in their
+    /// subtree (a forced charge there may take them past `memory.max`), by
+    /// group index, as the scenario set the policies.
+    fn forcing_subtrees(&self) -> Vec<bool> {
+        let mut out = vec![false; self.groups.len()];
+        for (i, e) in self.groups.iter().enumerate() {
+            if !e.online || e.policy != OomPolicy::Force {
+                continue;
+            }
+            let mut g = Some(i);
+            while let Some(j) = g {
+                out[j] = true;
+                g = self.groups[j].parent.map(|p| self.resolve(p));
+            }
+        }
+        out
+    }
+
     /// Runs every per-step check now, `check_invariants` included.
     ///
     /// # Errors
@@ -556,6 +784,7 @@ impl Machine {
             checks::engine(&self.ctrl, "engine")?;
         }
         let live = self.subtree_live_bytes();
+        let forcing = self.forcing_subtrees();
         let bound = self.bound_bytes();
         for (i, e) in self.groups.iter_mut().enumerate() {
             if !e.online {
@@ -564,7 +793,9 @@ impl Machine {
             let current = e.group.current_bytes();
             checks::usage_floor(&e.path, current, live[i])?;
             if let Some(max) = e.max_bytes {
-                checks::limit(&e.path, current, max, e.ceiling_bytes)?;
+                if !forcing[i] {
+                    checks::limit(&e.path, current, max, e.ceiling_bytes)?;
+                }
                 e.ceiling_bytes = max.saturating_add(bound).max(e.ceiling_bytes.min(current));
             }
             if i == 0 {

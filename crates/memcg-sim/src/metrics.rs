@@ -14,6 +14,14 @@ pub struct Metrics {
     pub wrong_node_bytes: u64,
     /// Charges and reservations refused at `memory.max`.
     pub ooms: u64,
+    /// Groups killed by their OOM policy (`kill`); each kill restarts the
+    /// tenant (see the README's "OOM policies").
+    pub kills: u64,
+    /// Objects and reservations freed by those restarts.
+    pub killed_objects: u64,
+    /// Allocations paid (in full or in part) from a spent reservation
+    /// (also in `charges`).
+    pub spent_charges: u64,
     /// Steps whose target was gone (freed object, removed group, ...).
     pub skipped_steps: u64,
     /// Objects freed by reclaim callbacks.

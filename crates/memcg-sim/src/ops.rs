@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Op {
     /// Task `task` allocates object `obj` of `bytes` on its CPU; a `cache`
-    /// object may be freed by its group's reclaim callback.
+    /// object may be freed by its group's reclaim callback. A `fallible`
+    /// allocation is made in a fallible region (`Task::enter_fallible`);
+    /// with `spend`, the task spends that reservation meanwhile
+    /// (`Task::spend`), which pays for the object if it has the bytes.
     Alloc {
         /// Task index.
         task: usize,
@@ -25,6 +28,12 @@ pub enum Op {
         /// Whether the group's reclaimer may free it.
         #[serde(default)]
         cache: bool,
+        /// Whether it is made in a fallible region.
+        #[serde(default, skip_serializing_if = "is_false")]
+        fallible: bool,
+        /// The reservation spent meanwhile, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spend: Option<u64>,
     },
     /// Task `task` frees object `obj` on its CPU (possibly another task's).
     Free {
@@ -101,6 +110,10 @@ pub enum Op {
     },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Bugs the simulator can inject through the public API (the engine's own
 /// test hooks need the `fault-injection` feature; see [`crate::machine::Hook`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
@@ -136,9 +149,20 @@ impl std::fmt::Display for Op {
                 bytes,
                 obj,
                 cache,
+                fallible,
+                spend,
             } => {
-                let c = if *cache { " (cache)" } else { "" };
-                write!(f, "alloc task={task} bytes={bytes} obj={obj}{c}")
+                write!(f, "alloc task={task} bytes={bytes} obj={obj}")?;
+                if let Some(res) = spend {
+                    write!(f, " spend={res}")?;
+                }
+                if *fallible {
+                    f.write_str(" (fallible)")?;
+                }
+                if *cache {
+                    f.write_str(" (cache)")?;
+                }
+                Ok(())
             }
             Op::Free { task, obj } => write!(f, "free task={task} obj={obj}"),
             Op::Migrate { task, cpu } => write!(f, "migrate task={task} cpu={cpu}"),

@@ -60,6 +60,7 @@ struct RawGroup {
     max_bytes: Option<Spanned<toml::Value>>,
     #[serde(default)]
     reclaimer: bool,
+    oom_policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +84,8 @@ struct RawTask {
     reserve_max_bytes: Option<Spanned<u64>>,
     cache_share: Option<Spanned<f64>>,
     flush_rate: Option<Spanned<f64>>,
+    fallible_share: Option<Spanned<f64>>,
+    spend_share: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -288,10 +291,26 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
                     }
                 }
             };
+        let oom_policy = match g.oom_policy {
+            None => None,
+            Some(v) => match v.get_ref().parse::<memcg::OomPolicy>() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return Err(cx.err(
+                        v.span(),
+                        format!(
+                            "`oom_policy` must be \"kill\", \"fail\" or \"force\", got {:?}",
+                            v.get_ref()
+                        ),
+                    ))
+                }
+            },
+        };
         groups.push(GroupSpec {
             path,
             max_bytes,
             reclaimer: g.reclaimer,
+            oom_policy,
         });
     }
 
@@ -388,6 +407,8 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
             reserve_max_bytes: size(&t.reserve_max_bytes, "reserve_max_bytes", 64 << 10)?,
             cache_share: cx.rate(&t.cache_share, "cache_share", 0.0)?,
             flush_rate: cx.rate(&t.flush_rate, "flush_rate", 0.0)?,
+            fallible_share: cx.rate(&t.fallible_share, "fallible_share", 0.0)?,
+            spend_share: cx.rate(&t.spend_share, "spend_share", 0.0)?,
         });
     }
 

@@ -106,9 +106,23 @@ pub fn json(name: &str, scenario: &Scenario, r: &RunReport) -> serde_json::Value
         },
         "stock_bound_bytes": r.bound_bytes,
         "metrics": r.metrics,
+        "killed": r
+            .kills
+            .iter()
+            .map(|(path, kills)| serde_json::json!({"path": path, "kills": kills}))
+            .collect::<Vec<_>>(),
         "counters": r.counters,
         "groups": r.stats,
     })
+}
+
+/// `"a" (2), "b/c" (1)`, or `none`.
+fn killed_groups(kills: &[(String, u64)]) -> String {
+    if kills.is_empty() {
+        return "none".into();
+    }
+    let list: Vec<String> = kills.iter().map(|(p, n)| format!("{p:?} ({n})")).collect();
+    list.join(", ")
 }
 
 /// The text report: a summary, then each group's cgroup v2 files.
@@ -152,6 +166,14 @@ pub fn write_text(
         m.ooms,
         m.reclaimed_objects,
         m.skipped_steps
+    )?;
+    writeln!(
+        out,
+        "oom kills {} (objects and reservations freed by restarts {}), killed groups: {}; charges paid from reservations {}",
+        m.kills,
+        m.killed_objects,
+        killed_groups(&r.kills),
+        m.spent_charges
     )?;
     writeln!(
         out,

@@ -30,15 +30,16 @@ impl From<CacheMode> for memcg::TaskCacheMode {
     }
 }
 
-/// What a charge refused at `memory.max` means for the run.
+/// What an OOM outcome (a charge refused at `memory.max`, or a group
+/// killed by its OOM policy) means for the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnOom {
     /// The run fails (exit 1), like an invariant violation.
     #[default]
     Fail,
-    /// The refusal is counted and the run goes on (limit-pressure
-    /// workloads, the fuzzer).
+    /// The refusal or kill is counted and the run goes on
+    /// (limit-pressure workloads, the fuzzer).
     Count,
 }
 
@@ -91,6 +92,11 @@ pub struct GroupSpec {
     /// Whether the group registers a reclaim callback that frees its
     /// `cache` objects.
     pub reclaimer: bool,
+    /// What a charge meets when the group is over `memory.max` after
+    /// reclaim (`kill`, `fail`, `force`); unset: the parent's (root's is
+    /// `kill`). See the README's "OOM policies".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_policy: Option<memcg::OomPolicy>,
 }
 
 /// `[[task]]`: `count` simulated tasks with one behaviour.
@@ -134,6 +140,12 @@ pub struct TaskSpec {
     pub cache_share: f64,
     /// Probability per step of flushing the byte cache.
     pub flush_rate: f64,
+    /// Share of allocations made in a fallible region (refused at
+    /// `memory.max` under `kill` and `fail`, never a kill).
+    pub fallible_share: f64,
+    /// Share of allocations paid from one of the task's reservations
+    /// while it is spent (when the task has one).
+    pub spend_share: f64,
 }
 
 /// `[[attach_churn]]`: tasks moved between groups by a controller.
@@ -201,3 +213,57 @@ impl Scenario {
 }
 
 pub use crate::parse::{line_column, parse, ScenarioError, MAX_OBJECT_BYTES};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_toml_policies_fallible_and_spend_parse_back_the_same() {
+        let text = r#"
+[machine]
+topology = "2x2"
+[[group]]
+path = "a"
+oom_policy = "fail"
+[[group]]
+path = "a/b"
+max_bytes = "1M"
+oom_policy = "force"
+[[task]]
+name = "t"
+group = "a/b"
+fallible_share = 0.25
+spend_share = 0.5
+reserve_rate = 0.1
+[[step]]
+op = "reserve"
+group = "a/b"
+bytes = 4096
+res = 0
+[[step]]
+op = "alloc"
+task = 0
+bytes = 100
+obj = 0
+fallible = true
+spend = 0
+"#;
+        let s = parse("x.toml", text).expect("valid");
+        assert_eq!(s.groups[0].oom_policy, Some(memcg::OomPolicy::Fail));
+        assert_eq!(s.groups[1].oom_policy, Some(memcg::OomPolicy::Force));
+        assert_eq!(
+            s.steps[1],
+            Op::Alloc {
+                task: 0,
+                bytes: 100,
+                obj: 0,
+                cache: false,
+                fallible: true,
+                spend: Some(0),
+            }
+        );
+        let again = parse("y.toml", &s.to_toml()).expect("round trip");
+        assert_eq!(again, s);
+    }
+}

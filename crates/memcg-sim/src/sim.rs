@@ -59,6 +59,8 @@ pub struct RunReport {
     pub stats: Vec<GroupStats>,
     /// The stock error bound at the end.
     pub bound_bytes: u64,
+    /// Groups killed by their OOM policy, with how many times, by path.
+    pub kills: Vec<(String, u64)>,
     /// The first failed check, if any.
     pub failure: Option<Failure>,
 }
@@ -105,6 +107,7 @@ pub fn run_ops(
     let counters = m.counters();
     let metrics = m.metrics();
     let bound_bytes = m.bound_bytes();
+    let kills = m.kills();
     let stats = m.snapshot();
     if failure.is_none() {
         if let Err(violation) = m.finish() {
@@ -120,6 +123,7 @@ pub fn run_ops(
         counters,
         stats,
         bound_bytes,
+        kills,
         failure,
     })
 }

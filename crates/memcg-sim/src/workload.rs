@@ -5,7 +5,8 @@
 //! other at every step and their operations interleave), then the task
 //! either migrates (to a CPU of its node or of another node), flushes its
 //! byte cache, works on a reservation, frees one of the objects it is
-//! responsible for, or allocates. Objects are handed at allocation to the
+//! responsible for, or allocates (sometimes in a fallible region, or
+//! spending one of its reservations). Objects are handed at allocation to the
 //! task that will free them (itself, its peer, or any task). Attach churn
 //! and group churn fire on their periods, counted in scheduler ticks.
 
@@ -95,6 +96,8 @@ pub fn generate(scenario: &Scenario) -> memcg::Result<Vec<Op>> {
                 bytes: 64,
                 obj: next_obj,
                 cache: false,
+                fallible: false,
+                spend: None,
             });
             ops.push(Op::Free {
                 task: i,
@@ -234,11 +237,20 @@ pub fn generate(scenario: &Scenario) -> memcg::Result<Vec<Op>> {
         next_obj += 1;
         let bytes = rng.range(spec.alloc_min_bytes, spec.alloc_max_bytes);
         let cache = rng.chance(spec.cache_share);
+        // Drawn only when asked for, so that workloads without them keep
+        // their step lists.
+        let fallible = spec.fallible_share > 0.0 && rng.chance(spec.fallible_share);
+        let reservations = &tasks[i].reservations;
+        let spend =
+            (spec.spend_share > 0.0 && !reservations.is_empty() && rng.chance(spec.spend_share))
+                .then(|| reservations[rng.index(reservations.len())]);
         ops.push(Op::Alloc {
             task: i,
             bytes,
             obj,
             cache,
+            fallible,
+            spend,
         });
         let freer = match (spec.free_by, &spec.peer) {
             (FreeBy::Peer, Some(p)) => {

@@ -100,7 +100,7 @@ fn run_every_scenario_passes_its_checks() {
 
 #[test]
 fn run_malformed_scenarios_report_file_line_column() {
-    let cases: [(&str, &str, &str); 10] = [
+    let cases: [(&str, &str, &str); 12] = [
         ("syntax", "[machine\ntopology = \"2x4\"\n", ":1:9: "),
         ("type", "[machine]\ntopology = \"2x4\"\n\n[run]\nsteps = \"many\"\n", ":5:9: invalid type: string \"many\", expected u64"),
         ("unknown-key", "[machine]\ntopology = \"2x4\"\ncolour = \"blue\"\n", ":3:1: unknown field `colour`"),
@@ -111,6 +111,8 @@ fn run_malformed_scenarios_report_file_line_column() {
         ("bad-topology", "[machine]\ntopology = \"two\"\n", ":2:12: `topology` must be like \"2x4\""),
         ("bad-start-cpu", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\n[[task]]\nname = \"t\"\ngroup = \"g\"\nstart_cpu = 9\n", ":8:13: `start_cpu` 9 is not a CPU of the machine"),
         ("bad-stock-slots", "[machine]\ntopology = \"2x4\"\nobj_stock_slots = 0\n", ":3:19: `obj_stock_slots` must be from 1 to 5"),
+        ("bad-oom-policy", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\noom_policy = \"explode\"\n", ":5:14: `oom_policy` must be \"kill\", \"fail\" or \"force\", got \"explode\""),
+        ("bad-fallible-share", "[machine]\ntopology = \"2x4\"\n[[group]]\npath = \"g\"\n[[task]]\nname = \"t\"\ngroup = \"g\"\nfallible_share = 2.0\n", ":8:18: `fallible_share` must be a probability between 0 and 1"),
     ];
     for (name, text, expected) in cases {
         let file = write(&format!("{name}.toml"), text);
@@ -212,6 +214,80 @@ fn run_oom_fails_unless_counted() {
     );
     let o = sim(&["run", &f]);
     assert_caught(&o, "oom", "operation `alloc");
+}
+
+/// The three OOM policies side by side (`scenarios/oom-kill.toml`): the
+/// tenant under `kill` is killed, restarted and killed again, and is the
+/// only group reported killed; the one under `fail` overcommits as much
+/// and is refused, never killed; the well-behaved one counts no event.
+#[test]
+fn run_oom_kill_scenario_kills_only_the_tenant_under_kill() {
+    let f = scenario_dir().join("oom-kill.toml");
+    let f = f.to_str().expect("utf-8 path");
+    let o = sim(&["run", f, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout, sim(&["run", f, "--json"]).stdout, "deterministic");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["checks"]["ok"], true);
+    let killed = v["killed"].as_array().expect("a list of killed groups");
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert_eq!(killed[0]["path"], "tenants/greedy");
+    let kills = killed[0]["kills"].as_u64().expect("number");
+    assert!(kills >= 2, "killed again after each restart: {kills}");
+    assert_eq!(v["metrics"]["kills"].as_u64(), Some(kills));
+    let group = |path: &str| -> serde_json::Value {
+        let groups = v["groups"].as_array().expect("groups");
+        let g = groups.iter().find(|g| g["path"] == path);
+        g.cloned().unwrap_or_else(|| panic!("no group {path}"))
+    };
+    let event = |path: &str, key: &str| -> u64 {
+        group(path)["events_local"][key].as_u64().expect("number")
+    };
+    // Each kill counts one `oom` and one `oom_kill`, there and above.
+    assert_eq!(event("tenants/greedy", "oom_kill"), kills);
+    assert_eq!(event("tenants/greedy", "oom"), kills);
+    assert_eq!(group("tenants")["events"]["oom_kill"].as_u64(), Some(kills));
+    // Every refusal of the run is `careful`'s, which is never killed.
+    let refused = v["metrics"]["ooms"].as_u64().expect("number");
+    assert!(refused > 0);
+    assert_eq!(event("tenants/careful", "oom"), refused);
+    assert_eq!(event("tenants/careful", "oom_kill"), 0);
+    for key in ["max", "oom", "oom_kill"] {
+        assert_eq!(event("tenants/steady", key), 0, "steady {key}");
+    }
+    // The kills are OOM outcomes: with `on_oom = "fail"` the first one
+    // stops the run.
+    let text = std::fs::read_to_string(f).expect("scenario");
+    let strict = write(
+        "oom-kill-strict.toml",
+        &text.replace("on_oom = \"count\"", "on_oom = \"fail\""),
+    );
+    let o = sim(&["run", &strict]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("operation `alloc task=0 "), "{err}");
+    assert!(err.contains("check `oom` failed"), "{err}");
+    assert!(err.contains("group `tenants/greedy` was killed"), "{err}");
+}
+
+#[test]
+fn run_oom_kill_scenario_text_lists_killed_groups() {
+    let f = scenario_dir().join("oom-kill.toml");
+    let o = sim(&["run", f.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("oom kills "))
+        .unwrap_or_else(|| panic!("no kill line: {out}"));
+    assert!(
+        line.contains("killed groups: \"tenants/greedy\" ("),
+        "{line}"
+    );
+    assert!(
+        !line.contains("careful") && !line.contains("steady"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -2,13 +2,15 @@
 //!
 //! Random sequences of up to 60 operations ([`Op`]: create and remove
 //! groups, new tasks, attach, charge and uncharge on any CPU through any
-//! task or the controller, overrides, `max`/`high`/force limits, reclaim
+//! task or the controller, overrides, fallible regions, spent
+//! reservations, `max`/`high` limits, OOM policies and revivals, reclaim
 //! callbacks, exempt and exited tasks, reservations, drains), in both task
 //! cache modes, run against a real [`Controller`] ("2x2") and, step by
 //! step, against [`Model`]: a plain sequential reference that knows only
-//! the group tree (with removed flags), the tasks (group, exited, exempt),
-//! and which charges and reservations are alive, with their origin group
-//! and node. It knows nothing of stocks or caches.
+//! the group tree (with removed flags, limits, OOM policies and kill
+//! marks), the tasks (group, exited, exempt), and which charges and
+//! reservations are alive, with their origin group and node. It knows
+//! nothing of stocks or caches.
 //!
 //! After every step:
 //! - [`Controller::check_invariants`] is `Ok`;
@@ -17,13 +19,37 @@
 //!   paths, root, removal with tasks or children, removed groups, exited
 //!   tasks, unknown CPUs and nodes);
 //! - the online groups, their paths and lookups, task counts, task groups,
-//!   limits, reservation owners and the objcg a task's cache gives match;
+//!   limits, OOM policies, kill marks (`is_killed`, `killed_by`),
+//!   reservation owners and the objcg a task's cache gives match;
 //! - usage covers the live bytes, peaks never fall, and a group over `max`
-//!   never grows (unless a group of its subtree forces charges);
-//! - a failed charge is justified: the refusing group is on the charged
-//!   chain, carries the limit the model set and does not force, `usage +
-//!   request > limit`, the request is the pages the bytes need, and the
-//!   group counted one `oom` event.
+//!   never grows (unless a group of its subtree forces charges: policy
+//!   `force`, or a kill);
+//! - a charge's outcome follows the OOM policy of the group that refused
+//!   or killed ([`check_charge_error`], [`check_charge_events`]): a refusal
+//!   is justified (the refusing group is on the charged chain, carries the
+//!   limit the model set, `usage + request > limit`, the request is the
+//!   pages the bytes need), comes, for an allocation, from a group whose
+//!   policy is `fail` outside a killed subtree (explicit charges and
+//!   fallible regions meet `max` whatever the policy), and counts exactly
+//!   one local `oom` there; a successful allocation kills at
+//!   most one group, a `kill` group on its chain whose peak went past its
+//!   `max`, counting `oom` and `oom_kill` once there (and `oom_kill` in the
+//!   hierarchical events of it and its ancestors), and counts no `oom`
+//!   otherwise (`force` counts `max` only); explicit charges and fallible
+//!   regions never kill; an allocation in a killed subtree succeeds without
+//!   asking for reclaim;
+//! - a kill is reported to the kill callbacks of every group of the killed
+//!   subtree (removed ones too: the harness keeps every group's handle, so
+//!   none is pruned), once, on the reclaimer thread;
+//! - an allocation made while a reservation is spent ([`Task::spend`])
+//!   takes what the reservation has, up to its size ([`check_spent`]): if
+//!   that is all of it, no group's usage changes, the reservation shrinks
+//!   by the bytes and its group's `reservation` statistic moves to
+//!   `alloc`; if the reservation has less (but some), it is emptied and the
+//!   rest is charged to the reservation's group and node as an allocation
+//!   (which the policy may refuse, giving the reservation back, or kill
+//!   for); a reservation spent out, or a charge of another kind, leaves it
+//!   untouched and charges as usual.
 //!
 //! At `DrainAndCompare` steps and at the end of each case every task is
 //! flushed and every stock drained; then each online group's usage and
@@ -31,20 +57,48 @@
 //! [`Harness::compare_drained`]). Finally everything is released and root
 //! must be back to zero.
 //!
-//! Reclaim callbacks share the model through a mutex: a callback frees
+//! # Reclaim on the reclaimer thread
+//! Reclaim callbacks and kill callbacks run on the controller's reclaimer
+//! thread. A reclaim callback shares the model through a mutex: it frees
 //! live charges owned by its group's subtree (uncharging them through the
 //! controller) and removes them from the model itself, so the model learns
-//! what reclaim freed.
+//! what reclaim freed. The harness keeps this deterministic:
+//! - it never holds the model's lock across an engine call (a charge over
+//!   `max` waits for a reclaim pass, whose callback needs the lock);
+//! - the controller waits up to [`RECLAIM_WAIT`] for reclaim, so a pass
+//!   never times out on a loaded machine (a timeout fails the step);
+//! - a step holds a gate for its whole operation; a callback asked to
+//!   reclaim over `high` (asynchronous: the charge does not wait) takes the
+//!   gate first, so it sees the model as the step left it, never half of
+//!   it; callbacks for `max` and lowered limits run while the step's
+//!   thread waits for them, so they skip the gate;
+//! - after every operation the harness waits until the reclaimer is idle
+//!   ([`Controller::wait_reclaim_idle`]) before it compares anything.
+//!
+//! One race is left, in the engine: a pass for `high` reads the group's
+//! usage when it starts, which may be before the charging call has
+//! finished its last stock deposit (an eviction or a pool trim can still
+//! uncharge a page then). It changes how much a `high` pass asks for, never
+//! what the checks accept.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use memcg::{
-    ChargeError, ChargeKind, Controller, Error, Group, Limit, ReclaimRequest, ReclaimerHandle,
-    Reservation, Task, TaskCacheMode, Topology, PAGE_SIZE,
+    ChargeError, ChargeKind, Config, Controller, Error, Events, Group, Limit, MemoryStat,
+    OomPolicy, ReclaimReason, ReclaimRequest, ReclaimerHandle, Reservation, Task, TaskCacheMode,
+    Topology, PAGE_SIZE,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+
+/// How long a charge may wait for reclaim, and how long a step waits for
+/// the reclaimer to get idle: long enough that a loaded machine never
+/// times out (a pass takes microseconds).
+const RECLAIM_WAIT: Duration = Duration::from_secs(30);
+/// The name of the controller's reclaimer thread.
+const RECLAIMER_THREAD: &str = "memcg-reclaim";
 
 /// The machine: 2 nodes × 2 CPUs; CPU `c` is on node `c / 2`.
 const TOPOLOGY: &str = "2x2";
@@ -130,6 +184,8 @@ enum GroupSel {
     OfTask(Pick),
     /// The owner of a live charge, else as `Online`.
     OfCharge(Pick),
+    /// A group the model says is killed, else as `Online`.
+    Killed(Pick),
 }
 
 impl GroupSel {
@@ -171,12 +227,16 @@ impl GroupSel {
                     .map(|i| owners[i])
                     .or_else(|| among(&|g| model.online(g), p))
             }
+            GroupSel::Killed(p) => {
+                among(&|g| model.groups[g].killed, p).or_else(|| among(&|g| model.online(g), p))
+            }
         };
         let (GroupSel::Any(p)
         | GroupSel::Online(p)
         | GroupSel::Removable(p)
         | GroupSel::OfTask(p)
-        | GroupSel::OfCharge(p)) = self;
+        | GroupSel::OfCharge(p)
+        | GroupSel::Killed(p)) = self;
         chosen.unwrap_or_else(|| p.of(model.groups.len()).unwrap_or(ROOT))
     }
 }
@@ -322,9 +382,29 @@ enum Op {
         group: GroupSel,
         limit: LimitChoice,
     },
-    SetForceOverMax {
+    /// `group.set_oom_policy(policy)` (root and removed groups too).
+    SetOomPolicy {
         group: GroupSel,
-        force: bool,
+        policy: OomPolicy,
+    },
+    /// `group.revive()`: returns whether the group itself was killed.
+    Revive {
+        group: GroupSel,
+    },
+    /// `task.enter_fallible()`, charge, drop the guard.
+    ChargeFallible {
+        task: TaskSel,
+        cpu: usize,
+        bytes: u64,
+        kind: ChargeKind,
+    },
+    /// `task.spend(&mut reservation)`, charge, drop the guard.
+    ChargeSpent {
+        task: TaskSel,
+        reservation: Pick,
+        cpu: usize,
+        bytes: u64,
+        kind: ChargeKind,
     },
     SetExempt {
         task: TaskSel,
@@ -398,12 +478,24 @@ fn charge_bytes() -> impl Strategy<Value = u64> {
     prop_oneof![6 => 1..=20_000u64, 1 => Just(PAGE_SIZE), 1 => Just(2 * PAGE_SIZE)]
 }
 
+fn oom_policy() -> impl Strategy<Value = OomPolicy> {
+    prop_oneof![
+        2 => Just(OomPolicy::Kill),
+        2 => Just(OomPolicy::Fail),
+        1 => Just(OomPolicy::Force),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let name = prop_oneof![10 => 0..4usize, 2 => 4..NR_NAMES];
     let kind = prop_oneof![
         6 => Just(ChargeKind::Alloc),
         2 => Just(ChargeKind::Runtime),
         1 => Just(ChargeKind::Reservation),
+    ];
+    let alloc_kind = prop_oneof![
+        6 => Just(ChargeKind::Alloc),
+        1 => Just(ChargeKind::Runtime),
     ];
     let via = prop_oneof![
         Just(Via::Owner),
@@ -432,7 +524,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, via_path)| Op::Evacuate { group, via_path }),
         3 => group_sel().prop_map(|group| Op::NewTask { group }),
         4 => (task_sel(), group_sel()).prop_map(|(task, group)| Op::Attach { task, group }),
-        24 => (task_sel(), any_cpu(), charge_bytes(), kind).prop_map(
+        24 => (task_sel(), any_cpu(), charge_bytes(), kind.clone()).prop_map(
             |(task, cpu, bytes, kind)| Op::Charge {
                 task,
                 cpu,
@@ -446,7 +538,7 @@ fn op() -> impl Strategy<Value = Op> {
             via
         }),
         2 => (task_sel(), any_cpu()).prop_map(|(task, cpu)| Op::Flush { task, cpu }),
-        3 => (group_sel(), limit.clone()).prop_map(|(group, limit)| Op::SetMax { group, limit }),
+        5 => (group_sel(), limit.clone()).prop_map(|(group, limit)| Op::SetMax { group, limit }),
         4 => (group_sel(), 1..5usize, valid_cpu()).prop_map(|(group, budget, cpu)| {
             Op::RegisterReclaimer { group, budget, cpu }
         }),
@@ -474,8 +566,35 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => (group_sel(), limit.clone())
             .prop_map(|(group, limit)| Op::SetHigh { group, limit }),
-        1 => (group_sel(), prop::bool::weighted(0.6))
-            .prop_map(|(group, force)| Op::SetForceOverMax { group, force }),
+        2 => (group_sel(), oom_policy())
+            .prop_map(|(group, policy)| Op::SetOomPolicy { group, policy }),
+        2 => prop_oneof![
+            1 => group_sel(),
+            3 => pick().prop_map(GroupSel::Killed),
+        ]
+        .prop_map(|group| Op::Revive { group }),
+        4 => (task_sel(), any_cpu(), charge_bytes(), kind.clone()).prop_map(
+            |(task, cpu, bytes, kind)| Op::ChargeFallible {
+                task,
+                cpu,
+                bytes,
+                kind,
+            }
+        ),
+        4 => (
+            task_sel(),
+            pick(),
+            any_cpu(),
+            prop_oneof![2 => 1..=3_000u64, 1 => charge_bytes()],
+            alloc_kind,
+        )
+            .prop_map(|(task, reservation, cpu, bytes, kind)| Op::ChargeSpent {
+                task,
+                reservation,
+                cpu,
+                bytes,
+                kind,
+            }),
         1 => (task_sel(), any::<bool>())
             .prop_map(|(task, exempt)| Op::SetExempt { task, exempt }),
         1 => (task_sel(), 0..=NR_NODES)
@@ -488,8 +607,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A few groups and tasks to start from, so that most steps have groups
-/// to work on (ordinary operations, which shrinking may drop).
+/// Root's OOM policy (which the groups made below it inherit), then a few
+/// groups and tasks to start from, so that most steps have groups to work
+/// on (ordinary operations, which shrinking may drop).
 fn setup() -> impl Strategy<Value = Vec<Op>> {
     let create = (pick(), 0..4usize).prop_map(|(p, name)| Op::Create {
         parent: GroupSel::Online(p),
@@ -500,13 +620,20 @@ fn setup() -> impl Strategy<Value = Vec<Op>> {
     let task = pick().prop_map(|p| Op::NewTask {
         group: GroupSel::Online(p),
     });
+    let root_policy = oom_policy().prop_map(|policy| Op::SetOomPolicy {
+        group: GroupSel::id(ROOT as u16),
+        policy,
+    });
     (
+        root_policy,
         prop::collection::vec(create, 2..=8),
         prop::collection::vec(task, 1..=3),
     )
-        .prop_map(|(mut groups, tasks)| {
-            groups.extend(tasks);
-            groups
+        .prop_map(|(policy, groups, tasks)| {
+            let mut ops = vec![policy];
+            ops.extend(groups);
+            ops.extend(tasks);
+            ops
         })
 }
 
@@ -533,8 +660,11 @@ struct MGroup {
     removed: bool,
     max: Limit,
     high: Limit,
-    /// `force_over_max`: charges past `max` are forced, not refused.
-    force: bool,
+    /// What a charge meets when this group is over `max` after reclaim.
+    policy: OomPolicy,
+    /// Killed by its policy and not revived (kept for removed groups: the
+    /// engine's mark stays with them).
+    killed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -687,7 +817,8 @@ impl Model {
                 removed: false,
                 max: Limit::Max,
                 high: Limit::Max,
-                force: false,
+                policy: OomPolicy::default(),
+                killed: false,
             }],
             tasks: Vec::new(),
             charges: BTreeMap::new(),
@@ -876,6 +1007,35 @@ impl Model {
         e
     }
 
+    /// The nearest killed group on `g`'s ancestor chain (itself included).
+    fn killed_ancestor(&self, g: GroupId) -> Option<GroupId> {
+        let mut x = Some(g);
+        while let Some(c) = x {
+            if self.groups[c].killed {
+                return Some(c);
+            }
+            x = self.groups[c].parent;
+        }
+        None
+    }
+
+    /// Whether an allocation to an objcg of `origin` is forced past every
+    /// `max` at once: its owner is in a killed subtree.
+    fn allocation_forced_by_kill(&self, origin: GroupId) -> bool {
+        self.killed_ancestor(self.owner(origin)).is_some()
+    }
+
+    /// Whether a charge may take `g` past its `max` (so its usage may grow
+    /// there): an online group of its subtree forces charges (policy
+    /// `force`) or is in a killed subtree.
+    fn may_force_past_max(&self, g: GroupId) -> bool {
+        (0..self.groups.len()).any(|d| {
+            self.online(d)
+                && self.in_subtree(d, g)
+                && (self.groups[d].policy == OomPolicy::Force || self.killed_ancestor(d).is_some())
+        })
+    }
+
     /// The groups that may refuse a charge to an objcg of `origin`: its
     /// owner and the owner's ancestors, with a byte limit.
     fn limited_chain(&self, origin: GroupId) -> Vec<GroupId> {
@@ -902,14 +1062,32 @@ fn check_charge_justified(usage: u64, requested: u64, limit: u64) -> Result<(), 
     }
 }
 
+/// What kind of charge it is, which decides its outcome over `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// An allocation through a task: the over-limit group's policy
+    /// decides (`kill`, `fail`, `force`); forced at once in a killed
+    /// subtree.
+    Alloc,
+    /// An allocation in a fallible region: refused whatever the policy;
+    /// never kills.
+    Fallible,
+    /// An explicit charge (reservations): as `Fallible`.
+    Explicit,
+}
+
 /// A refused charge of `bytes` to an objcg of `origin`: justified, refused
 /// by a limited group on the charged chain with the model's limit, for the
-/// pages the bytes need.
+/// pages the bytes need; an allocation only by a group whose policy is
+/// `fail` and outside a killed subtree (where allocations are forced),
+/// while a charge that may fail (explicit, fallible) meets `max` whatever
+/// the policy.
 fn check_charge_error(
     model: &Model,
     e: &ChargeError,
     origin: GroupId,
     bytes: u64,
+    mode: Mode,
 ) -> Result<(), String> {
     check_charge_justified(e.usage_bytes(), e.requested_bytes(), e.limit_bytes())?;
     if e.requested_bytes() != page_bytes(bytes) {
@@ -928,11 +1106,25 @@ fn check_charge_error(
             chain.iter().map(|&g| model.path(g)).collect::<Vec<_>>()
         ));
     };
-    if model.groups[g].force {
-        return Err(format!(
-            "charge refused by {:?}, which forces charges past max",
-            e.path()
-        ));
+    let policy = model.groups[g].policy;
+    match mode {
+        Mode::Alloc if policy != OomPolicy::Fail => {
+            return Err(format!(
+                "allocation refused by {:?}, whose policy is {}: only `fail` refuses an allocation",
+                e.path(),
+                policy.name()
+            ));
+        }
+        Mode::Alloc => {
+            if let Some(k) = model.killed_ancestor(model.owner(origin)) {
+                return Err(format!(
+                    "allocation refused by {:?} in the subtree of killed {:?}: it must be forced",
+                    e.path(),
+                    model.path(k)
+                ));
+            }
+        }
+        Mode::Fallible | Mode::Explicit => {}
     }
     let want = rounded(model.groups[g].max);
     if Limit::Bytes(e.limit_bytes()) != want {
@@ -943,6 +1135,223 @@ fn check_charge_error(
         ));
     }
     Ok(())
+}
+
+/// Every group's events (by model id, removed groups too), local and
+/// hierarchical.
+#[derive(Debug, Clone, Default)]
+struct EventsSnapshot {
+    local: Vec<Events>,
+    hierarchical: Vec<Events>,
+}
+
+/// The events a charge of `mode` to an objcg of `origin` counted (from
+/// `before` to `after`), given its outcome (`refused_by`: the path in its
+/// error), and the groups' peaks after it. Returns the group it killed.
+///
+/// A refusal counts one local `oom` at the refusing group, nothing else.
+/// A success counts no `oom` unless it kills: then exactly one group, a
+/// `kill` group on the charged chain, counts one `oom` and one `oom_kill`
+/// locally, `oom_kill` once in the hierarchical events of it and each
+/// ancestor below root, and its peak is past its `max` (the forced
+/// charge). Only an allocation outside a killed subtree kills.
+fn check_charge_events(
+    model: &Model,
+    origin: GroupId,
+    mode: Mode,
+    refused_by: Option<&str>,
+    before: &EventsSnapshot,
+    after: &EventsSnapshot,
+    peaks_bytes: &[u64],
+) -> Result<Option<GroupId>, String> {
+    let mut ooms = Vec::new();
+    let mut kills = Vec::new();
+    for g in 0..model.groups.len() {
+        let (b, a) = (before.local[g], after.local[g]);
+        if a.oom < b.oom || a.oom_kill < b.oom_kill {
+            return Err(format!(
+                "group {:?}: local events went down from {b:?} to {a:?}",
+                model.path(g)
+            ));
+        }
+        if a.oom > b.oom {
+            ooms.push((g, a.oom - b.oom));
+        }
+        if a.oom_kill > b.oom_kill {
+            kills.push((g, a.oom_kill - b.oom_kill));
+        }
+    }
+    let paths = |v: &[(GroupId, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|&(g, n)| (model.path(g), n)).collect()
+    };
+    if let Some(path) = refused_by {
+        if !kills.is_empty() {
+            return Err(format!(
+                "a refused charge counted oom_kill at {:?}",
+                paths(&kills)
+            ));
+        }
+        let refuser = (0..model.groups.len()).find(|&g| model.online(g) && model.path(g) == path);
+        return match (refuser, ooms.as_slice()) {
+            (Some(r), &[(g, 1)]) if g == r => Ok(None),
+            _ => Err(format!(
+                "charge refused by {path:?}: local oom events counted at {:?}, expected one there",
+                paths(&ooms)
+            )),
+        };
+    }
+    let &[(k, 1)] = kills.as_slice() else {
+        if kills.is_empty() && !ooms.is_empty() {
+            return Err(format!(
+                "a successful charge that killed nobody counted oom at {:?}",
+                paths(&ooms)
+            ));
+        }
+        if kills.is_empty() {
+            return Ok(None);
+        }
+        return Err(format!(
+            "one charge counted oom_kill at {:?}, expected at most one kill",
+            paths(&kills)
+        ));
+    };
+    let name = model.path(k);
+    if ooms.as_slice() != [(k, 1)] {
+        return Err(format!(
+            "the kill of {name:?} counted oom at {:?}, expected once there",
+            paths(&ooms)
+        ));
+    }
+    if mode != Mode::Alloc {
+        return Err(format!(
+            "{mode:?} charge killed {name:?}: explicit charges and fallible regions never kill"
+        ));
+    }
+    if !model.limited_chain(origin).contains(&k) {
+        return Err(format!(
+            "charge to objcg of {:?} killed {name:?}, which is not a limited group on its chain",
+            model.path(origin)
+        ));
+    }
+    if model.groups[k].policy != OomPolicy::Kill {
+        return Err(format!(
+            "charge killed {name:?}, whose policy is {}",
+            model.groups[k].policy.name()
+        ));
+    }
+    if let Some(x) = model.killed_ancestor(model.owner(origin)) {
+        return Err(format!(
+            "allocation in the subtree of killed {:?} killed {name:?}: it must be forced",
+            model.path(x)
+        ));
+    }
+    if let Limit::Bytes(max) = rounded(model.groups[k].max) {
+        if peaks_bytes[k] <= max {
+            return Err(format!(
+                "killed {name:?} at max {max} bytes, but its peak is {} bytes",
+                peaks_bytes[k]
+            ));
+        }
+    }
+    for g in 0..model.groups.len() {
+        let want = u64::from(g != ROOT && model.in_subtree(k, g));
+        let (b, a) = (before.hierarchical[g], after.hierarchical[g]);
+        if a.oom_kill.checked_sub(b.oom_kill) != Some(want) {
+            return Err(format!(
+                "the kill of {name:?}: hierarchical oom_kill of {:?} went from {} to {}, expected +{want}",
+                model.path(g),
+                b.oom_kill,
+                a.oom_kill
+            ));
+        }
+    }
+    Ok(Some(k))
+}
+
+/// What a spent reservation's charge may change, read before and after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpendView {
+    /// `current` of every group (by model id).
+    usage_bytes: Vec<u64>,
+    /// The reservation's bytes.
+    reservation_bytes: u64,
+    /// The local statistics of the reservation's group on its node.
+    stat: MemoryStat,
+}
+
+/// A charge made while a reservation was spent that took `taken_bytes`
+/// from it and charged `charged_bytes` more to its objcg (an allocation of
+/// `taken + charged` bytes): the reservation shrank by `taken_bytes`, its
+/// group's statistics moved `taken_bytes` from `reservation` to `alloc`
+/// and added `charged_bytes` to `alloc`, `runtime` unchanged. With
+/// `pages_untouched` (nothing was charged, no stock drained), no group's
+/// usage and no `kernel` figure changed either. Refused charges give back
+/// what they took: 0 and 0.
+fn check_spent(
+    before: &SpendView,
+    after: &SpendView,
+    taken_bytes: u64,
+    charged_bytes: u64,
+    pages_untouched: bool,
+) -> Result<(), String> {
+    if pages_untouched && before.usage_bytes != after.usage_bytes {
+        return Err(format!(
+            "a charge paid from a reservation changed usage from {:?} to {:?}",
+            before.usage_bytes, after.usage_bytes
+        ));
+    }
+    if before.reservation_bytes.checked_sub(taken_bytes) != Some(after.reservation_bytes) {
+        return Err(format!(
+            "a charge that took {taken_bytes} bytes from a reservation of {} bytes left {}",
+            before.reservation_bytes, after.reservation_bytes
+        ));
+    }
+    let (b, a) = (&before.stat, &after.stat);
+    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let moved = stat_moved(
+        b.alloc_bytes,
+        a.alloc_bytes,
+        as_i64(taken_bytes.saturating_add(charged_bytes)),
+    ) && stat_moved(
+        b.reservation_bytes,
+        a.reservation_bytes,
+        -as_i64(taken_bytes),
+    ) && stat_moved(b.runtime_bytes, a.runtime_bytes, 0)
+        && (!pages_untouched || stat_moved(b.kernel_bytes, a.kernel_bytes, 0));
+    if !moved {
+        return Err(format!(
+            "a charge that took {taken_bytes} bytes from a reservation and charged {charged_bytes}: \
+             statistics went from {b:?} to {a:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// A charge made while a reservation without bytes left (or a charge of
+/// another kind than `Alloc`) was spent: the reservation is untouched.
+fn check_not_spent(before: &SpendView, after: &SpendView) -> Result<(), String> {
+    if before.reservation_bytes != after.reservation_bytes {
+        return Err(format!(
+            "a charge not paid from the spent reservation changed it from {} to {} bytes",
+            before.reservation_bytes, after.reservation_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a `memory.stat` figure moved by `delta` bytes. A figure is a
+/// counter clamped at 0 when read, and until the tasks flush their pending
+/// statistics a counter may be below 0 (a task pends its charge, another
+/// frees the object directly): a figure above 0 is exact, a figure of 0
+/// is only bounded.
+fn stat_moved(before: u64, after: u64, delta: i64) -> bool {
+    let before_i = i64::try_from(before).unwrap_or(i64::MAX);
+    let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+    if before > 0 {
+        after_i == before_i.saturating_add(delta).max(0)
+    } else {
+        after_i <= delta.max(0)
+    }
 }
 
 /// A group whose usage is over its `max` must not grow.
@@ -959,7 +1368,7 @@ fn check_max_respected(path: &str, usage: u64, max: Limit, previous: u64) -> Res
 // The harness: engine + model
 // ---------------------------------------------------------------------------
 
-/// What the harness and the reclaim callbacks share.
+/// What the harness and the callbacks share.
 #[derive(Debug)]
 struct Shared {
     model: Model,
@@ -967,31 +1376,49 @@ struct Shared {
     live: BTreeMap<u64, memcg::Charge>,
     /// Problems seen inside callbacks, reported after the step.
     errors: Vec<String>,
+    /// The reclaim callbacks that ran during the step: group, reason.
+    reclaim_calls: Vec<(GroupId, ReclaimReason)>,
+    /// The kill notifications of the step: the group whose callback ran,
+    /// and the killed group's path it was told.
+    kills_notified: Vec<(GroupId, String)>,
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the calling thread is the controller's reclaimer thread.
+fn on_reclaimer_thread() -> bool {
+    std::thread::current().name() == Some(RECLAIMER_THREAD)
 }
 
 /// A reclaim callback registered on `group`: frees up to `budget` live
 /// charges owned by `group`'s subtree (oldest first) until `wanted_bytes`
 /// are freed, uncharging them through the controller on `cpu`.
+///
+/// A request for `high` is served while the step that made it may still
+/// run: the callback waits for the step's `gate` first (see the module
+/// doc). Requests for `max` and lowered limits come while the step's
+/// thread waits for this pass, holding the gate: they must not take it.
 fn reclaim(
     shared: &Mutex<Shared>,
+    gate: &Mutex<()>,
     ctrl: &Controller,
     group: GroupId,
     budget: usize,
     cpu: usize,
     req: &ReclaimRequest,
 ) -> u64 {
+    let _gate = (req.reason == ReclaimReason::High).then(|| lock(gate));
     let taken = {
-        let mut s = match shared.try_lock() {
-            Ok(s) => s,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                panic!("harness bug: a reclaim callback ran while the harness held the model")
-            }
-        };
+        let mut s = lock(shared);
+        if !on_reclaimer_thread() {
+            let thread = std::thread::current().name().map(str::to_string);
+            s.errors.push(format!(
+                "a reclaim callback ran on thread {thread:?}, not on the reclaimer thread"
+            ));
+        }
+        s.reclaim_calls.push((group, req.reason));
         if s.model.groups[group].removed {
             let path = s.model.path(group);
             s.errors
@@ -1032,9 +1459,25 @@ fn reclaim(
     freed
 }
 
+/// Whether `op` charges (and so may ask for reclaim over `max` or `high`).
+fn charges(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Charge { .. }
+            | Op::ChargeEntered { .. }
+            | Op::ChargeFallible { .. }
+            | Op::ChargeSpent { .. }
+            | Op::Reserve { .. }
+            | Op::TaskReserve { .. }
+            | Op::Grow { .. }
+    )
+}
+
 struct Harness {
     ctrl: Controller,
     shared: Arc<Mutex<Shared>>,
+    /// Held by a step for its whole operation; see [`reclaim`].
+    gate: Arc<Mutex<()>>,
     /// Engine handles, by model id (removed groups included).
     groups: Vec<Group>,
     tasks: Vec<Task>,
@@ -1044,8 +1487,19 @@ struct Harness {
     last_usage: Vec<u64>,
     /// Peak of every group after the previous step.
     last_peak: Vec<u64>,
-    /// `oom` events of every group before the current charge.
-    oom_before: Vec<u64>,
+    /// Groups the current step killed.
+    killed_now: Vec<GroupId>,
+    /// The current step made an allocation in a killed subtree (which
+    /// must not wait for reclaim).
+    forced_by_kill: bool,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // The callbacks hold the controller: unregister them so that it
+        // (and its reclaimer thread) goes away with the harness.
+        self.reclaimers.clear();
+    }
 }
 
 impl Harness {
@@ -1054,26 +1508,31 @@ impl Harness {
         for cpu in 0..NR_CPUS {
             assert_eq!(topology.node_of(cpu).ok(), Some(node_of(cpu)));
         }
-        let ctrl = Controller::new(topology);
+        let ctrl = Controller::with_config(topology, Config::default().reclaim_wait(RECLAIM_WAIT));
         let root = ctrl.root();
-        // The reference model predicts refusals at `max` (policy `fail`,
-        // inherited by every group made below root).
-        root.set_oom_policy(memcg::OomPolicy::Fail);
-        Harness {
+        let h = Harness {
             ctrl,
             shared: Arc::new(Mutex::new(Shared {
                 model: Model::new(mode),
                 live: BTreeMap::new(),
                 errors: Vec::new(),
+                reclaim_calls: Vec::new(),
+                kills_notified: Vec::new(),
             })),
+            gate: Arc::new(Mutex::new(())),
             groups: vec![root],
             tasks: Vec::new(),
             reservations: BTreeMap::new(),
             reclaimers: Vec::new(),
             last_usage: vec![0],
             last_peak: vec![0],
-            oom_before: Vec::new(),
-        }
+            killed_now: Vec::new(),
+            forced_by_kill: false,
+        };
+        // Also starts the reclaimer thread: charges always have someone to
+        // wait for.
+        h.watch_kills(ROOT);
+        h
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
@@ -1086,15 +1545,33 @@ impl Harness {
         self.shared().model.clone()
     }
 
+    /// Registers a kill callback on group `g` that records what it is told.
+    fn watch_kills(&self, g: GroupId) {
+        let shared = Arc::clone(&self.shared);
+        self.groups[g]
+            .on_oom_kill(move |k| {
+                let mut s = lock(&shared);
+                if !on_reclaimer_thread() {
+                    s.errors
+                        .push("a kill callback ran off the reclaimer thread".into());
+                }
+                s.kills_notified.push((g, k.path.clone()));
+            })
+            .keep();
+    }
+
     fn add_group(&mut self, parent: GroupId, name: String, group: Group) -> Result<(), String> {
         let mut s = self.shared();
+        // A new group starts with its parent's policy.
+        let policy = s.model.groups[parent].policy;
         s.model.groups.push(MGroup {
             name,
             parent: Some(parent),
             removed: false,
             max: Limit::Max,
             high: Limit::Max,
-            force: false,
+            policy,
+            killed: false,
         });
         let id = s.model.groups.len() - 1;
         let want = s.model.path(id);
@@ -1109,6 +1586,7 @@ impl Harness {
         self.groups.push(group);
         self.last_usage.push(0);
         self.last_peak.push(0);
+        self.watch_kills(id);
         Ok(())
     }
 
@@ -1123,19 +1601,97 @@ impl Harness {
         Ok(())
     }
 
+    /// Runs one operation with its checks (the step's own and those that
+    /// need the reclaimer idle), holding the gate while the operation
+    /// runs.
+    fn step(&mut self, op: &Op) -> Result<(), String> {
+        {
+            let mut s = self.shared();
+            s.reclaim_calls.clear();
+            s.kills_notified.clear();
+        }
+        self.killed_now.clear();
+        self.forced_by_kill = false;
+        let gate = Arc::clone(&self.gate);
+        let guard = lock(&gate);
+        let applied = self.apply(op);
+        drop(guard);
+        let settled = self.settle();
+        applied?;
+        settled?;
+        self.check_callbacks(op)?;
+        self.check_step()
+    }
+
+    /// Waits until the reclaimer has served everything (asynchronous
+    /// reclaim over `high`, kill notifications); no wait may have timed
+    /// out and no callback may have panicked.
+    fn settle(&self) -> Result<(), String> {
+        if !self.ctrl.wait_reclaim_idle(RECLAIM_WAIT) {
+            return Err(format!(
+                "the reclaimer did not get idle within {RECLAIM_WAIT:?}"
+            ));
+        }
+        let (_, timeouts, panics) = self.ctrl.reclaimer_counters();
+        if timeouts > 0 || panics > 0 {
+            return Err(format!(
+                "{timeouts} waits for reclaim timed out, {panics} callbacks panicked"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The callbacks of the step: reclaim for `max` or `high` only while
+    /// charging (never for an allocation in a killed subtree, which is
+    /// forced at once), for a lowered limit only while setting one; kill
+    /// callbacks exactly once on every group of each killed subtree, told
+    /// the killed group's path.
+    fn check_callbacks(&self, op: &Op) -> Result<(), String> {
+        let (calls, mut notified) = {
+            let mut s = self.shared();
+            (
+                std::mem::take(&mut s.reclaim_calls),
+                std::mem::take(&mut s.kills_notified),
+            )
+        };
+        let model = self.model();
+        for &(g, reason) in &calls {
+            let expected = match reason {
+                ReclaimReason::Max => charges(op) && !self.forced_by_kill,
+                ReclaimReason::High => charges(op),
+                ReclaimReason::LimitLowered => {
+                    matches!(op, Op::SetMax { .. } | Op::SetHigh { .. })
+                }
+                _ => false,
+            };
+            if !expected {
+                return Err(format!(
+                    "the reclaimer of {:?} was asked for {reason:?} (calls {calls:?})",
+                    model.path(g)
+                ));
+            }
+        }
+        let mut want = Vec::new();
+        for &k in &self.killed_now {
+            // Removed groups too: the harness holds every group's handle,
+            // so none is pruned from its parent's dead children.
+            for g in (0..model.groups.len()).filter(|&g| model.in_subtree(g, k)) {
+                want.push((g, model.path(k)));
+            }
+        }
+        want.sort();
+        notified.sort();
+        if notified != want {
+            return Err(format!(
+                "kill callbacks told {notified:?}, expected {want:?} (group, killed path)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs one operation and checks its outcome.
     fn apply(&mut self, op: &Op) -> Result<(), String> {
         let model = self.model();
-        if matches!(
-            op,
-            Op::Charge { .. }
-                | Op::ChargeEntered { .. }
-                | Op::Reserve { .. }
-                | Op::TaskReserve { .. }
-                | Op::Grow { .. }
-        ) {
-            self.oom_before = self.oom_counts(&model);
-        }
         match *op {
             Op::Create {
                 parent,
@@ -1266,21 +1822,138 @@ impl Harness {
                     return check_outcome(&Err(Expect::UnknownCpu(cpu)), &actual);
                 }
                 let (origin, node) = self.shared().model.charge_target(t, cpu);
-                match self.tasks[t].charge(cpu, bytes, kind) {
-                    Ok(c) => {
-                        let m = MCharge {
-                            task: t,
-                            origin,
-                            node,
-                            bytes,
-                            kind,
-                        };
-                        self.record_charge(m, c)?;
+                let before = self.events_snapshot();
+                let result = self.tasks[t].charge(cpu, bytes, kind);
+                let m = MCharge {
+                    task: t,
+                    origin,
+                    node,
+                    bytes,
+                    kind,
+                };
+                self.finish_task_charge(&model, &before, m, Mode::Alloc, result)?;
+            }
+            Op::ChargeFallible {
+                task,
+                cpu,
+                bytes,
+                kind,
+            } => {
+                let Some(t) = task.resolve(&model) else {
+                    return Ok(());
+                };
+                let charge = |task: &Task| {
+                    let guard = task.enter_fallible();
+                    let inside = task.is_fallible();
+                    let result = task.charge(cpu, bytes, kind);
+                    drop(guard);
+                    (inside && !task.is_fallible(), result)
+                };
+                if cpu >= NR_CPUS {
+                    let (_, actual) = charge(&self.tasks[t]);
+                    return check_outcome(&Err(Expect::UnknownCpu(cpu)), &actual);
+                }
+                let (origin, node) = self.shared().model.charge_target(t, cpu);
+                let before = self.events_snapshot();
+                let (region_ok, result) = charge(&self.tasks[t]);
+                if !region_ok {
+                    return Err("is_fallible() is not true exactly inside the region".into());
+                }
+                let m = MCharge {
+                    task: t,
+                    origin,
+                    node,
+                    bytes,
+                    kind,
+                };
+                self.finish_task_charge(&model, &before, m, Mode::Fallible, result)?;
+            }
+            Op::ChargeSpent {
+                task,
+                reservation,
+                cpu,
+                bytes,
+                kind,
+            } => {
+                let Some(t) = task.resolve(&model) else {
+                    return Ok(());
+                };
+                let ids: Vec<u64> = model.reservations.keys().copied().collect();
+                let Some(i) = reservation.of(ids.len()) else {
+                    return Ok(());
+                };
+                let id = ids[i];
+                let spent = model.reservations[&id];
+                if cpu >= NR_CPUS {
+                    let actual = self.charge_spending(t, id, cpu, bytes, kind)?;
+                    return check_outcome(&Err(Expect::UnknownCpu(cpu)), &actual);
+                }
+                // An allocation takes what the reservation has (up to its
+                // size) and charges the rest to the reservation's objcg;
+                // spent out, or another kind, it charges as usual (the
+                // task's cache is not looked at otherwise).
+                let taken = if kind == ChargeKind::Alloc {
+                    spent.bytes.min(bytes)
+                } else {
+                    0
+                };
+                let rest = bytes - taken;
+                let (origin, node) = if taken > 0 {
+                    (spent.origin, spent.node)
+                } else {
+                    self.shared().model.charge_target(t, cpu)
+                };
+                let view_before = self.spend_view(&model, id)?;
+                let before = self.events_snapshot();
+                let result = self.charge_spending(t, id, cpu, bytes, kind)?;
+                let view_after = self.spend_view(&model, id)?;
+                // A reclaim pass for `max` during the charge may free
+                // objects of the reservation's objcg (the statistics move).
+                let reclaimed = !self.shared().reclaim_calls.is_empty();
+                let m = MCharge {
+                    task: t,
+                    origin,
+                    node,
+                    bytes,
+                    kind,
+                };
+                match (taken, &result) {
+                    (0, _) => check_not_spent(&view_before, &view_after)?,
+                    (_, Ok(_)) if !reclaimed => {
+                        check_spent(&view_before, &view_after, taken, rest, rest == 0)?;
                     }
-                    Err(Error::Charge(e)) => {
-                        self.check_refused(&e, origin, bytes)?;
+                    (_, Ok(_)) => {
+                        if view_after.reservation_bytes != view_before.reservation_bytes - taken {
+                            return Err(format!(
+                                "a charge that took {taken} bytes from a reservation of {} bytes left {}",
+                                view_before.reservation_bytes, view_after.reservation_bytes
+                            ));
+                        }
                     }
-                    Err(e) => return Err(format!("charge failed unexpectedly: {e:?}")),
+                    (_, Err(_)) if !reclaimed => {
+                        check_spent(&view_before, &view_after, 0, 0, false)?;
+                    }
+                    (_, Err(_)) => check_not_spent(&view_before, &view_after)?,
+                }
+                if taken == 0 {
+                    self.finish_task_charge(&model, &before, m, Mode::Alloc, result)?;
+                } else {
+                    // The charge the policy sees is the rest's.
+                    let refusal = match &result {
+                        Err(Error::Charge(e)) => Some(e),
+                        _ => None,
+                    };
+                    self.check_charge_outcome(&model, &before, origin, rest, Mode::Alloc, refusal)?;
+                    match result {
+                        Ok(c) => {
+                            if let Some(r) = self.shared().model.reservations.get_mut(&id) {
+                                r.bytes -= taken;
+                            }
+                            self.record_charge(m, c)?;
+                        }
+                        Err(Error::Charge(_)) => {}
+                        Err(e) => return Err(format!("spent charge failed unexpectedly: {e:?}")),
+                    }
                 }
             }
             Op::Uncharge { charge, cpu, via } => {
@@ -1351,18 +2024,28 @@ impl Harness {
                     }
                 }
             }
-            Op::SetForceOverMax { group, force } => {
-                let g = group.resolve(&model, false);
-                let policy = if force {
-                    memcg::OomPolicy::Force
-                } else {
-                    memcg::OomPolicy::Fail
-                };
+            Op::SetOomPolicy { group, policy } => {
+                let g = group.resolve(&model, true);
                 self.groups[g].set_oom_policy(policy);
-                self.shared().model.groups[g].force = force;
+                self.shared().model.groups[g].policy = policy;
                 if self.groups[g].oom_policy() != policy {
-                    return Err("force_over_max does not read back".into());
+                    return Err(format!(
+                        "oom_policy() is {:?} after set_oom_policy({policy:?})",
+                        self.groups[g].oom_policy()
+                    ));
                 }
+            }
+            Op::Revive { group } => {
+                let g = group.resolve(&model, true);
+                let was_killed = self.groups[g].revive();
+                if was_killed != model.groups[g].killed {
+                    return Err(format!(
+                        "revive() of {:?} returned {was_killed}, model killed {}",
+                        model.path(g),
+                        model.groups[g].killed
+                    ));
+                }
+                self.shared().model.groups[g].killed = false;
             }
             Op::SetExempt { task, exempt } => {
                 let Some(t) = task.resolve(&model) else {
@@ -1408,6 +2091,7 @@ impl Harness {
                     return Ok(());
                 };
                 let g = group.resolve(&model, true);
+                let before = self.events_snapshot();
                 let result = match self.tasks[t].enter(&self.groups[g]) {
                     Ok(guard) => {
                         let r = self.tasks[t].charge(cpu, bytes, ChargeKind::Alloc);
@@ -1435,11 +2119,7 @@ impl Harness {
                     bytes,
                     kind: ChargeKind::Alloc,
                 };
-                match result {
-                    Ok(c) => self.record_charge(m, c)?,
-                    Err(Error::Charge(e)) => self.check_refused(&e, g, bytes)?,
-                    Err(e) => return Err(format!("charge failed unexpectedly: {e:?}")),
-                }
+                self.finish_task_charge(&model, &before, m, Mode::Alloc, result)?;
             }
             Op::DrainGroup { group } => {
                 let g = group.resolve(&model, true);
@@ -1457,9 +2137,11 @@ impl Harness {
             Op::RegisterReclaimer { group, budget, cpu } => {
                 let g = group.resolve(&model, false);
                 let shared = Arc::clone(&self.shared);
+                let gate = Arc::clone(&self.gate);
                 let ctrl = self.ctrl.clone();
-                let handle = self.groups[g]
-                    .register_reclaimer(move |req| reclaim(&shared, &ctrl, g, budget, cpu, req));
+                let handle = self.groups[g].register_reclaimer(move |req| {
+                    reclaim(&shared, &gate, &ctrl, g, budget, cpu, req)
+                });
                 self.reclaimers.push(handle);
             }
             Op::DropReclaimer { which } => {
@@ -1479,6 +2161,7 @@ impl Harness {
             }
             Op::Reserve { group, bytes } => {
                 let g = group.resolve(&model, false);
+                let before = self.events_snapshot();
                 let actual = self.groups[g].try_charge(bytes);
                 if !model.online(g) {
                     return check_outcome(&Err(Expect::Removed(model.path(g))), &actual);
@@ -1488,7 +2171,7 @@ impl Harness {
                     node: 0,
                     bytes,
                 };
-                self.record_reservation(m, actual)?;
+                self.record_reservation(&model, &before, m, actual)?;
             }
             Op::TaskReserve { task, cpu, bytes } => {
                 let Some(t) = task.resolve(&model) else {
@@ -1499,8 +2182,11 @@ impl Harness {
                     return check_outcome(&Err(Expect::UnknownCpu(cpu)), &actual);
                 }
                 let (origin, node) = self.shared().model.charge_target(t, cpu);
+                let before = self.events_snapshot();
                 let actual = self.tasks[t].try_charge(cpu, bytes);
                 self.record_reservation(
+                    &model,
+                    &before,
                     MReservation {
                         origin,
                         node,
@@ -1516,13 +2202,20 @@ impl Harness {
                 };
                 let id = ids[i];
                 let origin = model.reservations[&id].origin;
+                let before = self.events_snapshot();
                 let r = self
                     .reservations
                     .get_mut(&id)
                     .ok_or("harness bug: reservation missing")?;
-                match r.grow(bytes) {
+                let grown = r.grow(bytes);
+                let total = r.bytes();
+                let refusal = match &grown {
+                    Err(Error::Charge(e)) => Some(e),
+                    _ => None,
+                };
+                self.check_charge_outcome(&model, &before, origin, bytes, Mode::Explicit, refusal)?;
+                match grown {
                     Ok(()) => {
-                        let total = r.bytes();
                         let mut s = self.shared();
                         let m = s
                             .model
@@ -1537,7 +2230,13 @@ impl Harness {
                             ));
                         }
                     }
-                    Err(Error::Charge(e)) => self.check_refused(&e, origin, bytes)?,
+                    Err(Error::Charge(_)) => {
+                        if total != model.reservations[&id].bytes {
+                            return Err(format!(
+                                "a refused grow changed the reservation to {total} bytes"
+                            ));
+                        }
+                    }
                     Err(e) => return Err(format!("grow failed unexpectedly: {e:?}")),
                 }
             }
@@ -1586,34 +2285,105 @@ impl Harness {
         Ok(())
     }
 
-    /// Local `oom` events of every group (by model id).
-    fn oom_counts(&self, model: &Model) -> Vec<u64> {
-        (0..model.groups.len())
-            .map(|g| self.groups[g].events_local().oom)
-            .collect()
+    /// Every group's events, before a charge.
+    fn events_snapshot(&self) -> EventsSnapshot {
+        EventsSnapshot {
+            local: self.groups.iter().map(Group::events_local).collect(),
+            hierarchical: self.groups.iter().map(Group::events).collect(),
+        }
     }
 
-    /// A refused charge: [`check_charge_error`], and exactly one `oom`
-    /// event counted locally by the refusing group.
-    fn check_refused(&self, e: &ChargeError, origin: GroupId, bytes: u64) -> Result<(), String> {
-        let model = self.model();
-        check_charge_error(&model, e, origin, bytes)?;
-        let g = (0..model.groups.len())
-            .find(|&g| model.online(g) && model.path(g) == e.path())
-            .ok_or_else(|| format!("refused by unknown group {:?}", e.path()))?;
-        let before = self.oom_before.get(g).copied().unwrap_or(0);
-        let after = self.groups[g].events_local().oom;
-        if after != before + 1 {
-            return Err(format!(
-                "refused by {:?}: local oom events went from {before} to {after}",
-                e.path()
-            ));
+    /// After a charge of `mode` of `bytes` to an objcg of `origin` (refused
+    /// with `refusal`, or not): [`check_charge_error`] and
+    /// [`check_charge_events`] against `model` (the model before the
+    /// charge) and the events `before` it; a kill is recorded in the model.
+    fn check_charge_outcome(
+        &mut self,
+        model: &Model,
+        before: &EventsSnapshot,
+        origin: GroupId,
+        bytes: u64,
+        mode: Mode,
+        refusal: Option<&ChargeError>,
+    ) -> Result<(), String> {
+        if let Some(e) = refusal {
+            check_charge_error(model, e, origin, bytes, mode)?;
+        }
+        let after = self.events_snapshot();
+        let peaks: Vec<u64> = self.groups.iter().map(Group::peak_bytes).collect();
+        let refused_by = refusal.map(ChargeError::path);
+        let killed = check_charge_events(model, origin, mode, refused_by, before, &after, &peaks)?;
+        if mode == Mode::Alloc && model.allocation_forced_by_kill(origin) {
+            self.forced_by_kill = true;
+        }
+        if let Some(k) = killed {
+            self.shared().model.groups[k].killed = true;
+            self.killed_now.push(k);
         }
         Ok(())
     }
 
+    /// A charge through a task: its outcome checked, and recorded if it
+    /// succeeded.
+    fn finish_task_charge(
+        &mut self,
+        model: &Model,
+        before: &EventsSnapshot,
+        m: MCharge,
+        mode: Mode,
+        result: Result<memcg::Charge, Error>,
+    ) -> Result<(), String> {
+        match result {
+            Ok(c) => {
+                self.check_charge_outcome(model, before, m.origin, m.bytes, mode, None)?;
+                self.record_charge(m, c)
+            }
+            Err(Error::Charge(e)) => {
+                self.check_charge_outcome(model, before, m.origin, m.bytes, mode, Some(&e))
+            }
+            Err(e) => Err(format!("{mode:?} charge failed unexpectedly: {e:?}")),
+        }
+    }
+
+    /// Task `t` charges while it spends reservation `id`.
+    fn charge_spending(
+        &mut self,
+        t: usize,
+        id: u64,
+        cpu: usize,
+        bytes: u64,
+        kind: ChargeKind,
+    ) -> Result<Result<memcg::Charge, Error>, String> {
+        let task = &self.tasks[t];
+        let r = self
+            .reservations
+            .get_mut(&id)
+            .ok_or("harness bug: reservation missing")?;
+        let guard = task.spend(r).map_err(|e| format!("spend failed: {e}"))?;
+        let result = task.charge(cpu, bytes, kind);
+        drop(guard);
+        Ok(result)
+    }
+
+    /// What a charge paid from reservation `id` may change.
+    fn spend_view(&self, model: &Model, id: u64) -> Result<SpendView, String> {
+        let r = self
+            .reservations
+            .get(&id)
+            .ok_or("harness bug: reservation missing")?;
+        let m = model.reservations[&id];
+        let owner = model.owner(m.origin);
+        Ok(SpendView {
+            usage_bytes: self.groups.iter().map(Group::current_bytes).collect(),
+            reservation_bytes: r.bytes(),
+            stat: self.groups[owner].stats().numa[m.node].local,
+        })
+    }
+
     fn record_reservation(
         &mut self,
+        model: &Model,
+        before: &EventsSnapshot,
         m: MReservation,
         actual: Result<Reservation, Error>,
     ) -> Result<(), String> {
@@ -1624,6 +2394,7 @@ impl Harness {
                         "reservation {r:?} does not match the request {m:?}"
                     ));
                 }
+                self.check_charge_outcome(model, before, m.origin, m.bytes, Mode::Explicit, None)?;
                 let mut s = self.shared();
                 let id = s.model.fresh_id();
                 s.model.reservations.insert(id, m);
@@ -1631,7 +2402,14 @@ impl Harness {
                 self.reservations.insert(id, r);
                 Ok(())
             }
-            Err(Error::Charge(e)) => self.check_refused(&e, m.origin, m.bytes),
+            Err(Error::Charge(e)) => self.check_charge_outcome(
+                model,
+                before,
+                m.origin,
+                m.bytes,
+                Mode::Explicit,
+                Some(&e),
+            ),
             Err(e) => Err(format!("reservation failed unexpectedly: {e:?}")),
         }
     }
@@ -1836,10 +2614,23 @@ impl Harness {
                     "group {path:?}: usage {usage} bytes below the {least} its live bytes need"
                 ));
             }
+            if group.oom_policy() != m.policy {
+                return Err(format!(
+                    "group {path:?}: OOM policy {:?}, model {:?}",
+                    group.oom_policy(),
+                    m.policy
+                ));
+            }
+            let killer = model.killed_ancestor(g).map(|k| model.path(k));
+            let killed_by = group.killed_by().map(|k| k.path);
+            if group.is_killed() != killer.is_some() || killed_by != killer {
+                return Err(format!(
+                    "group {path:?}: is_killed {} killed_by {killed_by:?}, model killed by {killer:?}",
+                    group.is_killed()
+                ));
+            }
             // A forced charge in the subtree may take it past max.
-            let forced = (0..model.groups.len())
-                .any(|d| model.online(d) && model.groups[d].force && model.in_subtree(d, g));
-            if !forced {
+            if !model.may_force_past_max(g) {
                 check_max_respected(path, usage, rounded(m.max), previous)?;
             }
         }
@@ -1849,6 +2640,7 @@ impl Harness {
     /// End of a case: compare once drained, then release everything and
     /// remove every group; all usage must go back to zero.
     fn finish(&mut self) -> Result<(), String> {
+        self.settle()?;
         self.drain(0)?;
         self.compare_drained(&self.model())?;
         for t in &mut self.tasks {
@@ -1901,9 +2693,7 @@ impl Harness {
 fn run(mode: TaskCacheMode, ops: &[Op]) -> Result<(), String> {
     let mut h = Harness::new(mode);
     for (i, op) in ops.iter().enumerate() {
-        h.apply(op)
-            .and_then(|()| h.check_step())
-            .map_err(|e| format!("step {i} {op:?}: {e}"))?;
+        h.step(op).map_err(|e| format!("step {i} {op:?}: {e}"))?;
     }
     h.finish().map_err(|e| format!("at the end: {e}"))
 }
@@ -1963,8 +2753,9 @@ fn drained_harness(ops: &[Op]) -> Harness {
         },
     ];
     for op in setup.iter().chain(ops) {
-        h.apply(op).unwrap();
-        h.check_step().unwrap();
+        if let Err(e) = h.step(op) {
+            panic!("{op:?}: {e}");
+        }
     }
     h.drain(0).unwrap();
     h.compare_drained(&h.model()).unwrap();
@@ -2048,25 +2839,293 @@ fn structural_check_wrong_error_kind_reports_mismatch() {
 fn failed_charge_check_unjustified_or_misattributed_error_is_rejected() {
     assert!(check_charge_justified(8192, 4096, 8192).is_ok());
     assert!(check_charge_justified(4096, 4096, 8192).is_err());
-    // A real refusal: `a` limited to one page, a two-page charge.
-    let mut h = drained_harness(&[Op::SetMax {
-        group: GroupSel::id(1),
-        limit: LimitChoice::Bytes(PAGE_SIZE),
-    }]);
+    // A real refusal: `a` (policy fail) limited to one page, a two-page
+    // charge.
+    let mut h = drained_harness(&[
+        Op::SetOomPolicy {
+            group: GroupSel::id(1),
+            policy: OomPolicy::Fail,
+        },
+        Op::SetMax {
+            group: GroupSel::id(1),
+            limit: LimitChoice::Bytes(PAGE_SIZE),
+        },
+    ]);
     let Err(Error::Charge(e)) = h.tasks[0].charge(0, 2 * PAGE_SIZE, ChargeKind::Alloc) else {
         panic!("the charge must be refused");
     };
     let model = h.model();
-    assert!(check_charge_error(&model, &e, 1, 2 * PAGE_SIZE).is_ok());
+    assert!(check_charge_error(&model, &e, 1, 2 * PAGE_SIZE, Mode::Alloc).is_ok());
     // Wrong size, a model without the limit, a limit of another value.
-    assert!(check_charge_error(&model, &e, 1, 3 * PAGE_SIZE).is_err());
+    assert!(check_charge_error(&model, &e, 1, 3 * PAGE_SIZE, Mode::Alloc).is_err());
     let mut unlimited = model.clone();
     unlimited.groups[1].max = Limit::Max;
-    assert!(check_charge_error(&unlimited, &e, 1, 2 * PAGE_SIZE).is_err());
+    assert!(check_charge_error(&unlimited, &e, 1, 2 * PAGE_SIZE, Mode::Alloc).is_err());
     let mut other = model.clone();
     other.groups[1].max = Limit::Bytes(2 * PAGE_SIZE);
-    assert!(check_charge_error(&other, &e, 1, 2 * PAGE_SIZE).is_err());
+    assert!(check_charge_error(&other, &e, 1, 2 * PAGE_SIZE, Mode::Alloc).is_err());
+    // A model whose policy does not refuse an allocation (kill, force),
+    // or where the group is killed (its allocations are forced); a charge
+    // that may fail meets max whatever the policy.
+    let mut killed = model.clone();
+    killed.groups[1].killed = true;
+    assert!(check_charge_error(&killed, &e, 1, 2 * PAGE_SIZE, Mode::Alloc).is_err());
+    for policy in [OomPolicy::Kill, OomPolicy::Force] {
+        let mut m = model.clone();
+        m.groups[1].policy = policy;
+        let err = check_charge_error(&m, &e, 1, 2 * PAGE_SIZE, Mode::Alloc).unwrap_err();
+        assert!(err.contains("only `fail`"), "{err}");
+        for mode in [Mode::Fallible, Mode::Explicit] {
+            assert!(check_charge_error(&m, &e, 1, 2 * PAGE_SIZE, mode).is_ok());
+            assert!(check_charge_error(&m, &e, 1, 3 * PAGE_SIZE, mode).is_err());
+        }
+    }
     h.check_step().unwrap();
+}
+
+/// Root → `a` (max one page, policy kill) with one task; its two-page
+/// allocation, made by hand, with the events before and after it.
+fn killing_charge() -> (Harness, Model, EventsSnapshot, EventsSnapshot, Vec<u64>) {
+    let h = drained_harness(&[
+        Op::SetOomPolicy {
+            group: GroupSel::id(1),
+            policy: OomPolicy::Kill,
+        },
+        Op::SetMax {
+            group: GroupSel::id(1),
+            limit: LimitChoice::Bytes(PAGE_SIZE),
+        },
+    ]);
+    let model = h.model();
+    let before = h.events_snapshot();
+    let c = h.tasks[0]
+        .charge(0, 2 * PAGE_SIZE, ChargeKind::Alloc)
+        .expect("a kill lets the allocation through");
+    assert!(h.groups[1].is_killed());
+    let after = h.events_snapshot();
+    let peaks = h.groups.iter().map(Group::peak_bytes).collect();
+    h.tasks[0].uncharge(0, c).unwrap();
+    (h, model, before, after, peaks)
+}
+
+#[test]
+fn kill_check_wrong_policy_mode_or_counts_are_rejected() {
+    let (_h, model, before, after, peaks) = killing_charge();
+    let check = |m: &Model, mode, refused_by, after: &EventsSnapshot, peaks: &[u64]| {
+        check_charge_events(m, 1, mode, refused_by, &before, after, peaks)
+    };
+    assert_eq!(
+        check(&model, Mode::Alloc, None, &after, &peaks),
+        Ok(Some(1))
+    );
+    // A model whose policy does not kill, where the group was killed
+    // already (the charge is forced), or a fallible or explicit charge.
+    for policy in [OomPolicy::Fail, OomPolicy::Force] {
+        let mut m = model.clone();
+        m.groups[1].policy = policy;
+        let err = check(&m, Mode::Alloc, None, &after, &peaks).unwrap_err();
+        assert!(err.contains("policy"), "{err}");
+    }
+    let mut killed = model.clone();
+    killed.groups[1].killed = true;
+    assert!(check(&killed, Mode::Alloc, None, &after, &peaks).is_err());
+    for mode in [Mode::Fallible, Mode::Explicit] {
+        let err = check(&model, mode, None, &after, &peaks).unwrap_err();
+        assert!(err.contains("never kill"), "{err}");
+    }
+    // A model without the limit: not on the limited chain.
+    let mut unlimited = model.clone();
+    unlimited.groups[1].max = Limit::Max;
+    assert!(check(&unlimited, Mode::Alloc, None, &after, &peaks).is_err());
+    // A charge reported as refused.
+    assert!(check(&model, Mode::Alloc, Some("a"), &after, &peaks).is_err());
+    // oom_kill counted twice, oom not counted, oom_kill not propagated,
+    // a kill counted where the peak stayed within max.
+    let mut twice = after.clone();
+    twice.local[1].oom_kill += 1;
+    assert!(check(&model, Mode::Alloc, None, &twice, &peaks).is_err());
+    let mut no_oom = after.clone();
+    no_oom.local[1].oom = before.local[1].oom;
+    assert!(check(&model, Mode::Alloc, None, &no_oom, &peaks).is_err());
+    let mut not_propagated = after.clone();
+    not_propagated.hierarchical[1].oom_kill = before.hierarchical[1].oom_kill;
+    assert!(check(&model, Mode::Alloc, None, &not_propagated, &peaks).is_err());
+    let mut low_peak = peaks.clone();
+    low_peak[1] = PAGE_SIZE;
+    let err = check(&model, Mode::Alloc, None, &after, &low_peak).unwrap_err();
+    assert!(err.contains("peak"), "{err}");
+    // Without events this check sees no kill (the kill marks themselves
+    // are compared by `check_step`).
+    assert_eq!(check(&model, Mode::Alloc, None, &before, &peaks), Ok(None));
+    // An oom without a kill after a successful charge (what `force` must
+    // not count).
+    let mut oom_only = before.clone();
+    oom_only.local[1].oom += 1;
+    assert!(check(&model, Mode::Alloc, None, &oom_only, &peaks).is_err());
+}
+
+#[test]
+fn kill_through_steps_marks_group_forces_later_allocations_and_notifies() {
+    let mut h = drained_harness(&[
+        Op::SetOomPolicy {
+            group: GroupSel::id(1),
+            policy: OomPolicy::Kill,
+        },
+        Op::Create {
+            parent: GroupSel::id(1),
+            name: 1,
+            via_path: false,
+            leading_slash: false,
+        },
+        Op::SetMax {
+            group: GroupSel::id(1),
+            limit: LimitChoice::Bytes(PAGE_SIZE),
+        },
+    ]);
+    h.step(&charge_op(0, 0, 2 * PAGE_SIZE)).unwrap();
+    assert_eq!(h.killed_now, vec![1]);
+    let model = h.model();
+    assert!(model.groups[1].killed && !model.groups[2].killed);
+    assert!(h.groups[2].is_killed(), "a descendant of a killed group");
+    assert_eq!(h.groups[1].events_local().oom_kill, 1);
+    // Later allocations are forced: no event, no kill; a fallible one is
+    // refused (with an oom, not a kill); an explicit one too.
+    h.step(&charge_op(0, 1, 9 * PAGE_SIZE)).unwrap();
+    assert!(h.killed_now.is_empty() && h.forced_by_kill);
+    let fallible = Op::ChargeFallible {
+        task: TaskSel::id(0),
+        cpu: 0,
+        bytes: 80 * PAGE_SIZE,
+        kind: ChargeKind::Alloc,
+    };
+    h.step(&fallible).unwrap();
+    h.step(&Op::Reserve {
+        group: GroupSel::id(2),
+        bytes: 80 * PAGE_SIZE,
+    })
+    .unwrap();
+    let events = h.groups[1].events_local();
+    assert_eq!((events.oom, events.oom_kill), (3, 1), "{events:?}");
+    // A model that missed the kill disagrees at once.
+    h.shared().model.groups[1].killed = false;
+    let err = h.check_step().unwrap_err();
+    assert!(err.contains("killed"), "{err}");
+    h.shared().model.groups[1].killed = true;
+    // A model that expects no kill notification, or one more.
+    h.killed_now.clear();
+    h.shared().kills_notified.push((1, "a".into()));
+    let err = h.check_callbacks(&charge_op(0, 0, 1)).unwrap_err();
+    assert!(err.contains("kill callbacks"), "{err}");
+    // Revive: the next over-max allocation kills again.
+    h.step(&Op::Revive {
+        group: GroupSel::id(1),
+    })
+    .unwrap();
+    h.step(&charge_op(0, 0, 2 * PAGE_SIZE)).unwrap();
+    assert_eq!(h.killed_now, vec![1]);
+    assert_eq!(h.groups[1].events_local().oom_kill, 2);
+    h.finish().unwrap();
+}
+
+#[test]
+fn spent_check_wrong_payment_is_rejected() {
+    // `a` has 5,000 live alloc bytes on node 0 (so the figure is exact)
+    // and reserves 10,000 bytes there; its task spends 3,000 of them.
+    let mut h = drained_harness(&[
+        charge_op(0, 0, 5_000),
+        Op::Reserve {
+            group: GroupSel::id(1),
+            bytes: 10_000,
+        },
+    ]);
+    let model = h.model();
+    let id = *model.reservations.keys().next().unwrap();
+    let before = h.spend_view(&model, id).unwrap();
+    assert_eq!(before.stat.alloc_bytes, 5_000);
+    let paid = h
+        .charge_spending(0, id, 2, 3_000, ChargeKind::Alloc)
+        .unwrap()
+        .unwrap();
+    let after = h.spend_view(&model, id).unwrap();
+    assert_eq!(check_spent(&before, &after, 3_000, 0, true), Ok(()));
+    // The wrong amount taken or charged, a model that expects an ordinary
+    // charge, usage or statistics that moved.
+    assert!(check_spent(&before, &after, 2_999, 0, true).is_err());
+    let err = check_spent(&before, &after, 3_000, 1, true).unwrap_err();
+    assert!(err.contains("statistics"), "{err}");
+    let err = check_not_spent(&before, &after).unwrap_err();
+    assert!(err.contains("not paid"), "{err}");
+    let mut usage = after.clone();
+    usage.usage_bytes[1] += PAGE_SIZE;
+    assert!(check_spent(&before, &usage, 3_000, 0, true).is_err());
+    let mut stat = after.clone();
+    stat.stat.reservation_bytes += 3_000;
+    assert!(check_spent(&before, &stat, 3_000, 0, true).is_err());
+    let mut stat = after.clone();
+    stat.stat.kernel_bytes += PAGE_SIZE;
+    assert!(check_spent(&before, &stat, 3_000, 0, true).is_err());
+    // A figure of 0 (perhaps a negative counter, clamped) is bounded.
+    assert!(stat_moved(0, 3_000, 3_000) && stat_moved(0, 0, 3_000));
+    assert!(!stat_moved(0, 3_001, 3_000) && !stat_moved(0, 1, -3_000));
+    assert!(stat_moved(2_000, 0, -3_000) && !stat_moved(2_000, 1, -3_000));
+    // 8,000 bytes with 7,000 left: all of it taken, 1,000 charged on top
+    // (a page: usage moves).
+    let before = after;
+    let partial = h
+        .charge_spending(0, id, 2, 8_000, ChargeKind::Alloc)
+        .unwrap()
+        .unwrap();
+    let after = h.spend_view(&model, id).unwrap();
+    assert_eq!(after.reservation_bytes, 0);
+    assert_eq!(check_spent(&before, &after, 7_000, 1_000, false), Ok(()));
+    assert!(check_spent(&before, &after, 7_000, 1_000, true).is_err());
+    assert!(check_spent(&before, &after, 7_000, 0, false).is_err());
+    assert!(check_spent(&before, &after, 0, 0, false).is_err());
+    assert!(check_not_spent(&before, &after).is_err());
+    // Spent out: an ordinary charge.
+    let before = after;
+    let ordinary = h
+        .charge_spending(0, id, 2, 500, ChargeKind::Alloc)
+        .unwrap()
+        .unwrap();
+    let after = h.spend_view(&model, id).unwrap();
+    assert_eq!(check_not_spent(&before, &after), Ok(()));
+    for c in [paid, partial, ordinary] {
+        h.tasks[0].uncharge(2, c).unwrap();
+    }
+}
+
+#[test]
+fn spent_charges_through_steps_match_model() {
+    let spend = |bytes, kind| Op::ChargeSpent {
+        task: TaskSel::id(0),
+        reservation: Pick(0),
+        cpu: 3,
+        bytes,
+        kind,
+    };
+    let mut h = drained_harness(&[
+        Op::TaskReserve {
+            task: TaskSel::id(0),
+            cpu: 1,
+            bytes: 10_000,
+        },
+        spend(4_000, ChargeKind::Alloc),
+        spend(4_000, ChargeKind::Runtime),
+        spend(4_000, ChargeKind::Alloc),
+        spend(4_000, ChargeKind::Alloc),
+        spend(2_000, ChargeKind::Alloc),
+        spend(1, ChargeKind::Alloc),
+    ]);
+    let model = h.model();
+    let r = model.reservations.values().next().unwrap();
+    assert_eq!(r.bytes, 0);
+    // Two paid and one paid in part (2,000 bytes left, 2,000 charged) on
+    // node 0 (the reservation's), three ordinary ones on node 1 (the
+    // CPU's).
+    let paid = model.charges.values().filter(|c| c.node == 0).count();
+    assert_eq!((paid, model.charges.len()), (3, 6));
+    h.finish().unwrap();
 }
 
 #[test]
@@ -2095,12 +3154,11 @@ fn step_check_model_forgets_removal_reports_mismatch() {
         via_path: false,
         leading_slash: false,
     }]);
-    h.apply(&Op::Remove {
+    h.step(&Op::Remove {
         group: GroupSel::id(2),
         via_path: true,
     })
     .unwrap();
-    h.check_step().unwrap();
     h.shared().model.groups[2].removed = false;
     let err = h.check_step().unwrap_err();
     assert!(err.contains("a/c"), "{err}");
@@ -2114,11 +3172,49 @@ fn step_check_model_forgets_removal_reports_mismatch() {
 fn run_harness(mode: TaskCacheMode, ops: &[Op]) -> Harness {
     let mut h = Harness::new(mode);
     for (i, op) in ops.iter().enumerate() {
-        if let Err(e) = h.apply(op).and_then(|()| h.check_step()) {
+        if let Err(e) = h.step(op) {
             panic!("step {i} {op:?}: {e}");
         }
     }
     h
+}
+
+#[test]
+fn spent_charge_with_negative_pending_statistics_matches_model() {
+    // The task pends a 1-byte charge; the controller frees it directly, so
+    // `a`'s alloc counter is -1 (read as 0) until the task flushes. A
+    // spend of 1 byte then moves it to 0: still read as 0.
+    let ops = [
+        Op::Create {
+            parent: GroupSel::id(0),
+            name: 0,
+            via_path: false,
+            leading_slash: false,
+        },
+        Op::NewTask {
+            group: GroupSel::id(1),
+        },
+        charge_op(0, 0, 1),
+        Op::Uncharge {
+            charge: Pick(0),
+            cpu: 0,
+            via: Via::Controller,
+        },
+        Op::Reserve {
+            group: GroupSel::id(1),
+            bytes: 1890,
+        },
+        Op::ChargeSpent {
+            task: TaskSel::id(0),
+            reservation: Pick(0),
+            cpu: 0,
+            bytes: 1,
+            kind: ChargeKind::Alloc,
+        },
+    ];
+    let mut h = run_harness(TaskCacheMode::Single, &ops);
+    assert_eq!(h.model().charges.len(), 1);
+    h.finish().unwrap();
 }
 
 #[test]
