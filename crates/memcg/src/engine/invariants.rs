@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::engine::memcg::{MemCgroup, NR_KINDS};
+use crate::engine::memcg::MemCgroup;
 use crate::engine::stock::{ObjSlot, PageSlot};
 use crate::engine::Controller;
 use crate::limit::PAGE_SIZE;
@@ -210,11 +210,15 @@ impl Controller {
                 continue;
             }
             let owner = objcg.memcg();
-            let name = format!(
-                "objcg {id} (group {:?}, node {})",
-                objcg.origin().path,
-                objcg.nid()
-            );
+            // Made only for a violation (the check runs after every step
+            // of the simulator).
+            let name = || {
+                format!(
+                    "objcg {id} (group {:?}, node {})",
+                    objcg.origin().path,
+                    objcg.nid()
+                )
+            };
             let charged = objcg.charged_pages.load(Ordering::Relaxed);
             let live = objcg.live_bytes.load(Ordering::Relaxed) + h.pending_bytes;
             let objects = objcg.live_objects.load(Ordering::Relaxed) + h.pending_objects;
@@ -223,13 +227,15 @@ impl Controller {
             let rhs = i128::from(live) + i128::from(h.stock_bytes) + i128::from(pool);
             if lhs != rhs {
                 v.push(format!(
-                    "{name}: conservation broken: {charged} pages × 4096 = {lhs} != live {live} + stocks {} + pool {pool} = {rhs}",
+                    "{}: conservation broken: {charged} pages × 4096 = {lhs} != live {live} + stocks {} + pool {pool} = {rhs}",
+                    name(),
                     h.stock_bytes
                 ));
             }
             if live < 0 || objects < 0 {
                 v.push(format!(
-                    "{name}: negative live bytes {live} or objects {objects}"
+                    "{}: negative live bytes {live} or objects {objects}",
+                    name()
                 ));
             }
             if !objcg.is_root() {
@@ -237,7 +243,8 @@ impl Controller {
                 let expected = h.refs + objects;
                 if refcnt != expected {
                     v.push(format!(
-                        "{name}: reference count {refcnt} != holders {} + live objects {objects}",
+                        "{}: reference count {refcnt} != holders {} + live objects {objects}",
+                        name(),
                         h.refs
                     ));
                 }
@@ -258,20 +265,52 @@ impl Controller {
             ));
         }
 
-        // Per online group.
+        // Per online group: what its subtree's objcgs hold (each objcg
+        // added to its owner and every ancestor), and its hierarchical
+        // statistics (its own plus its children's, bottom-up).
         let nr_nodes = core.topology.nr_node_ids();
+        let mut want: HashMap<*const MemCgroup, Want> = HashMap::new();
+        for o in &owned {
+            // SAFETY: owners are online groups on the chains of live
+            // objcgs; we hold the tree lock, so none is removed or freed.
+            let mut m = Some(unsafe { &*o.owner });
+            while let Some(g) = m {
+                let w = want
+                    .entry(g as *const MemCgroup)
+                    .or_insert_with(|| Want::new(nr_nodes));
+                w.pages += o.charged_pages + o.stock_pages as i64;
+                if let (Some(k), Some(l)) = (w.kernel.get_mut(o.nid), w.live.get_mut(o.nid)) {
+                    *k += o.charged_pages;
+                    *l += o.live_bytes;
+                }
+                m = g.parent();
+            }
+        }
+        let mut hier_stats: HashMap<*const MemCgroup, (Vec<i64>, Vec<i64>)> = HashMap::new();
+        // `groups` is in pre-order: children after their parent.
+        for g in groups.iter().rev() {
+            let mut kernel = vec![0i64; nr_nodes];
+            let mut live = vec![0i64; nr_nodes];
+            for nid in 0..nr_nodes {
+                let (k, l) = g.local_node_stats(nid);
+                kernel[nid] += k;
+                live[nid] += l.iter().sum::<i64>();
+            }
+            for c in g.children_snapshot() {
+                if let Some((ck, cl)) = hier_stats.get(&Arc::as_ptr(&c)) {
+                    for nid in 0..nr_nodes {
+                        kernel[nid] += ck[nid];
+                        live[nid] += cl[nid];
+                    }
+                }
+            }
+            hier_stats.insert(Arc::as_ptr(g), (kernel, live));
+        }
+        let empty = Want::new(nr_nodes);
         for g in &groups {
             let g: &MemCgroup = g;
-            let mine: Vec<&Owned> = owned
-                .iter()
-                // SAFETY: owners are online groups on the chains of live
-                // objcgs; we hold the tree lock, so none is removed or freed.
-                .filter(|o| unsafe { &*o.owner }.is_descendant_of(g))
-                .collect();
-            let want_pages: i64 = mine
-                .iter()
-                .map(|o| o.charged_pages + o.stock_pages as i64)
-                .sum();
+            let w = want.get(&(g as *const MemCgroup)).unwrap_or(&empty);
+            let want_pages = w.pages;
             let usage = g.counter.usage_pages() as i64;
             if usage != want_pages {
                 v.push(format!(
@@ -286,25 +325,19 @@ impl Controller {
                     g.counter.underflows()
                 ));
             }
+            let Some((kernel, live)) = hier_stats.get(&(g as *const MemCgroup)) else {
+                continue;
+            };
             for nid in 0..nr_nodes {
-                let (kernel, live) = hier(g, nid);
-                let want_kernel: i64 = mine
-                    .iter()
-                    .filter(|o| o.nid == nid)
-                    .map(|o| o.charged_pages)
-                    .sum();
+                let (kernel, live_sum) = (kernel[nid], live[nid]);
+                let want_kernel = w.kernel[nid];
                 if kernel != want_kernel {
                     v.push(format!(
                         "group {:?} node {nid}: kernel {kernel} pages != {want_kernel} pages charged through its objcgs",
                         g.path
                     ));
                 }
-                let want_live: i64 = mine
-                    .iter()
-                    .filter(|o| o.nid == nid)
-                    .map(|o| o.live_bytes)
-                    .sum();
-                let live_sum: i64 = live.iter().sum();
+                let want_live = w.live[nid];
                 if live_sum != want_live {
                     v.push(format!(
                         "group {:?} node {nid}: live bytes {live_sum} != {want_live} held by its objcgs",
@@ -331,6 +364,24 @@ impl Controller {
             Ok(())
         } else {
             Err(InvariantViolations { violations: v })
+        }
+    }
+}
+
+/// What a group's subtree's objcgs hold: pages (with page stocks), and per
+/// node the pages charged and the live bytes.
+struct Want {
+    pages: i64,
+    kernel: Vec<i64>,
+    live: Vec<i64>,
+}
+
+impl Want {
+    fn new(nr_nodes: usize) -> Self {
+        Want {
+            pages: 0,
+            kernel: vec![0; nr_nodes],
+            live: vec![0; nr_nodes],
         }
     }
 }
@@ -376,18 +427,6 @@ fn collect_online(m: &Arc<MemCgroup>, out: &mut Vec<Arc<MemCgroup>>) {
     for c in m.children_snapshot() {
         collect_online(&c, out);
     }
-}
-
-fn hier(m: &MemCgroup, nid: usize) -> (i64, [i64; NR_KINDS]) {
-    let (mut k, mut l) = m.local_node_stats(nid);
-    for c in m.children_snapshot() {
-        let (ck, cl) = hier(&c, nid);
-        k += ck;
-        for (a, b) in l.iter_mut().zip(cl) {
-            *a += b;
-        }
-    }
-    (k, l)
 }
 
 #[cfg(all(test, not(memcg_loom)))]
