@@ -12,7 +12,7 @@
 //! - [`monitor`]: the memcg child's unaccounted monitor thread: exact
 //!   snapshots after flush and drain ([`monitor::Snapshot`]), sampling of
 //!   `memory.current − live` ([`monitor::Gaps`]) against the documented
-//!   bound ([`monitor::Bound`]).
+//!   bound (`memcg::Group::error_bound`).
 //! - [`runner`]: the `workloads` binary: interleaved child runs, wall
 //!   time and peak RSS, ratios, table and JSON.
 //!

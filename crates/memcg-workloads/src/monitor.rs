@@ -11,21 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use memcg::{Group, PAGE_SIZE, TASK_CACHE_BOUND_BYTES};
-
-/// Page-stock slots per CPU (documented on `memcg::Group::current_bytes`).
-pub const PAGE_STOCK_SLOTS: u64 = 7;
-/// Pages a page-stock slot holds at most.
-pub const PAGE_STOCK_SLOT_PAGES: u64 = 64;
-/// Byte-stock slots per CPU.
-pub const BYTE_STOCK_SLOTS: u64 = 5;
-/// Bytes a byte-stock slot holds at most ("under 64 KiB").
-pub const BYTE_STOCK_SLOT_BYTES: u64 = 65_535;
-/// Bytes of statistics a task batches before flushing them (4 pages, the
-/// private `STAT_FLUSH_BYTES` of memcg's `engine/task.rs`): the live-bytes
-/// statistic of a group lags its true live bytes by at most this much per
-/// task between flushes.
-pub const STAT_BATCH_BYTES: u64 = 4 * PAGE_SIZE;
+use memcg::{Group, PAGE_SIZE};
 
 /// A group's usage and live bytes at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -56,57 +42,6 @@ impl Snapshot {
             current_bytes: stats.current_bytes,
             live_bytes: live,
             expected_bytes: expected,
-        }
-    }
-}
-
-/// The documented bound of `memory.current − live` for one group, and its
-/// terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Bound {
-    /// CPUs of the controller's topology.
-    pub nr_cpus: u64,
-    /// Tasks attached to the group.
-    pub nr_tasks: u64,
-    /// Objcgs of the group (one per node).
-    pub nr_objcgs: u64,
-    /// Per CPU: 7 page-stock slots × 64 pages + 5 byte-stock slots ×
-    /// 65,535 bytes.
-    pub stocks_bytes: u64,
-    /// Per task: `memcg::TASK_CACHE_BOUND_BYTES`.
-    pub task_caches_bytes: u64,
-    /// Per objcg: under a page in its sub-page pool, and under a page of
-    /// rounding `live` up to whole pages.
-    pub objcg_bytes: u64,
-    /// Per task: [`STAT_BATCH_BYTES`] of statistics lag (the live-bytes
-    /// statistic is batched, `memory.current` is not).
-    pub stat_lag_bytes: u64,
-    /// The sum of the terms above.
-    pub total_bytes: u64,
-}
-
-impl Bound {
-    /// The bound for `group` with its current task count.
-    pub fn of(group: &Group) -> Bound {
-        let topo = memcg::controller().topology();
-        let nr_cpus = topo.nr_cpus() as u64;
-        let nr_objcgs = topo.nodes().count() as u64;
-        let nr_tasks = group.nr_tasks() as u64;
-        let stocks_bytes = nr_cpus
-            * (PAGE_STOCK_SLOTS * PAGE_STOCK_SLOT_PAGES * PAGE_SIZE
-                + BYTE_STOCK_SLOTS * BYTE_STOCK_SLOT_BYTES);
-        let task_caches_bytes = nr_tasks * TASK_CACHE_BOUND_BYTES;
-        let objcg_bytes = nr_objcgs * 2 * PAGE_SIZE;
-        let stat_lag_bytes = nr_tasks * STAT_BATCH_BYTES;
-        Bound {
-            nr_cpus,
-            nr_tasks,
-            nr_objcgs,
-            stocks_bytes,
-            task_caches_bytes,
-            objcg_bytes,
-            stat_lag_bytes,
-            total_bytes: stocks_bytes + task_caches_bytes + objcg_bytes + stat_lag_bytes,
         }
     }
 }

@@ -101,20 +101,36 @@ impl<const SLOTS: usize> HeapTable<SLOTS> {
     }
 
     /// Takes room for one heap; `false` when the table is full.
+    #[cfg(test)]
     pub(crate) fn reserve(&self) -> bool {
-        if self.created.fetch_add(1, Ordering::Relaxed) >= Self::CAPACITY {
+        self.reserve_up_to(Self::CAPACITY)
+    }
+
+    /// Takes room for one heap if fewer than `limit` (and than the
+    /// capacity) are recorded or reserved; `false` otherwise. Exact under
+    /// concurrency: the count is taken with one read-modify-write.
+    pub(crate) fn reserve_up_to(&self, limit: usize) -> bool {
+        if self.created.fetch_add(1, Ordering::Relaxed) >= limit.min(Self::CAPACITY) {
             self.created.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         true
     }
 
-    /// Gives back room taken by [`HeapTable::reserve`] and not used.
+    /// Heaps recorded or reserved (at most `SLOTS / 2`).
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: a statistic. A refused reservation adds one for a
+        // moment (the `min` hides it at the capacity, not below a lower
+        // limit).
+        self.created.load(Ordering::Relaxed).min(Self::CAPACITY)
+    }
+
+    /// Gives back room taken by [`HeapTable::reserve_up_to`] and not used.
     pub(crate) fn unreserve(&self) {
         self.created.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Records `heap → objcg` in room taken by [`HeapTable::reserve`]
+    /// Records `heap → objcg` in room taken by [`HeapTable::reserve_up_to`]
     /// (`heap` is not in the table and is neither 0 nor 1).
     pub(crate) fn insert_reserved(&self, heap: usize, objcg: usize) {
         let mut i = Self::home(heap);
@@ -163,10 +179,24 @@ mod tests {
         assert!(t.reserve());
         assert!(t.reserve());
         assert!(!t.reserve(), "four heaps fill eight slots");
+        assert_eq!(t.len(), 4, "a refused reservation is not counted");
         t.unreserve();
         assert!(t.reserve(), "room given back is taken again");
         t.insert_reserved(0x1000, 7);
         assert_eq!(t.objcg_of(0x1000), 7);
+    }
+
+    #[test]
+    fn reserve_up_to_stops_at_the_lower_of_limit_and_capacity() {
+        let t: Box<HeapTable<8>> = Box::new(HeapTable::new());
+        assert!(t.reserve_up_to(2));
+        assert!(t.reserve_up_to(2));
+        assert!(!t.reserve_up_to(2), "two heaps under a limit of two");
+        assert!(t.reserve_up_to(100), "a higher limit takes more");
+        assert!(t.reserve_up_to(100));
+        assert!(!t.reserve_up_to(100), "the capacity caps any limit");
+        assert!(!t.reserve_up_to(0));
+        assert_eq!(t.len(), 4);
     }
 
     #[test]

@@ -51,9 +51,8 @@ const OVERFLOW: &str =
 /// A memory limit: a number of bytes, or no limit (`max`).
 ///
 /// Ordered by strictness: byte limits by value, all below [`Limit::Max`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Limit {
     /// A byte limit.
     Bytes(u64),
@@ -602,6 +601,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "serde")]
     fn serde_json_round_trips() {
         for limit in [Limit::Max, Limit::Bytes(0), Limit::Bytes(GIB)] {
             let json = serde_json::to_string(&limit).unwrap();

@@ -95,7 +95,8 @@ impl Config {
 }
 
 /// Counters of the engine's work, for the simulator and benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EngineCounters {
     /// Charges made through tasks.
     pub task_charges: u64,
@@ -227,6 +228,67 @@ impl Controller {
             g = g.child(name)?;
         }
         g.create_child(last)
+    }
+
+    /// Creates every missing group on `path` and returns the last one, like
+    /// `mkdir -p`: groups that exist already are used as they are (no
+    /// error), so calling it twice returns the same group. `""` or `"/"` is
+    /// root.
+    ///
+    /// Every name on the path is checked before anything is created, so a
+    /// bad name creates nothing. If another thread removes a group on the
+    /// path while this runs, the creation below it fails with
+    /// [`Error::Removed`] naming that group (the groups created above it
+    /// stay).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`] (an empty component, `a//b`),
+    /// [`Error::InvalidName`] (a component [`validate_name`] refuses),
+    /// [`Error::Removed`] (a group on the path was removed concurrently),
+    /// [`Error::TooManyGroups`].
+    ///
+    /// # Examples
+    /// ```
+    /// use memcg::{Controller, Error, Topology};
+    ///
+    /// let ctrl = Controller::new(Topology::from_spec("1x1")?);
+    /// let a = ctrl.create("tenants")?;
+    /// let g = ctrl.create_all("tenants/kv/queries")?;
+    /// assert_eq!(g.path(), "tenants/kv/queries");
+    /// assert_eq!(ctrl.group("tenants/kv")?.children().len(), 1);
+    ///
+    /// // Existing groups are fine, and it is the same group again.
+    /// let again = ctrl.create_all("/tenants/kv/queries/")?;
+    /// assert_eq!(again.path(), g.path());
+    /// assert_eq!(a.children().len(), 1);
+    /// assert!(ctrl.create_all("")?.is_root());
+    ///
+    /// // A bad name anywhere on the path creates nothing.
+    /// let err = ctrl.create_all("tenants/new/..").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidName { .. }));
+    /// assert!(matches!(ctrl.group("tenants/new"), Err(Error::NotFound { .. })));
+    /// let err = ctrl.create_all("tenants//x").unwrap_err();
+    /// assert!(matches!(err, Error::InvalidPath { .. }));
+    /// # Ok::<(), memcg::Error>(())
+    /// ```
+    ///
+    /// [`validate_name`]: super::group::validate_name
+    pub fn create_all(&self, path: &str) -> Result<Group> {
+        let mut g = self.root();
+        for name in components(path)? {
+            g = loop {
+                match g.create_child(name) {
+                    Err(Error::AlreadyExists { .. }) => match g.child(name) {
+                        Ok(child) => break child,
+                        // Removed between the two calls: create it again.
+                        Err(Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    },
+                    other => break other?,
+                }
+            };
+        }
+        Ok(g)
     }
 
     /// Removes the group at `path`; see [`Group::remove`].

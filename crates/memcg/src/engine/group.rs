@@ -449,6 +449,45 @@ impl Group {
             .saturating_mul(PAGE_SIZE)
     }
 
+    /// Resets `memory.peak` to the group's current usage: from now on
+    /// [`peak_bytes`](Self::peak_bytes) (and the `peak_bytes` of
+    /// [`stats`](Self::stats) and the exports) is the highest usage since
+    /// this call, starting at [`current_bytes`](Self::current_bytes). For
+    /// per-request or per-query peaks: reset, run, read `peak_bytes`.
+    ///
+    /// As in cgroup v2 since Linux 6.12, where writing to `memory.peak`
+    /// resets it to the current usage. The watermark is hierarchical like
+    /// the usage (it counts descendants' charges), but the reset is this
+    /// group's alone: the parent's and the children's peaks are unchanged.
+    /// Unlike the kernel, which keeps the reset per open file (other
+    /// readers of `memory.peak` still see the peak since creation), the
+    /// group has one peak: every reader sees the reset. A charge running
+    /// concurrently is counted either in the usage the peak is reset to or
+    /// in the peak after it.
+    ///
+    /// # Examples
+    /// ```
+    /// use memcg::{Controller, Topology};
+    ///
+    /// let ctrl = Controller::new(Topology::from_spec("1x1")?);
+    /// let tenant = ctrl.create("tenant")?;
+    /// let big = tenant.try_charge(1 << 20)?;
+    /// drop(big);
+    /// assert!(tenant.peak_bytes() >= 1 << 20);
+    ///
+    /// tenant.reset_peak();
+    /// assert_eq!(tenant.peak_bytes(), tenant.current_bytes());
+    /// let small = tenant.try_charge(8192)?;
+    /// assert!(tenant.peak_bytes() >= 8192 && tenant.peak_bytes() < 1 << 20);
+    /// // The parent's peak was not reset.
+    /// assert!(ctrl.root().peak_bytes() >= 1 << 20);
+    /// # drop(small);
+    /// # Ok::<(), memcg::Error>(())
+    /// ```
+    pub fn reset_peak(&self) {
+        self.memcg.counter.reset_watermark();
+    }
+
     /// Everything the group's cgroup v2 files show.
     pub fn stats(&self) -> GroupStats {
         GroupStats::collect(&self.memcg, self.core.topology.nr_node_ids())

@@ -8,8 +8,9 @@ use crate::engine::policy::{KillCallback, OomPolicy, Reclaimer};
 use crate::sync::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Mutex, Ordering};
 
 /// Kinds of live bytes counted per group and node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum ChargeKind {
     /// Heap objects charged by an allocator (`memory.stat` key `alloc`).
     Alloc,
@@ -48,8 +49,9 @@ impl ChargeKind {
 pub(crate) const NR_KINDS: usize = 3;
 
 /// Memory events (`memory.events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum MemoryEvent {
     /// A charge found usage over `memory.high` (reclaim callbacks, if any,
     /// were asked to free the excess).

@@ -11,6 +11,7 @@
 //! `byte_cache`, the allocator's hit path in `fast_path`) → the controller
 //! → the checkers (`invariants`). `stats` reads the tree only.
 
+pub(crate) mod bound;
 pub(crate) mod byte_cache;
 pub(crate) mod controller;
 pub(crate) mod core;
@@ -32,6 +33,7 @@ pub(crate) mod task;
 pub(crate) mod task_shared;
 pub(crate) mod topology;
 
+pub use bound::ErrorBound;
 pub use byte_cache::TASK_CACHE_BOUND_BYTES;
 pub use controller::{
     Config, Controller, EngineCounters, DEFAULT_RECLAIMER_THREADS, DEFAULT_RECLAIM_WAIT,

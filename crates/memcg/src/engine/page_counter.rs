@@ -77,9 +77,28 @@ impl PageCounter {
             .store(pages.min(PAGE_COUNTER_MAX), Ordering::Relaxed);
     }
 
-    /// Highest usage seen, in pages (`memory.peak`).
+    /// Highest usage seen since creation or the last
+    /// [`reset_watermark`](Self::reset_watermark), in pages (`memory.peak`).
     pub(crate) fn watermark_pages(&self) -> u64 {
         self.watermark_pages.load(Ordering::Relaxed)
+    }
+
+    /// Resets the watermark of this level (only) to its current usage, as
+    /// the kernel's `memory.peak` write does (Linux 6.12). Returns the new
+    /// watermark.
+    ///
+    /// A charge that runs concurrently is either counted in the usage read
+    /// here or raises the watermark after it: the usage is read again after
+    /// the store and the watermark raised to it, and charges raise it with
+    /// SeqCst operations after their SeqCst add, so a charge whose add the
+    /// second read misses sees the stored value and raises it itself.
+    pub(crate) fn reset_watermark(&self) -> u64 {
+        let usage = self.usage_pages();
+        self.watermark_pages.store(usage, Ordering::SeqCst);
+        let now = self.usage_pages.load(Ordering::SeqCst).max(0) as u64;
+        self.watermark_pages
+            .fetch_max(now, Ordering::SeqCst)
+            .max(now)
     }
 
     /// Number of uncharges that would have taken usage below zero.
@@ -90,8 +109,11 @@ impl PageCounter {
     fn raise_watermark(&self, usage_pages: i64) {
         let usage = usage_pages.max(0) as u64;
         // fetch_max keeps the watermark monotonic under concurrent charges.
-        if usage > self.watermark_pages.load(Ordering::Relaxed) {
-            self.watermark_pages.fetch_max(usage, Ordering::Relaxed);
+        // SeqCst (after the SeqCst add of the charge) pairs with
+        // `reset_watermark`: a reset's store is either seen here, and
+        // raised past, or followed by the reset's own read of this usage.
+        if usage > self.watermark_pages.load(Ordering::SeqCst) {
+            self.watermark_pages.fetch_max(usage, Ordering::SeqCst);
         }
     }
 
@@ -232,6 +254,58 @@ mod tests {
         uncharge(&leaf, 9);
         assert_eq!(leaf.counter.usage_pages(), 0);
         assert_eq!(leaf.counter.watermark_pages(), 9);
+    }
+
+    #[test]
+    fn reset_watermark_sets_current_usage_at_this_level_only() {
+        let leaf = chain(&[100, 100]);
+        let parent = leaf.parent.as_ref().unwrap();
+        charge(&leaf, 9);
+        uncharge(&leaf, 6);
+        assert_eq!(leaf.counter.watermark_pages(), 9);
+        assert_eq!(leaf.counter.reset_watermark(), 3);
+        assert_eq!(leaf.counter.watermark_pages(), 3);
+        assert_eq!(leaf.counter.usage_pages(), 3);
+        // The level above keeps its own watermark.
+        assert_eq!(parent.counter.watermark_pages(), 9);
+        // Later charges raise the reset watermark again.
+        charge(&leaf, 2);
+        assert_eq!(leaf.counter.watermark_pages(), 5);
+        uncharge(&leaf, 5);
+        assert_eq!(leaf.counter.reset_watermark(), 0);
+        assert_eq!(parent.counter.watermark_pages(), 9);
+    }
+
+    #[test]
+    fn reset_watermark_concurrent_charges_keep_watermark_at_least_usage() {
+        let leaf = std::sync::Arc::new(chain(&[u64::MAX]));
+        let stop = std::sync::Arc::new(crate::sync::AtomicBool::new(false));
+        let charger = {
+            let (leaf, stop) = (leaf.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut held = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    charge(&*leaf, 1);
+                    held += 1;
+                    if held == 64 {
+                        uncharge(&*leaf, held);
+                        held = 0;
+                    }
+                }
+                held
+            })
+        };
+        for _ in 0..2000 {
+            // Never above the most the charger holds.
+            assert!(leaf.counter.reset_watermark() <= 64);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let held = charger.join().unwrap();
+        // No raise was lost to a reset: once the charges are done, the
+        // watermark covers the usage they left.
+        assert_eq!(leaf.counter.usage_pages(), held);
+        assert!(leaf.counter.watermark_pages() >= held);
+        assert!(leaf.counter.watermark_pages() <= 64);
     }
 
     #[test]

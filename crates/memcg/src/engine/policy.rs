@@ -15,8 +15,9 @@ use std::sync::Arc;
 /// after reclaim, they fail with a typed error whatever the policy (and
 /// count `oom`, never `oom_kill`). The policy decides the fate of the
 /// allocations that cannot fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum OomPolicy {
     /// The allocation succeeds (the charge is forced past `max`) and the

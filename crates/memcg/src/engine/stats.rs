@@ -1,16 +1,16 @@
-//! Statistics and events of a group, as structs (serde) and in the cgroup
-//! v2 text formats (`memory.stat`, `memory.numa_stat`, `memory.events`).
+//! Statistics and events of a group, as structs (`serde::Serialize` with
+//! the `serde` feature) and in the cgroup v2 text formats (`memory.stat`,
+//! `memory.numa_stat`, `memory.events`).
 
 use std::fmt::Write as _;
-
-use serde::Serialize;
 
 use crate::engine::memcg::{ChargeKind, MemCgroup, MemoryEvent, NR_KINDS};
 use crate::limit::{Limit, PAGE_SIZE};
 use crate::sync::Ordering;
 
 /// One set of `memory.stat` values, in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct MemoryStat {
     /// `kernel`: pages charged through objcgs, in bytes (includes the
     /// sub-page remainders cached in stocks and pools).
@@ -60,7 +60,8 @@ impl MemoryStat {
 }
 
 /// `memory.events` counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Events {
     /// Charges that found usage over `memory.high`.
     pub high: u64,
@@ -106,7 +107,8 @@ impl Events {
 }
 
 /// Statistics of one node of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct NodeStat {
     /// Node id.
     pub node: usize,
@@ -117,7 +119,8 @@ pub struct NodeStat {
 }
 
 /// Everything the cgroup v2 files of one group show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct GroupStats {
     /// Group path (`""` for root).
     pub path: String,
@@ -247,4 +250,60 @@ fn hierarchical_node_stats(memcg: &MemCgroup, nid: usize) -> (i64, [i64; NR_KIND
         }
     }
     (k, l)
+}
+
+#[cfg(all(test, not(memcg_loom)))]
+mod tests {
+    use crate::{Controller, Topology};
+
+    #[test]
+    fn peak_after_reset_peak_is_current_usage_of_this_group_only() {
+        let ctrl = Controller::new(Topology::from_spec("1x1").unwrap());
+        let parent = ctrl.create("p").unwrap();
+        let child = parent.create_child("c").unwrap();
+        let big = child.try_charge(1 << 20).unwrap();
+        let kept = child.try_charge(3 * 4096).unwrap();
+        drop(big);
+        ctrl.drain_stocks();
+        let peak_before = child.stats().peak_bytes;
+        assert!(peak_before >= (1 << 20) + 3 * 4096);
+
+        // Resetting the parent leaves the child's peak alone.
+        parent.reset_peak();
+        let p = parent.stats();
+        assert_eq!(p.peak_bytes, p.current_bytes);
+        assert_eq!(child.stats().peak_bytes, peak_before);
+
+        child.reset_peak();
+        let c = child.stats();
+        assert_eq!(c.current_bytes, 3 * 4096);
+        assert_eq!(c.peak_bytes, 3 * 4096);
+        assert_eq!(c.memory_peak(), format!("{}\n", 3 * 4096));
+        assert_eq!(child.peak_bytes(), 3 * 4096);
+        // Root was not reset.
+        assert!(ctrl.root().peak_bytes() >= peak_before);
+
+        // The peak rises again with the usage, and stays when it falls.
+        let more = child.try_charge(5 * 4096).unwrap();
+        drop(more);
+        ctrl.drain_stocks();
+        assert_eq!(child.current_bytes(), 3 * 4096);
+        assert_eq!(child.stats().peak_bytes, 8 * 4096);
+        drop(kept);
+    }
+
+    #[test]
+    fn reset_peak_on_root_and_removed_group_is_harmless() {
+        let ctrl = Controller::new(Topology::from_spec("1x1").unwrap());
+        let g = ctrl.create("g").unwrap();
+        let r = g.try_charge(1 << 16).unwrap();
+        drop(r);
+        ctrl.drain_stocks();
+        ctrl.root().reset_peak();
+        assert_eq!(ctrl.root().peak_bytes(), ctrl.root().current_bytes());
+        g.remove().unwrap();
+        g.reset_peak();
+        assert_eq!(g.peak_bytes(), g.current_bytes());
+        assert!(ctrl.check_invariants().is_ok());
+    }
 }

@@ -69,8 +69,9 @@ pub(crate) fn get_u64(a: &AtomicU64) -> u64 {
 }
 
 /// Which objcg cache a task keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum TaskCacheMode {
     /// One objcg per node, indexed by the node the task runs on (the seed).
     #[default]

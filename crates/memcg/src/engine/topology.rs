@@ -317,6 +317,7 @@ impl fmt::Debug for Topology {
     }
 }
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for Topology {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
@@ -329,8 +330,10 @@ impl serde::Serialize for Topology {
 
 /// Serializes the present `(cpu, node)` pairs of a topology as a sequence of
 /// two-element sequences.
+#[cfg(feature = "serde")]
 struct CpuNodePairs<'a>(&'a Topology);
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for CpuNodePairs<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.cpu_node_pairs())
@@ -1051,6 +1054,7 @@ mod tests {
     // --- Serialize ---
 
     #[test]
+    #[cfg(feature = "serde")]
     fn serialize_sparse_emits_node_ids_and_pairs() {
         let t = Topology::from_map(&[(0, 0), (2, 2)]).unwrap();
         assert_eq!(

@@ -1,88 +1,29 @@
 //! The group tree as Prometheus text exposition format, version 0.0.4
-//! ([`to_prometheus`]; the format and the metrics are documented there).
+//! ([`to_prometheus`], [`to_prometheus_with`]; the format and the metrics
+//! are documented on [`to_prometheus`]).
 //!
 //! The encoding is written here rather than taken from a crate: the
 //! `prometheus` crate (tikv) models live instruments in a registry, so a
 //! snapshot we already hold would be copied into a throwaway registry on
-//! every scrape for the sake of a few dozen lines of escaping and printing,
-//! and `prometheus-client` writes OpenMetrics, not 0.0.4.
+//! every scrape for the sake of a few dozen lines of escaping and printing.
+//! For a `prometheus-client` registry (OpenMetrics), the
+//! `prometheus-client` feature adds `MemcgCollector`, which encodes the
+//! same families.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
-use crate::engine::{ChargeKind, Controller, Events, GroupStats, MemoryEvent};
-use crate::export::json::TreeSnapshot;
-use crate::limit::Limit;
+use crate::engine::Controller;
+use crate::export::families::{nr_samples, Family, FAMILIES};
+use crate::export::{MetricOptions, TreeSnapshot};
 
 /// The HTTP `Content-Type` of [`to_prometheus`]'s text:
 /// `text/plain; version=0.0.4; charset=utf-8`.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A metric family: name, HELP text and TYPE.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    metric_type: MetricType,
-}
-
-/// The TYPE of a family.
-#[derive(Clone, Copy)]
-enum MetricType {
-    Gauge,
-    Counter,
-}
-
-impl MetricType {
-    fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Gauge => "gauge",
-            MetricType::Counter => "counter",
-        }
-    }
-}
-
-const MEMORY_CURRENT: Family = Family {
-    name: "memcg_memory_current_bytes",
-    help: "Memory charged to the group and its descendants, in bytes (memory.current).",
-    metric_type: MetricType::Gauge,
-};
-const MEMORY_PEAK: Family = Family {
-    name: "memcg_memory_peak_bytes",
-    help: "Highest memory charged to the group and its descendants, in bytes (memory.peak).",
-    metric_type: MetricType::Gauge,
-};
-const MEMORY_MAX: Family = Family {
-    name: "memcg_memory_max_bytes",
-    help: "Hard limit of the group, in bytes, +Inf when unlimited (memory.max).",
-    metric_type: MetricType::Gauge,
-};
-const MEMORY_HIGH: Family = Family {
-    name: "memcg_memory_high_bytes",
-    help: "Soft limit of the group, in bytes, +Inf when unlimited (memory.high).",
-    metric_type: MetricType::Gauge,
-};
-const KERNEL: Family = Family {
-    name: "memcg_kernel_bytes",
-    help: "Pages charged on the node by the group and its descendants, in bytes (memory.numa_stat kernel).",
-    metric_type: MetricType::Gauge,
-};
-const LIVE: Family = Family {
-    name: "memcg_live_bytes",
-    help: "Live bytes charged on the node by the group and its descendants, by kind (memory.numa_stat alloc, runtime, reservation).",
-    metric_type: MetricType::Gauge,
-};
-const EVENTS: Family = Family {
-    name: "memcg_events_total",
-    help: "Memory events in the group and its descendants (memory.events).",
-    metric_type: MetricType::Counter,
-};
-const EVENTS_LOCAL: Family = Family {
-    name: "memcg_events_local_total",
-    help: "Memory events in the group itself (memory.events.local).",
-    metric_type: MetricType::Counter,
-};
-
 /// The whole tree of `ctrl` as Prometheus text exposition format 0.0.4
-/// (serve it with [`PROMETHEUS_CONTENT_TYPE`]).
+/// (serve it with [`PROMETHEUS_CONTENT_TYPE`]), with the default
+/// [`MetricOptions`]: prefix `memcg`, no constant labels. See
+/// [`to_prometheus_with`] to set them.
 ///
 /// Each metric family is printed once, as `# HELP name text`, then
 /// `# TYPE name gauge|counter`, then all its samples,
@@ -95,7 +36,7 @@ const EVENTS_LOCAL: Family = Family {
 /// | metric | type | labels | value |
 /// |---|---|---|---|
 /// | `memcg_memory_current_bytes` | gauge | `group` | `memory.current` |
-/// | `memcg_memory_peak_bytes` | gauge | `group` | `memory.peak` |
+/// | `memcg_memory_peak_bytes` | gauge | `group` | `memory.peak` ([`Group::reset_peak`](crate::Group::reset_peak)) |
 /// | `memcg_memory_max_bytes` | gauge | `group` | `memory.max`, `+Inf` for `max` |
 /// | `memcg_memory_high_bytes` | gauge | `group` | `memory.high`, `+Inf` for `max` |
 /// | `memcg_kernel_bytes` | gauge | `group`, `node` | `kernel` of `memory.numa_stat` |
@@ -109,8 +50,10 @@ const EVENTS_LOCAL: Family = Family {
 /// - `node` is a node id, one sample for each id below
 ///   [`Topology::nr_node_ids`](crate::Topology::nr_node_ids), as in
 ///   `memory.numa_stat`.
-/// - `kind` is [`ChargeKind::key`] (`alloc`, `runtime`, `reservation`);
-///   `event` is [`MemoryEvent::key`] (`high`, `max`, `oom`).
+/// - `kind` is [`ChargeKind::key`](crate::ChargeKind::key) (`alloc`,
+///   `runtime`, `reservation`); `event` is
+///   [`MemoryEvent::key`](crate::MemoryEvent::key) (`high`, `max`, `oom`,
+///   `oom_kill`).
 /// - Per-node values and `memcg_events_total` include descendants
 ///   (hierarchical); `memcg_events_local_total` counts the group's own.
 /// - An unlimited `max` or `high` is exported as `+Inf` rather than
@@ -135,162 +78,109 @@ pub fn to_prometheus(ctrl: &Controller) -> String {
     TreeSnapshot::capture(ctrl).to_prometheus()
 }
 
+/// The whole tree of `ctrl` as Prometheus text exposition format 0.0.4,
+/// named by `options`: every metric name starts with
+/// [`MetricOptions::prefix`] (and `_`) instead of `memcg_`, and every
+/// sample starts with the [`MetricOptions::const_labels`], in their order.
+/// The families, labels and values are those of [`to_prometheus`].
+///
+/// # Examples
+/// ```
+/// use memcg::export::{self, MetricOptions};
+/// use memcg::{Controller, Topology};
+///
+/// let ctrl = Controller::new(Topology::from_spec("2x1")?);
+/// let g = ctrl.create("a")?;
+/// let _r = g.try_charge_on_node(1, 5000)?;
+/// let options = MetricOptions::new()
+///     .with_prefix("kv")?
+///     .with_const_label("service", "kv")?
+///     .with_const_label("zone", "eu-1")?;
+/// let text = export::to_prometheus_with(&ctrl, &options);
+/// let lines: Vec<&str> = text.lines().collect();
+/// assert!(lines.contains(
+///     &r#"kv_live_bytes{service="kv",zone="eu-1",group="a",node="1",kind="reservation"} 5000"#
+/// ));
+/// assert!(lines.contains(&"# TYPE kv_events_total counter"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn to_prometheus_with(ctrl: &Controller, options: &MetricOptions) -> String {
+    TreeSnapshot::capture(ctrl).to_prometheus_with(options)
+}
+
 impl TreeSnapshot {
     /// The snapshot as Prometheus text exposition format 0.0.4; see
     /// [`to_prometheus`] for the metrics and labels.
     pub fn to_prometheus(&self) -> String {
-        encode(&self.groups)
+        self.to_prometheus_with(&MetricOptions::new())
+    }
+
+    /// The snapshot as Prometheus text exposition format 0.0.4 named by
+    /// `options`; see [`to_prometheus_with`].
+    pub fn to_prometheus_with(&self, options: &MetricOptions) -> String {
+        encode(&self.groups, options)
     }
 }
 
 /// Encodes every family for `groups`.
-fn encode(groups: &[GroupStats]) -> String {
-    let nr_nodes = groups.first().map_or(0, |g| g.numa.len());
-    // About 70 bytes a sample: sizes the string once for typical trees.
-    let samples = groups.len() * (4 + nr_nodes * (1 + ChargeKind::ALL.len()) + 2 * 3);
-    let mut out = String::with_capacity(1024 + samples * 70);
-
-    per_group(&mut out, &MEMORY_CURRENT, groups, |g| {
-        Value::Int(g.current_bytes)
-    });
-    per_group(&mut out, &MEMORY_PEAK, groups, |g| Value::Int(g.peak_bytes));
-    per_group(&mut out, &MEMORY_MAX, groups, |g| Value::Limit(g.max));
-    per_group(&mut out, &MEMORY_HIGH, groups, |g| Value::Limit(g.high));
-
-    let mut w = FamilyWriter::start(&mut out, &KERNEL);
-    for g in groups {
-        for n in &g.numa {
-            let node = n.node.to_string();
-            w.sample(
-                &[("group", group_label(g)), ("node", &node)],
-                Value::Int(n.hierarchical.kernel_bytes),
-            );
-        }
+fn encode(groups: &[crate::GroupStats], options: &MetricOptions) -> String {
+    // The constant labels, escaped once: `k="v",` each.
+    let mut constants = String::new();
+    for (name, value) in options.const_labels() {
+        constants.push_str(name);
+        constants.push_str("=\"");
+        push_escaped(&mut constants, value, true);
+        constants.push_str("\",");
     }
-
-    let mut w = FamilyWriter::start(&mut out, &LIVE);
-    for g in groups {
-        for n in &g.numa {
-            let node = n.node.to_string();
-            for kind in ChargeKind::ALL {
-                w.sample(
-                    &[
-                        ("group", group_label(g)),
-                        ("node", &node),
-                        ("kind", kind.key()),
-                    ],
-                    Value::Int(n.hierarchical.live_bytes(kind)),
-                );
-            }
-        }
+    // About 70 bytes a sample, plus the constant labels: sizes the string
+    // once for typical trees.
+    let samples = nr_samples(groups);
+    let mut out = String::with_capacity(2048 + samples * (70 + constants.len()));
+    for family in &FAMILIES {
+        write_family(&mut out, family, options.prefix(), &constants, groups);
     }
-
-    per_event(&mut out, &EVENTS, groups, |g| g.events);
-    per_event(&mut out, &EVENTS_LOCAL, groups, |g| g.events_local);
     out
 }
 
-/// Writes `family` with one sample per group.
-fn per_group(
+/// Writes one family: its HELP and TYPE lines, then its samples,
+/// `name{constants,k="v",...} value`.
+fn write_family(
     out: &mut String,
     family: &Family,
-    groups: &[GroupStats],
-    value: impl Fn(&GroupStats) -> Value,
+    prefix: &str,
+    constants: &str,
+    groups: &[crate::GroupStats],
 ) {
-    let mut w = FamilyWriter::start(out, family);
-    for g in groups {
-        w.sample(&[("group", group_label(g))], value(g));
-    }
-}
-
-/// Writes `family` with one sample per group and event.
-fn per_event(
-    out: &mut String,
-    family: &Family,
-    groups: &[GroupStats],
-    events: impl Fn(&GroupStats) -> Events,
-) {
-    let mut w = FamilyWriter::start(out, family);
-    for g in groups {
-        let events = events(g);
-        for event in MemoryEvent::ALL {
-            w.sample(
-                &[("group", group_label(g)), ("event", event.key())],
-                Value::Int(events.get(event)),
-            );
-        }
-    }
-}
-
-/// The `group` label of a group: its path, `/` for root.
-fn group_label(g: &GroupStats) -> &str {
-    if g.path.is_empty() {
-        "/"
-    } else {
-        &g.path
-    }
-}
-
-/// A sample value: an integer (bytes or a count), or a limit (`+Inf` for
-/// `max`).
-#[derive(Clone, Copy)]
-enum Value {
-    Int(u64),
-    Limit(Limit),
-}
-
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Value::Int(n) | Value::Limit(Limit::Bytes(n)) => write!(f, "{n}"),
-            Value::Limit(Limit::Max) => f.write_str("+Inf"),
-        }
-    }
-}
-
-/// Writes one family: its HELP and TYPE lines on start, then samples
-/// named after it.
-struct FamilyWriter<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl<'a> FamilyWriter<'a> {
-    fn start(out: &'a mut String, family: &Family) -> Self {
-        out.push_str("# HELP ");
-        out.push_str(family.name);
-        out.push(' ');
-        push_escaped(out, family.help, false);
-        out.push_str("\n# TYPE ");
-        out.push_str(family.name);
-        out.push(' ');
-        out.push_str(family.metric_type.as_str());
-        out.push('\n');
-        FamilyWriter {
-            out,
-            name: family.name,
-        }
-    }
-
-    /// Writes `name{k="v",...} value`.
-    fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
-        self.out.push_str(self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, val)) in labels.iter().enumerate() {
+    let name = family.sample_name(prefix);
+    out.push_str("# HELP ");
+    out.push_str(&name);
+    out.push(' ');
+    push_escaped(out, family.help, false);
+    out.push_str("\n# TYPE ");
+    out.push_str(&name);
+    out.push(' ');
+    out.push_str(family.metric_type.as_str());
+    out.push('\n');
+    let written: Result<(), std::convert::Infallible> =
+        family.for_each_sample(groups, |values, value| {
+            out.push_str(&name);
+            out.push('{');
+            out.push_str(constants);
+            for (i, (key, val)) in family.labels.iter().zip(values).enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    out.push(',');
                 }
-                self.out.push_str(key);
-                self.out.push_str("=\"");
-                push_escaped(self.out, val, true);
-                self.out.push('"');
+                out.push_str(key);
+                out.push_str("=\"");
+                push_escaped(out, val, true);
+                out.push('"');
             }
-            self.out.push('}');
-        }
-        // Writing to a `String` cannot fail.
-        let _ = writeln!(self.out, " {value}");
-    }
+            out.push('}');
+            // Writing to a `String` cannot fail.
+            let _ = writeln!(out, " {value}");
+            Ok(())
+        });
+    let Ok(()) = written;
 }
 
 /// Appends `text` with `\` and line feeds escaped, and `"` too when
@@ -311,7 +201,7 @@ mod tests {
     use std::collections::{BTreeMap, HashSet};
 
     use super::*;
-    use crate::{Controller, Limit, Reservation, Topology};
+    use crate::{ChargeKind, Controller, Limit, MemoryEvent, Reservation, Topology};
 
     /// One parsed family.
     #[derive(Debug)]
@@ -663,17 +553,9 @@ mod tests {
             &["group", "event"],
             &["group", "event"],
         ];
-        let constants = [
-            MEMORY_CURRENT,
-            MEMORY_PEAK,
-            MEMORY_MAX,
-            MEMORY_HIGH,
-            KERNEL,
-            LIVE,
-            EVENTS,
-            EVENTS_LOCAL,
-        ];
-        for ((f, names), constant) in families.iter().zip(label_names).zip(constants) {
+        for ((f, names), constant) in families.iter().zip(label_names).zip(&FAMILIES) {
+            assert_eq!(f.name, constant.sample_name("memcg"));
+            assert_eq!(constant.labels, names);
             assert_eq!(f.help, constant.help);
             for sample in &f.samples {
                 let keys: Vec<&str> = sample.labels.iter().map(|(k, _)| k.as_str()).collect();
@@ -836,6 +718,78 @@ mod tests {
             TreeSnapshot::capture(&ctrl).to_prometheus(),
             to_prometheus(&ctrl)
         );
+    }
+
+    #[test]
+    fn to_prometheus_with_prefix_and_const_labels_names_every_sample() {
+        let (ctrl, _held) = busy_controller();
+        let options = MetricOptions::new()
+            .with_prefix("kv_cache")
+            .unwrap()
+            .with_const_label("service", "kv")
+            .unwrap()
+            .with_const_label("zone", "eu \"1\"\\\n")
+            .unwrap();
+        let text = to_prometheus_with(&ctrl, &options);
+        assert!(
+            text.lines().any(|l| l
+                == r#"kv_cache_memory_max_bytes{service="kv",zone="eu \"1\"\\\n",group="a/b"} 1048576"#),
+            "{text}"
+        );
+        let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let default = parse(&to_prometheus(&ctrl)).unwrap();
+        assert_eq!(families.len(), default.len());
+        for (f, d) in families.iter().zip(&default) {
+            let base = d.name.strip_prefix("memcg_").unwrap();
+            assert_eq!(f.name, format!("kv_cache_{base}"));
+            assert_eq!((&f.help, &f.metric_type), (&d.help, &d.metric_type));
+            assert_eq!(f.samples.len(), d.samples.len());
+            for (s, ds) in f.samples.iter().zip(&d.samples) {
+                let constants: Vec<(&str, &str)> = s.labels[..2]
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                assert_eq!(constants, [("service", "kv"), ("zone", "eu \"1\"\\\n")]);
+                assert_eq!(s.labels[2..], ds.labels[..]);
+                assert_eq!(s.value, ds.value);
+            }
+        }
+    }
+
+    #[test]
+    fn to_prometheus_with_empty_prefix_names_without_prefix() {
+        let ctrl = two_node_controller();
+        ctrl.create("a").unwrap();
+        let options = MetricOptions::new().with_prefix("").unwrap();
+        let text = to_prometheus_with(&ctrl, &options);
+        let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        let expected: Vec<String> = FAMILIES.iter().map(|f| f.sample_name("")).collect();
+        assert_eq!(names, expected);
+        assert!(text
+            .lines()
+            .any(|l| l == r#"memory_current_bytes{group="a"} 0"#));
+        assert_eq!(
+            TreeSnapshot::capture(&ctrl).to_prometheus_with(&MetricOptions::new()),
+            to_prometheus(&ctrl)
+        );
+    }
+
+    #[test]
+    fn to_prometheus_peak_after_reset_peak_is_current() {
+        let ctrl = two_node_controller();
+        let g = ctrl.create("a").unwrap();
+        let big = g.try_charge(1 << 20).unwrap();
+        drop(big);
+        ctrl.drain_stocks();
+        let peak = |ctrl: &Controller, group: &str| {
+            let families = parse(&to_prometheus(ctrl)).unwrap();
+            samples_of(&families, "memcg_memory_peak_bytes")[&vec![group]]
+        };
+        assert!(peak(&ctrl, "a") >= (1 << 20) as f64);
+        g.reset_peak();
+        assert_eq!(peak(&ctrl, "a"), g.current_bytes() as f64);
+        assert!(peak(&ctrl, "/") >= (1 << 20) as f64);
     }
 
     #[test]

@@ -21,9 +21,39 @@
 //!   the page's metadata, not the block) and finds the objcg in a
 //!   lock-free table from heap to objcg.
 //!
-//! Allocations that are not accounted (before the controller exists, and
-//! when every heap slot is taken) come from mimalloc's main heap, whose
-//! blocks are not in the table, so their frees uncharge nothing.
+//! Allocations that are not accounted (before the controller exists)
+//! come from mimalloc's main heap, whose blocks are not in the table, so
+//! their frees uncharge nothing.
+//!
+//! # Past [`MAX_OBJCG_HEAPS`]: the fallback heap
+//! Heaps are capped (mimalloc 3 has a bounded number of thread-local heap
+//! slots, and each heap costs memory; [`MemcgMimalloc::set_max_heaps`]
+//! lowers the cap). An objcg table entry that cannot get a heap (the cap
+//! is reached, or `mi_heap_new` fails) is latched to `NO_HEAP`, and its
+//! allocations stay charged: they are made in one shared *fallback heap*
+//! with an 8-byte trailer holding the objcg's raw word, like
+//! [`crate::MemcgAlloc`]'s blocks. A free tells them apart by their heap:
+//! the table has no entry for the fallback heap, so a block whose heap maps
+//! to no objcg is either unaccounted (main heap) or a fallback block
+//! (fallback heap), and only then, out of line, is the heap compared with
+//! the fallback heap and the trailer read.
+//!
+//! The path of blocks with a heap of their own runs the same instructions
+//! as before the fallback existed (callgrind: 226.4 per 64-byte
+//! alloc + free pair before and after; a growing `realloc` 4 fewer): the
+//! allocation's existing "no heap" branch calls the cold
+//! [`alloc_fallback`], and a free or `realloc` looks at the fallback only
+//! when the table lookup found no objcg ([`dealloc_without_objcg`],
+//! [`realloc_fallback`]). A fallback pair costs about 76 instructions more
+//! (the table probe that misses, the trailer, a shared counter).
+//!
+//! Fallback blocks are charged what a block with a heap is
+//! (`round_up(size, 8)`; the trailer is allocator overhead, as mimalloc's
+//! page metadata is), so a group's usage does not depend on whether its
+//! objcgs got heaps. They are counted
+//! ([`MemcgMimalloc::fallback_allocations`]); if even the fallback heap
+//! cannot be made, the allocation is made unaccounted in the main heap and
+//! counted in [`MemcgMimalloc::unaccounted_fallbacks`].
 //!
 //! A group's heaps are not NUMA-bound: with a real multi-node topology,
 //! `mi_heap_set_numa_affinity` could place each per-node objcg's pages on
@@ -34,7 +64,7 @@ use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
 use crate::runtime::thread::{self, REFUSED};
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 // The C symbols come from the static library of `libmimalloc-sys` (the
 // same one the `mimalloc` crate links); heaps and `mi_heap_of` are part of
@@ -47,6 +77,7 @@ extern "C" {
     fn mi_realloc_aligned(p: *mut c_void, newsize: usize, alignment: usize) -> *mut c_void;
     fn mi_free(p: *mut c_void);
     fn mi_heap_new() -> *mut c_void;
+    fn mi_heap_delete(heap: *mut c_void);
     fn mi_heap_of(p: *const c_void) -> *mut c_void;
     fn mi_heap_malloc_aligned(heap: *mut c_void, size: usize, alignment: usize) -> *mut c_void;
     fn mi_heap_zalloc_aligned(heap: *mut c_void, size: usize, alignment: usize) -> *mut c_void;
@@ -58,15 +89,28 @@ extern "C" {
     ) -> *mut c_void;
 }
 
-/// Heaps the process may create: one per objcg table entry that ever
-/// allocated, up to this many (each costs mimalloc a few KiB per thread
-/// that uses it). Past it, allocations of new objcgs are not accounted.
-/// mimalloc 3 gives every heap a dynamic thread-local slot and has fewer
-/// than 65,535 of them; half of that leaves room for the process's own.
+/// Heaps the process may create for objcgs: one per objcg table entry
+/// that ever allocated, up to this many (or fewer, set by
+/// [`MemcgMimalloc::set_max_heaps`]: each heap costs mimalloc about
+/// 280 KiB of resident memory per thread that allocated from it). mimalloc
+/// 3 gives every heap a dynamic thread-local slot and has fewer than
+/// 65,535 of them; half of that leaves room for the process's own.
+///
+/// An entry keeps its heap for the objcgs that reuse it after its objcg is
+/// released (a removed group's, once its last object is freed), so the cap
+/// counts the most objcg table entries ever in use at once, not the objcgs
+/// ever made: with one group per query, it is reached by 32,768 (group,
+/// node) objcgs alive or still holding objects at the same time.
+///
+/// Past the cap, accounting goes on: the allocations of an entry without a
+/// heap are charged as usual and made in one shared fallback heap, each
+/// block with an 8-byte trailer naming its objcg, and counted by
+/// [`MemcgMimalloc::fallback_allocations`] (see [`MemcgMimalloc`]).
 pub const MAX_OBJCG_HEAPS: usize = 1 << 15;
 
 /// The cookie of an objcg table entry that could not get a heap (the table
-/// was full or mimalloc refused): later allocations do not try again.
+/// was full or mimalloc refused): its allocations go to the fallback heap
+/// and do not try again.
 const NO_HEAP: usize = 1;
 
 /// Slots of the heap → objcg table (open addressing, load ≤ 1/2).
@@ -74,8 +118,31 @@ const TABLE_SLOTS: usize = 2 * MAX_OBJCG_HEAPS;
 
 static TABLE: HeapTable<TABLE_SLOTS> = HeapTable::new();
 
+/// The most heaps made for objcgs ([`MemcgMimalloc::set_max_heaps`]).
+static MAX_HEAPS: AtomicUsize = AtomicUsize::new(MAX_OBJCG_HEAPS);
+
+/// [`FALLBACK`] before the fallback heap is made (never a heap's address,
+/// nor the null a failed `mi_heap_of` returns).
+const NO_FALLBACK: usize = 1;
+
+/// The shared heap of the objcgs without a heap of their own (made on
+/// first use), or [`NO_FALLBACK`]. It is not in [`TABLE`], so the table
+/// lookup of one of its blocks finds no objcg, and only then is the block's
+/// heap compared with this one.
+static FALLBACK: AtomicUsize = AtomicUsize::new(NO_FALLBACK);
+
+/// Allocations made in the fallback heap (charged, with a trailer).
+static FALLBACK_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Allocations of objcgs without a heap made unaccounted because the
+/// fallback heap could not be made either.
+static UNACCOUNTED_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of a fallback block's trailer (the objcg's raw word).
+const FALLBACK_TRAILER_BYTES: usize = 8;
+
 /// The heap of the objcg whose raw word is `raw`, creating it on first
-/// use; null when no heap can be had (the caller then does not account).
+/// use; null when it has no heap (the caller then uses the fallback heap).
 #[inline(always)]
 fn heap_of_objcg(raw: usize) -> *mut c_void {
     // SAFETY: `raw` is the raw word of a live charge of the global
@@ -94,7 +161,9 @@ fn heap_of_objcg(raw: usize) -> *mut c_void {
 fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
     // Room in the table first, so that no heap is made that cannot be
     // recorded.
-    let heap = if TABLE.reserve() {
+    // Relaxed: a limit read on the cold path; a change races with heap
+    // creations and applies to the ones that read it.
+    let heap = if TABLE.reserve_up_to(MAX_HEAPS.load(Ordering::Relaxed)) {
         // SAFETY: plain FFI call; mimalloc allocates the heap from the OS,
         // not through the Rust global allocator.
         let heap = unsafe { mi_heap_new() };
@@ -108,8 +177,8 @@ fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
         std::ptr::null_mut()
     };
     if heap.is_null() {
-        // No heap, now or later: this entry's allocations are not
-        // accounted (latched, so they do not retry).
+        // No heap, now or later: this entry's allocations go to the
+        // fallback heap (latched, so they do not retry).
         return match cookie.compare_exchange(0, NO_HEAP, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) | Err(NO_HEAP) => std::ptr::null_mut(),
             Err(winner) => winner as *mut c_void,
@@ -124,11 +193,254 @@ fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
     }
 }
 
+/// The fallback heap, made on first use; null if mimalloc cannot make it.
+#[cold]
+fn fallback_heap() -> *mut c_void {
+    // Acquire: pairs with the AcqRel exchange below, so the heap mimalloc
+    // initialised is seen whole.
+    let heap = FALLBACK.load(Ordering::Acquire);
+    if heap != NO_FALLBACK {
+        return heap as *mut c_void;
+    }
+    // SAFETY: plain FFI call (mimalloc allocates the heap from the OS).
+    let heap = unsafe { mi_heap_new() };
+    if heap.is_null() {
+        return heap;
+    }
+    match FALLBACK.compare_exchange(
+        NO_FALLBACK,
+        heap as usize,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => heap,
+        Err(winner) => {
+            // SAFETY: `heap` was made above, holds no block and was never
+            // published.
+            unsafe { mi_heap_delete(heap) };
+            winner as *mut c_void
+        }
+    }
+}
+
+/// Whether `heap` (the heap of a block with no objcg in the table) is the
+/// fallback heap.
+#[inline(always)]
+fn is_fallback_heap(heap: *mut c_void) -> bool {
+    // Relaxed: the block was allocated in the fallback heap after this
+    // thread-independent value was published (the allocating thread loaded
+    // it with Acquire or stored it), and the allocation happens before this
+    // free or `realloc` (the `GlobalAlloc` contract), so coherence makes
+    // the load see the published heap. A block of another heap never
+    // compares equal, whatever the load returns.
+    heap as usize == FALLBACK.load(Ordering::Relaxed)
+}
+
 /// Bytes charged for a block of `layout`: its size rounded up to 8 (no
-/// trailer: the objcg is found from the block's heap).
+/// trailer: the objcg is found from the block's heap; a fallback block's
+/// trailer is not charged either).
 #[inline(always)]
 fn charged_bytes(layout: Layout) -> u64 {
-    (layout.size().max(1) as u64).next_multiple_of(8)
+    charged_size(layout.size())
+}
+
+/// [`charged_bytes`] of a layout of `size` bytes.
+#[inline(always)]
+fn charged_size(size: usize) -> u64 {
+    (size.max(1) as u64).next_multiple_of(8)
+}
+
+/// Offset of a fallback block's trailer (the caller's bytes rounded up to
+/// 8), or `None` when the block with its trailer would not fit `isize`.
+#[inline]
+fn trailer_offset(layout: Layout) -> Option<usize> {
+    // With `size <= isize::MAX - 15 - align`, the padded size plus the
+    // trailer, rounded up to the alignment, fits `isize`; `align <=
+    // isize::MAX`, so the subtraction does not wrap below 0.
+    if layout.size() > (isize::MAX as usize - 15).saturating_sub(layout.align()) {
+        return None;
+    }
+    Some((layout.size() + 7) & !7)
+}
+
+/// [`trailer_offset`] of a layout of `size` bytes a fallback block was
+/// allocated with.
+#[inline]
+fn trailer_offset_of_size(size: usize) -> usize {
+    (size + 7) & !7
+}
+
+/// # Safety
+/// `block` starts a block of at least `offset + 8` bytes.
+#[inline]
+unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
+    // SAFETY: in bounds by the caller's guarantee; the trailer may be
+    // unaligned when the caller's alignment is below 8.
+    unsafe { (block.add(offset) as *mut usize).write_unaligned(raw) }
+}
+
+/// # Safety
+/// As [`write_trailer`], and the trailer was written.
+#[inline]
+unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
+    let block = launder(block);
+    // SAFETY: as in `write_trailer`.
+    unsafe { (block.add(offset) as *const usize).read_unaligned() }
+}
+
+/// Hides where `p` came from from the optimizer, as `MemcgAlloc` does
+/// (`runtime/alloc.rs`, `launder`): the compiler treats the pointer the
+/// global allocator returned as an object of exactly the requested size,
+/// so the trailer past it would look out of bounds once the allocator is
+/// inlined next to the allocation.
+#[inline(always)]
+fn launder(p: *const u8) -> *const u8 {
+    let mut addr = p.expose_provenance();
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    // SAFETY: an empty instruction sequence that only passes a register
+    // through; it touches no memory, stack or flags.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        addr = std::hint::black_box(addr);
+    }
+    std::ptr::with_exposed_provenance(addr)
+}
+
+/// An allocation of `bytes` charged to the objcg `raw`, which has no heap:
+/// made in the fallback heap with a trailer, the charge kept.
+///
+/// # Safety
+/// `layout` has a non-zero size (the `GlobalAlloc` contract); `raw` is a
+/// live charge of `bytes` bytes made for this allocation.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_fallback(raw: usize, bytes: u64, layout: Layout, zeroed: bool) -> *mut u8 {
+    let Some(offset) = trailer_offset(layout) else {
+        thread::uncharge_alloc(raw, bytes);
+        return std::ptr::null_mut();
+    };
+    let heap = fallback_heap();
+    if heap.is_null() {
+        // Not even the fallback heap: unaccounted, and counted as such.
+        UNACCOUNTED_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        thread::uncharge_alloc(raw, bytes);
+        // SAFETY: FFI calls with a valid size and power-of-two alignment.
+        return unsafe {
+            if zeroed {
+                mi_zalloc_aligned(layout.size(), layout.align())
+            } else {
+                mi_malloc_aligned(layout.size(), layout.align())
+            }
+        } as *mut u8;
+    }
+    let size = offset + FALLBACK_TRAILER_BYTES;
+    // SAFETY: FFI calls with the fallback heap (made by `mi_heap_new`), a
+    // size that fits `isize` (checked by `trailer_offset`) and the
+    // caller's power-of-two alignment.
+    let block = unsafe {
+        if zeroed {
+            mi_heap_zalloc_aligned(heap, size, layout.align())
+        } else {
+            mi_heap_malloc_aligned(heap, size, layout.align())
+        }
+    } as *mut u8;
+    if block.is_null() {
+        thread::uncharge_alloc(raw, bytes);
+        return block;
+    }
+    // SAFETY: the block has `offset + 8` bytes.
+    unsafe { write_trailer(block, offset, raw) };
+    // Relaxed: a statistic; readers need no ordering with the block.
+    FALLBACK_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    block
+}
+
+/// Frees a block of the fallback heap: uncharges the objcg in its trailer.
+/// Takes the size alone, not the layout: the free path of blocks with a
+/// heap then keeps no more registers alive than before the fallback.
+///
+/// # Safety
+/// `ptr` is a live block of the fallback heap allocated by
+/// [`alloc_fallback`] or [`realloc_fallback`] with a layout of `size`
+/// bytes.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_fallback(ptr: *mut u8, size: usize) {
+    // SAFETY: fallback blocks carry their trailer at this offset.
+    let raw = unsafe { read_trailer(ptr, trailer_offset_of_size(size)) };
+    // SAFETY: `ptr` came from mimalloc.
+    unsafe { mi_free(ptr as *mut c_void) };
+    thread::uncharge_alloc(raw, charged_size(size));
+}
+
+/// Frees a block whose heap maps to no objcg: a fallback block (charged,
+/// see [`dealloc_fallback`]) or an unaccounted block of the main heap.
+/// Out of line and cold, so that the free path of blocks with a heap of
+/// their own is laid out as before the fallback existed.
+///
+/// # Safety
+/// `ptr` is a live block of `heap` (or `heap` is null), allocated by this
+/// allocator with a layout of `size` bytes.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_without_objcg(ptr: *mut u8, heap: *mut c_void, size: usize) {
+    if is_fallback_heap(heap) {
+        // SAFETY: a block of the fallback heap (the caller's guarantee).
+        return unsafe { dealloc_fallback(ptr, size) };
+    }
+    // SAFETY: `ptr` came from mimalloc (the main heap).
+    unsafe { mi_free(ptr as *mut c_void) };
+}
+
+/// `realloc` of a block of the fallback heap `heap`: the difference is
+/// charged to the objcg in its trailer, and the block stays in the
+/// fallback heap with its trailer moved.
+///
+/// # Safety
+/// As [`dealloc_fallback`]; `heap` is the fallback heap.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_fallback(
+    heap: *mut c_void,
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+) -> *mut u8 {
+    let Some(new_offset) = trailer_offset(new_layout) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: fallback blocks carry their trailer at this offset.
+    let raw = unsafe { read_trailer(ptr, trailer_offset_of_size(layout.size())) };
+    let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
+    // Grow: charge first, so a refusal leaves the block untouched.
+    if new_bytes > old_bytes && thread::resize_alloc(raw, old_bytes, new_bytes).is_none() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `ptr` is a block of `heap`; the size fits `isize` (checked by
+    // `trailer_offset`) and the alignment is the block's.
+    let block = unsafe {
+        mi_heap_realloc_aligned(
+            heap,
+            ptr as *mut c_void,
+            new_offset + FALLBACK_TRAILER_BYTES,
+            layout.align(),
+        )
+    } as *mut u8;
+    if block.is_null() {
+        if new_bytes > old_bytes {
+            let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
+        }
+        return block;
+    }
+    if new_bytes < old_bytes {
+        let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+    }
+    // SAFETY: the block has `new_offset + 8` bytes.
+    unsafe { write_trailer(block, new_offset, raw) };
+    block
 }
 
 /// A `GlobalAlloc` over mimalloc that charges every allocation of the
@@ -148,8 +460,20 @@ fn charged_bytes(layout: Layout) -> u64 {
 /// A block is charged `round_up(size, 8)` bytes. Limits, reclaim, scopes,
 /// `realloc` (the difference is charged to the block's own objcg, and a
 /// moved block stays in its heap) and the re-entrancy rules are those of
-/// `MemcgAlloc`. At most [`MAX_OBJCG_HEAPS`] objcg table entries get a
-/// heap; allocations of objcgs past that are not accounted.
+/// `MemcgAlloc`.
+///
+/// # Past [`MAX_OBJCG_HEAPS`] heaps
+/// At most [`MAX_OBJCG_HEAPS`] objcg table entries get a heap of their own
+/// (mimalloc 3 has a bounded number of heaps; an entry's heap is reused by
+/// the later objcgs of the entry). The allocations of an objcg that gets
+/// none are still charged, exactly as much: they come from one shared
+/// fallback heap, each block with an 8-byte trailer naming its objcg (not
+/// charged), and a free finds the objcg there. Such allocations are
+/// counted by [`MemcgMimalloc::fallback_allocations`]; the heaps made so
+/// far by [`MemcgMimalloc::objcg_heaps`]. Only if mimalloc cannot make
+/// even the fallback heap is an allocation left unaccounted, counted by
+/// [`MemcgMimalloc::unaccounted_fallbacks`]. Blocks with a heap of their
+/// own take the same path as before the fallback existed.
 ///
 /// # Safety
 /// The adapter keeps the `GlobalAlloc` contract: it never unwinds or
@@ -165,10 +489,52 @@ impl MemcgMimalloc {
         MemcgMimalloc
     }
 
+    /// Heaps made for objcg table entries so far (at most
+    /// [`MAX_OBJCG_HEAPS`]; the fallback heap is not counted).
+    pub fn objcg_heaps() -> usize {
+        TABLE.len()
+    }
+
+    /// Sets the most heaps made for objcg table entries (clamped to
+    /// [`MAX_OBJCG_HEAPS`]) and returns the value set. Entries that already
+    /// have a heap keep it; entries that get to their first allocation
+    /// once that many heaps exist use the shared fallback heap for good
+    /// (charged as usual, counted by
+    /// [`MemcgMimalloc::fallback_allocations`]).
+    ///
+    /// A heap costs mimalloc memory of its own once it allocated: about
+    /// 280 KiB of resident memory per heap used by one thread (measured
+    /// with mimalloc 3.3: 4,096 heaps with one freed block each added
+    /// 1.1 GiB, which `mi_collect` did not return), so a process with
+    /// many short-lived groups may want fewer heaps than
+    /// [`MAX_OBJCG_HEAPS`]. The fallback heap's blocks cost an 8-byte
+    /// trailer (not charged) and a cold path at allocation and free. Tests
+    /// use it to reach the fallback without making 32,768 heaps.
+    pub fn set_max_heaps(max_heaps: usize) -> usize {
+        let max_heaps = max_heaps.min(MAX_OBJCG_HEAPS);
+        MAX_HEAPS.store(max_heaps, Ordering::Relaxed);
+        max_heaps
+    }
+
+    /// Allocations made in the shared fallback heap since the process
+    /// started: charged allocations of objcgs that got no heap of their
+    /// own (past [`MAX_OBJCG_HEAPS`], or when mimalloc refused a heap).
+    /// `realloc`s of such blocks are not counted again.
+    pub fn fallback_allocations() -> u64 {
+        FALLBACK_ALLOCATIONS.load(Ordering::Relaxed)
+    }
+
+    /// Allocations of objcgs without a heap that were made unaccounted
+    /// because mimalloc could not make the fallback heap either (0 unless
+    /// mimalloc refused it: out of memory or heap slots).
+    pub fn unaccounted_fallbacks() -> u64 {
+        UNACCOUNTED_FALLBACKS.load(Ordering::Relaxed)
+    }
+
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let bytes = charged_bytes(layout);
-        let mut raw = thread::charge_alloc(bytes);
+        let raw = thread::charge_alloc(bytes);
         if raw == REFUSED {
             return std::ptr::null_mut();
         }
@@ -178,8 +544,8 @@ impl MemcgMimalloc {
             heap_of_objcg(raw)
         };
         if heap.is_null() && raw != 0 {
-            thread::uncharge_alloc(raw, bytes);
-            raw = 0;
+            // SAFETY: forwarded contract; `raw` is the charge just made.
+            return unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
         }
         // SAFETY: FFI calls with a valid size and power-of-two alignment
         // (from `layout`) and, if non-null, a heap made by `mi_heap_new`.
@@ -199,7 +565,7 @@ impl MemcgMimalloc {
 }
 
 /// The heap of a block and the objcg raw word of that heap (0: not
-/// accounted).
+/// accounted, or a block of the fallback heap).
 #[inline(always)]
 fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
     // SAFETY: `ptr` is a live block from mimalloc; `mi_heap_of` reads
@@ -227,10 +593,13 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let (_, raw) = heap_and_objcg_of_block(ptr);
-        if raw != 0 {
-            thread::uncharge_alloc(raw, charged_bytes(layout));
+        let (heap, raw) = heap_and_objcg_of_block(ptr);
+        if raw == 0 {
+            // SAFETY: `ptr` is a live block of `heap` allocated with
+            // `layout` (the caller's contract).
+            return unsafe { dealloc_without_objcg(ptr, heap, layout.size()) };
         }
+        thread::uncharge_alloc(raw, charged_bytes(layout));
         // SAFETY: `ptr` came from mimalloc (one of the calls in
         // `alloc_with` or `realloc`).
         unsafe { mi_free(ptr as *mut c_void) };
@@ -241,31 +610,34 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return std::ptr::null_mut();
         };
-        let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
         let (heap, raw) = heap_and_objcg_of_block(ptr);
+        if raw == 0 {
+            if is_fallback_heap(heap) {
+                // SAFETY: a block of the fallback heap, allocated with
+                // `layout` (the caller's contract).
+                return unsafe { realloc_fallback(heap, ptr, layout, new_layout) };
+            }
+            // SAFETY: `ptr` came from mimalloc (an unaccounted block of
+            // the main heap).
+            return unsafe { mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) }
+                as *mut u8;
+        }
+        let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
         // Grow: charge first, so a refusal leaves the block untouched.
-        if raw != 0
-            && new_bytes > old_bytes
-            && thread::resize_alloc(raw, old_bytes, new_bytes).is_none()
-        {
+        if new_bytes > old_bytes && thread::resize_alloc(raw, old_bytes, new_bytes).is_none() {
             return std::ptr::null_mut();
         }
-        // SAFETY: `ptr` came from mimalloc; the heap (when accounted) is the
-        // block's own, so a moved block stays with its objcg.
-        let block = unsafe {
-            if raw != 0 {
-                mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
-            } else {
-                mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align())
-            }
-        };
+        // SAFETY: `ptr` came from mimalloc; the heap is the block's own, so
+        // a moved block stays with its objcg.
+        let block =
+            unsafe { mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align()) };
         if block.is_null() {
-            if raw != 0 && new_bytes > old_bytes {
+            if new_bytes > old_bytes {
                 let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
             }
             return std::ptr::null_mut();
         }
-        if raw != 0 && new_bytes < old_bytes {
+        if new_bytes < old_bytes {
             let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
         }
         block as *mut u8

@@ -53,6 +53,7 @@ fn hierarchical_and_local_values_differ_by_descendants() {
 }
 
 #[test]
+#[cfg(feature = "serde")]
 fn stats_serialize_to_json() {
     let c = ctrl("2x1");
     let g = c.create("g").unwrap();
