@@ -31,7 +31,7 @@
 //! went wrong (a well-behaved tenant was killed, `greedy` was not, usage did
 //! not return to zero, an invariant failed).
 //!
-//! Run: `cargo run --release -p memcg --example tenants`
+//! Run: `cargo run --release -p memcg --example tenants --features tokio,prometheus-client`
 //! On a one-node machine, try `MEMCG_TOPOLOGY=2x1` to see two nodes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -306,6 +306,11 @@ impl Rng {
         Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1)
     }
 
+    /// A generator for a spawned request, advancing this one.
+    fn fork(&mut self) -> Rng {
+        Rng::new(self.below(u64::MAX))
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -359,7 +364,14 @@ async fn client(t: Arc<Tenant>, stop: Arc<AtomicBool>, seed: u64) -> u64 {
     let mut rng = Rng::new(seed);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        t.request(&mut rng, n, 4);
+        // Each request runs as a task of its own: `memcg::tokio::spawn`
+        // keeps it in this client's tenant (a plain `tokio::spawn` would
+        // charge the worker's group, root).
+        let (t2, mut r) = (Arc::clone(&t), rng.fork());
+        match memcg::tokio::spawn(async move { t2.request(&mut r, n, 4) }).await {
+            Ok(()) => {}
+            Err(_) => break,
+        }
         n += 1;
         tokio::time::sleep(CLIENT_PAUSE).await;
     }
@@ -637,6 +649,7 @@ fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
     println!("\nwork stopped:");
     print_table(&tenants, &removed, start);
     println!();
+    print_scrape(ctrl)?;
     for t in &tenants {
         let c = &t.counters;
         println!(
@@ -711,4 +724,28 @@ fn run() -> Result<Vec<String>, Box<dyn std::error::Error>> {
     }
     parent.remove()?;
     Ok(problems)
+}
+
+/// One scrape of the service's metrics registry, with the controller's
+/// collector registered beside the service's own metrics (feature
+/// `prometheus-client`): the tenants' `memory.current` lines.
+fn print_scrape(ctrl: &memcg::Controller) -> Result<(), Box<dyn std::error::Error>> {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+    let mut registry = Registry::default();
+    let options = memcg::export::MetricOptions::new().with_const_label("service", "tenants")?;
+    registry.register_collector(Box::new(memcg::export::MemcgCollector::with_options(
+        ctrl, options,
+    )));
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    println!("a scrape of the service's registry (memory.current of the tenants):");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("memcg_memory_current_bytes") && l.contains("tenants/"))
+    {
+        println!("  {line}");
+    }
+    println!();
+    Ok(())
 }

@@ -436,7 +436,8 @@ impl Group {
     /// its sub-page pool between drains (a drain returns the rest). A drain
     /// ([`crate::Controller::drain_stocks`] after each task's
     /// [`crate::Task::flush`]) makes it exactly `ceil(live / 4096)` pages
-    /// per objcg.
+    /// per objcg. [`Group::error_bound`] computes the bound for this
+    /// controller's topology and tasks.
     pub fn current_bytes(&self) -> u64 {
         self.memcg.counter.usage_pages().saturating_mul(PAGE_SIZE)
     }
