@@ -39,7 +39,8 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use memcg::{MemcgAlloc, TaskCacheMode};
+use memcg::engine::TaskCacheMode;
+use memcg::MemcgAlloc;
 use mimalloc::MiMalloc;
 use serde::{Deserialize, Serialize};
 use tracking_allocator::{AllocationGroupId, AllocationGroupToken, AllocationRegistry};

@@ -31,7 +31,8 @@
 //! (`check_invariants` once more, which reports objcgs still referenced
 //! and references dropped twice, and root's usage is 0).
 
-use memcg::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK, PAGE_SIZE, TASK_CACHE_BOUND_BYTES};
+use memcg::engine::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK, TASK_CACHE_BOUND_BYTES};
+use memcg::PAGE_SIZE;
 
 /// Largest byte count a byte-stock slot holds (16 bits).
 pub const OBJ_SLOT_MAX_BYTES: u64 = 0xffff;

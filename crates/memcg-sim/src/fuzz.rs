@@ -116,7 +116,7 @@ pub fn random_scenario(seed: u64, steps: u64) -> Scenario {
             } else {
                 CacheMode::Single
             },
-            obj_stock_slots: 1 + r.index(memcg::NR_OBJ_STOCK),
+            obj_stock_slots: 1 + r.index(memcg::engine::NR_OBJ_STOCK),
         },
         run: Run {
             steps,

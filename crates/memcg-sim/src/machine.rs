@@ -35,9 +35,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use memcg::engine::{Charge, Config, EngineCounters, Task};
 use memcg::{
-    Charge, ChargeKind, Config, Controller, EngineCounters, Group, GroupStats, Limit, OomPolicy,
-    ReclaimerHandle, Reservation, Task, Topology,
+    ChargeKind, Controller, Group, GroupStats, Limit, OomPolicy, ReclaimerHandle, Reservation,
+    Topology,
 };
 
 use crate::checks::{self, Violation};

@@ -41,7 +41,7 @@ struct RawMachine {
 }
 
 fn default_obj_stock_slots() -> Spanned<usize> {
-    Spanned::new(0..0, memcg::NR_OBJ_STOCK)
+    Spanned::new(0..0, memcg::engine::NR_OBJ_STOCK)
 }
 
 #[derive(Deserialize)]
@@ -217,12 +217,12 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         )
     })?;
     let slots = &raw.machine.obj_stock_slots;
-    if !(1..=memcg::NR_OBJ_STOCK).contains(slots.get_ref()) {
+    if !(1..=memcg::engine::NR_OBJ_STOCK).contains(slots.get_ref()) {
         return Err(cx.err(
             slots.span(),
             format!(
                 "`obj_stock_slots` must be from 1 to {} (byte-stock slots per CPU)",
-                memcg::NR_OBJ_STOCK
+                memcg::engine::NR_OBJ_STOCK
             ),
         ));
     }
@@ -259,7 +259,10 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
         if path.is_empty() {
             return Err(cx.err(span, "`path` must name a group below the root"));
         }
-        if path.split('/').any(|c| memcg::validate_name(c).is_err()) {
+        if path
+            .split('/')
+            .any(|c| memcg::engine::validate_name(c).is_err())
+        {
             return Err(cx.err(span, format!("`path` {path:?} is not a valid group path")));
         }
         let parent = path.rsplit_once('/').map_or("", |(p, _)| p);

@@ -21,11 +21,11 @@ pub enum CacheMode {
     Single,
 }
 
-impl From<CacheMode> for memcg::TaskCacheMode {
+impl From<CacheMode> for memcg::engine::TaskCacheMode {
     fn from(m: CacheMode) -> Self {
         match m {
-            CacheMode::PerNode => memcg::TaskCacheMode::PerNode,
-            CacheMode::Single => memcg::TaskCacheMode::Single,
+            CacheMode::PerNode => memcg::engine::TaskCacheMode::PerNode,
+            CacheMode::Single => memcg::engine::TaskCacheMode::Single,
         }
     }
 }
@@ -65,7 +65,7 @@ pub struct Machine {
     pub topology: String,
     /// Task cache mode.
     pub task_cache: CacheMode,
-    /// Byte-stock slots per CPU (`1..=memcg::NR_OBJ_STOCK`); 1 is the
+    /// Byte-stock slots per CPU (`1..=memcg::engine::NR_OBJ_STOCK`); 1 is the
     /// kernel's obj stock before its multi-slot fix.
     pub obj_stock_slots: usize,
 }

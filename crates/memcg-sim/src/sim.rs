@@ -1,7 +1,8 @@
 //! One run of a scenario: build the machine, execute the steps with the
 //! checks after each, take the statistics, tear down with the end checks.
 
-use memcg::{EngineCounters, GroupStats};
+use memcg::engine::EngineCounters;
+use memcg::GroupStats;
 
 use crate::checks::Violation;
 use crate::machine::{Hook, Machine, Metrics};

@@ -2,7 +2,7 @@
 //! (`fault-injection` feature) is caught by the simulator's checks, with
 //! the step it happened at.
 
-use memcg::Fault;
+use memcg::engine::Fault;
 use memcg_sim::machine::Machine;
 use memcg_sim::sim::{run_ops, RunOptions};
 

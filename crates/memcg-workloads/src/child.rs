@@ -104,10 +104,10 @@ pub struct MemcgReport {
     /// allocation, `realloc`s included.
     pub charges: u64,
     /// Charges during the workload that needed more than a task's byte
-    /// cache (`memcg::EngineCounters::slow_charges`).
+    /// cache (`memcg::engine::EngineCounters::slow_charges`).
     pub slow_charges: u64,
     /// Read-modify-writes on counters shared by all CPUs during the
-    /// workload (`memcg::EngineCounters::shared_atomics`).
+    /// workload (`memcg::engine::EngineCounters::shared_atomics`).
     pub shared_atomics: u64,
     /// `charges ×` the per-block overhead (`memcg::TRAILER_BYTES` for
     /// `MemcgAlloc`, 0 for `MemcgMimalloc`): the trailer bytes those

@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
-use memcg::{ChargeKind, Controller, Task, TaskCacheMode, Topology};
+use memcg::engine::{Task, TaskCacheMode};
+use memcg::{ChargeKind, Controller, Topology};
 
 /// Bytes of a small object (the hit path).
 const SMALL_BYTES: u64 = 64;

@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo run --release -p memcg --example seed`
 
-use memcg::{Charge, ChargeKind, Config, Controller, EngineCounters, TaskCacheMode, Topology};
+use memcg::engine::{Charge, Config, EngineCounters, TaskCacheMode};
+use memcg::{ChargeKind, Controller, Topology};
 
 const STEPS: usize = 200_000;
 

@@ -1,52 +1,69 @@
-//! In-process memory cgroups: hierarchical, NUMA-aware memory accounting
-//! and limits for the tenants, queries and tasks of one Rust process,
-//! built on the design of the Linux kernel's per-node `obj_cgroup`
-//! accounting.
+//! In-process memory cgroups: know and bound how much memory each tenant,
+//! query or task of a Rust program holds, on which NUMA node, with the
+//! design the Linux kernel uses for its own memory.
 //!
-//! # Overview
-//! - [`Controller`]: an accounting domain: a [`Topology`] (nodes and CPUs),
-//!   a tree of [`Group`]s rooted at [`Controller::root`], per-CPU stocks,
-//!   and [`Task`]s.
-//! - [`Group`]: a node of the tree with `max`/`high` [`Limit`]s, usage,
-//!   statistics ([`GroupStats`]) and events ([`Events`]); reclaim callbacks
-//!   ([`Group::register_reclaimer`]); explicit [`Reservation`]s
-//!   ([`Group::try_charge`]).
-//! - [`Task`]: a thread's view: its per-node objcg cache (the seed patch's
-//!   `task->objcgs`), charging ([`Task::charge`] → [`Charge`]), overrides
-//!   ([`Task::enter`]); other threads move it with
-//!   [`Group::attach`]`(&task.handle())`.
-//! - Limits: over `high` a charge goes through and the controller's
-//!   reclaimer thread runs the group's reclaim callbacks
-//!   ([`Group::register_reclaimer`]) off the allocation path; at `max` a
-//!   charge waits for them at most [`Controller::reclaim_wait`], then the
-//!   group's [`OomPolicy`] decides: kill (the default: the allocation
-//!   succeeds and the group is killed, see [`Group::is_killed`],
-//!   [`Group::killed`], [`Group::on_oom_kill`], [`InGroup::killable`]),
-//!   fail, or force.
-//! - Fallible charges never kill: explicit charges and fallible regions
-//!   ([`fallible()`], [`Task::enter_fallible`]) fail with [`Error::Charge`];
-//!   a spent reservation ([`Reservation::spend`], [`Task::spend`]) pays for
-//!   the allocations made with it, counted once.
-//! - Checking: [`Controller::check_invariants`] verifies conservation and
-//!   balance and returns [`InvariantViolations`].
+//! # Setup
+//! One line makes every allocation of the program charged to the group of
+//! the thread, scope or future that makes it, and every free uncharged
+//! from the group that was charged, whichever thread frees it:
+//! ```ignore
+//! #[global_allocator]
+//! static ALLOC: memcg::MemcgAlloc<std::alloc::System> = memcg::MemcgAlloc::new(std::alloc::System);
+//! ```
+//! ([`MemcgAlloc<A>`](MemcgAlloc) wraps any `GlobalAlloc` and keeps each
+//! block's group in an 8-byte trailer; `MemcgMimalloc`, feature `mimalloc`,
+//! gives each group and node a mimalloc heap of its own instead.)
 //!
-//! The engine takes the CPU of every operation as an argument and never
-//! reads thread-locals or the real CPU, so tests, loom models and the
-//! simulator drive it on any virtual machine.
+//! # What a service uses
+//! - **The controller and its groups**: [`controller()`] is the process's
+//!   [`Controller`]; [`Controller::create`], [`Controller::create_all`]
+//!   (`mkdir -p`) and [`Controller::group`] give [`Group`]s, a tree with
+//!   `max`/`high` [`Limit`]s; [`Group::remove`] moves what a group still
+//!   holds to its parent.
+//! - **Who is charged**: [`Group::attach_current`] (a thread),
+//!   [`Group::enter`] (a [`Scope`]: a region of code on this thread),
+//!   [`FutureExt::in_group`] (an [`InGroup`] future: every poll, on any
+//!   worker), [`FutureExt::in_current_group`] and [`spawn`] (work that
+//!   follows the caller; with feature `tokio`, `memcg::tokio::spawn` and
+//!   `spawn_blocking`); [`current_group`] says which group is charged now.
+//! - **Limits** (see the README's "Limits, reclaim and OOM"): over `high`
+//!   the charge goes through and the controller's reclaimer threads run the
+//!   group's reclaim callbacks ([`Group::register_reclaimer`]) off the
+//!   allocation path; at `max` a charge waits for them at most
+//!   [`Controller::reclaim_wait`], then the group's [`OomPolicy`] decides:
+//!   kill (the default: the allocation succeeds and the tenant is killed:
+//!   [`Group::is_killed`], [`Group::killed`], [`Group::on_oom_kill`],
+//!   [`InGroup::killable`]), fail, or force. [`fallible()`] regions and
+//!   explicit [`Reservation`]s ([`Group::try_charge`]) fail with
+//!   [`Error::Charge`] instead; [`Reservation::spend`] pays for what is
+//!   built with a reservation, counted once.
+//! - **Figures**: [`Group::stats`] ([`GroupStats`]: `memory.current`,
+//!   `memory.stat`, `memory.numa_stat`, [`Events`]) in the cgroup v2 text
+//!   formats, [`export`] (Prometheus text; a `prometheus-client` collector
+//!   and JSON behind features), and how exact they are
+//!   ([`Group::error_bound`]).
+//! - **Errors**: every operation returns a typed [`Error`] that says what
+//!   to do next, and changes nothing when it fails.
 //!
-//! # Accounting a whole process
-//! The runtime supplies the real values: one global controller
-//! ([`controller()`]), a task per thread, scopes ([`Group::enter`]),
-//! futures ([`FutureExt::in_group`]) and a global allocator that charges
-//! every allocation to its thread's group:
-//! - [`MemcgAlloc<A>`](MemcgAlloc) wraps any `GlobalAlloc` and keeps each
-//!   block's objcg in an 8-byte trailer ([`TRAILER_BYTES`]);
-//! - `MemcgMimalloc` (feature `mimalloc`) gives each objcg a mimalloc heap
-//!   of its own and finds a freed block's objcg from its heap: no bytes per
-//!   block, and within 1.10× of bare mimalloc on the real programs of the
-//!   project's `BENCHMARKS.md`.
+//! Glossary, from these docs to the kernel's words: group = memory cgroup;
+//! charge bucket = `obj_cgroup` (objcg), one per group and node, what a
+//! charged object points to; removing a group = offlining and reparenting;
+//! attaching = `mem_cgroup_kmem_attach`; scope = `set_active_memcg`;
+//! reclaim callback = shrinker; killed = OOM kill; fallible region =
+//! `__GFP_RETRY_MAYFAIL`. The project's `docs/kernel-mapping.md` maps each
+//! kernel function to the item that implements it.
 //!
-//! # Example
+//! # The engine
+//! [`engine`] is the explicit-context core the runtime drives: tasks
+//! ([`engine::Task`], the kernel's `task_struct` view with the per-node
+//! cache of the patch this project implements), charges, the seed's
+//! constants, configuration. It takes the CPU of every operation as an
+//! argument and never reads thread-locals or the real CPU, so simulators,
+//! loom models and embedders drive it on any virtual machine. A
+//! [`Controller`] made with [`Controller::new`] is such a domain of its
+//! own: the global allocator charges only [`controller()`].
+//!
+//! # Example (the engine, on a virtual machine)
 //! ```
 //! use memcg::{ChargeKind, Controller, Limit, Topology};
 //!
@@ -84,7 +101,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(memcg_loom, allow(dead_code, unused_imports))]
 
-mod engine;
+pub mod engine;
 mod error;
 pub mod export;
 mod heap_table;
@@ -101,8 +118,12 @@ mod tests;
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
-pub use engine::*;
+pub use engine::{
+    ChargeKind, Controller, ErrorBound, Events, Group, GroupStats, InvariantViolations, Killed,
+    MemoryEvent, MemoryStat, NodeStat, OomKillHandle, OomKilled, OomPolicy, ReclaimReason,
+    ReclaimRequest, ReclaimerHandle, Reservation, TaskHandle, Topology,
+};
 pub use error::{ChargeError, Error, Result};
-pub use limit::{parse_size_bytes, Limit, PAGE_COUNTER_MAX, PAGE_SIZE};
+pub use limit::{parse_size_bytes, Limit, PAGE_SIZE};
 #[cfg(not(memcg_loom))]
 pub use runtime::*;

@@ -352,7 +352,7 @@ fn reserve_then_allocate_counts_once() -> Result<(), Error> {
     // What the thread's other small allocations may hold charged beyond
     // the reservation: a charge batch, and what stocks, task caches and
     // pools may hold (`Group::error_bound`).
-    let slack = memcg::MEMCG_CHARGE_BATCH * PAGE_SIZE + g.error_bound().current_bytes;
+    let slack = memcg::engine::MEMCG_CHARGE_BATCH * PAGE_SIZE + g.error_bound().current_bytes;
     {
         let _spend = r.spend()?;
         let v = black_box(vec![0u8; BUFFER_BYTES]);
@@ -467,7 +467,7 @@ fn overshoot_before_a_cooperative_tenant_notices_is_bounded() {
     // The last chunk (forced), a charge batch in flight, and what stocks,
     // task caches and pools may hold beyond live bytes.
     let bound = charged(CHUNK_BYTES)
-        + memcg::MEMCG_CHARGE_BATCH * PAGE_SIZE
+        + memcg::engine::MEMCG_CHARGE_BATCH * PAGE_SIZE
         + g.error_bound().current_bytes;
     let nr_chunks = chunks.len();
     drop(chunks);

@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use memcg::{Charge, ChargeKind, Controller, ErrorBound, Group, Topology};
+use memcg::engine::Charge;
+use memcg::{ChargeKind, Controller, ErrorBound, Group, Topology};
 
 /// Largest object the workers charge.
 const MAX_OBJECT_BYTES: u64 = 16 << 10;
@@ -126,7 +127,7 @@ impl Worker {
     }
 }
 
-fn uncharge(task: &memcg::Task, cpu: usize, c: Charge, in_t: bool, truth: &Truth) {
+fn uncharge(task: &memcg::engine::Task, cpu: usize, c: Charge, in_t: bool, truth: &Truth) {
     if in_t {
         truth.live.fetch_sub(c.bytes(), Ordering::SeqCst);
     }
@@ -316,10 +317,10 @@ fn current_and_statistics_stay_within_the_error_bound_while_threads_charge() {
 fn a_bound_without_its_page_stock_term_is_exceeded_when_every_page_stock_slot_is_full() {
     let ctrl = ctrl_2x2();
     let t = ctrl.create("t").expect("t");
-    let groups: Vec<Group> = (0..memcg::NR_MEMCG_STOCK)
+    let groups: Vec<Group> = (0..memcg::engine::NR_MEMCG_STOCK)
         .map(|i| t.create_child(&format!("g{i}")).expect("group"))
         .collect();
-    let tasks: Vec<memcg::Task> = groups
+    let tasks: Vec<memcg::engine::Task> = groups
         .iter()
         .map(|g| ctrl.new_task(g).expect("task"))
         .collect();

@@ -85,10 +85,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use memcg::engine::{Config, Task, TaskCacheMode};
 use memcg::{
-    ChargeError, ChargeKind, Config, Controller, Error, Events, Group, Limit, MemoryStat,
-    OomPolicy, ReclaimReason, ReclaimRequest, ReclaimerHandle, Reservation, Task, TaskCacheMode,
-    Topology, PAGE_SIZE,
+    ChargeError, ChargeKind, Controller, Error, Events, Group, Limit, MemoryStat, OomPolicy,
+    ReclaimReason, ReclaimRequest, ReclaimerHandle, Reservation, Topology, PAGE_SIZE,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -1373,7 +1373,7 @@ fn check_max_respected(path: &str, usage: u64, max: Limit, previous: u64) -> Res
 struct Shared {
     model: Model,
     /// The engine's charges, by model id.
-    live: BTreeMap<u64, memcg::Charge>,
+    live: BTreeMap<u64, memcg::engine::Charge>,
     /// Problems seen inside callbacks, reported after the step.
     errors: Vec<String>,
     /// The reclaim callbacks that ran during the step: group, reason.
@@ -1590,7 +1590,7 @@ impl Harness {
         Ok(())
     }
 
-    fn record_charge(&mut self, m: MCharge, c: memcg::Charge) -> Result<(), String> {
+    fn record_charge(&mut self, m: MCharge, c: memcg::engine::Charge) -> Result<(), String> {
         if c.bytes() != m.bytes || c.kind() != m.kind {
             return Err(format!("charge {c:?} does not match the request {m:?}"));
         }
@@ -2331,7 +2331,7 @@ impl Harness {
         before: &EventsSnapshot,
         m: MCharge,
         mode: Mode,
-        result: Result<memcg::Charge, Error>,
+        result: Result<memcg::engine::Charge, Error>,
     ) -> Result<(), String> {
         match result {
             Ok(c) => {
@@ -2353,7 +2353,7 @@ impl Harness {
         cpu: usize,
         bytes: u64,
         kind: ChargeKind,
-    ) -> Result<Result<memcg::Charge, Error>, String> {
+    ) -> Result<Result<memcg::engine::Charge, Error>, String> {
         let task = &self.tasks[t];
         let r = self
             .reservations

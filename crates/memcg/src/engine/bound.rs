@@ -57,7 +57,7 @@ use crate::limit::PAGE_SIZE;
 ///   [`MEMCG_CHARGE_BATCH`] pages, charged to the counters and not yet to
 ///   any objcg: `nr_cpus × 7 × 64 × 4096` bytes;
 /// - **byte stocks** (`byte_stocks_bytes`): per CPU, the byte-stock slots
-///   in use ([`crate::Config::obj_stock_slots`], at most [`NR_OBJ_STOCK`]),
+///   in use ([`crate::engine::Config::obj_stock_slots`], at most [`NR_OBJ_STOCK`]),
 ///   each holding at most 65,535 pre-charged bytes (a 16-bit field):
 ///   `nr_cpus × 5 × 65,535` bytes by default;
 /// - **task caches** (`task_caches_bytes`): per task of the controller,
@@ -87,7 +87,7 @@ use crate::limit::PAGE_SIZE;
 /// between the byte cache and the `alloc` statistic without checking: at
 /// most what the cache holds, under [`TASK_CACHE_BOUND_BYTES`]. Per task of
 /// the controller: `3 kinds × 4 pages + 5 pages` = 69,632 bytes. A task's
-/// [`crate::Task::flush`] (`memcg::flush_current` in the runtime) brings
+/// [`crate::engine::Task::flush`] (`memcg::flush_current` in the runtime) brings
 /// its share to 0.
 ///
 /// # Examples

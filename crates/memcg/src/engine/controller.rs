@@ -19,7 +19,7 @@ pub struct Config {
     /// The cache new tasks keep (each task may choose otherwise).
     pub task_cache: TaskCacheMode,
     /// Byte-stock slots per CPU, `1..=NR_OBJ_STOCK` (default
-    /// [`crate::NR_OBJ_STOCK`]). One slot is the kernel's obj stock before
+    /// [`crate::engine::NR_OBJ_STOCK`]). One slot is the kernel's obj stock before
     /// its multi-slot fix (6.16–7.0), for experiments.
     pub obj_stock_slots: usize,
     /// How long, in all, a charge over `max` waits for the reclaimer
@@ -30,7 +30,7 @@ pub struct Config {
     /// How many reclaimer threads the controller starts when the first
     /// reclaim or kill callback is registered (default
     /// [`DEFAULT_RECLAIMER_THREADS`], at most
-    /// [`crate::MAX_RECLAIMER_THREADS`]). Several, so that a callback that
+    /// [`crate::engine::MAX_RECLAIMER_THREADS`]). Several, so that a callback that
     /// blocks (on a lock an allocating thread holds, say) does not hold up
     /// the other groups' reclaim; one group is served by one thread at a
     /// time and a callback never runs on two at once. 0: no thread; the
@@ -52,7 +52,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             task_cache: TaskCacheMode::default(),
-            obj_stock_slots: crate::NR_OBJ_STOCK,
+            obj_stock_slots: crate::engine::NR_OBJ_STOCK,
             reclaim_wait: DEFAULT_RECLAIM_WAIT,
             reclaimer_threads: DEFAULT_RECLAIMER_THREADS,
         }
@@ -68,7 +68,7 @@ impl Config {
 
     /// Sets the byte-stock slots per CPU (clamped to `1..=NR_OBJ_STOCK`).
     pub fn obj_stock_slots(mut self, slots: usize) -> Self {
-        self.obj_stock_slots = slots.clamp(1, crate::NR_OBJ_STOCK);
+        self.obj_stock_slots = slots.clamp(1, crate::engine::NR_OBJ_STOCK);
         self
     }
 
@@ -89,7 +89,7 @@ impl Config {
     /// Sets the number of reclaimer threads (clamped to
     /// `0..=MAX_RECLAIMER_THREADS`; 0 as `reclaimer_thread(false)`).
     pub fn reclaimer_threads(mut self, n: usize) -> Self {
-        self.reclaimer_threads = n.min(crate::MAX_RECLAIMER_THREADS);
+        self.reclaimer_threads = n.min(crate::engine::MAX_RECLAIMER_THREADS);
         self
     }
 }
@@ -317,7 +317,11 @@ impl Controller {
     ///
     /// # Errors
     /// As [`Controller::new_task`].
-    pub fn new_task_with_mode(&self, group: &Group, mode: crate::TaskCacheMode) -> Result<Task> {
+    pub fn new_task_with_mode(
+        &self,
+        group: &Group,
+        mode: crate::engine::TaskCacheMode,
+    ) -> Result<Task> {
         if group.core().serial != self.core.serial {
             return Err(Error::ForeignController);
         }

@@ -431,11 +431,11 @@ impl Group {
     /// Beyond the whole pages its live bytes need, `current` includes at
     /// most, for the objcgs of the subtree: per CPU, 7 page-stock slots of
     /// up to 64 pages and 5 byte-stock slots of under 64 KiB each; per
-    /// task, under [`crate::TASK_CACHE_BOUND_BYTES`] (5 pages) in its byte
+    /// task, under [`crate::engine::TASK_CACHE_BOUND_BYTES`] (5 pages) in its byte
     /// cache; per objcg, under 1 page in
     /// its sub-page pool between drains (a drain returns the rest). A drain
     /// ([`crate::Controller::drain_stocks`] after each task's
-    /// [`crate::Task::flush`]) makes it exactly `ceil(live / 4096)` pages
+    /// [`crate::engine::Task::flush`]) makes it exactly `ceil(live / 4096)` pages
     /// per objcg. [`Group::error_bound`] computes the bound for this
     /// controller's topology and tasks.
     pub fn current_bytes(&self) -> u64 {
@@ -573,7 +573,7 @@ impl Group {
     /// blocked on a lock the charging thread holds only delays that charge
     /// until then. A group's pass runs the callbacks of its subtree in
     /// order, largest group first; other groups are served by the other
-    /// reclaimer threads meanwhile ([`crate::Config::reclaimer_threads`]);
+    /// reclaimer threads meanwhile ([`crate::engine::Config::reclaimer_threads`]);
     /// a callback never runs on two threads at once, and one that panics
     /// is skipped.
     pub fn register_reclaimer<F>(&self, callback: F) -> ReclaimerHandle

@@ -434,7 +434,12 @@ mod tests {
     use super::Fault;
     use crate::{ChargeKind, Controller, Topology};
 
-    fn setup() -> (Controller, crate::Group, crate::Task, crate::Charge) {
+    fn setup() -> (
+        Controller,
+        crate::Group,
+        crate::engine::Task,
+        crate::engine::Charge,
+    ) {
         let c = Controller::new(Topology::from_spec("2x1").unwrap());
         let g = c.create("g").unwrap();
         let t = c.new_task(&g).unwrap();

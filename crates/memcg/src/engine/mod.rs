@@ -1,5 +1,17 @@
-//! The explicit-context accounting engine: no thread-locals, no real CPU
-//! ids; the controller, the task and the CPU are arguments.
+//! The explicit-context engine, for simulators, tests and embedders: no
+//! thread-locals, no real CPU ids; the controller, the task and the CPU
+//! are arguments.
+//!
+//! A service uses the crate root ([`crate::controller()`], groups, the
+//! allocators, scopes and futures); the runtime drives this engine for
+//! it. Here are the parts the runtime hides: [`Task`] (a thread's view:
+//! the per-node cache of the kernel patch this project implements, its
+//! byte cache, charging with an explicit CPU: [`Task::charge`] →
+//! [`Charge`]), overrides and fallible regions as guards
+//! ([`ActiveGuard`], [`FallibleGuard`], [`SpendGuard`]), the controller's
+//! [`Config`], counters of the engine's work ([`EngineCounters`]), and the
+//! kernel's constants ([`NR_OBJ_STOCK`], [`MEMCG_CHARGE_BATCH`], ...).
+//! The crate docs' example drives it on a virtual 2-node machine.
 //!
 //! Layers, imports running downward only: topology, page counters, stocks,
 //! `locked_vec`, `policy` → the group tree (`memcg`) → objcgs
@@ -51,6 +63,8 @@ pub use stock::{MEMCG_CHARGE_BATCH, NR_MEMCG_STOCK, NR_OBJ_STOCK};
 pub use task::{ActiveGuard, Charge, FallibleGuard, SpendGuard, Task};
 pub use task_shared::{TaskCacheMode, TaskHandle, CURRENT_OBJCG_UPDATE_FLAG};
 pub use topology::{Topology, MAX_CPUS, MAX_NODES};
+
+pub use crate::limit::PAGE_COUNTER_MAX;
 
 #[cfg(all(feature = "mimalloc", not(memcg_loom)))]
 pub(crate) use obj_cgroup::alloc_cookie;

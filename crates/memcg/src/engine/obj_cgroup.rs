@@ -93,7 +93,7 @@ pub(crate) struct ObjCgroup {
 /// The `alloc_cookie` of the objcg whose raw charge word is `raw`.
 ///
 /// # Safety
-/// `raw` is [`crate::Charge::into_raw`] of a charge made by a controller
+/// `raw` is [`crate::engine::Charge::into_raw`] of a charge made by a controller
 /// that is still alive (the address of an entry of its type-stable table).
 #[cfg_attr(any(not(feature = "mimalloc"), memcg_loom), allow(dead_code))]
 #[inline(always)]

@@ -23,7 +23,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// # Spending
 /// A reservation made for a buffer can pay for the buffer: while a spend
 /// guard is active on a thread (`Reservation::spend` with the global
-/// allocator, [`crate::Task::spend`] in the engine), that thread's
+/// allocator, [`crate::engine::Task::spend`] in the engine), that thread's
 /// allocations take their bytes from the reservation instead of being
 /// charged again, and `memory.stat` moves those bytes from `reservation`
 /// to `alloc`. The objects are then ordinary allocations of the

@@ -112,7 +112,7 @@ pub(crate) struct CpuCounters {
 pub(crate) struct CpuStock {
     pub(crate) obj: [AtomicU64; NR_OBJ_STOCK],
     /// Byte-stock slots in use (`1..=NR_OBJ_STOCK`; see
-    /// [`crate::Config::obj_stock_slots`]).
+    /// [`crate::engine::Config::obj_stock_slots`]).
     nr_obj: usize,
     obj_victim: AtomicU32,
     pub(crate) pages: [AtomicU64; NR_MEMCG_STOCK],

@@ -616,7 +616,7 @@ mod tests {
         let ctrl = two_node_controller();
         let names = ["q\"u\\o", "\\", "\"", "\\\"n", "a,b=c}{ d", "ünï"];
         for name in names {
-            crate::validate_name(name).unwrap();
+            crate::engine::validate_name(name).unwrap();
             ctrl.create(name).unwrap();
         }
         ctrl.create("q\"u\\o/in\\ner\"").unwrap();

@@ -50,7 +50,7 @@ fn to_topology(real: usize) -> usize {
     }
 }
 
-/// The key of the task cache's fast path ([`crate::Task`]'s
+/// The key of the task cache's fast path ([`crate::engine::Task`]'s
 /// `charge_fast`) for where this thread runs now: 1 when the key needs no
 /// CPU (one node, or the single cache), else the real CPU id plus 2. A key
 /// names CPUs of one node, so equal keys charge the same node's objcg.

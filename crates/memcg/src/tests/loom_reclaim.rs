@@ -21,10 +21,10 @@ use loom::sync::Mutex;
 use loom::thread;
 
 use super::{assert_invariants, assert_stocks_empty, assert_usage_zero, model};
+use crate::engine::{Charge, Config, Task};
 use crate::sync::Ordering;
 use crate::{
-    Charge, ChargeKind, Config, Controller, Error, Group, Limit, ReclaimerHandle, Reservation,
-    Task, Topology, PAGE_SIZE,
+    ChargeKind, Controller, Error, Group, Limit, ReclaimerHandle, Reservation, Topology, PAGE_SIZE,
 };
 
 /// A controller on one node with one CPU and no reclaimer thread.

@@ -13,7 +13,8 @@
 use loom::thread;
 
 use super::{assert_invariants, assert_stocks_empty, assert_usage_zero, live_objcg_refcnt, model};
-use crate::{Charge, ChargeKind, Controller, Group, Task, Topology};
+use crate::engine::{Charge, Task};
+use crate::{ChargeKind, Controller, Group, Topology};
 
 /// Bytes per charge: well under a page, so charges leave remainders.
 const CHARGE_BYTES: u64 = 1000;
@@ -136,14 +137,14 @@ fn refill_evicting_racing_drain_all_conserves_bytes() {
         let ctrl = Controller::new(Topology::from_spec("1x1").expect("topology"));
         let mut groups = Vec::new();
         let mut charges = Vec::new();
-        for i in 0..=crate::NR_OBJ_STOCK {
+        for i in 0..=crate::engine::NR_OBJ_STOCK {
             let g = ctrl.create(&format!("g{i}")).expect("create");
             let task = ctrl.new_task(&g).expect("task");
             charges.push(
                 task.charge(0, CHARGE_BYTES, ChargeKind::Alloc)
                     .expect("charge"),
             );
-            if i < crate::NR_OBJ_STOCK {
+            if i < crate::engine::NR_OBJ_STOCK {
                 // Installs `g{i}`'s slot in the byte stock.
                 task.flush(0).expect("flush");
             }

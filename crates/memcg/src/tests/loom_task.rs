@@ -15,7 +15,8 @@
 use loom::thread;
 
 use super::{assert_invariants, assert_stocks_empty, assert_usage_zero, live_objcg_refcnt, model};
-use crate::{ChargeKind, Controller, Group, Task, TaskCacheMode, Topology};
+use crate::engine::{Task, TaskCacheMode};
+use crate::{ChargeKind, Controller, Group, Topology};
 
 /// Number of nodes of the models' topology (`2x1`).
 const NR_NODES: usize = 2;
@@ -240,7 +241,7 @@ fn exit_racing_attach_releases_every_reference() {
 }
 
 /// The path of the group whose objcg `charge` charged.
-fn path_of(ctrl: &Controller, charge: &crate::Charge) -> String {
+fn path_of(ctrl: &Controller, charge: &crate::engine::Charge) -> String {
     charge
         .objcg(ctrl.core())
         .expect("objcg")
@@ -251,11 +252,11 @@ fn path_of(ctrl: &Controller, charge: &crate::Charge) -> String {
 
 /// Charges 64 bytes on CPU 0 the allocator's way: the fast path under key
 /// 2 (CPU 0), else `charge_keyed`, which arms it.
-fn fast_or_keyed(ctrl: &Controller, task: &Task) -> crate::Charge {
+fn fast_or_keyed(ctrl: &Controller, task: &Task) -> crate::engine::Charge {
     match task.charge_fast(2, 64) {
         // SAFETY: the raw word of a 64-byte Alloc charge of `ctrl`, rebuilt
         // once.
-        Some(raw) => unsafe { crate::Charge::from_raw(raw, 64, ChargeKind::Alloc, ctrl) },
+        Some(raw) => unsafe { crate::engine::Charge::from_raw(raw, 64, ChargeKind::Alloc, ctrl) },
         None => task.charge_keyed(2, 0, 64).expect("charge"),
     }
 }
@@ -280,7 +281,9 @@ fn fast_charge_racing_attach_moves_to_attached_group() {
         let (task, raw) = owner.join().expect("owner");
         let second = match raw {
             // SAFETY: as in `fast_or_keyed`.
-            Some(raw) => unsafe { crate::Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl) },
+            Some(raw) => unsafe {
+                crate::engine::Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl)
+            },
             None => task.charge_keyed(2, 0, 64).expect("charge"),
         };
 
@@ -316,7 +319,7 @@ fn arming_racing_attach_leaves_no_stale_key() {
         if let Some(raw) = task.charge_fast(2, 8) {
             // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
             // rebuilt once.
-            let hit = unsafe { crate::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
+            let hit = unsafe { crate::engine::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
             let path = path_of(&ctrl, &hit);
             task.uncharge(0, hit).expect("uncharge");
             assert_eq!(path, "b", "a key armed for a survived the attach");

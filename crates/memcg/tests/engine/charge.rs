@@ -113,7 +113,7 @@ fn several_objcgs_share_a_cpu_without_evicting_each_other() {
     let c = ctrl("1x1");
     let exempt = c.new_exempt_task().unwrap();
     let mut tasks = Vec::new();
-    for i in 0..memcg::NR_OBJ_STOCK {
+    for i in 0..memcg::engine::NR_OBJ_STOCK {
         let g = c.create(&format!("g{i}")).unwrap();
         tasks.push(c.new_task(&g).unwrap());
     }
@@ -184,7 +184,7 @@ fn charge_raw_roundtrip_uncharges_the_same_objcg() {
     let raw = t.charge(0, 4000, ChargeKind::Alloc).unwrap().into_raw();
     // SAFETY: `raw` comes from `into_raw` of a 4000-byte Alloc charge of
     // `c`, which is alive, and is rebuilt once.
-    let back = unsafe { memcg::Charge::from_raw(raw, 4000, ChargeKind::Alloc, &c) };
+    let back = unsafe { memcg::engine::Charge::from_raw(raw, 4000, ChargeKind::Alloc, &c) };
     c.uncharge(0, back).unwrap();
     settle(&c, &[&t]);
     assert_eq!(g.current_bytes(), 0);

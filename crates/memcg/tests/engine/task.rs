@@ -1,4 +1,5 @@
-use memcg::{ChargeKind, Controller, Error, TaskCacheMode, Topology};
+use memcg::engine::TaskCacheMode;
+use memcg::{ChargeKind, Controller, Error, Topology};
 
 use super::util::{check, ctrl, settle};
 

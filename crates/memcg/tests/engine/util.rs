@@ -1,4 +1,5 @@
-use memcg::{Controller, Group, Task, Topology};
+use memcg::engine::Task;
+use memcg::{Controller, Group, Topology};
 
 /// A controller on `spec` (e.g. "2x2").
 pub(crate) fn ctrl(spec: &str) -> Controller {
