@@ -152,7 +152,12 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    /// A controller for `topology` with the default configuration.
+    /// A controller for `topology` with the default configuration: an
+    /// accounting domain of its own, for simulators, tests and embedders of
+    /// the engine. The global allocator charges only
+    /// [`crate::controller()`]: groups of a controller made here are
+    /// refused by [`Group::enter`], [`crate::FutureExt::in_group`] and
+    /// [`Group::attach_current`] ([`Error::ForeignController`]).
     pub fn new(topology: Topology) -> Controller {
         Controller::with_config(topology, Config::default())
     }

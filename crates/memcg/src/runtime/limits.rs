@@ -46,7 +46,9 @@ pub fn fallible<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Pays the calling thread's allocations from a reservation until dropped;
-/// made by [`Reservation::spend`]. Belongs to the thread that made it.
+/// made by [`Reservation::spend`]. Belongs to the thread that made it: it
+/// is not `Send`, so it cannot be held across an `.await` in a future that
+/// moves between worker threads; spend inside a synchronous section.
 #[must_use = "spending ends when the guard is dropped"]
 #[derive(Debug)]
 pub struct Spend<'a> {
