@@ -101,7 +101,7 @@ unsafe fn with_trailer_of_allocated(layout: Layout) -> (Layout, usize) {
 /// # Safety
 /// `block` starts a block of at least `offset + 8` bytes.
 #[inline(always)]
-unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
+pub(crate) unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
     // SAFETY: in bounds by the caller's guarantee; the trailer may be
     // unaligned when the caller's alignment is below 8.
     unsafe { (block.add(offset) as *mut usize).write_unaligned(raw) }
@@ -110,7 +110,7 @@ unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
 /// # Safety
 /// As [`write_trailer`], and the trailer was written.
 #[inline(always)]
-unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
+pub(crate) unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
     let block = launder(block);
     // SAFETY: as in `write_trailer`.
     unsafe { (block.add(offset) as *const usize).read_unaligned() }

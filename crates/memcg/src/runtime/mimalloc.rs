@@ -63,6 +63,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
+use crate::runtime::alloc::{read_trailer, write_trailer};
 use crate::runtime::thread::{self, REFUSED};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -268,45 +269,6 @@ fn trailer_offset(layout: Layout) -> Option<usize> {
 #[inline]
 fn trailer_offset_of_size(size: usize) -> usize {
     (size + 7) & !7
-}
-
-/// # Safety
-/// `block` starts a block of at least `offset + 8` bytes.
-#[inline]
-unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
-    // SAFETY: in bounds by the caller's guarantee; the trailer may be
-    // unaligned when the caller's alignment is below 8.
-    unsafe { (block.add(offset) as *mut usize).write_unaligned(raw) }
-}
-
-/// # Safety
-/// As [`write_trailer`], and the trailer was written.
-#[inline]
-unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
-    let block = launder(block);
-    // SAFETY: as in `write_trailer`.
-    unsafe { (block.add(offset) as *const usize).read_unaligned() }
-}
-
-/// Hides where `p` came from from the optimizer, as `MemcgAlloc` does
-/// (`runtime/alloc.rs`, `launder`): the compiler treats the pointer the
-/// global allocator returned as an object of exactly the requested size,
-/// so the trailer past it would look out of bounds once the allocator is
-/// inlined next to the allocation.
-#[inline(always)]
-fn launder(p: *const u8) -> *const u8 {
-    let mut addr = p.expose_provenance();
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    // SAFETY: an empty instruction sequence that only passes a register
-    // through; it touches no memory, stack or flags.
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        addr = std::hint::black_box(addr);
-    }
-    std::ptr::with_exposed_provenance(addr)
 }
 
 /// An allocation of `bytes` charged to the objcg `raw`, which has no heap:
