@@ -273,3 +273,44 @@ pub(crate) fn next_serial() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// How the runtime keeps the engine's own state off the caller's group: a
+/// pair of functions that mark the calling thread "inside memcg" (its
+/// allocations are then charged to root) and undo it. Installed once by
+/// the runtime when the process's controller is made; none under loom and
+/// for controllers outside a process with `MemcgAlloc`.
+#[cfg(not(all(test, memcg_loom)))]
+static ENGINE_ALLOC_HOOKS: std::sync::OnceLock<AllocHooks> = std::sync::OnceLock::new();
+
+/// Enter (returns whether the thread was already inside) and leave.
+type AllocHooks = (fn() -> bool, fn(bool));
+
+/// Installs the runtime's hooks (see [`engine_alloc_scope`]).
+#[cfg(not(all(test, memcg_loom)))]
+pub(crate) fn set_engine_alloc_hooks(enter: fn() -> bool, leave: fn(bool)) {
+    let _ = ENGINE_ALLOC_HOOKS.set((enter, leave));
+}
+
+/// Until dropped, allocations of the calling thread are the engine's own
+/// (group state, callback lists, snapshots): with the runtime's allocator
+/// they are charged to root, not to the group the caller runs in, so a
+/// tenant is never charged for the engine's bookkeeping (which may outlive
+/// the tenant's work, in a removed group's structures).
+pub(crate) fn engine_alloc_scope() -> EngineAllocScope {
+    #[cfg(not(all(test, memcg_loom)))]
+    if let Some((enter, leave)) = ENGINE_ALLOC_HOOKS.get() {
+        return EngineAllocScope(Some((enter(), *leave)));
+    }
+    EngineAllocScope(None)
+}
+
+/// See [`engine_alloc_scope`].
+pub(crate) struct EngineAllocScope(Option<(bool, fn(bool))>);
+
+impl Drop for EngineAllocScope {
+    fn drop(&mut self) {
+        if let Some((nested, leave)) = self.0.take() {
+            leave(nested);
+        }
+    }
+}

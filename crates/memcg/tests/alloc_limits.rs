@@ -12,6 +12,7 @@
 //! builds the optimizer may remove an allocation nothing reads.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -827,5 +828,47 @@ fn a_reservation_that_fills_the_group_to_max_does_not_kill_it() {
     assert!(ok, "the reservation fits exactly");
     assert!(!killed);
     assert_eq!(oom_kill, 0);
+    assert_released(&g);
+}
+
+// The engine's own bookkeeping (a group's structures, callback lists, kill
+// waiters) is charged to root, whoever's scope makes it: it can outlive
+// the caller's work (a removed group's structures live on until nothing
+// refers to them), and a tenant must not be charged for it.
+#[test]
+fn engine_bookkeeping_is_never_charged_to_the_callers_group() {
+    let g = tenant("limits-bookkeeping");
+    let before = {
+        memcg::flush_current();
+        g.stats().stat.alloc_bytes
+    };
+    let children = {
+        let _scope = g.enter().unwrap();
+        let children: Vec<Group> = (0..20)
+            .map(|i| g.create_child(&format!("q{i}")).unwrap())
+            .collect();
+        let handles: Vec<_> = children
+            .iter()
+            .map(|c| c.register_reclaimer(|_| 0))
+            .collect();
+        let kills: Vec<_> = children.iter().map(|c| c.on_oom_kill(|_| {})).collect();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut futures: Vec<_> = children.iter().map(|c| Box::pin(c.killed())).collect();
+        for f in futures.iter_mut() {
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+        }
+        drop((handles, kills, futures));
+        children
+    };
+    for c in &children {
+        c.remove().unwrap();
+    }
+    // Only what the test itself allocated in the scope (the vectors of
+    // handles and groups, the children's names) was charged to the group,
+    // and it is freed now.
+    drop(children);
+    memcg::flush_current();
+    assert_eq!(g.stats().stat.alloc_bytes, before);
     assert_released(&g);
 }

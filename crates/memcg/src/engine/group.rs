@@ -164,6 +164,9 @@ impl Group {
     /// (this group was removed), [`Error::TooManyGroups`].
     pub fn create_child(&self, name: &str) -> Result<Group> {
         validate_name(name)?;
+        // The group's own structures are the engine's: charged to root,
+        // not to the group the caller runs in.
+        let _root = crate::sync::engine_alloc_scope();
         // Made before the tree lock is taken: nothing allocates under an
         // engine lock (errors are built after it is released).
         let nr_nodes = self.core.topology.nr_node_ids();
@@ -580,6 +583,7 @@ impl Group {
     where
         F: Fn(&ReclaimRequest) -> u64 + Send + Sync + 'static,
     {
+        let _root = crate::sync::engine_alloc_scope();
         let r: crate::engine::policy::Reclaimer = Arc::new(crate::engine::policy::ReclaimerEntry {
             callback: Box::new(callback),
             running: crate::sync::AtomicBool::new(false),
@@ -640,6 +644,7 @@ impl Group {
     where
         F: Fn(&OomKilled) + Send + Sync + 'static,
     {
+        let _root = crate::sync::engine_alloc_scope();
         let c: crate::engine::policy::KillCallback = Arc::new(callback);
         locked_vec::push(&self.memcg.kill_callbacks, Arc::clone(&c));
         self.core.reclaimd.ensure_started();

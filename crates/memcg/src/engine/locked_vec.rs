@@ -11,6 +11,7 @@ use crate::sync::Mutex;
 
 /// A copy of the vector behind `m`, made without allocating under the lock.
 pub(crate) fn snapshot<T: Clone>(m: &Mutex<Vec<T>>) -> Vec<T> {
+    let _root = crate::sync::engine_alloc_scope();
     let mut out: Vec<T> = Vec::new();
     loop {
         let want = {
@@ -53,6 +54,7 @@ pub(crate) fn insert_with<T>(
 /// Makes room for one more element outside the lock, so that a later
 /// insert made under another lock (the tree lock) does not allocate.
 pub(crate) fn reserve_one<T>(m: &Mutex<Vec<T>>) {
+    let _root = crate::sync::engine_alloc_scope();
     let mut spare: Option<Vec<T>> = None;
     loop {
         let old = {
@@ -87,6 +89,7 @@ pub(crate) fn push<T>(m: &Mutex<Vec<T>>, item: T) {
 /// Removes the elements `pred` selects and returns them, so that the
 /// caller drops them after the lock is released (dropping can free).
 pub(crate) fn take_where<T>(m: &Mutex<Vec<T>>, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+    let _root = crate::sync::engine_alloc_scope();
     let mut taken = Vec::new();
     loop {
         let want = {

@@ -112,6 +112,10 @@ fn init() -> Option<&'static Controller> {
     {
         return try_controller();
     }
+    crate::sync::set_engine_alloc_hooks(
+        crate::runtime::thread::enter_busy_hook,
+        crate::runtime::thread::leave_busy_hook,
+    );
     let topology = crate::runtime::topology::detect();
     let mode = task_cache_mode_from_env();
     let map = Box::into_raw(Box::new(CpuMap::new(&topology)));

@@ -106,6 +106,17 @@ fn leave_busy(nested: bool) {
     }
 }
 
+/// [`enter_busy`] for the engine's own allocations
+/// (`sync::engine_alloc_scope`): they then take the root path.
+pub(crate) fn enter_busy_hook() -> bool {
+    enter_busy()
+}
+
+/// [`leave_busy`] for `sync::engine_alloc_scope`.
+pub(crate) fn leave_busy_hook(nested: bool) {
+    leave_busy(nested)
+}
+
 /// Runs the seed's exit path when the thread's TLS is destroyed.
 struct ExitGuard;
 
