@@ -169,8 +169,12 @@ impl Core {
             if let Some(info) = g.nodeinfo.get(nid) {
                 // Acquire: pairs with the Release publishing the slot word.
                 let word = info.objcg.load(Ordering::Acquire);
-                if let Some(objcg) = self.table.tryget_word(word) {
-                    return Some(objcg);
+                match self.table.tryget_word(word) {
+                    Some(Ok(objcg)) => return Some(objcg),
+                    // A later incarnation: give back the reference just
+                    // taken (a last put finishes that one's release).
+                    Some(Err(later)) => self.objcg_put(later, 1),
+                    None => {}
                 }
             }
             m = g.parent();

@@ -402,7 +402,9 @@ impl Group {
     /// over `limit`; returns whether usage got to the limit.
     fn reclaim_to(&self, limit: fn(&crate::engine::page_counter::PageCounter) -> u64) -> bool {
         let c = &self.memcg.counter;
-        if c.usage_pages() <= limit(c) {
+        // SeqCst read after the limit's SeqCst store: a concurrent charge
+        // either met the new limit or is counted here.
+        if c.usage_pages_after_set_max() <= limit(c) {
             return true;
         }
         self.core.drain_all_stock(DrainFilter::OwnerIn(&self.memcg));

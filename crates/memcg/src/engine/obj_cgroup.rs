@@ -446,7 +446,11 @@ impl ObjcgTable {
 
     /// Takes a reference on the objcg named by a group slot word
     /// (`generation << 32 | id`), if it is still that incarnation and alive.
-    pub(crate) fn tryget_word(&self, word: u64) -> Option<&ObjCgroup> {
+    ///
+    /// Returns `Err(objcg)` with the reference taken when the entry holds a
+    /// later incarnation: the caller gives it back with `Core::objcg_put`,
+    /// which finishes the release if it was the last one.
+    pub(crate) fn tryget_word(&self, word: u64) -> Option<Result<&ObjCgroup, &ObjCgroup>> {
         if word == 0 {
             return None;
         }
@@ -455,11 +459,9 @@ impl ObjcgTable {
             return None;
         }
         if objcg.generation() != (word >> 32) as u32 {
-            // A later incarnation: give back the reference just taken.
-            self.put(objcg, 1);
-            return None;
+            return Some(Err(objcg));
         }
-        Some(objcg)
+        Some(Ok(objcg))
     }
 
     /// `obj_cgroup_put` (by `nr` references). The last put releases the

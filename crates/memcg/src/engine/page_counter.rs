@@ -61,11 +61,18 @@ impl PageCounter {
     /// `page_counter_set_max` without the `-EBUSY` check: the cgroup v2
     /// `memory.max` write stores unconditionally and reclaims afterwards.
     pub(crate) fn set_max_pages(&self, pages: u64) {
-        // SeqCst: pairs with the speculative add in `try_charge`, so a
-        // charge either sees the new limit or its usage is seen by the
-        // writer's reclaim loop.
+        // SeqCst: pairs with the speculative add in `try_charge` and its
+        // SeqCst read of `max`, and with the SeqCst read of the usage in
+        // `usage_pages_after_set_max`: a charge either sees the new limit
+        // or its usage is seen by the writer's reclaim loop.
         self.max_pages
             .swap(pages.min(PAGE_COUNTER_MAX), Ordering::SeqCst);
+    }
+
+    /// The usage as the writer of a limit sees it right after the write
+    /// (SeqCst, pairing with `try_charge`; see `set_max_pages`).
+    pub(crate) fn usage_pages_after_set_max(&self) -> u64 {
+        self.usage_pages.load(Ordering::SeqCst).max(0) as u64
     }
 
     pub(crate) fn high_pages(&self) -> u64 {
@@ -152,7 +159,10 @@ pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(),
             .usage_pages
             .fetch_add(nr_pages as i64, Ordering::SeqCst)
             .saturating_add(nr_pages as i64);
-        if new > counter.max_pages() as i64 {
+        // SeqCst: the other half of the store-load pairing with
+        // `set_max_pages` (see `usage_pages_after_set_max`): a charge and a
+        // `memory.max` write cannot both miss each other.
+        if new > counter.max_pages.load(Ordering::SeqCst) as i64 {
             counter
                 .usage_pages
                 .fetch_sub(nr_pages as i64, Ordering::SeqCst);
