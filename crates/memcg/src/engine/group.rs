@@ -639,7 +639,9 @@ impl Group {
     }
 
     /// Registers a callback run on the reclaimer thread when this group or
-    /// an ancestor is killed by its OOM policy, with the kill's details.
+    /// an ancestor is killed by its OOM policy (after the registration: an
+    /// earlier kill is read with [`Group::killed_by`]), with the kill's
+    /// details.
     /// It may take locks, allocate and call the library. It stays
     /// registered while the handle lives.
     pub fn on_oom_kill<F>(&self, callback: F) -> OomKillHandle

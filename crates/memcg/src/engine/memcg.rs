@@ -249,7 +249,10 @@ impl MemCgroup {
 
     /// Marks the group killed; returns whether it was alive until now.
     pub(crate) fn mark_killed(&self) -> bool {
-        !self.killed.swap(true, Ordering::AcqRel)
+        // SeqCst: a kill racing the first registration of a kill waiter
+        // (which starts the reclaimer, then reads this mark): one of the
+        // two sees the other (see `Reclaimd::request_kill_notify`).
+        !self.killed.swap(true, Ordering::SeqCst)
     }
 
     /// Clears the killed mark; returns whether it was set.
@@ -262,7 +265,7 @@ impl MemCgroup {
     pub(crate) fn killed_ancestor(&self) -> Option<&MemCgroup> {
         let mut m = Some(self);
         while let Some(g) = m {
-            if g.killed.load(Ordering::Acquire) {
+            if g.killed.load(Ordering::SeqCst) {
                 return Some(g);
             }
             m = g.parent();

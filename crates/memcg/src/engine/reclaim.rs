@@ -228,7 +228,9 @@ impl Reclaimd {
     /// running yet. Called from registration paths (never from inside an
     /// allocation).
     pub(crate) fn ensure_started(self: &Arc<Self>) {
-        if self.nr_threads == 0 || self.started.swap(true, Ordering::AcqRel) {
+        // SeqCst: pairs with `request_kill_notify` (a kill racing the first
+        // registration: one of the two sees the other).
+        if self.nr_threads == 0 || self.started.swap(true, Ordering::SeqCst) {
             return;
         }
         // Served from now on: a charge that meets `max` after this waits
@@ -273,7 +275,8 @@ impl Reclaimd {
     /// controller's thread was never started: nothing was registered to
     /// notify (registering a kill callback or waiter starts it).
     pub(crate) fn request_kill_notify(&self, group: &MemCgroup) {
-        if self.nr_threads > 0 && !self.started.load(Ordering::Acquire) {
+        // SeqCst: after the kill's SeqCst mark; pairs with `ensure_started`.
+        if self.nr_threads > 0 && !self.started.load(Ordering::SeqCst) {
             return;
         }
         if group.reclaim.kill_queued.swap(true, Ordering::AcqRel) {
@@ -464,7 +467,12 @@ impl Reclaimd {
         if g.reclaim.queued.load(Ordering::Acquire) {
             let claimed = {
                 let _q = self.queue.lock();
-                !g.reclaim.serving.swap(true, Ordering::Relaxed)
+                let serving = g.reclaim.serving.swap(true, Ordering::Relaxed);
+                if serving {
+                    // The serving thread runs it again when its pass ends.
+                    g.reclaim.rerun.store(true, Ordering::Relaxed);
+                }
+                !serving
             };
             if claimed {
                 self.serve_reclaim(g);
@@ -473,8 +481,10 @@ impl Reclaimd {
         if g.reclaim.kill_queued.load(Ordering::Acquire) {
             serve_kill(g);
         }
-        for c in g.children_snapshot() {
-            self.scan(&c);
+        // Removed children too: a request that overflowed may be theirs.
+        let dead = locked_vec::snapshot(&g.dead_children);
+        for c in g.children_snapshot().iter().chain(dead.iter()) {
+            self.scan(c);
         }
     }
 
@@ -505,7 +515,12 @@ impl Reclaimd {
             let again = {
                 let _q = self.queue.lock();
                 st.passes.fetch_add(1, Ordering::AcqRel);
-                let again = st.rerun.swap(false, Ordering::Relaxed);
+                // Again if a request came during the pass: its item was
+                // dropped for this thread (`rerun`), or it was not queued at
+                // all (the queue was full, and an overflow scan found the
+                // group being served).
+                let again =
+                    st.rerun.swap(false, Ordering::Relaxed) | st.queued.load(Ordering::Acquire);
                 if !again {
                     st.serving.store(false, Ordering::Relaxed);
                 }

@@ -49,6 +49,8 @@ pub fn fallible<R>(f: impl FnOnce() -> R) -> R {
 /// made by [`Reservation::spend`]. Belongs to the thread that made it: it
 /// is not `Send`, so it cannot be held across an `.await` in a future that
 /// moves between worker threads; spend inside a synchronous section.
+/// Guards nest: drop them in reverse order of creation (each restores the
+/// reservation spent before it).
 #[must_use = "spending ends when the guard is dropped"]
 #[derive(Debug)]
 pub struct Spend<'a> {

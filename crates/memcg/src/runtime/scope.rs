@@ -20,7 +20,11 @@ use crate::runtime::thread::with_task;
 /// across an `.await` in a future that moves between worker threads (the
 /// compiler says "`*const ()` cannot be sent between threads safely").
 /// For async code use [`FutureExt::in_group`], which enters the group
-/// around every poll, wherever the future is polled.
+/// around every poll, wherever the future is polled. (Where a future need
+/// not be `Send` — `block_on`, a current-thread runtime — a scope held
+/// across `.await` compiles, and then also covers whatever else the
+/// thread runs while the future waits.) Drop nested scopes in reverse
+/// order of creation.
 #[must_use = "the scope ends when the guard is dropped"]
 #[derive(Debug)]
 pub struct Scope {

@@ -439,3 +439,100 @@ fn a_blocked_callback_of_one_tenant_does_not_hold_up_anothers_reclaim() {
     tb.uncharge(0, y).unwrap();
     settle(&c, &[&tb]);
 }
+
+/// A callback that blocks on its first call until `release` is set.
+fn blocking_once(
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    entered: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn(&memcg::ReclaimRequest) -> u64 + Send + Sync {
+    use std::sync::atomic::Ordering::SeqCst;
+    move |_| {
+        if calls.fetch_add(1, SeqCst) == 0 {
+            entered.store(true, SeqCst);
+            while !release.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        0
+    }
+}
+
+#[test]
+fn a_request_that_overflows_the_queue_while_its_group_is_served_is_not_lost() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    let wait = |f: &AtomicBool| {
+        let start = Instant::now();
+        while !f.load(SeqCst) && start.elapsed() < HANG {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let c = memcg::Controller::with_config(
+        memcg::Topology::from_spec("1x1").unwrap(),
+        memcg::engine::Config::default().reclaimer_threads(2),
+    );
+    let over_high = |name: &str| {
+        let g = c.create(name).unwrap();
+        g.set_high(Limit::Bytes(0)).unwrap();
+        g
+    };
+    let (g, h) = (over_high("g"), over_high("h"));
+    let flags = || {
+        (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        )
+    };
+    let (g_calls, g_in, g_go) = flags();
+    let (h_calls, h_in, h_go) = flags();
+    let _hg = g.register_reclaimer(blocking_once(
+        Arc::clone(&g_calls),
+        Arc::clone(&g_in),
+        Arc::clone(&g_go),
+    ));
+    let _hh = h.register_reclaimer(blocking_once(
+        Arc::clone(&h_calls),
+        Arc::clone(&h_in),
+        Arc::clone(&h_go),
+    ));
+    // Both reclaimer threads block: one in g's pass, one in h's.
+    let mut keep = vec![g.try_charge(PAGE_SIZE).unwrap()];
+    wait(&g_in);
+    keep.push(h.try_charge(PAGE_SIZE).unwrap());
+    wait(&h_in);
+    // Fill the queue (1024 entries) so that g's next request overflows.
+    let fillers: Vec<_> = (0..1100)
+        .map(|i| {
+            let f = over_high(&format!("f{i}"));
+            let handle = f.register_reclaimer(|_| 0);
+            (f, handle)
+        })
+        .collect();
+    for (f, _) in &fillers {
+        keep.push(f.try_charge(PAGE_SIZE).unwrap());
+    }
+    keep.push(g.try_charge(PAGE_SIZE).unwrap());
+    // h's thread serves the queue and the overflow scan, which finds g
+    // being served; then g's pass ends.
+    h_go.store(true, SeqCst);
+    let start = Instant::now();
+    // h's pass and the 1100 fillers' (some through the scan) are served.
+    while c.reclaimer_counters().0 < 1101 && start.elapsed() < HANG {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(c.reclaimer_counters().0 >= 1101);
+    g_go.store(true, SeqCst);
+    assert!(c.wait_reclaim_idle(HANG));
+    let after_first = g_calls.load(SeqCst);
+    assert!(after_first >= 2, "the overflowed request was served again");
+    // And g's later requests are heard.
+    keep.push(g.try_charge(PAGE_SIZE).unwrap());
+    assert!(c.wait_reclaim_idle(HANG));
+    assert!(
+        g_calls.load(SeqCst) > after_first,
+        "g's requests still reach its callback"
+    );
+    drop(keep);
+    let _ = h_calls;
+}
