@@ -163,6 +163,20 @@ impl From<Violation> for StepError {
 }
 
 impl Machine {
+    /// The charge of the removed object `id` (its `charge` and `pool`
+    /// fields): its own, or the one its group's reclaim pool holds (`None`
+    /// if the pool gave it up).
+    fn take_charge(&self, id: u64, charge: Option<Charge>, pool: Option<usize>) -> Option<Charge> {
+        match (charge, pool) {
+            (Some(c), _) => Some(c),
+            (None, Some(p)) => self.groups[p]
+                .pool
+                .as_ref()
+                .and_then(|pool| lock(&pool.inner).charges.remove(&id)),
+            (None, None) => None,
+        }
+    }
+
     /// Builds the machine of `scenario`: its topology, its groups (with
     /// limits and reclaimers) and its tasks on their first CPUs.
     ///
@@ -371,14 +385,7 @@ impl Machine {
             let Some(o) = self.objects.remove(&id) else {
                 continue;
             };
-            let charge = match (o.charge, o.pool) {
-                (Some(c), _) => Some(c),
-                (None, Some(p)) => self.groups[p]
-                    .pool
-                    .as_ref()
-                    .and_then(|pool| lock(&pool.inner).charges.remove(&id)),
-                (None, None) => None,
-            };
+            let charge = self.take_charge(id, o.charge, o.pool);
             if let Some(c) = charge {
                 if let Err(e) = self.tasks[task].task.uncharge(cpu, c) {
                     return Err(self.engine_error("uncharge of a killed tenant", e));
@@ -443,17 +450,9 @@ impl Machine {
             Op::Free { task, obj } => {
                 let t = self.tasks.get(*task).ok_or(StepError::Skip)?;
                 let o = self.objects.remove(obj).ok_or(StepError::Skip)?;
-                let charge = match (o.charge, o.pool) {
-                    (Some(c), _) => c,
-                    (None, Some(p)) => {
-                        let pool = self.groups[p].pool.as_ref().ok_or(StepError::Skip)?;
-                        lock(&pool.inner)
-                            .charges
-                            .remove(obj)
-                            .ok_or(StepError::Skip)?
-                    }
-                    (None, None) => return Err(StepError::Skip),
-                };
+                let charge = self
+                    .take_charge(*obj, o.charge, o.pool)
+                    .ok_or(StepError::Skip)?;
                 self.cpu_now.store(t.cpu, Ordering::Relaxed);
                 if let Err(e) = t.task.uncharge(t.cpu, charge) {
                     return Err(self.engine_error("uncharge", e));
@@ -829,14 +828,7 @@ impl Machine {
         let objects = std::mem::take(&mut self.objects);
         for (id, o) in objects {
             let t = &self.tasks[(id as usize) % nr_tasks];
-            let charge = match (o.charge, o.pool) {
-                (Some(c), _) => Some(c),
-                (None, Some(p)) => self.groups[p]
-                    .pool
-                    .as_ref()
-                    .and_then(|pool| lock(&pool.inner).charges.remove(&id)),
-                (None, None) => None,
-            };
+            let charge = self.take_charge(id, o.charge, o.pool);
             if let Some(c) = charge {
                 t.task.uncharge(t.cpu, c).map_err(|e| Violation {
                     check: "engine-error",

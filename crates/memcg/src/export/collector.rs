@@ -467,37 +467,9 @@ mod tests {
 
     /// Every sample of `families` (named with `prefix`) equals `stats`.
     fn check_values(families: &[OmFamily], prefix: &str, stats: &[GroupStats]) {
-        let p = |base: &str| format!("{prefix}_{base}");
-        let current = samples_of(families, &p("memory_current_bytes"));
-        let peak = samples_of(families, &p("memory_peak_bytes"));
-        let max = samples_of(families, &p("memory_max_bytes"));
-        let high = samples_of(families, &p("memory_high_bytes"));
-        let kernel = samples_of(families, &p("kernel_bytes"));
-        let live = samples_of(families, &p("live_bytes"));
-        let events = samples_of(families, &p("events"));
-        let events_local = samples_of(families, &p("events_local"));
-        let limit = |l: crate::Limit| l.to_bytes().map_or(f64::INFINITY, |b| b as f64);
-        for g in stats {
-            let group = if g.path.is_empty() { "/" } else { &g.path };
-            assert_eq!(current[&vec![group]], g.current_bytes as f64, "{group}");
-            assert_eq!(peak[&vec![group]], g.peak_bytes as f64, "{group}");
-            assert_eq!(max[&vec![group]], limit(g.max), "{group}");
-            assert_eq!(high[&vec![group]], limit(g.high), "{group}");
-            for n in &g.numa {
-                let node = n.node.to_string();
-                let key = vec![group, node.as_str()];
-                assert_eq!(kernel[&key], n.hierarchical.kernel_bytes as f64);
-                for kind in ChargeKind::ALL {
-                    let key = vec![group, node.as_str(), kind.key()];
-                    assert_eq!(live[&key], n.hierarchical.live_bytes(kind) as f64);
-                }
-            }
-            for event in MemoryEvent::ALL {
-                let key = vec![group, event.key()];
-                assert_eq!(events[&key], g.events.get(event) as f64);
-                assert_eq!(events_local[&key], g.events_local.get(event) as f64);
-            }
-        }
+        crate::export::families::assert_samples_match_stats(stats, |base| {
+            samples_of(families, &format!("{prefix}_{base}"))
+        });
     }
 
     /// The families with the first `n` labels (the constants) dropped

@@ -277,3 +277,43 @@ mod tests {
         assert_eq!(FAMILIES[6].name(""), "events");
     }
 }
+
+/// Tests of both encoders: every sample they wrote for the tree equals
+/// `stats`. `samples` gives a family's samples (label values → value) by
+/// its base name (`memory_current_bytes`, ..., `events`, `events_local`).
+#[cfg(all(test, not(memcg_loom)))]
+pub(super) fn assert_samples_match_stats<'a>(
+    stats: &[GroupStats],
+    samples: impl Fn(&str) -> std::collections::BTreeMap<Vec<&'a str>, f64>,
+) {
+    let current = samples("memory_current_bytes");
+    let peak = samples("memory_peak_bytes");
+    let max = samples("memory_max_bytes");
+    let high = samples("memory_high_bytes");
+    let kernel = samples("kernel_bytes");
+    let live = samples("live_bytes");
+    let events = samples("events");
+    let events_local = samples("events_local");
+    let limit = |l: Limit| l.to_bytes().map_or(f64::INFINITY, |b| b as f64);
+    for g in stats {
+        let group = if g.path.is_empty() { "/" } else { &g.path };
+        assert_eq!(current[&vec![group]], g.current_bytes as f64, "{group}");
+        assert_eq!(peak[&vec![group]], g.peak_bytes as f64, "{group}");
+        assert_eq!(max[&vec![group]], limit(g.max), "{group}");
+        assert_eq!(high[&vec![group]], limit(g.high), "{group}");
+        for n in &g.numa {
+            let node = n.node.to_string();
+            let key = vec![group, node.as_str()];
+            assert_eq!(kernel[&key], n.hierarchical.kernel_bytes as f64);
+            for kind in ChargeKind::ALL {
+                let key = vec![group, node.as_str(), kind.key()];
+                assert_eq!(live[&key], n.hierarchical.live_bytes(kind) as f64);
+            }
+        }
+        for event in MemoryEvent::ALL {
+            let key = vec![group, event.key()];
+            assert_eq!(events[&key], g.events.get(event) as f64);
+            assert_eq!(events_local[&key], g.events_local.get(event) as f64);
+        }
+    }
+}
