@@ -17,6 +17,10 @@ pub(crate) use std::sync::atomic::{
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// A compiler-only fence (orders a thread's accesses against its own
+/// signal handlers: `signal_fence` in C).
+pub(crate) use std::sync::atomic::compiler_fence;
+
 /// A mutex that ignores poisoning (a panic while holding it cannot leave
 /// engine state half-changed: no engine code panics while holding a lock).
 #[derive(Debug, Default)]
@@ -36,8 +40,16 @@ type InnerGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 /// engine locks are held ([`engine_locks_held`]), so that the allocator can
 /// report an engine allocation made under one (the engine's rule: no
 /// allocation while an engine lock is held).
+///
+/// It holds an [`engine_alloc_scope`] too, taken before the lock and left
+/// after the unlock: the thread is inside the fork gate and, with the
+/// runtime, marked busy, so that an allocation made while the lock is held
+/// (by a signal handler that interrupts the thread, say) takes the
+/// runtime's lock-free root path and never tries to take an engine lock
+/// the thread already holds.
 pub(crate) struct MutexGuard<'a, T> {
     inner: Option<InnerGuard<'a, T>>,
+    scope: Option<EngineAllocScope>,
 }
 
 impl<T> std::ops::Deref for MutexGuard<'_, T> {
@@ -66,6 +78,8 @@ impl<T> Drop for MutexGuard<'_, T> {
         if self.inner.take().is_some() {
             lock_count_add(-1);
         }
+        // After the unlock: the busy mark and the fork gate.
+        drop(self.scope.take());
     }
 }
 
@@ -112,10 +126,18 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Takes the lock. Outside loom, the first lock a thread takes enters
+    /// the fork gate first (waiting while a fork is being prepared), and the
+    /// guard leaves it after unlocking: a fork never copies a held lock. See
+    /// [`MutexGuard`] for the busy mark.
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        let scope = engine_alloc_scope();
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         lock_count_add(1);
-        MutexGuard { inner: Some(g) }
+        MutexGuard {
+            inner: Some(g),
+            scope: Some(scope),
+        }
     }
 }
 
@@ -165,8 +187,17 @@ impl Condvar {
         };
         #[cfg(not(all(test, memcg_loom)))]
         let g = {
-            let _ = mutex;
-            match timeout {
+            // A thread that holds only this lock is at rest while it waits:
+            // it leaves the fork gate and its busy mark meanwhile (an idle
+            // reclaimer thread must not hold up a fork), and takes them
+            // again with the lock held again, or, if a fork is pending,
+            // lets the lock go until the fork is done (a spurious wake-up
+            // for the caller).
+            let at_rest = fork_gate::depth() == 1;
+            if at_rest {
+                drop(guard.scope.take());
+            }
+            let mut g = match timeout {
                 None => self.inner.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(t) => {
                     self.inner
@@ -174,7 +205,19 @@ impl Condvar {
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
+            };
+            if at_rest {
+                loop {
+                    if let Some(scope) = try_engine_alloc_scope() {
+                        guard.scope = Some(scope);
+                        break;
+                    }
+                    drop(g);
+                    fork_gate::wait_while_pending();
+                    g = mutex.inner.lock().unwrap_or_else(|e| e.into_inner());
+                }
             }
+            g
         };
         guard.inner = Some(g);
     }
@@ -296,21 +339,245 @@ pub(crate) fn set_engine_alloc_hooks(enter: fn() -> bool, leave: fn(bool)) {
 /// they are charged to root, not to the group the caller runs in, so a
 /// tenant is never charged for the engine's bookkeeping (which may outlive
 /// the tenant's work, in a removed group's structures).
+///
+/// The scope enters the fork gate first (see [`fork_gate`]; a thread
+/// never waits at the gate while marked busy, since a fork waits for busy
+/// threads), then marks the thread.
 pub(crate) fn engine_alloc_scope() -> EngineAllocScope {
     #[cfg(not(all(test, memcg_loom)))]
-    if let Some((enter, leave)) = ENGINE_ALLOC_HOOKS.get() {
-        return EngineAllocScope(Some((enter(), *leave)));
+    {
+        let gate = fork_gate::enter();
+        with_gate(gate)
     }
-    EngineAllocScope(None)
+    #[cfg(all(test, memcg_loom))]
+    EngineAllocScope { hook: None }
 }
 
-/// See [`engine_alloc_scope`].
-pub(crate) struct EngineAllocScope(Option<(bool, fn(bool))>);
+/// [`engine_alloc_scope`] that does not wait: `None` while a fork is
+/// being prepared (outermost entries only).
+#[cfg(not(all(test, memcg_loom)))]
+fn try_engine_alloc_scope() -> Option<EngineAllocScope> {
+    fork_gate::try_enter(false).map(with_gate)
+}
+
+#[cfg(not(all(test, memcg_loom)))]
+fn with_gate(gate: fork_gate::Entered) -> EngineAllocScope {
+    let hook = ENGINE_ALLOC_HOOKS
+        .get()
+        .map(|(enter, leave)| (enter(), *leave));
+    EngineAllocScope {
+        hook,
+        _gate: Some(gate),
+    }
+}
+
+/// See [`engine_alloc_scope`]. Leaves the busy mark, then the gate.
+pub(crate) struct EngineAllocScope {
+    hook: Option<(bool, fn(bool))>,
+    #[cfg(not(all(test, memcg_loom)))]
+    _gate: Option<fork_gate::Entered>,
+}
 
 impl Drop for EngineAllocScope {
     fn drop(&mut self) {
-        if let Some((nested, leave)) = self.0.take() {
+        if let Some((nested, leave)) = self.hook.take() {
             leave(nested);
         }
+        // `_gate` drops after this body: the gate is left last.
     }
+}
+
+/// The fork gate: how `fork()` finds the engine at rest (no lock held, no
+/// multi-step update half done), so that the child inherits consistent
+/// state and free locks (`runtime::fork`).
+///
+/// Every engine lock acquisition and every slow path of the runtime
+/// *enters* the gate (the outermost entry of a thread increments one of
+/// [`GATE_STRIPES`] counters; nested entries only count in a thread-local
+/// depth). The fork's prepare handler *closes* it: it sets `PENDING`, after
+/// which outermost entries back off and wait, and waits until every counter
+/// is zero. Both sides use `SeqCst` (a Dekker pair: an entry either is
+/// seen by the closer or sees `PENDING`). The allocator's hit path does not
+/// enter the gate: `runtime::fork` stops it separately (fast keys cleared,
+/// `membarrier`, each task's busy flag).
+///
+/// Not under loom (no fork there): entering is free.
+#[cfg(not(all(test, memcg_loom)))]
+pub(crate) mod fork_gate {
+    use super::Ordering;
+    #[allow(clippy::disallowed_types)]
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    /// Counters of outermost entries, on cache lines of their own so that
+    /// threads entering at once rarely share one.
+    const GATE_STRIPES: usize = 16;
+
+    #[allow(clippy::disallowed_types)]
+    static STRIPES: [crossbeam_utils::CachePadded<AtomicU64>; GATE_STRIPES] =
+        [const { crossbeam_utils::CachePadded::new(AtomicU64::new(0)) }; GATE_STRIPES];
+
+    /// Set while a fork is being prepared.
+    #[allow(clippy::disallowed_types)]
+    static PENDING: AtomicBool = AtomicBool::new(false);
+
+    std::thread_local! {
+        /// This thread's nesting depth in the gate, and its stripe + 1
+        /// (0: not chosen yet). No destructor: usable in TLS teardown.
+        static DEPTH: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    }
+
+    /// Whether a fork is being prepared (the allocator's hit path reads
+    /// this after marking itself busy).
+    #[inline(always)]
+    pub(crate) fn pending() -> bool {
+        PENDING.load(Ordering::Relaxed)
+    }
+
+    fn state() -> (u32, u32) {
+        DEPTH.try_with(|d| d.get()).unwrap_or((0, 0))
+    }
+
+    fn set_state(s: (u32, u32)) {
+        let _ = DEPTH.try_with(|d| d.set(s));
+    }
+
+    fn stripe(s: (u32, u32)) -> (usize, (u32, u32)) {
+        if s.1 != 0 {
+            return ((s.1 - 1) as usize, s);
+        }
+        // SAFETY: `gettid` has no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() } as u32;
+        let i = tid % GATE_STRIPES as u32;
+        (i as usize, (s.0, i + 1))
+    }
+
+    /// Enters the gate, waiting while a fork is prepared unless `wait` is
+    /// false (then returns `None` instead). Nested entries never wait.
+    pub(crate) fn try_enter(wait: bool) -> Option<Entered> {
+        let s = state();
+        if s.0 > 0 {
+            set_state((s.0 + 1, s.1));
+            return Some(Entered(()));
+        }
+        let (i, s) = stripe(s);
+        loop {
+            // SeqCst both: the Dekker pair with `close`.
+            STRIPES[i].fetch_add(1, Ordering::SeqCst);
+            if !PENDING.load(Ordering::SeqCst) {
+                set_state((1, s.1));
+                return Some(Entered(()));
+            }
+            STRIPES[i].fetch_sub(1, Ordering::SeqCst);
+            if !wait {
+                set_state(s);
+                return None;
+            }
+            while PENDING.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// [`try_enter`] that waits.
+    #[inline]
+    pub(crate) fn enter() -> Entered {
+        match try_enter(true) {
+            Some(e) => e,
+            None => Entered(()),
+        }
+    }
+
+    /// Leaves the gate (the outermost exit decrements the counter).
+    fn leave() {
+        let s = state();
+        match s.0 {
+            0 => {}
+            1 => {
+                set_state((0, s.1));
+                STRIPES[(s.1.max(1) - 1) as usize].fetch_sub(1, Ordering::SeqCst);
+            }
+            d => set_state((d - 1, s.1)),
+        }
+    }
+
+    /// The thread's depth in the gate.
+    pub(crate) fn depth() -> u32 {
+        state().0
+    }
+
+    /// Waits until no fork is being prepared.
+    pub(crate) fn wait_while_pending() {
+        while PENDING.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// One entry into the gate; leaves on drop.
+    #[must_use]
+    pub(crate) struct Entered(());
+
+    impl Drop for Entered {
+        fn drop(&mut self) {
+            leave();
+        }
+    }
+
+    /// Closes the gate: sets `PENDING` and waits until no thread is inside
+    /// (the calling thread must not be inside itself). Afterwards the
+    /// calling thread may still take engine locks: it counts as nested.
+    pub(crate) fn close() {
+        PENDING.store(true, Ordering::SeqCst);
+        loop {
+            let inside: u64 = STRIPES.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+            if inside == 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let s = state();
+        set_state((s.0 + 1, s.1));
+    }
+
+    /// Opens the gate closed by [`close`] (parent and child).
+    pub(crate) fn open() {
+        let s = state();
+        set_state((s.0.saturating_sub(1), s.1));
+        PENDING.store(false, Ordering::SeqCst);
+    }
+
+    /// In the child: the threads that were inside the gate do not exist;
+    /// [`close`] waited for all of them, so the counters are zero. The
+    /// closer's own depth is restored by [`open`].
+    pub(crate) fn reset_in_child() {
+        for c in &STRIPES {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Enters the fork gate for an engine operation that users call directly
+/// (not from inside an allocation) and that updates several counters
+/// without a lock: reservations, limit writes, stock drains. Nested inside
+/// another entry (a lock, a runtime slow path) it only counts depth.
+/// Nothing under loom.
+#[must_use]
+pub(crate) fn fork_gate_enter() -> ForkGateEntry {
+    #[cfg(not(all(test, memcg_loom)))]
+    {
+        ForkGateEntry {
+            _entry: Some(fork_gate::enter()),
+        }
+    }
+    #[cfg(all(test, memcg_loom))]
+    {
+        ForkGateEntry { _entry: None }
+    }
+}
+
+/// See [`fork_gate_enter`]; leaves on drop.
+pub(crate) struct ForkGateEntry {
+    #[cfg(not(all(test, memcg_loom)))]
+    _entry: Option<fork_gate::Entered>,
+    #[cfg(all(test, memcg_loom))]
+    _entry: Option<()>,
 }

@@ -629,6 +629,7 @@ impl Core {
     /// Safe against concurrent charging: each slot is taken with one atomic
     /// operation, and whoever takes a word owns its contents.
     pub(crate) fn drain_all_stock(&self, filter: DrainFilter<'_>) {
+        let _gate = crate::sync::fork_gate_enter();
         let matches = |id: u32| self.drain_matches(filter, id);
         for stock in self.stocks.iter() {
             stock.take_obj_slots(matches, |w| self.drain_obj_word(w));

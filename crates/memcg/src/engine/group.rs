@@ -379,6 +379,7 @@ impl Group {
     /// [`Error::Root`], [`Error::Removed`].
     pub fn set_max(&self, max: Limit) -> Result<()> {
         self.check_limitable()?;
+        let _gate = crate::sync::fork_gate_enter();
         self.memcg.counter.set_max_pages(max.as_pages());
         if !self.reclaim_to(|c| c.max_pages()) {
             self.memcg.memory_event(MemoryEvent::Oom);
@@ -393,6 +394,7 @@ impl Group {
     /// [`Error::Root`], [`Error::Removed`].
     pub fn set_high(&self, high: Limit) -> Result<()> {
         self.check_limitable()?;
+        let _gate = crate::sync::fork_gate_enter();
         self.memcg.counter.set_high_pages(high.as_pages());
         self.reclaim_to(|c| c.high_pages());
         Ok(())
@@ -538,6 +540,9 @@ impl Group {
     /// # Errors
     /// As [`Group::try_charge`], and [`Error::UnknownNode`].
     pub fn try_charge_on_node(&self, nid: usize, bytes: u64) -> Result<Reservation> {
+        // The objcg reference and the charge: a fork copies neither half
+        // done.
+        let _gate = crate::sync::fork_gate_enter();
         let nr_node_ids = self.core.topology.nr_node_ids();
         if nid >= nr_node_ids {
             return Err(Error::UnknownNode {

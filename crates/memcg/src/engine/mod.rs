@@ -28,6 +28,8 @@ pub(crate) mod byte_cache;
 pub(crate) mod controller;
 pub(crate) mod core;
 pub(crate) mod fast_path;
+#[cfg(not(memcg_loom))]
+pub(crate) mod fork;
 pub(crate) mod group;
 pub(crate) mod invariants;
 pub(crate) mod locked_vec;

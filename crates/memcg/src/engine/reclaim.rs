@@ -355,6 +355,32 @@ impl Reclaimd {
         }
     }
 
+    /// In a forked child (one thread, the fork's): the reclaimer threads
+    /// did not survive. Forgets them (no server, not started, nothing
+    /// busy), clears the serving marks of the groups they were serving and
+    /// asks for a scan, so that the next start serves every queued group;
+    /// returns whether threads had been started (the runtime starts them
+    /// again on the next library call made outside an allocation).
+    /// Allocates nothing.
+    #[cfg(not(all(test, memcg_loom)))]
+    pub(crate) fn reset_in_child(&self) -> bool {
+        for s in &self.servers {
+            s.store(0, Ordering::Relaxed);
+        }
+        let was_started = self.started.swap(false, Ordering::SeqCst);
+        if was_started {
+            self.served.store(false, Ordering::Release);
+        }
+        let mut q = self.queue.lock();
+        q.busy = 0;
+        q.overflow = true;
+        drop(q);
+        if let Some(root) = self.root.upgrade() {
+            clear_serving(&root);
+        }
+        was_started
+    }
+
     /// Stops the reclaimer thread (the controller is going away).
     pub(crate) fn shutdown(&self) {
         let mut q = self.queue.lock();
@@ -539,6 +565,21 @@ impl MemCgroup {
     /// dropped, when nobody can ask for reclaim on it).
     pub(crate) fn arc(&self) -> Option<Arc<MemCgroup>> {
         self.self_ref.upgrade()
+    }
+}
+
+/// Clears the serving marks in `g`'s subtree, removed children included
+/// (a forked child's reset; no allocation: the lists are walked under
+/// their locks, which nobody else can hold in a one-thread child).
+#[cfg(not(all(test, memcg_loom)))]
+fn clear_serving(g: &MemCgroup) {
+    g.reclaim.serving.store(false, Ordering::Relaxed);
+    g.reclaim.rerun.store(false, Ordering::Relaxed);
+    for list in [&g.children, &g.dead_children] {
+        let children = list.lock();
+        for c in children.iter() {
+            clear_serving(c);
+        }
     }
 }
 

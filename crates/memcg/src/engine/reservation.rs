@@ -136,6 +136,7 @@ impl Reservation {
         ctx: ChargeCtx,
     ) -> Result<Reservation> {
         check_size_or_zero(bytes)?;
+        let _gate = crate::sync::fork_gate_enter();
         // The reservation's own reference and object, taken first so that
         // dropping `inner` on a refused charge undoes them exactly.
         objcg.get(1);
@@ -177,6 +178,7 @@ impl Reservation {
         let total = self.bytes().saturating_add(bytes);
         check_size_or_zero(total)?;
         let ctx = ChargeCtx::direct(None);
+        let _gate = crate::sync::fork_gate_enter();
         charge(&self.inner.core, self.inner.objcg(), bytes, ctx)?;
         self.inner.bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
@@ -185,6 +187,7 @@ impl Reservation {
     /// Releases `bytes` of the reservation (at most all of it).
     pub fn shrink(&mut self, bytes: u64) {
         let inner = &*self.inner;
+        let _gate = crate::sync::fork_gate_enter();
         let taken = take_at_most(&inner.bytes, bytes);
         uncharge(&inner.core, inner.objcg(), taken);
     }
@@ -225,6 +228,7 @@ fn uncharge(core: &Core, objcg: &ObjCgroup, bytes: u64) {
 
 impl Drop for Reserved {
     fn drop(&mut self) {
+        let _gate = crate::sync::fork_gate_enter();
         let bytes = self.bytes.load(Ordering::Acquire);
         let objcg = self.objcg();
         uncharge(&self.core, objcg, bytes);

@@ -187,6 +187,8 @@ impl Task {
             }),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
+            owner_flags: AtomicUsize::new(0),
+            owner_task: AtomicUsize::new(0),
         });
         let Some(shared) = shared else {
             if let Some(p) = array {
@@ -679,6 +681,25 @@ impl Task {
             .lock()
             .as_ref()
             .is_some_and(|g| g.killed_ancestor().is_some())
+    }
+
+    /// Records where the runtime keeps this task (its thread's flags byte
+    /// and the task's own address), for the fork handlers.
+    pub(crate) fn set_owner(&self, flags_addr: usize, task_addr: usize) {
+        // Release: the fork handlers read them under the task-list lock,
+        // which orders them anyway; Release documents the publication.
+        self.shared.owner_flags.store(flags_addr, Ordering::Release);
+        self.shared.owner_task.store(task_addr, Ordering::Release);
+    }
+
+    /// In a forked child, for a task whose thread did not survive the
+    /// fork: ends its scope override and exits it (its caches go back, its
+    /// references and its group's pin are dropped, it leaves the task
+    /// list), as the thread's exit would have.
+    pub(crate) fn retire_in_child(&mut self) {
+        drop(self.active.replace(None));
+        self.has_active.set(false);
+        self.exit();
     }
 
     /// `mem_cgroup_exit`: returns the byte cache, drops every per-node

@@ -98,6 +98,13 @@ pub(crate) struct TaskShared {
     pub(crate) cache: crossbeam_utils::CachePadded<TaskCache>,
     pub(crate) refreshes: AtomicU64,
     pub(crate) ctrl_serial: u64,
+    /// Where the runtime keeps this task, for its fork handlers: the
+    /// address of the owning thread's flags byte and of the `Task` itself
+    /// (both thread-locals of that thread); 0 for tasks the runtime did not
+    /// make. Written once by the owning thread, read under the task-list
+    /// lock by a thread preparing a fork and by the child after it.
+    pub(crate) owner_flags: AtomicUsize,
+    pub(crate) owner_task: AtomicUsize,
 }
 
 impl TaskShared {
@@ -130,6 +137,8 @@ impl TaskHandle {
 
 /// Attaches the task behind `shared` to `group` (`mem_cgroup_kmem_attach`).
 pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> {
+    // Pins and the swap are several steps: a fork copies none half done.
+    let _gate = crate::sync::fork_gate_enter();
     if !group.try_pin_task() {
         return Err(Error::Removed {
             path: group.path.to_string(),

@@ -112,6 +112,9 @@ fn init() -> Option<&'static Controller> {
     {
         return try_controller();
     }
+    // First: a fork from now on waits for the controller (see
+    // `runtime::fork`) instead of copying it half made.
+    crate::runtime::fork::register();
     crate::sync::set_engine_alloc_hooks(
         crate::runtime::thread::enter_busy_hook,
         crate::runtime::thread::leave_busy_hook,
@@ -130,6 +133,14 @@ fn init() -> Option<&'static Controller> {
     STATE.store(READY, Ordering::Release);
     // SAFETY: just made from `Box::into_raw`; never freed.
     Some(unsafe { &*p })
+}
+
+/// Waits while another thread makes the controller (the fork handler: a
+/// child must not inherit a controller half made).
+pub(crate) fn wait_while_initializing() {
+    while STATE.load(Ordering::Acquire) == INITIALIZING {
+        std::thread::yield_now();
+    }
 }
 
 /// `MEMCG_TASK_CACHE=single` selects the pre-seed cache for every thread.

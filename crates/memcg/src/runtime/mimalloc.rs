@@ -496,34 +496,48 @@ impl MemcgMimalloc {
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let bytes = charged_bytes(layout);
-        let raw = thread::charge_alloc(bytes);
-        if raw == REFUSED {
-            return std::ptr::null_mut();
-        }
-        let heap = if raw == 0 {
-            std::ptr::null_mut()
-        } else {
-            heap_of_objcg(raw)
-        };
-        if heap.is_null() && raw != 0 {
-            // SAFETY: forwarded contract; `raw` is the charge just made.
-            return unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
-        }
-        // SAFETY: FFI calls with a valid size and power-of-two alignment
-        // (from `layout`) and, if non-null, a heap made by `mi_heap_new`.
-        let block = unsafe {
-            match (heap.is_null(), zeroed) {
-                (true, false) => mi_malloc_aligned(layout.size(), layout.align()),
-                (true, true) => mi_zalloc_aligned(layout.size(), layout.align()),
-                (false, false) => mi_heap_malloc_aligned(heap, layout.size(), layout.align()),
-                (false, true) => mi_heap_zalloc_aligned(heap, layout.size(), layout.align()),
-            }
-        };
-        if block.is_null() && raw != 0 {
-            thread::uncharge_alloc(raw, bytes);
-        }
-        block as *mut u8
+        // mimalloc is called with the thread still busy (see
+        // `thread::charge_alloc_and`: a fork waits for it).
+        thread::charge_alloc_and(bytes, |raw| {
+            // SAFETY: forwarded contract.
+            unsafe { alloc_charged(raw, bytes, layout, zeroed) }
+        })
     }
+}
+
+/// The rest of [`MemcgMimalloc`]'s `alloc` once `raw` is charged.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`; `raw` is the charge of `bytes` just made for
+/// `layout` (or 0, or `REFUSED`).
+#[inline(always)]
+unsafe fn alloc_charged(raw: usize, bytes: u64, layout: Layout, zeroed: bool) -> *mut u8 {
+    if raw == REFUSED {
+        return std::ptr::null_mut();
+    }
+    let heap = if raw == 0 {
+        std::ptr::null_mut()
+    } else {
+        heap_of_objcg(raw)
+    };
+    if heap.is_null() && raw != 0 {
+        // SAFETY: forwarded contract; `raw` is the charge just made.
+        return unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
+    }
+    // SAFETY: FFI calls with a valid size and power-of-two alignment
+    // (from `layout`) and, if non-null, a heap made by `mi_heap_new`.
+    let block = unsafe {
+        match (heap.is_null(), zeroed) {
+            (true, false) => mi_malloc_aligned(layout.size(), layout.align()),
+            (true, true) => mi_zalloc_aligned(layout.size(), layout.align()),
+            (false, false) => mi_heap_malloc_aligned(heap, layout.size(), layout.align()),
+            (false, true) => mi_heap_zalloc_aligned(heap, layout.size(), layout.align()),
+        }
+    };
+    if block.is_null() && raw != 0 {
+        thread::uncharge_alloc(raw, bytes);
+    }
+    block as *mut u8
 }
 
 /// The heap of a block and the objcg raw word of that heap (0: not

@@ -8,6 +8,7 @@
 
 pub(crate) mod alloc;
 pub(crate) mod cpu;
+pub(crate) mod fork;
 pub(crate) mod global;
 pub(crate) mod limits;
 #[cfg(feature = "mimalloc")]
@@ -19,6 +20,7 @@ pub mod tokio;
 pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
+pub use fork::tasks_retired_after_fork;
 pub use global::{controller, cpu_id_source};
 pub use limits::{fallible, Killable, Spend};
 #[cfg(feature = "mimalloc")]

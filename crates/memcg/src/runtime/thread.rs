@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
 use crate::runtime::global;
+use crate::sync::{compiler_fence, fork_gate, AtomicU8, Ordering};
 
 /// The task's life, in bits 0–1 of [`FLAGS`]: no task yet.
 const FRESH: u8 = 0;
@@ -45,7 +46,14 @@ thread_local! {
     /// write (the thread's first allocation, interrupted) has its `ACTIVE`
     /// overwritten by the stale `FRESH`: the fast path then misses, and the
     /// slow path copies the truth back ([`sync_flags`]).
-    static FLAGS: Cell<u8> = const { Cell::new(FRESH) };
+    ///
+    /// An atomic, read and written by this thread with `Relaxed` loads and
+    /// stores (plain moves on x86, as a `Cell` was) and ordered against
+    /// its own signal handlers by compiler fences: a handler reading it is
+    /// defined behaviour. The fork's prepare handler reads it from another
+    /// thread (`runtime::fork`), through the address registered with the
+    /// thread's task.
+    static FLAGS: AtomicU8 = const { AtomicU8::new(FRESH) };
     /// The task's life, written with plain stores only (never a
     /// read-modify-write), so nothing can put back a stale value.
     static LIFE_OF_TASK: Cell<u8> = const { Cell::new(FRESH) };
@@ -54,6 +62,35 @@ thread_local! {
     static SUSPENDED: Cell<bool> = const { Cell::new(false) };
     static TASK: UnsafeCell<MaybeUninit<Task>> = const { UnsafeCell::new(MaybeUninit::uninit()) };
     static GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// This thread's [`FLAGS`].
+#[inline(always)]
+fn flags() -> u8 {
+    FLAGS.with(|f| f.load(Ordering::Relaxed))
+}
+
+/// Writes this thread's [`FLAGS`].
+#[inline(always)]
+fn set_flags(v: u8) {
+    FLAGS.with(|f| f.store(v, Ordering::Relaxed));
+}
+
+/// Marks the thread busy on the hit path (`f` is [`flags`], not busy):
+/// the store, then a compiler fence, so that no access of the engine that
+/// follows is moved before the mark (a signal handler arriving in between
+/// sees the thread busy and takes the re-entrant path).
+#[inline(always)]
+fn mark_busy(f: u8) {
+    set_flags(f | BUSY);
+    compiler_fence(Ordering::SeqCst);
+}
+
+/// Undoes [`mark_busy`]: the engine's accesses stay before the store.
+#[inline(always)]
+fn unmark_busy(f: u8) {
+    compiler_fence(Ordering::SeqCst);
+    set_flags(f);
 }
 
 /// The task's life (`FRESH`, `ACTIVE`, `TORN_DOWN`).
@@ -74,7 +111,7 @@ fn flag_bits(life: u8) -> u8 {
 /// Sets the task's life (and its copy in [`FLAGS`]).
 fn set_life(life: u8) {
     LIFE_OF_TASK.set(life);
-    FLAGS.set((FLAGS.get() & BUSY) | flag_bits(life));
+    set_flags((flags() & BUSY) | flag_bits(life));
 }
 
 /// Copies the task's life back into [`FLAGS`] if a stale write replaced
@@ -83,31 +120,59 @@ fn set_life(life: u8) {
 /// life can no longer change from `ACTIVE`), so the write is not stale.
 #[inline]
 fn sync_flags() {
-    let f = FLAGS.get();
+    let f = flags();
     let bits = flag_bits(life());
     if f & !BUSY != bits {
-        FLAGS.set((f & BUSY) | bits);
+        set_flags((f & BUSY) | bits);
     }
 }
 
 /// Marks the thread busy (inside memcg); returns whether it already was.
 #[inline(always)]
 fn enter_busy() -> bool {
-    let f = FLAGS.get();
-    FLAGS.set(f | BUSY);
+    let f = flags();
+    set_flags(f | BUSY);
+    compiler_fence(Ordering::SeqCst);
     f & BUSY != 0
+}
+
+/// Whether the thread is busy (inside memcg) now.
+#[inline(always)]
+fn is_busy() -> bool {
+    flags() & BUSY != 0
+}
+
+/// [`is_busy`] for the fork handlers.
+pub(crate) fn is_busy_now() -> bool {
+    is_busy()
+}
+
+/// Whether a flags byte (of any thread) has the busy mark.
+pub(crate) fn busy_bit(flags: u8) -> bool {
+    flags & BUSY != 0
+}
+
+/// The address of this thread's task as registered with the engine
+/// (`Task::set_owner`), 0 when it has none.
+pub(crate) fn current_task_addr() -> usize {
+    if life() != ACTIVE {
+        return 0;
+    }
+    TASK.with(|t| t.get() as usize)
 }
 
 /// Undoes [`enter_busy`] (`nested` is what it returned).
 #[inline(always)]
 fn leave_busy(nested: bool) {
     if !nested {
-        FLAGS.set(FLAGS.get() & !BUSY);
+        compiler_fence(Ordering::SeqCst);
+        set_flags(flags() & !BUSY);
     }
 }
 
-/// [`enter_busy`] for the engine's own allocations
-/// (`sync::engine_alloc_scope`): they then take the root path.
+/// [`enter_busy`] for the engine's own allocations and locks
+/// (`sync::engine_alloc_scope`, which enters the fork gate before): they
+/// then take the root path.
 pub(crate) fn enter_busy_hook() -> bool {
     enter_busy()
 }
@@ -117,11 +182,27 @@ pub(crate) fn leave_busy_hook(nested: bool) {
     leave_busy(nested)
 }
 
+/// Runs `f` busy, inside the fork gate when not nested (gate first, then
+/// the busy mark: a thread never waits at the gate while marked busy).
+#[inline]
+fn busy_in_gate<R>(f: impl FnOnce(bool) -> R) -> R {
+    let _gate = if is_busy() {
+        None
+    } else {
+        Some(fork_gate::enter())
+    };
+    let nested = enter_busy();
+    let r = f(nested);
+    leave_busy(nested);
+    r
+}
+
 /// Runs the seed's exit path when the thread's TLS is destroyed.
 struct ExitGuard;
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        let _gate = fork_gate::enter();
         enter_busy();
         if life() == ACTIVE {
             set_life(TORN_DOWN);
@@ -175,7 +256,10 @@ fn init_thread() -> Option<&'static Task> {
     let task = ctrl.new_task(&ctrl.root()).ok()?;
     let p = TASK.with(|t| t.get());
     // SAFETY: FRESH means `TASK` is uninitialised; it is written once here.
-    unsafe { (*p).write(task) };
+    let task = unsafe { (*p).write(task) };
+    // For the fork handlers: where this thread's flags and task are.
+    let flags_addr = FLAGS.with(|f| f as *const AtomicU8 as usize);
+    task.set_owner(flags_addr, task as *const Task as usize);
     set_life(ACTIVE);
     // Registers the exit guard (may allocate: `BUSY` is set, so those
     // allocations take the bypass).
@@ -187,15 +271,17 @@ fn init_thread() -> Option<&'static Task> {
 /// Runs `f` with this thread's task, making it if needed; `None` when the
 /// thread has none (torn down, or the controller is being made).
 pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
-    let nested = enter_busy();
-    let task = match active_task() {
-        Some(t) => Some(t),
-        None if !nested => init_thread(),
-        None => None,
-    };
-    let r = task.map(f);
-    leave_busy(nested);
-    r
+    if !is_busy() {
+        crate::runtime::fork::restart_reclaimers_if_needed();
+    }
+    busy_in_gate(|nested| {
+        let task = match active_task() {
+            Some(t) => Some(t),
+            None if !nested => init_thread(),
+            None => None,
+        };
+        task.map(f)
+    })
 }
 
 /// Charges `bytes` for an allocation on this thread: returns the trailer
@@ -204,10 +290,12 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 pub(crate) fn charge_alloc(bytes: u64) -> usize {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
-    let f = FLAGS.get();
-    // The fast path: an active task, not re-entered, one flags load.
+    let f = flags();
+    // The fast path: an active task, not re-entered, one flags load. A
+    // fork being prepared clears every fast key after marking its start,
+    // so this hit path needs no check of its own (see `runtime::fork`).
     if f == ACTIVE || f == ACTIVE | CPU_KEY {
-        FLAGS.set(f | BUSY);
+        mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
         let key = if f == ACTIVE {
@@ -217,12 +305,60 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
         };
         let raw = match task.charge_fast(key, bytes) {
             Some(raw) => raw,
-            None => charge_task_slow(task, bytes),
+            None => charge_task_slow_busy(task, bytes, f),
         };
-        FLAGS.set(f);
+        unmark_busy(f);
         return raw;
     }
     charge_alloc_other(bytes)
+}
+
+/// [`charge_alloc`], then `then(raw)` with the thread still marked busy
+/// (and, off the hit path, still inside the fork gate): `MemcgMimalloc`
+/// calls mimalloc there, so that a fork never copies mimalloc half-way
+/// through making a heap or a thread's part of one for a thread that
+/// memcg knows (the fork waits for busy threads; see `runtime::fork`). An
+/// allocation inside `then` takes the re-entrant path.
+#[inline(always)]
+pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
+    let f = flags();
+    if f == ACTIVE || f == ACTIVE | CPU_KEY {
+        mark_busy(f);
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        let key = if f == ACTIVE {
+            1
+        } else {
+            global::fast_key_of_cpu()
+        };
+        let raw = match task.charge_fast(key, bytes) {
+            Some(raw) => raw,
+            None => charge_task_slow_busy(task, bytes, f),
+        };
+        let r = then(raw);
+        unmark_busy(f);
+        return r;
+    }
+    charge_alloc_other_and(bytes, then)
+}
+
+/// [`charge_alloc_other`] for [`charge_alloc_and`].
+#[cold]
+#[inline(never)]
+fn charge_alloc_other_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
+    sync_flags();
+    if is_busy() {
+        return then(charge_reentrant(bytes));
+    }
+    busy_in_gate(|_| {
+        let raw = match active_task() {
+            Some(task) => charge_task(task, bytes),
+            None => charge_slow(bytes),
+        };
+        then(raw)
+    })
 }
 
 /// Debug builds: allocations made while the thread held an engine lock
@@ -260,15 +396,13 @@ pub fn allocations_under_engine_locks() -> u64 {
 #[inline(never)]
 fn charge_alloc_other(bytes: u64) -> usize {
     sync_flags();
-    if enter_busy() {
+    if is_busy() {
         return charge_reentrant(bytes);
     }
-    let r = match active_task() {
+    busy_in_gate(|_| match active_task() {
         Some(task) => charge_task(task, bytes),
         None => charge_slow(bytes),
-    };
-    leave_busy(false);
-    r
+    })
 }
 
 #[inline(always)]
@@ -277,6 +411,23 @@ fn charge_task(task: &Task, bytes: u64) -> usize {
         return raw;
     }
     charge_task_slow(task, bytes)
+}
+
+/// [`charge_task_slow`] from the hit path, which marked the thread busy
+/// (its flags were `f`) before it could enter the fork gate: enters it
+/// without waiting, and if a fork is being prepared, unmarks the thread,
+/// waits for the fork and marks it again.
+#[cold]
+#[inline(never)]
+fn charge_task_slow_busy(task: &Task, bytes: u64, f: u8) -> usize {
+    loop {
+        if let Some(_gate) = fork_gate::try_enter(false) {
+            return charge_task_slow(task, bytes);
+        }
+        unmark_busy(f);
+        fork_gate::wait_while_pending();
+        mark_busy(f);
+    }
 }
 
 #[cold]
@@ -326,19 +477,24 @@ fn charge_root(bytes: u64) -> usize {
 /// Uncharges an allocation's charge on this thread.
 #[inline(always)]
 pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
-    let f = FLAGS.get();
+    let f = flags();
     if f & (LIFE | BUSY) == ACTIVE {
-        FLAGS.set(f | BUSY);
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
-        // SAFETY: `raw` is a trailer word written by `charge_alloc` for a
-        // block of `bytes` bytes of the global controller (the one every
-        // thread task belongs to), uncharged once, by the deallocation of
-        // that block.
-        let done = unsafe { task.uncharge_fast(raw, bytes) };
-        FLAGS.set(f);
-        if done {
-            return;
+        mark_busy(f);
+        // A fork being prepared: off the hit path (see `runtime::fork`).
+        if !fork_gate::pending() {
+            // SAFETY: the life is ACTIVE.
+            let task = unsafe { task_unchecked() };
+            // SAFETY: `raw` is a trailer word written by `charge_alloc` for
+            // a block of `bytes` bytes of the global controller (the one
+            // every thread task belongs to), uncharged once, by the
+            // deallocation of that block.
+            let done = unsafe { task.uncharge_fast(raw, bytes) };
+            unmark_busy(f);
+            if done {
+                return;
+            }
+        } else {
+            unmark_busy(f);
         }
     }
     uncharge_alloc_slow(raw, bytes);
@@ -355,13 +511,13 @@ fn uncharge_alloc_slow(raw: usize, bytes: u64) {
     // of `bytes` bytes of `ctrl` (the only controller the allocator uses),
     // read once by the deallocation of that block.
     let charge = unsafe { Charge::from_raw(raw, bytes, ChargeKind::Alloc, ctrl) };
-    let nested = enter_busy();
-    let cpu = global::current_cpu();
-    let _ = match (nested, active_task()) {
-        (false, Some(task)) => task.uncharge(cpu, charge),
-        _ => ctrl.uncharge(cpu, charge),
-    };
-    leave_busy(nested);
+    busy_in_gate(|nested| {
+        let cpu = global::current_cpu();
+        let _ = match (nested, active_task()) {
+            (false, Some(task)) => task.uncharge(cpu, charge),
+            _ => ctrl.uncharge(cpu, charge),
+        };
+    });
 }
 
 /// Resizes an allocation's charge (`realloc`); returns the new raw word,
@@ -372,17 +528,19 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
     if new_bytes > old_bytes {
         note_engine_lock_alloc();
     }
-    let f = FLAGS.get();
+    let f = flags();
     if f & (LIFE | BUSY) == ACTIVE {
-        FLAGS.set(f | BUSY);
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
-        // SAFETY: `raw` is a trailer word written by `charge_alloc` (or an
-        // earlier resize) for a block of `old_bytes` bytes of the global
-        // controller; if the resize succeeds the caller writes the same
-        // word for the block of `new_bytes` bytes.
-        let done = unsafe { task.resize_fast(raw, old_bytes, new_bytes) };
-        FLAGS.set(f);
+        mark_busy(f);
+        let done = !fork_gate::pending() && {
+            // SAFETY: the life is ACTIVE.
+            let task = unsafe { task_unchecked() };
+            // SAFETY: `raw` is a trailer word written by `charge_alloc` (or
+            // an earlier resize) for a block of `old_bytes` bytes of the
+            // global controller; if the resize succeeds the caller writes
+            // the same word for the block of `new_bytes` bytes.
+            unsafe { task.resize_fast(raw, old_bytes, new_bytes) }
+        };
+        unmark_busy(f);
         if done {
             return Some(raw);
         }
@@ -397,13 +555,13 @@ fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize
     // SAFETY: as in `uncharge_alloc`; the charge is rebuilt once and turned
     // back into a raw word for the new trailer.
     let mut charge = unsafe { Charge::from_raw(raw, old_bytes, ChargeKind::Alloc, ctrl) };
-    let nested = enter_busy();
-    let cpu = global::current_cpu();
-    let r = match (nested, active_task()) {
-        (false, Some(task)) => task.resize(cpu, &mut charge, new_bytes),
-        _ => ctrl.resize(cpu, &mut charge, new_bytes),
-    };
-    leave_busy(nested);
+    let r = busy_in_gate(|nested| {
+        let cpu = global::current_cpu();
+        match (nested, active_task()) {
+            (false, Some(task)) => task.resize(cpu, &mut charge, new_bytes),
+            _ => ctrl.resize(cpu, &mut charge, new_bytes),
+        }
+    });
     let raw = charge.into_raw();
     r.ok().map(|()| raw)
 }
@@ -417,12 +575,12 @@ fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize
 /// The violations found.
 pub fn check_invariants() -> std::result::Result<(), crate::InvariantViolations> {
     let ctrl = global::controller();
-    let nested = enter_busy();
-    SUSPENDED.set(true);
-    let r = ctrl.check_invariants();
-    SUSPENDED.set(false);
-    leave_busy(nested);
-    r
+    busy_in_gate(|_| {
+        SUSPENDED.set(true);
+        let r = ctrl.check_invariants();
+        SUSPENDED.set(false);
+        r
+    })
 }
 
 /// A handle on the calling thread's task, which any thread can pass to
@@ -526,24 +684,27 @@ mod tests {
 
     #[test]
     fn a_stale_busy_write_over_a_fresh_life_does_not_make_a_second_task() {
+        // Made first (another test may be making it: `current_thread`
+        // would then have no task to give).
+        let _ = crate::controller();
         std::thread::spawn(|| {
             // The thread's first allocation reads FLAGS (FRESH)...
-            let f = FLAGS.get();
+            let f = flags();
             assert_eq!(f, FRESH);
             // ...a signal handler interrupts it and makes the task...
             let first = current_thread().expect("task");
             assert_eq!(life(), ACTIVE);
             // ...then the interrupted write of `f | BUSY` lands.
-            FLAGS.set(f | BUSY);
+            set_flags(f | BUSY);
             leave_busy(false);
-            assert_eq!(FLAGS.get(), FRESH, "the stale write replaced ACTIVE");
+            assert_eq!(flags(), FRESH, "the stale write replaced ACTIVE");
             // The next allocation misses the fast path; the slow path must
             // keep the task (not make a second one over it) and repair FLAGS.
             let raw = charge_alloc(64);
             assert_ne!(raw, REFUSED);
             let again = current_thread().expect("task");
             assert!(first.same_task(&again), "a second task was made");
-            assert_eq!(FLAGS.get() & LIFE, ACTIVE, "FLAGS repaired");
+            assert_eq!(flags() & LIFE, ACTIVE, "FLAGS repaired");
             uncharge_alloc(raw, 64);
         })
         .join()

@@ -1,0 +1,268 @@
+//! `fork()` without exec: the engine at rest in the copy, a usable child.
+//!
+//! Handlers registered with `pthread_atfork` when the process's controller
+//! is made (before anything else of it, so that a fork while another
+//! thread initialises it waits for the controller rather than copying it
+//! half made):
+//!
+//! - **prepare** (the forking thread, before the copy):
+//!   1. waits until the controller is made, if another thread is making it;
+//!   2. closes the fork gate (`sync::fork_gate`): every engine lock and
+//!      every slow path is entered through it, so once it is closed no
+//!      other thread holds an engine lock or is half-way through a
+//!      multi-step update, and new ones wait;
+//!   3. stops the allocator's hit path, which does not enter the gate:
+//!      clears every task's fast key (a charge then takes the slow path,
+//!      which waits) and, for frees and resizes, which read the gate's
+//!      pending flag after marking themselves busy, issues a process-wide
+//!      memory barrier (`membarrier`) so that each thread either sees the
+//!      flag or shows its busy mark; then waits until no task's thread is
+//!      busy.
+//!
+//!   The lock order is therefore: the gate first (it excludes every engine
+//!   lock), then the task list (taken by the prepare handler itself to
+//!   reach the tasks).
+//! - **parent**: opens the gate; waiting threads go on.
+//! - **child** (one thread, the forking one): the tasks of the threads that
+//!   did not survive are retired as their exit would have (byte caches and
+//!   references returned, scopes ended, groups unpinned, removed from the
+//!   task list); the reclaimer threads are forgotten, the groups they were
+//!   serving unmarked, and they start again on the next library call made
+//!   outside an allocation (or the next registration); then the gate opens.
+//!
+//! A fork made while the forking thread itself is inside the library (from
+//! a reclaim callback, say) cannot wait for the gate and proceeds: the
+//! child then may inherit a held lock, as with any allocator.
+
+use crate::runtime::global;
+use crate::sync::{fork_gate, AtomicBool, AtomicU8, Ordering};
+
+/// `membarrier(2)` commands (`linux/membarrier.h`).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+/// How [`process_barrier`] makes every thread execute a full barrier.
+const BARRIER_UNKNOWN: u8 = 0;
+const BARRIER_PRIVATE_EXPEDITED: u8 = 1;
+const BARRIER_GLOBAL: u8 = 2;
+const BARRIER_MPROTECT: u8 = 3;
+
+static BARRIER: AtomicU8 = AtomicU8::new(BARRIER_UNKNOWN);
+
+/// The handlers are registered (once per process; a child inherits them).
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Set in a child whose parent had reclaimer threads running.
+static RESTART_RECLAIMERS: AtomicBool = AtomicBool::new(false);
+
+/// Registers the fork handlers and chooses the barrier. Called by the
+/// controller's initialisation, first; may allocate (glibc's handler list),
+/// which the caller's busy mark sends to the bypass.
+pub(crate) fn register() {
+    if REGISTERED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    choose_barrier();
+    // SAFETY: three `extern "C"` functions with no arguments, valid for
+    // the whole process.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if rc != 0 {
+        // Out of memory in glibc: forks stay as unsafe as without memcg.
+        REGISTERED.store(false, Ordering::Release);
+    }
+}
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: `membarrier(cmd, flags = 0, cpu_id = 0)` touches no memory
+    // of ours; an unknown command fails with EINVAL.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+fn choose_barrier() {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY);
+    let mode = if supported >= 0
+        && supported & libc::c_long::from(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0
+        && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+    {
+        BARRIER_PRIVATE_EXPEDITED
+    } else if supported >= 0 && supported & libc::c_long::from(MEMBARRIER_CMD_GLOBAL) != 0 {
+        BARRIER_GLOBAL
+    } else {
+        BARRIER_MPROTECT
+    };
+    BARRIER.store(mode, Ordering::Release);
+}
+
+/// The name of the barrier chosen (for tests and diagnostics).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn barrier_name() -> &'static str {
+    match BARRIER.load(Ordering::Acquire) {
+        BARRIER_PRIVATE_EXPEDITED => "membarrier-private-expedited",
+        BARRIER_GLOBAL => "membarrier-global",
+        BARRIER_MPROTECT => "mprotect",
+        _ => "none",
+    }
+}
+
+/// Makes every running thread of the process execute a full memory
+/// barrier before it returns (the heavy side of an asymmetric fence: the
+/// hit path's side is a compiler fence).
+fn process_barrier() {
+    let done = match BARRIER.load(Ordering::Acquire) {
+        BARRIER_PRIVATE_EXPEDITED => membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
+        BARRIER_GLOBAL => membarrier(MEMBARRIER_CMD_GLOBAL) == 0,
+        _ => false,
+    };
+    if !done {
+        mprotect_barrier();
+    }
+}
+
+/// The barrier without `membarrier`: write-protecting a page the calling
+/// thread has dirtied makes the kernel shoot down its translation on every
+/// CPU that runs a thread of the process, an interrupt that serialises
+/// each of them (the technique runtimes without `membarrier` use).
+fn mprotect_barrier() {
+    let page = crate::limit::PAGE_SIZE as usize;
+    // SAFETY: an anonymous private mapping of one page, written, protected
+    // and unmapped here; nothing else sees it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return;
+        }
+        std::ptr::write_volatile(p.cast::<u8>(), 1);
+        libc::mprotect(p, page, libc::PROT_READ);
+        libc::munmap(p, page);
+    }
+}
+
+/// The address of the calling thread's task (0 if it has none).
+fn my_task() -> usize {
+    crate::runtime::thread::current_task_addr()
+}
+
+/// Held from a fork's prepare handler to its parent and child handlers:
+/// forks from two threads at once take turns (one fork's parent handler
+/// must not open the gate while the other's copy is being made).
+static FORKING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn prepare() {
+    global::wait_while_initializing();
+    if fork_gate::depth() > 0 || crate::runtime::thread::is_busy_now() {
+        // Forking from inside the library (a callback): cannot wait for
+        // itself. Nothing is closed; `parent`/`child` see that.
+        SKIPPED.with(|s| s.set(true));
+        return;
+    }
+    while FORKING
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+    fork_gate::close();
+    let Some(ctrl) = global::try_controller() else {
+        return;
+    };
+    let me = my_task();
+    ctrl.for_each_other_owned_task(me, |t| t.cache.fast_key.store(0, Ordering::Relaxed));
+    process_barrier();
+    ctrl.for_each_other_owned_task(me, |t| {
+        let flags = t.owner_flags.load(Ordering::Acquire);
+        if flags == 0 {
+            return;
+        }
+        // SAFETY: a registered flags address is the owning thread's
+        // `FLAGS` thread-local; the thread is alive (its task is still on
+        // the list, which its exit leaves under the lock held here).
+        let flags = unsafe { &*(flags as *const AtomicU8) };
+        while crate::runtime::thread::busy_bit(flags.load(Ordering::Relaxed)) {
+            std::thread::yield_now();
+        }
+    });
+    // The hit paths that ended above made their last stores before their
+    // busy mark went; make them visible before the copy.
+    process_barrier();
+}
+
+std::thread_local! {
+    /// The prepare handler of this thread's fork did not close the gate
+    /// (see the module docs). Per thread: two threads may fork at once.
+    static SKIPPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+extern "C" fn parent() {
+    if SKIPPED.with(|s| s.replace(false)) {
+        return;
+    }
+    fork_gate::open();
+    FORKING.store(false, Ordering::Release);
+}
+
+extern "C" fn child() {
+    if SKIPPED.with(|s| s.replace(false)) {
+        return;
+    }
+    fork_gate::reset_in_child();
+    if let Some(ctrl) = global::try_controller() {
+        let me = my_task();
+        // SAFETY: this is the child right after `fork`, on its only thread;
+        // the other registered tasks belong to threads of the parent.
+        let retired = unsafe { ctrl.retire_orphans_in_child(me) };
+        RETIRED.store(retired as u64, Ordering::Relaxed);
+        if ctrl.reset_reclaimers_in_child() {
+            RESTART_RECLAIMERS.store(true, Ordering::Release);
+        }
+    }
+    fork_gate::open();
+    FORKING.store(false, Ordering::Release);
+}
+
+/// Tasks retired by the last fork's child handler (in the child).
+#[allow(clippy::disallowed_types)]
+static RETIRED: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
+
+/// In a forked child, how many tasks of the parent's other threads the
+/// child handler retired (0 in a process that was not forked, or whose
+/// parent had no other threads with tasks).
+pub fn tasks_retired_after_fork() -> u64 {
+    RETIRED.load(Ordering::Relaxed)
+}
+
+/// In a child whose parent ran reclaimer threads: starts them again, once.
+/// Called by library calls made outside an allocation.
+#[inline]
+pub(crate) fn restart_reclaimers_if_needed() {
+    if RESTART_RECLAIMERS.load(Ordering::Relaxed)
+        && RESTART_RECLAIMERS.swap(false, Ordering::AcqRel)
+    {
+        if let Some(ctrl) = global::try_controller() {
+            ctrl.restart_reclaimers();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_registers_the_handlers_and_a_barrier() {
+        let _ = crate::controller();
+        assert!(REGISTERED.load(Ordering::Acquire));
+        assert_ne!(barrier_name(), "none");
+        // Each barrier works when called directly.
+        process_barrier();
+        mprotect_barrier();
+    }
+}
