@@ -154,6 +154,8 @@ impl Group {
 
     /// Number of tasks attached.
     pub fn nr_tasks(&self) -> usize {
+        // SeqCst: a snapshot for the caller; no model can tell it from
+        // Relaxed (nothing is published through the count).
         self.memcg.nr_tasks.load(Ordering::SeqCst)
     }
 
@@ -290,7 +292,8 @@ impl Group {
             if nr_children > 0 {
                 Some(Refusal::HasChildren(nr_children))
             } else {
-                // Handshake with `try_pin_task` (SeqCst on both sides).
+                // Handshake with `try_pin_task` (SeqCst on both sides; the
+                // fences carry it, see there, and are what loom checks).
                 m.dying.store(true, Ordering::SeqCst);
                 // Pairs with the fence in `try_pin_task`.
                 crate::sync::fence(Ordering::SeqCst);

@@ -404,11 +404,16 @@ impl MemCgroup {
             // `dying`, then loads `nr_tasks`): SeqCst on both accesses
             // already forbids both sides missing each other; the fence
             // states it in a form loom models (it treats SeqCst accesses
-            // as AcqRel).
+            // as AcqRel). The two fences alone forbid it too (a SeqCst
+            // fence between each side's store and load), so no loom model
+            // fails with any of these accesses weakened, even to Relaxed,
+            // while removing or weakening either fence fails
+            // `loom_reparent::attach_racing_remove_lets_exactly_one_succeed`.
             crate::sync::fence(Ordering::SeqCst);
             if !self.dying.load(Ordering::SeqCst) {
                 return true;
             }
+            // SeqCst: as the add (see above); no data is published.
             self.nr_tasks.fetch_sub(1, Ordering::SeqCst);
             if !self.is_online() {
                 return false;
@@ -420,6 +425,9 @@ impl MemCgroup {
     }
 
     pub(crate) fn unpin_task(&self) {
+        // SeqCst for symmetry with `try_pin_task`; the handshake is carried
+        // by the fences, and a removal racing this decrement may miss it
+        // whatever the ordering (it then refuses, as if it ran first).
         self.nr_tasks.fetch_sub(1, Ordering::SeqCst);
     }
 
