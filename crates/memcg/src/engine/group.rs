@@ -231,10 +231,14 @@ impl Group {
         }
         for (info, objcg) in child.nodeinfo.iter().zip(installed.iter()) {
             // Release: pairs with the Acquire in `get_obj_cgroup_from_memcg`.
+            // No loom model fails without the pair: a group reaches other
+            // threads only after this (linked under the children lock, or
+            // its handle handed over), which already orders the store.
             info.objcg.store(objcg.slot_word(), Ordering::Release);
         }
         if self.memcg.insert_child(Arc::clone(child)).is_err() {
-            // Unreachable under the tree lock (checked above).
+            // Unreachable under the tree lock (checked above); so no model
+            // reaches this Release.
             for info in child.nodeinfo.iter() {
                 info.objcg.store(0, Ordering::Release);
             }
@@ -321,6 +325,12 @@ impl Group {
         let words: [u64; crate::engine::topology::MAX_NODES] = {
             let mut w = [0u64; crate::engine::topology::MAX_NODES];
             for (slot, info) in w.iter_mut().zip(m.nodeinfo.iter()) {
+                // AcqRel: the Release half pairs with lock-free lookups
+                // (`get_obj_cgroup_from_memcg`), the Acquire half with the
+                // create. No loom model fails without them: both sides run
+                // under the tree lock here, and a lookup only needs the
+                // value (0, or a word whose objcg `tryget` and the
+                // generation check vet).
                 *slot = info.objcg.swap(0, Ordering::AcqRel);
             }
             w
@@ -727,7 +737,8 @@ impl Group {
             node: nid,
             nr_node_ids,
         })?;
-        let word = info.objcg.load(Ordering::Acquire);
+        // Relaxed: only an id to filter on (no model calls this).
+        let word = info.objcg.load(Ordering::Relaxed);
         if word != 0 {
             self.core.drain_all_stock(DrainFilter::Objcg(word as u32));
         }
