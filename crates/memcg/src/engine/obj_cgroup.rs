@@ -449,7 +449,11 @@ impl ObjcgTable {
     /// only ever change the head, which makes a stale CAS fail).
     fn pop_free(&self) -> Option<&ObjCgroup> {
         // Acquire: pairs with the Release CAS of `push_free`, so that the
-        // head's `next_free` read below is the pushed one.
+        // head's `next_free` read below is the pushed one. No loom model
+        // fails with this load alone weakened (loom did not produce the
+        // stale link read in `loom_table::release_racing_allocation_keeps_
+        // the_free_list_exact`); the same pairing on the CAS's failure path
+        // below, which feeds the same read, is killed by that model.
         let mut head = self.free_head.load(Ordering::Acquire);
         loop {
             let id = head as u32;
