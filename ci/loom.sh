@@ -6,6 +6,9 @@
 # Env:   LOOM_MAX_PREEMPTIONS (default 2; 1 for a quick local run),
 #        LOOM_MAX_BRANCHES, LOOM_LOG, LOOM_LOCATION (see the loom docs).
 #
+# Whether the models have teeth (each needed ordering, weakened, fails a
+# model): scripts/loom-mutations.py (not run in CI; see its header).
+#
 # The models build with `--cfg memcg_loom` (all engine atomics and mutexes
 # become loom's) into a separate target directory, so they do not
 # invalidate the normal build.
@@ -24,7 +27,8 @@ if [ "$#" -gt 0 ]; then
     # matches any filter, so `loom_` is only added when none is given).
     cargo test -p memcg --lib --release --target-dir target/loom "$@" || status=$?
 else
-    cargo test -p memcg --lib --release --target-dir target/loom loom_ || status=$?
+    # --nocapture: each model prints its executions and time.
+    cargo test -p memcg --lib --release --target-dir target/loom -- loom_ --nocapture || status=$?
 fi
 end=$(date +%s)
 

@@ -141,7 +141,8 @@ impl<const SLOTS: usize> HeapTable<SLOTS> {
             // at address 1), write the value, then publish the key.
             if slot
                 .heap
-                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                // Relaxed: an empty slot holds nothing to acquire.
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
                 slot.objcg.store(objcg, Ordering::Relaxed);

@@ -115,7 +115,8 @@ impl Core {
             root.nodeinfo
                 .get(nid)?
                 .objcg
-                .store(objcg.slot_word(), Ordering::Release);
+                // Relaxed: the controller has not reached another thread.
+                .store(objcg.slot_word(), Ordering::Relaxed);
         }
         let stocks = (0..topology.nr_cpu_ids())
             .map(|_| CachePadded::new(CpuStock::with_obj_slots(obj_stock_slots)))
@@ -167,7 +168,9 @@ impl Core {
         let mut m = Some(memcg);
         while let Some(g) = m {
             if let Some(info) = g.nodeinfo.get(nid) {
-                // Acquire: pairs with the Release publishing the slot word.
+                // Acquire: pairs with the Release publishing the slot word
+                // (see `Group::create_locked` for why no loom model fails
+                // without the pair).
                 let word = info.objcg.load(Ordering::Acquire);
                 match self.table.tryget_word(word) {
                     Some(Ok(objcg)) => return Some(objcg),

@@ -77,7 +77,9 @@ impl Task {
     pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
         if key != 0 && !self.has_active.get() && !self.spending.get() && !self.exited.get() {
-            let tagged = self.shared.objcgs.load(Ordering::Acquire);
+            // Relaxed: only decides whether to arm; `arm_fast_key`'s CAS
+            // checks that the word is still `tagged`.
+            let tagged = self.shared.objcgs.load(Ordering::Relaxed);
             // `charge` succeeded, so `cpu` has a node.
             if let Some(nid) = self.core.topology.node_of_cpu(cpu) {
                 let cached = self.shared.cache.objcg_addr.load(Ordering::Relaxed);
@@ -112,7 +114,12 @@ impl Task {
         shared.cache.fast_key.store(key, Ordering::Relaxed);
         if shared
             .objcgs
-            .compare_exchange(tagged, tagged, Ordering::AcqRel, Ordering::Acquire)
+            // Release: the key store above happens before an attach whose
+            // OR reads from this CAS (loom: `loom_task::arming_racing_
+            // attach_leaves_no_stale_key` fails without it). Nothing is
+            // acquired: the word is compared with itself, and a failure
+            // only disarms.
+            .compare_exchange(tagged, tagged, Ordering::Release, Ordering::Relaxed)
             .is_err()
         {
             self.clear_fast_key();

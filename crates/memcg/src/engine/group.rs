@@ -154,6 +154,8 @@ impl Group {
 
     /// Number of tasks attached.
     pub fn nr_tasks(&self) -> usize {
+        // SeqCst: a snapshot for the caller; no model can tell it from
+        // Relaxed (nothing is published through the count).
         self.memcg.nr_tasks.load(Ordering::SeqCst)
     }
 
@@ -229,10 +231,14 @@ impl Group {
         }
         for (info, objcg) in child.nodeinfo.iter().zip(installed.iter()) {
             // Release: pairs with the Acquire in `get_obj_cgroup_from_memcg`.
+            // No loom model fails without the pair: a group reaches other
+            // threads only after this (linked under the children lock, or
+            // its handle handed over), which already orders the store.
             info.objcg.store(objcg.slot_word(), Ordering::Release);
         }
         if self.memcg.insert_child(Arc::clone(child)).is_err() {
-            // Unreachable under the tree lock (checked above).
+            // Unreachable under the tree lock (checked above); so no model
+            // reaches this Release.
             for info in child.nodeinfo.iter() {
                 info.objcg.store(0, Ordering::Release);
             }
@@ -290,7 +296,8 @@ impl Group {
             if nr_children > 0 {
                 Some(Refusal::HasChildren(nr_children))
             } else {
-                // Handshake with `try_pin_task` (SeqCst on both sides).
+                // Handshake with `try_pin_task` (SeqCst on both sides; the
+                // fences carry it, see there, and are what loom checks).
                 m.dying.store(true, Ordering::SeqCst);
                 // Pairs with the fence in `try_pin_task`.
                 crate::sync::fence(Ordering::SeqCst);
@@ -318,6 +325,12 @@ impl Group {
         let words: [u64; crate::engine::topology::MAX_NODES] = {
             let mut w = [0u64; crate::engine::topology::MAX_NODES];
             for (slot, info) in w.iter_mut().zip(m.nodeinfo.iter()) {
+                // AcqRel: the Release half pairs with lock-free lookups
+                // (`get_obj_cgroup_from_memcg`), the Acquire half with the
+                // create. No loom model fails without them: both sides run
+                // under the tree lock here, and a lookup only needs the
+                // value (0, or a word whose objcg `tryget` and the
+                // generation check vet).
                 *slot = info.objcg.swap(0, Ordering::AcqRel);
             }
             w
@@ -729,7 +742,8 @@ impl Group {
             node: nid,
             nr_node_ids,
         })?;
-        let word = info.objcg.load(Ordering::Acquire);
+        // Relaxed: only an id to filter on (no model calls this).
+        let word = info.objcg.load(Ordering::Relaxed);
         if word != 0 {
             self.core.drain_all_stock(DrainFilter::Objcg(word as u32));
         }

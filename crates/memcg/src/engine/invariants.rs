@@ -91,8 +91,10 @@ impl Controller {
     /// Checks the accounting invariants and returns every violation.
     ///
     /// Exact when nothing charges concurrently (tests, the simulator
-    /// between steps); under concurrent charging it may report transient
-    /// differences, but it is always memory-safe.
+    /// between steps), also across a racing task exit once that task's
+    /// byte cache is flushed (the loom model `loom_checkers`); under
+    /// concurrent charging it may report transient differences, but it is
+    /// always memory-safe.
     ///
     /// Checked:
     /// - per objcg: `charged pages × 4096 == live bytes + bytes held in
@@ -119,9 +121,14 @@ impl Controller {
         let mut v = Vec::new();
         let mut held: HashMap<u32, Held> = HashMap::new();
 
+        // Relaxed reads of stock and slot words (ids and counts only): the
+        // check is exact only when nothing runs concurrently, and then the
+        // locks and joins that made it so order every write before it;
+        // under concurrency it promises memory safety only, which `get`'s
+        // own Acquire gives for any id.
         for stock in core.stocks.iter() {
             for slot in &stock.obj {
-                let s = ObjSlot::unpack(slot.load(Ordering::Acquire));
+                let s = ObjSlot::unpack(slot.load(Ordering::Relaxed));
                 if s.id != 0 {
                     let h = held.entry(s.id).or_default();
                     h.refs += s.refs as i64 + 1;
@@ -129,7 +136,7 @@ impl Controller {
                 }
             }
             for slot in &stock.pages {
-                let s = PageSlot::unpack(slot.load(Ordering::Acquire));
+                let s = PageSlot::unpack(slot.load(Ordering::Relaxed));
                 if s.id != 0 {
                     let h = held.entry(s.id).or_default();
                     h.refs += 1;
@@ -137,9 +144,21 @@ impl Controller {
                 }
             }
         }
+        // Held until every reference count is read: `Task::exit` puts its
+        // per-node references under this lock, so an exit racing the check
+        // is seen whole (before the task scan or after the counts), never
+        // with the task's holds counted and its puts already done (a false
+        // "free but held" or a count below its holders).
+        let tasks = core.tasks.lock();
         {
-            let tasks = core.tasks.lock();
             for t in tasks.iter() {
+                // Acquire (also on the entries below): pairs with the
+                // owner's AcqRel swaps and CAS, ordering the objcg behind a
+                // pointer (read through `&*p` below) before its use here.
+                // No loom model fails without them: loom does not track the
+                // plain fields read through the pointer, and the array
+                // itself is ordered by the task-list lock (`Task::new`
+                // publishes it under that lock, `exit` frees it under it).
                 let tagged = t.objcgs.load(Ordering::Acquire);
                 // SAFETY: we hold the task-list lock, which `Task::exit`
                 // takes before it frees the array.
@@ -173,7 +192,9 @@ impl Controller {
         collect_online(&core.root, &mut groups);
         for g in &groups {
             for info in g.nodeinfo.iter() {
-                let word = info.objcg.load(Ordering::Acquire);
+                // Relaxed: slot words change only under the tree lock,
+                // which this check holds.
+                let word = info.objcg.load(Ordering::Relaxed);
                 if word != 0 {
                     held.entry(word as u32).or_default().refs += 1;
                 }
@@ -258,6 +279,7 @@ impl Controller {
             });
             core.objcg_put(objcg, 1);
         }
+        drop(tasks);
         for (id, h) in held {
             v.push(format!(
                 "objcg {id}: not in the table but held {} time(s)",

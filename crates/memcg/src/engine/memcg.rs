@@ -251,12 +251,16 @@ impl MemCgroup {
     pub(crate) fn mark_killed(&self) -> bool {
         // SeqCst: a kill racing the first registration of a kill waiter
         // (which starts the reclaimer, then reads this mark): one of the
-        // two sees the other (see `Reclaimd::request_kill_notify`).
+        // two sees the other (see `Reclaimd::request_kill_notify`). A
+        // store-load handshake: beyond loom (SeqCst accesses are AcqRel to
+        // it), and no model has reclaimer threads.
         !self.killed.swap(true, Ordering::SeqCst)
     }
 
     /// Clears the killed mark; returns whether it was set.
     pub(crate) fn revive(&self) -> bool {
+        // AcqRel: ordered with the kill's swap (a revive racing a kill
+        // either undoes it or is undone). No loom model revives.
         self.killed.swap(false, Ordering::AcqRel)
     }
 
@@ -265,6 +269,7 @@ impl MemCgroup {
     pub(crate) fn killed_ancestor(&self) -> Option<&MemCgroup> {
         let mut m = Some(self);
         while let Some(g) = m {
+            // SeqCst: the read side of `mark_killed`'s handshake.
             if g.killed.load(Ordering::SeqCst) {
                 return Some(g);
             }
@@ -277,6 +282,10 @@ impl MemCgroup {
     /// ancestors.
     pub(crate) fn add_subtree_reclaimers(&self, delta: isize) {
         let mut m = Some(self);
+        // AcqRel (and the Acquire in `subtree_has_reclaimers`): a count
+        // that decides whether a charge asks for reclaim; the callbacks it
+        // counts are read under the reclaimers' lock. No loom model fails
+        // without them (loom keeps read-modify-writes in execution order).
         while let Some(g) = m {
             if delta >= 0 {
                 g.subtree_reclaimers
@@ -344,7 +353,13 @@ impl MemCgroup {
 
     #[inline]
     pub(crate) fn is_online(&self) -> bool {
-        // Acquire: pairs with the Release store in `set_offline`.
+        // Acquire: pairs with the Release store in `set_offline`, ordering
+        // the removal's unpublishing of the slot words (AcqRel swaps) before
+        // an owner walk that sees the group offline. No loom model fails
+        // without the pair (`loom_reparent`, `loom_reuse` race charges with
+        // removals): a lookup learns of the removal from the slot word
+        // itself (0, or a generation check), and an owner walk that reads a
+        // stale `true` charges the group's chain, which holds its parent.
         self.online.load(Ordering::Acquire)
     }
 
@@ -404,11 +419,16 @@ impl MemCgroup {
             // `dying`, then loads `nr_tasks`): SeqCst on both accesses
             // already forbids both sides missing each other; the fence
             // states it in a form loom models (it treats SeqCst accesses
-            // as AcqRel).
+            // as AcqRel). The two fences alone forbid it too (a SeqCst
+            // fence between each side's store and load), so no loom model
+            // fails with any of these accesses weakened, even to Relaxed,
+            // while removing or weakening either fence fails
+            // `loom_reparent::attach_racing_remove_lets_exactly_one_succeed`.
             crate::sync::fence(Ordering::SeqCst);
             if !self.dying.load(Ordering::SeqCst) {
                 return true;
             }
+            // SeqCst: as the add (see above); no data is published.
             self.nr_tasks.fetch_sub(1, Ordering::SeqCst);
             if !self.is_online() {
                 return false;
@@ -420,6 +440,9 @@ impl MemCgroup {
     }
 
     pub(crate) fn unpin_task(&self) {
+        // SeqCst for symmetry with `try_pin_task`; the handshake is carried
+        // by the fences, and a removal racing this decrement may miss it
+        // whatever the ordering (it then refuses, as if it ran first).
         self.nr_tasks.fetch_sub(1, Ordering::SeqCst);
     }
 

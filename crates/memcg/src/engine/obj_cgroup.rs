@@ -130,10 +130,14 @@ impl ObjCgroup {
     /// The generation of the current incarnation.
     #[inline]
     pub(crate) fn generation(&self) -> u32 {
-        // Acquire: pairs with the Release store of `refcnt` in `install`, so
-        // a holder that got its reference through `tryget` sees the
-        // generation written before the entry went live.
-        self.generation.load(Ordering::Acquire)
+        // Relaxed: an Acquire here would pair with nothing (the generation
+        // is bumped by a Relaxed RMW). The holder's reference orders the
+        // bump before this load: `tryget`'s Acquire CAS on `refcnt` reads
+        // from `install`'s Release store (or an RMW after it), which
+        // follows the bump; the installing thread reads its own bump. The
+        // loom model `loom_table::stale_word_lookup_racing_reuse_is_rejected`
+        // fails when that count pairing is weakened.
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// Slot word naming this incarnation: `generation << 32 | id`.
@@ -165,6 +169,12 @@ impl ObjCgroup {
 
     /// The group this objcg was made for. The caller holds a reference.
     pub(crate) fn origin(&self) -> &MemCgroup {
+        // Acquire: pairs with the AcqRel swap in `install`. No loom model
+        // fails without it, and none can: every holder's reference is
+        // ordered after `install` by the count (`tryget`'s Acquire CAS
+        // reading `install`'s Release store, or the installing thread
+        // itself), and that already orders the swap before this load. Kept
+        // because this load guards the dereference below.
         let p = self.origin.load(Ordering::Acquire);
         // SAFETY:
         // - the caller holds a reference, so the entry is in use and `origin`
@@ -203,7 +213,9 @@ impl ObjCgroup {
     /// (even after the live reference was dropped).
     pub(crate) fn tryget(&self) -> bool {
         if self.is_root() {
-            return self.refcnt.load(Ordering::Acquire) > 0;
+            // Relaxed: root entries are installed in `Core::new`, before
+            // the controller can reach another thread, and never released.
+            return self.refcnt.load(Ordering::Relaxed) > 0;
         }
         let mut cur = self.refcnt.load(Ordering::Relaxed);
         loop {
@@ -271,7 +283,16 @@ impl ObjcgTable {
     pub(crate) fn get(&self, id: u32) -> Option<&ObjCgroup> {
         let id = id as usize;
         let chunk = self.chunks.get(id / CHUNK_LEN)?;
-        // Acquire: pairs with the Release store publishing the chunk.
+        // Acquire: pairs with the Release store publishing the chunk
+        // (`prepare`, `install`), so that `get` is safe for an id read from
+        // anywhere. No loom model fails without this pair: every caller
+        // learns its id through a path that already orders the chunk's
+        // publication before it (a slot word stored after `install`, a
+        // stock or task word taken with AcqRel from a holder, the table's
+        // lock in `entries`), including a drain on another thread of a
+        // stock slot naming a new chunk (`loom_table::create_in_new_chunk_
+        // racing_drain_and_lookup_conserves_bytes`). Kept: the unsafe
+        // dereference below must not depend on how callers got the id.
         let base = NonNull::new(chunk.load(Ordering::Acquire))?;
         // SAFETY:
         // - a published chunk holds `CHUNK_LEN` initialised entries and is
@@ -296,14 +317,19 @@ impl ObjcgTable {
             let Some(slot) = self.chunks.get(chunk) else {
                 return;
             };
-            if !slot.load(Ordering::Acquire).is_null() {
+            // Relaxed: only compared with null (a chunk is never
+            // unpublished); a stale null makes a spare chunk that the
+            // check under the lock below discards. Entries are read
+            // through `get`, which acquires.
+            if !slot.load(Ordering::Relaxed).is_null() {
                 continue;
             }
             let raw = make_chunk(chunk, self.ctrl_serial);
             let spare = {
                 let _state = self.alloc_lock.lock();
                 if slot.load(Ordering::Relaxed).is_null() {
-                    // Release: publishes the initialised entries to `get`.
+                    // Release: publishes the initialised entries to `get`
+                    // (see there for why no loom model fails without it).
                     slot.store(raw, Ordering::Release);
                     None
                 } else {
@@ -323,10 +349,12 @@ impl ObjcgTable {
     pub(crate) fn is_prepared(&self, n: usize) -> bool {
         let first = self.alloc_lock.lock().next_unused as usize;
         let last = first + n.saturating_sub(1);
+        // Relaxed: only compared with null; a stale null refuses the
+        // creation, which prepares and retries.
         (first / CHUNK_LEN..=last / CHUNK_LEN).all(|chunk| {
             self.chunks
                 .get(chunk)
-                .is_none_or(|slot| !slot.load(Ordering::Acquire).is_null())
+                .is_none_or(|slot| !slot.load(Ordering::Relaxed).is_null())
         })
     }
 
@@ -335,6 +363,11 @@ impl ObjcgTable {
     pub(crate) fn free_list(&self, limit: usize) -> (Vec<u32>, bool) {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        // Acquire: pairs with the Release CAS of `push_free`, so that the
+        // first link is the pushed one. No loom model fails without it: the
+        // checkers call this under the tree and task-list locks, and a push
+        // racing it (a holder's last put elsewhere) only makes the walk
+        // transient, which the checkers allow under concurrency.
         let mut id = self.free_head.load(Ordering::Acquire) as u32;
         while id != 0 {
             if out.len() >= limit || !seen.insert(id) {
@@ -376,7 +409,8 @@ impl ObjcgTable {
                 if slot.load(Ordering::Relaxed).is_null() {
                     // Only without `prepare` before (every caller prepares;
                     // a full table fails below): allocates under the lock.
-                    // Release: publishes the initialised entries to `get`.
+                    // Release: publishes the initialised entries to `get`
+                    // (see there for why no loom model fails without it).
                     slot.store(make_chunk(chunk, self.ctrl_serial), Ordering::Release);
                 }
                 state.next_unused = id.checked_add(1)?;
@@ -391,6 +425,13 @@ impl ObjcgTable {
         objcg.live_bytes.store(0, Ordering::Relaxed);
         objcg.live_objects.store(0, Ordering::Relaxed);
         let raw = Arc::into_raw(Arc::clone(origin)) as *mut MemCgroup;
+        // AcqRel: the Release half pairs with `origin()`'s Acquire, the
+        // Acquire half with `release`'s read of the previous pointer. No
+        // loom model fails without either: the Release store of `refcnt`
+        // below already publishes this swap to every later holder, and the
+        // previous incarnation's accesses happen before this pop (its last
+        // put, the Release push and the Acquire pop). Kept, as `origin()`'s
+        // load, for the unsafe pointer it carries.
         let previous = objcg.origin.swap(raw, Ordering::AcqRel);
         if !previous.is_null() {
             // SAFETY: the previous incarnation's `Arc::into_raw`, kept past
@@ -407,17 +448,29 @@ impl ObjcgTable {
     /// popper and the classic ABA of a Treiber stack cannot happen (pushers
     /// only ever change the head, which makes a stale CAS fail).
     fn pop_free(&self) -> Option<&ObjCgroup> {
+        // Acquire: pairs with the Release CAS of `push_free`, so that the
+        // head's `next_free` read below is the pushed one. No loom model
+        // fails with this load alone weakened (loom did not produce the
+        // stale link read in `loom_table::release_racing_allocation_keeps_
+        // the_free_list_exact`); the same pairing on the CAS's failure path
+        // below, which feeds the same read, is killed by that model.
         let mut head = self.free_head.load(Ordering::Acquire);
         loop {
             let id = head as u32;
             let objcg = self.get(id).filter(|_| id != 0)?;
             let next = objcg.next_free.load(Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(next);
-            // Acquire: pairs with the Release push, so `next_free` and the
-            // released entry's stores are visible.
+            // Success Relaxed: it reads the same head as the Acquire load
+            // or failed CAS before it (every push and pop bumps the tag, so
+            // an equal value is the same store), which already acquired the
+            // pushed `next_free` and the released entry's stores.
+            // Failure Acquire: pairs with the Release push of the new head,
+            // whose `next_free` the next iteration reads (the loom model
+            // `loom_table::release_racing_allocation_keeps_the_free_list_
+            // exact` fails without it).
             match self
                 .free_head
-                .compare_exchange(head, new, Ordering::Acquire, Ordering::Acquire)
+                .compare_exchange(head, new, Ordering::Relaxed, Ordering::Acquire)
             {
                 Ok(_) => return Some(objcg),
                 Err(actual) => head = actual,
@@ -472,7 +525,9 @@ impl ObjcgTable {
         }
         let nr = nr as i64;
         // AcqRel: the Release orders this holder's updates before the free;
-        // the Acquire on the last put sees every other holder's updates.
+        // the Acquire on the last put sees every other holder's updates
+        // (the loom models of entry reuse in `loom_reclaim` fail with
+        // either half missing).
         let old = objcg.refcnt.fetch_sub(nr, Ordering::AcqRel);
         if old > nr {
             return None;
@@ -490,7 +545,11 @@ impl ObjcgTable {
     /// `obj_cgroup_release`: the entry goes back to the free list; returns
     /// what the caller must uncharge (the leftover pages and the group).
     fn release(&self, objcg: &ObjCgroup) -> Released {
-        let bytes = objcg.nr_charged_bytes.swap(0, Ordering::AcqRel);
+        // Relaxed: the last put's AcqRel already orders every holder's
+        // pool updates before this, and the swap, a read-modify-write,
+        // takes the latest value anyway; nothing is published through the
+        // pool (the free list's Release push orders the swap before reuse).
+        let bytes = objcg.nr_charged_bytes.swap(0, Ordering::Relaxed);
         if bytes % PAGE_SIZE != 0 {
             self.faults
                 .unaligned_releases
@@ -499,6 +558,10 @@ impl ObjcgTable {
         // The entry keeps its origin until it is reused, so that even a use
         // after release (a reference-count bug, which the checkers report)
         // reads a live group instead of freed memory.
+        // Acquire: pairs with `install`'s swap; redundant with the last
+        // put's Acquire (which reads `install`'s Release store of the count
+        // through its release sequence), so no loom model fails without it;
+        // kept for the unsafe pointer it carries, as in `origin()`.
         let raw = objcg.origin.load(Ordering::Acquire) as *const MemCgroup;
         // SAFETY: `raw` came from `Arc::into_raw` in `install` and the entry
         // still owns that reference; `ManuallyDrop` leaves it owned while we
@@ -535,8 +598,9 @@ pub(crate) struct Released {
 
 impl Drop for ObjcgTable {
     fn drop(&mut self) {
+        // Relaxed throughout: `&mut self`, nothing else can touch the table.
         for chunk in self.chunks.iter() {
-            let raw = chunk.load(Ordering::Acquire);
+            let raw = chunk.load(Ordering::Relaxed);
             if raw.is_null() {
                 continue;
             }
@@ -545,7 +609,7 @@ impl Drop for ObjcgTable {
             let entries =
                 unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(raw, CHUNK_LEN)) };
             for e in entries.iter() {
-                let origin = e.origin.swap(std::ptr::null_mut(), Ordering::Acquire);
+                let origin = e.origin.swap(std::ptr::null_mut(), Ordering::Relaxed);
                 if !origin.is_null() {
                     // SAFETY: an entry still in use owns this `Arc`; the
                     // table is going away, so nothing can use it again.

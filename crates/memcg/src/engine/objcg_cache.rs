@@ -33,6 +33,18 @@
 //! set after the clear survives to the next lookup. The loom model
 //! `loom_task` checks this.
 //!
+//! # Orderings and the loom models
+//! The attached group travels under the task's `group` mutex; the tagged
+//! word only says "refresh". Its AcqRel OR (attach) and Acquire loads and
+//! CAS (refresh) order the attach's critical section before the refresh's
+//! one when the refresh saw the flag, and the entries' AcqRel swaps (here
+//! and in `Task::exit`) order the references they carry, as the stock
+//! words do. loom serializes mutexes and keeps each atomic's modification
+//! order in execution order, so no model fails with one of these weakened
+//! alone (`scripts/loom-mutations.py`), except the fast-path key's pairing
+//! (`Task::arm_fast_key`, `loom_task::arming_racing_attach_leaves_no_
+//! stale_key`); `loom_task` checks the protocol's outcomes.
+//!
 //! # The pre-seed variant
 //! With [`TaskCacheMode::Single`] the array has one entry, filled for the
 //! node the task runs on when it refreshes, and refreshed only after an
@@ -95,7 +107,8 @@ impl Task {
     #[inline]
     pub(crate) fn cached_objcg(&self, nid: usize) -> &ObjCgroup {
         // Acquire: pairs with the AcqRel OR of an attach so that, if we see
-        // the flag, the refresh sees the group published before it.
+        // the flag, the refresh sees the group published before it (module
+        // doc: orderings and loom).
         let mut tagged = self.shared.objcgs.load(Ordering::Acquire);
         if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
             tagged = self.refresh(nid);
@@ -221,6 +234,7 @@ impl Task {
                         // Exited or exempt: drop the references, charge root.
                         _ => std::ptr::null_mut(),
                     };
+                    // AcqRel: the entry's reference (module doc).
                     let stale = entry.swap(fresh, Ordering::AcqRel);
                     if let Some(old) = NonNull::new(stale) {
                         // SAFETY: entries point into the type-stable table.

@@ -8,6 +8,20 @@
 //! (`page_counter_uncharge`) subtracts at every level; a result below zero is
 //! an accounting bug, recorded in [`PageCounter::underflows`], and clamped to
 //! zero as the kernel does.
+//!
+//! # Orderings and the loom models
+//! Every SeqCst here is one side of a store-load handshake: a charge's add
+//! followed by its read of `max` against a limit write's swap followed by
+//! its read of the usage (`set_max_pages`), and a charge's raise of the
+//! watermark against `reset_watermark`. No data is published through these
+//! counters, so Release/Acquire would add nothing; what SeqCst adds, one
+//! total order in which the two sides cannot both miss each other's store,
+//! is beyond loom, which treats SeqCst accesses as AcqRel. So no loom model
+//! fails when one of them is weakened, even to Relaxed
+//! (`scripts/loom-mutations.py`): they are argued here and exercised by the
+//! threaded tests (`reset_watermark_concurrent_charges_keep_watermark_at_
+//! least_usage` below) instead. Usage and max are otherwise plain counters
+//! read Relaxed.
 
 use crate::limit::PAGE_COUNTER_MAX;
 use crate::sync::{AtomicI64, AtomicU64, Ordering};
@@ -139,11 +153,13 @@ impl PageCounter {
     /// `page_counter_cancel`: subtracts at this level only.
     fn cancel(&self, nr_pages: u64) {
         let delta = nr_pages as i64;
+        // SeqCst: as the add in `try_charge` (see the module doc).
         let old = self.usage_pages.fetch_sub(delta, Ordering::SeqCst);
         if old < delta {
             self.underflows.fetch_add(1, Ordering::Relaxed);
             // Clamp as the kernel does: add back what went below zero.
             let below = delta - old.max(0);
+            // SeqCst: as the subtraction above.
             self.usage_pages.fetch_add(below, Ordering::SeqCst);
         }
     }
@@ -163,6 +179,7 @@ pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(),
         // `set_max_pages` (see `usage_pages_after_set_max`): a charge and a
         // `memory.max` write cannot both miss each other.
         if new > counter.max_pages.load(Ordering::SeqCst) as i64 {
+            // SeqCst: the undo of the add above (see the module doc).
             counter
                 .usage_pages
                 .fetch_sub(nr_pages as i64, Ordering::SeqCst);

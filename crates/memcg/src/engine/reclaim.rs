@@ -30,6 +30,19 @@
 //! pushing never allocates. When it is full a request is not lost: the
 //! group's `queued` flag stays set and the reclaimer scans the tree for
 //! flagged groups.
+//!
+//! # Orderings and the loom models
+//! The hand-off itself (queue, pass counts, waits) runs under the queue's
+//! lock. The flags and request words of [`ReclaimState`] are read-modify-
+//! writes whose AcqRel orders a requester's `want_bytes`/`reason` before
+//! the server's swap of `queued`, and a callback's effects before the next
+//! run of it on another thread (`running`). loom keeps every atomic's
+//! modification order in execution order and does not see the callbacks'
+//! own data, so no model fails with one of these weakened
+//! (`scripts/loom-mutations.py`); `loom_reclaim` checks the hand-off's
+//! outcomes. `started` pairs SeqCst with a group's kill mark (a store-load
+//! handshake, beyond loom, which treats SeqCst accesses as AcqRel), and the
+//! models have no reclaimer threads, so its paths are not reached.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -202,7 +215,10 @@ impl Reclaimd {
     pub(crate) fn is_current_thread(&self) -> bool {
         let mut me = 0;
         self.servers.iter().any(|s| {
-            let s = s.load(Ordering::Acquire);
+            // Relaxed: only compared with this thread's token, which only
+            // this thread stores (its own store is always visible to it;
+            // no other slot ever holds it).
+            let s = s.load(Ordering::Relaxed);
             if s == 0 {
                 return false;
             }
@@ -215,6 +231,9 @@ impl Reclaimd {
 
     /// Whether anyone serves the queue (chargers wait only then).
     pub(crate) fn is_served(&self) -> bool {
+        // Acquire: pairs with the Release stores of `served`. A hint: a
+        // charge that misses a change does not wait, or waits and times
+        // out; the hand-off is under the queue's lock (module doc).
         self.served.load(Ordering::Acquire)
     }
 
@@ -260,6 +279,8 @@ impl Reclaimd {
         reason: ReclaimReason,
     ) {
         let st: &ReclaimState = &group.reclaim;
+        // AcqRel (these three): ordered before the server's swaps (module
+        // doc: orderings and loom).
         st.want_bytes.fetch_max(want_bytes, Ordering::AcqRel);
         st.reason.fetch_max(reason.to_u8(), Ordering::AcqRel);
         if st.queued.swap(true, Ordering::AcqRel) {
@@ -279,6 +300,7 @@ impl Reclaimd {
         if self.nr_threads > 0 && !self.started.load(Ordering::SeqCst) {
             return;
         }
+        // AcqRel: as `queued` in `request_reclaim` (module doc).
         if group.reclaim.kill_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -305,6 +327,8 @@ impl Reclaimd {
     /// The number of passes completed for `group` so far; pass it to
     /// [`Reclaimd::wait_for_pass`].
     pub(crate) fn passes(&self, group: &MemCgroup) -> u64 {
+        // Acquire: pairs with the pass's AcqRel increment; the wait
+        // compares it again under the queue's lock (module doc).
         group.reclaim.passes.load(Ordering::Acquire)
     }
 
@@ -322,6 +346,7 @@ impl Reclaimd {
         }
         let mut q = self.queue.lock();
         loop {
+            // Under the queue's lock, as the increment (module doc).
             if group.reclaim.passes.load(Ordering::Acquire) != seen {
                 return true;
             }
@@ -398,13 +423,14 @@ impl Reclaimd {
         let Some(token) = self.servers.get(slot) else {
             return;
         };
-        token.store(crate::sync::current_thread_token(), Ordering::Release);
+        // Relaxed (here and below): see `is_current_thread`.
+        token.store(crate::sync::current_thread_token(), Ordering::Relaxed);
         let mut finished = false;
         while let Some(w) = self.next(true, finished) {
             self.serve(w);
             finished = true;
         }
-        token.store(0, Ordering::Release);
+        token.store(0, Ordering::Relaxed);
     }
 
     /// Serves everything queued now on the calling thread, without
@@ -418,8 +444,10 @@ impl Reclaimd {
         // A free server slot marks this thread as a reclaimer meanwhile
         // (several embedder threads may serve at once, as threads do).
         let me = crate::sync::current_thread_token();
+        // Relaxed (the claim and the release below): the slot only tells
+        // `is_current_thread` which thread serves; nothing is published.
         let Some(slot) = self.servers.iter().find(|s| {
-            s.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+            s.compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         }) else {
             return;
@@ -429,7 +457,7 @@ impl Reclaimd {
             self.serve(w);
             finished = true;
         }
-        slot.store(0, Ordering::Release);
+        slot.store(0, Ordering::Relaxed);
     }
 
     /// The next work item (counted busy until the next call, with
@@ -490,6 +518,8 @@ impl Reclaimd {
     }
 
     fn scan(&self, g: &Arc<MemCgroup>) {
+        // Acquire (both flags): pairs with the requesters' swaps (module
+        // doc); a flag missed here is served by the next scan or push.
         if g.reclaim.queued.load(Ordering::Acquire) {
             let claimed = {
                 let _q = self.queue.lock();
@@ -523,6 +553,7 @@ impl Reclaimd {
             // queues the group again. A read-modify-write: ordered with
             // the requesters' swaps, and acquiring what they asked for
             // (their `want_bytes`) before it is read below.
+            // (module doc: orderings and loom)
             st.queued.swap(false, Ordering::AcqRel);
             let asked = st.want_bytes.swap(0, Ordering::AcqRel);
             let reason = ReclaimReason::from_u8(st.reason.swap(0, Ordering::AcqRel));
@@ -540,6 +571,8 @@ impl Reclaimd {
             self.counters.passes.fetch_add(1, Ordering::Relaxed);
             let again = {
                 let _q = self.queue.lock();
+                // AcqRel, under the queue's lock like its readers (module
+                // doc): the pass's work is ordered before a waiter's return.
                 st.passes.fetch_add(1, Ordering::AcqRel);
                 // Again if a request came during the pass: its item was
                 // dropped for this thread (`rerun`), or it was not queued at
@@ -620,7 +653,9 @@ fn reclaim_subtree(
             reason,
         };
         // A callback runs on one thread at a time: a pass of an
-        // overlapping subtree on another thread skips it meanwhile.
+        // overlapping subtree on another thread skips it meanwhile. AcqRel
+        // and the Release below order the callback's own data between
+        // runs on different threads (module doc).
         if r.running.swap(true, Ordering::AcqRel) {
             continue;
         }
@@ -651,6 +686,7 @@ fn collect(group: &MemCgroup, out: &mut Vec<(u64, Reclaimer)>) {
 /// Runs the kill callbacks of the killed `group`'s subtree and wakes the
 /// futures waiting there.
 fn serve_kill(group: &MemCgroup) {
+    // AcqRel: as `queued` in `serve_reclaim` (module doc).
     group.reclaim.kill_queued.swap(false, Ordering::AcqRel);
     let info = OomKilled {
         path: group.path.to_string(),

@@ -229,7 +229,9 @@ fn uncharge(core: &Core, objcg: &ObjCgroup, bytes: u64) {
 impl Drop for Reserved {
     fn drop(&mut self) {
         let _gate = crate::sync::fork_gate_enter();
-        let bytes = self.bytes.load(Ordering::Acquire);
+        // Relaxed: the last drop of the shared state (`SysArc`'s AcqRel
+        // count) orders every holder's update of `bytes` before this.
+        let bytes = self.bytes.load(Ordering::Relaxed);
         let objcg = self.objcg();
         uncharge(&self.core, objcg, bytes);
         self.core

@@ -26,6 +26,22 @@
 //! (held by the slot) keeps the id meaningful. A CPU charges its own node's
 //! objcg almost always, so the difference is one slot per (group, node)
 //! instead of per group.
+//!
+//! # Orderings and the loom models
+//! A slot word carries references on its objcg and bytes or pages charged
+//! to its owner chain; whoever takes the word (a drain's CAS to 0, a
+//! replacement's swap) puts those references and uncharges those pages.
+//! The AcqRel of installing and taking a word orders the depositor's
+//! increments (`get`, page-counter adds) before the taker's decrements:
+//! without it, a decrement could come first in the counter's modification
+//! order, and a count reach zero (a premature release) while a holder
+//! still runs. loom keeps every atomic's modification order in execution
+//! order, so it cannot exhibit that, and no model fails with one of these
+//! weakened (`scripts/loom-mutations.py`; the taker's lookup of a new table
+//! chunk, the one plain datum behind a word, is ordered by the table's own
+//! pairing, see `ObjcgTable::get`). Consume and refill merge into a slot
+//! with Relaxed CASes: they move counts between the slot and the caller's
+//! own references and publish nothing.
 
 use crate::limit::PAGE_SIZE;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -281,6 +297,7 @@ impl CpuStock {
         out.installed = true;
         let new_word = new.pack();
         for slot in self.obj_slots() {
+            // AcqRel: see the module doc (orderings and loom).
             if slot
                 .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -291,7 +308,7 @@ impl CpuStock {
         // 3. Replace a victim, rotating like the kernel's `drain_idx`.
         let victim = self.obj_victim.fetch_add(1, Ordering::Relaxed) as usize % self.nr_obj;
         // AcqRel: the evicted word is drained by this thread; pairs with
-        // the other swaps and CASes of the slot.
+        // the other swaps and CASes of the slot (module doc).
         let old = self.obj[victim].swap(new_word, Ordering::AcqRel);
         if old != 0 {
             out.evicted = Some(old);
@@ -315,6 +332,7 @@ impl CpuStock {
             if word == 0 || !matches(ObjSlot::unpack(word).id) {
                 continue;
             }
+            // AcqRel: this thread drains the word (module doc).
             if slot
                 .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -375,7 +393,8 @@ impl CpuStock {
                 }
                 let total = s.pages + nr_pages;
                 if total > MEMCG_CHARGE_BATCH {
-                    // Drain that whole slot, as the kernel does.
+                    // Drain that whole slot, as the kernel does (AcqRel: this
+                    // thread drains the word, see the module doc).
                     match slot.compare_exchange_weak(word, 0, Ordering::AcqRel, Ordering::Relaxed) {
                         Ok(_) => {
                             self.counters.page_drains.fetch_add(1, Ordering::Relaxed);
@@ -409,6 +428,7 @@ impl CpuStock {
         }
         .pack();
         for slot in &self.pages {
+            // AcqRel: see the module doc.
             if slot
                 .compare_exchange(0, new_word, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -420,6 +440,7 @@ impl CpuStock {
             }
         }
         let victim = self.page_victim.fetch_add(1, Ordering::Relaxed) as usize % NR_MEMCG_STOCK;
+        // AcqRel: the evicted word is drained by the caller (module doc).
         let old = self.pages[victim].swap(new_word, Ordering::AcqRel);
         if old != 0 {
             self.counters.page_drains.fetch_add(1, Ordering::Relaxed);
@@ -442,6 +463,7 @@ impl CpuStock {
             if word == 0 || !matches(PageSlot::unpack(word).id) {
                 continue;
             }
+            // AcqRel: this thread drains the word (module doc).
             if slot
                 .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()

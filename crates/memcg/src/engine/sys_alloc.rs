@@ -85,6 +85,8 @@ impl<T> Drop for SysArc<T> {
         let inner = unsafe { self.ptr.as_ref() };
         // AcqRel: the Release publishes this thread's uses of `T` to the
         // thread that frees; the Acquire on the last decrement sees them all.
+        // (No loom model fails without it: loom does not see the plain
+        // memory it orders, nor the free.)
         if inner.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }

@@ -240,6 +240,8 @@ impl Task {
     /// `set_exempt(false)`.
     pub fn set_exempt(&self, exempt: bool) {
         self.shared.exempt.store(exempt, Ordering::Relaxed);
+        // AcqRel: as an attach's OR (`objcg_cache` module doc; no loom
+        // model changes exemption).
         self.shared
             .objcgs
             .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
@@ -715,6 +717,8 @@ impl Task {
         let shared = &*self.shared;
         {
             let mut tasks = self.core.tasks.lock();
+            // AcqRel (and the entries' swaps below): see `objcg_cache`'s
+            // module doc (orderings and loom).
             let tagged = shared.objcgs.swap(0, Ordering::AcqRel);
             let untagged = tagged & !CURRENT_OBJCG_UPDATE_FLAG;
             // SAFETY: we are the owning task and hold the task-list lock.

@@ -157,14 +157,18 @@ pub(crate) fn attach(shared: &TaskShared, group: &Arc<MemCgroup>) -> Result<()> 
     };
     // `set_bit(CURRENT_OBJCG_UPDATE_BIT)`: AcqRel pairs with the owner's
     // Acquire load and CAS in `refresh`, publishing the group store above,
-    // and with the owner's CAS in `Task::arm_fast_key`.
+    // and with the owner's CAS in `Task::arm_fast_key` (its Release half is
+    // what `loom_task::arming_racing_attach_leaves_no_stale_key` checks;
+    // for the rest see `objcg_cache`'s module doc).
     shared
         .objcgs
         .fetch_or(CURRENT_OBJCG_UPDATE_FLAG, Ordering::AcqRel);
     // Disarm the owner's allocator fast path (which does not read the
     // word); see `Task::arm_fast_key` for why this store wins any race
     // with the owner arming it.
-    shared.cache.fast_key.store(0, Ordering::Release);
+    // Relaxed: the owner reads the key Relaxed, and the race with its
+    // arming is decided by the OR above and its CAS (`arm_fast_key`).
+    shared.cache.fast_key.store(0, Ordering::Relaxed);
     old.unpin_task();
     Ok(())
 }

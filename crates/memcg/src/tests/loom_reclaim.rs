@@ -20,7 +20,9 @@ use std::sync::Arc;
 use loom::sync::Mutex;
 use loom::thread;
 
-use super::{assert_invariants, assert_stocks_empty, assert_usage_zero, model};
+use super::{
+    assert_invariants, assert_stocks_empty, assert_usage_zero, model, reservation_word, slot_word,
+};
 use crate::engine::{Charge, Config, Task};
 use crate::sync::Ordering;
 use crate::{
@@ -33,17 +35,6 @@ fn controller() -> Controller {
         Topology::from_spec("1x1").expect("topology"),
         Config::default().reclaimer_thread(false),
     )
-}
-
-/// The slot word (`generation << 32 | id`) of `group`'s objcg on node 0,
-/// 0 once the group is offline.
-fn slot_word(group: &Group) -> u64 {
-    group.memcg().nodeinfo[0].objcg.load(Ordering::Acquire)
-}
-
-/// The slot word of the objcg `reservation` holds.
-fn reservation_word(reservation: &Reservation) -> u64 {
-    reservation.inner.objcg().slot_word()
 }
 
 /// Table id of a slot word.

@@ -15,6 +15,21 @@
 //! - `loom_reclaim`: the reclaim hand-off (a charge over `max` waiting for
 //!   the reclaimer's pass, with a callback that frees or blocks), and a
 //!   charge racing a group removal and the reuse of its objcg's entry.
+//! - `loom_table`: the objcg table itself: releases racing an allocation
+//!   (the lock-free free list), a lookup by a stale slot word racing the
+//!   entry's reuse (the generation check), and a group created in a new
+//!   chunk racing a drain and a lookup (chunk publication).
+//! - `loom_reuse`: a reservation and a charge on a group racing its
+//!   removal and the reuse of its entry by a new group.
+//! - `loom_stock_cpus`: two CPUs' stocks caching one objcg, racing its
+//!   group's removal or a drain of every stock.
+//! - `loom_heap_creation`: `MemcgMimalloc`'s heap creation (the cookie
+//!   CAS, the cap and the fallback heap), restated over the real heap table.
+//! - `loom_checkers`: `check_invariants` racing a task's exit.
+//!
+//! `mutation` holds the run-time switches of `scripts/loom-mutations.py`,
+//! which weakens each ordering of `engine/` and `heap_table.rs` in turn and
+//! reports the model that fails (the models' teeth).
 //!
 //! loom sees every engine atomic and mutex through `crate::sync`; it treats
 //! SeqCst as AcqRel and does not model load buffering, so a pass is
@@ -27,11 +42,17 @@ compile_error!(
     "loom models need debug assertions: RUSTFLAGS=\"--cfg memcg_loom -C debug-assertions\""
 );
 
+mod loom_checkers;
+mod loom_heap_creation;
 mod loom_heap_table;
 mod loom_reclaim;
 mod loom_reparent;
+mod loom_reuse;
 mod loom_stock;
+mod loom_stock_cpus;
+mod loom_table;
 mod loom_task;
+pub(crate) mod mutation;
 
 use crate::{Controller, Group};
 
@@ -99,6 +120,19 @@ fn live_objcg_refcnt(ctrl: &Controller, group: &Group, nid: usize) -> i64 {
         .get(word as u32)
         .expect("a group's slot names a table entry");
     objcg.refcnt()
+}
+
+/// The slot word (`generation << 32 | id`) of `group`'s objcg on node 0,
+/// 0 once the group is offline.
+fn slot_word(group: &Group) -> u64 {
+    group.memcg().nodeinfo[0]
+        .objcg
+        .load(crate::sync::Ordering::Acquire)
+}
+
+/// The slot word of the objcg `reservation` holds.
+fn reservation_word(reservation: &crate::Reservation) -> u64 {
+    reservation.inner.objcg().slot_word()
 }
 
 /// Asserts that no per-CPU stock slot (byte or page) holds anything.
