@@ -55,15 +55,24 @@
 //! cannot be made, the allocation is made unaccounted in the main heap and
 //! counted in [`MemcgMimalloc::unaccounted_fallbacks`].
 //!
-//! A group's heaps are not NUMA-bound: with a real multi-node topology,
-//! `mi_heap_set_numa_affinity` could place each per-node objcg's pages on
-//! its node; that is left for when the runtime has a machine to test it on.
+//! # Node-bound heaps
+//! On a real machine with two or more nodes, the heap of a (group, node)
+//! objcg is made in that node's arena (`runtime/node_arena.rs`): an
+//! address range bound to the node with `mbind(MPOL_PREFERRED)`, so the
+//! pages of objects charged to node N are on node N while N has free
+//! memory, whichever thread touches or reuses them. Pages the kernel had
+//! to put elsewhere (N full) are counted by
+//! [`MemcgMimalloc::node_fallback_bytes`]; allocations a full arena cannot
+//! hold go to the fallback heap, counted by
+//! [`MemcgMimalloc::node_fallback_allocations`]. A `realloc` that must
+//! grow a block inside a full arena fails like an out-of-memory `realloc`.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
+use crate::runtime::node_arena;
 use crate::runtime::thread::{self, REFUSED};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -165,9 +174,15 @@ fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
     // Relaxed: a limit read on the cold path; a change races with heap
     // creations and applies to the ones that read it.
     let heap = if TABLE.reserve_up_to(MAX_HEAPS.load(Ordering::Relaxed)) {
-        // SAFETY: plain FFI call; mimalloc allocates the heap from the OS,
-        // not through the Rust global allocator.
-        let heap = unsafe { mi_heap_new() };
+        // SAFETY: `raw` is a live charge's word (see `heap_of_objcg`).
+        let nid = unsafe { crate::engine::objcg_nid(raw) };
+        // A heap in the node's arena when heaps are node-bound, else an
+        // ordinary one.
+        let heap = node_arena::new_heap_for_node(nid).unwrap_or_else(|| {
+            // SAFETY: plain FFI call; mimalloc allocates the heap from the
+            // OS, not through the Rust global allocator.
+            unsafe { mi_heap_new() }
+        });
         if heap.is_null() {
             TABLE.unreserve();
         } else {
@@ -486,6 +501,33 @@ impl MemcgMimalloc {
         FALLBACK_ALLOCATIONS.load(Ordering::Relaxed)
     }
 
+    /// Allocations of node-bound objcgs that their node's arena could not
+    /// hold (more than [`NODE_ARENA_BYTES`](crate::NODE_ARENA_BYTES) live
+    /// on the node), made in the shared fallback heap instead: charged to
+    /// the objcg's node as usual, but not held by that node's arena. Also
+    /// counted by [`MemcgMimalloc::fallback_allocations`]. 0 when heaps are
+    /// not node-bound ([`MemcgMimalloc::node_arenas`] is 0).
+    pub fn node_fallback_allocations() -> u64 {
+        node_arena::node_fallback_allocations()
+    }
+
+    /// Bytes of node arenas that the kernel placed on another node than
+    /// the arena's (the node was full: the policy is *preferred*, so the
+    /// kernel falls back rather than fail), estimated when mimalloc commits
+    /// a range: the whole range counts when its first page, faulted in and
+    /// asked with `move_pages`, is elsewhere. Memory decommitted and
+    /// committed again is counted again.
+    pub fn node_fallback_bytes() -> u64 {
+        node_arena::node_fallback_bytes()
+    }
+
+    /// Node arenas made so far: one per node whose objcgs got a heap while
+    /// heaps are node-bound (on when the real topology has two or more
+    /// nodes with CPUs; `MEMCG_NODE_HEAPS=0` turns it off, `=1` forces it).
+    pub fn node_arenas() -> usize {
+        node_arena::node_arenas()
+    }
+
     /// Allocations of objcgs without a heap that were made unaccounted
     /// because mimalloc could not make the fallback heap either (0 unless
     /// mimalloc refused it: out of memory or heap slots).
@@ -520,6 +562,12 @@ impl MemcgMimalloc {
             }
         };
         if block.is_null() && raw != 0 {
+            if node_arena::is_bound() {
+                // The node's arena is full: the shared fallback heap, counted.
+                node_arena::note_fallback_allocation();
+                // SAFETY: forwarded contract; `raw` is the charge made above.
+                return unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
+            }
             thread::uncharge_alloc(raw, bytes);
         }
         block as *mut u8
