@@ -5,6 +5,7 @@
 #
 #   scripts/vm/run.sh [--topology 2x2|sparse|memonly|offline] [--cgroup NAME]
 #                     [--accel auto|tcg|kvm] [--timeout SECONDS] [--add FILE]...
+#                     [--env NAME=VALUE]... [--verbose]
 #                     [--exec 'BINARY ARGS...']... [-- BINARY ARGS...]
 #
 # BINARY is a path on the host; it is copied into the VM as /bin/<name> with
@@ -20,7 +21,7 @@ cgroup=
 accel=${MEMCG_VM_ACCEL:-tcg}
 timeout_s=300
 verbose=0
-declare -a execs=() adds=()
+declare -a execs=() adds=() envs=()
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
         --accel) accel=$2; shift 2 ;;
         --timeout) timeout_s=$2; shift 2 ;;
         --add) adds+=("$2"); shift 2 ;;
+        --env) case "$2" in [A-Za-z_]*=*) envs+=("$2") ;; *) echo "vm: --env NAME=VALUE" >&2; exit 2 ;; esac; shift 2 ;;
         --exec) execs+=("$2"); shift 2 ;;
         --verbose) verbose=1; shift ;;
         --) shift; [ $# -gt 0 ] && execs+=("$*"); break ;;
@@ -146,6 +148,7 @@ for f in "${adds[@]}"; do cp "$f" "$root/bin/"; done
         echo "export MEMCG_VM_CGROUP=/sys/fs/cgroup/$cgroup"
     fi
     echo "export MEMCG_VM_TOPOLOGY=$topology"
+    for e in "${envs[@]}"; do printf 'export %q\n' "$e"; done
     echo 'status=0'
     for c in "${commands[@]}"; do
         echo "echo '@@vm-run $c'"

@@ -82,10 +82,7 @@ pub fn run(allocator: Allocator, report: &mut Report) -> Result<(), String> {
     };
     let ctrl = memcg::controller();
     let topology = ctrl.topology();
-    let targets: Vec<(usize, usize)> = topology
-        .nodes()
-        .filter_map(|node| topology.cpus_of_node(node).next().map(|cpu| (node, cpu)))
-        .collect();
+    let targets = kernel::online_targets(topology);
     let tenant = ctrl.create_all("tenant").map_err(|e| e.to_string())?;
     let settle = Duration::from_millis(2500);
 

@@ -105,6 +105,24 @@ impl KernelTopology {
     }
 }
 
+/// For each node of `topology` with an online CPU, that node and its first
+/// online CPU (the topology also has offline CPUs: a node whose CPUs are
+/// all offline is left out, as memory-only nodes are).
+pub fn online_targets(topology: &memcg::Topology) -> Vec<(usize, usize)> {
+    let online = read_list(Path::new("/sys/devices/system/cpu/online"));
+    topology
+        .nodes()
+        .filter_map(|node| {
+            let mut cpus = topology.cpus_of_node(node);
+            let cpu = match &online {
+                Some(online) => cpus.find(|cpu| online.contains(cpu)),
+                None => cpus.next(),
+            }?;
+            Some((node, cpu))
+        })
+        .collect()
+}
+
 /// `getcpu(2)`: the CPU and node this thread runs on now.
 pub fn getcpu() -> Option<(usize, usize)> {
     let (mut cpu, mut node) = (0u32, 0u32);

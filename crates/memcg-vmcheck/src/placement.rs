@@ -126,10 +126,7 @@ pub fn run(args: &[String], allocator: Allocator, report: &mut Report) -> Result
     };
     let ctrl = memcg::controller();
     let topology = ctrl.topology();
-    let targets: Vec<(usize, usize)> = topology
-        .nodes()
-        .filter_map(|node| topology.cpus_of_node(node).next().map(|cpu| (node, cpu)))
-        .collect();
+    let targets = kernel::online_targets(topology);
     let group = ctrl.create_all("probe").map_err(|e| e.to_string())?;
     let mut worst = 100.0f64;
     for round in 0..2 {

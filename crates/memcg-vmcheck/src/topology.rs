@@ -38,11 +38,22 @@ pub fn run(report: &mut Report) -> Result<(), String> {
             kernel.nr_node_ids()
         ),
     );
+    // Nodes with CPUs: the kernel's `has_cpu` counts online CPUs; the
+    // topology also has the possible CPUs that are offline, on the node of
+    // their sysfs link (else node 0).
     let our_nodes: Vec<usize> = ours.nodes().collect();
+    let mut expected_nodes = kernel.nodes_with_cpus.clone();
+    for &cpu in &kernel.possible_cpus {
+        if !kernel.node_of_online_cpu.contains_key(&cpu) {
+            expected_nodes.push(kernel.linked_node_of_cpu.get(&cpu).copied().unwrap_or(0));
+        }
+    }
+    expected_nodes.sort_unstable();
+    expected_nodes.dedup();
     report.check(
-        our_nodes == kernel.nodes_with_cpus,
+        our_nodes == expected_nodes,
         format!(
-            "nodes with CPUs {our_nodes:?} != kernel's {:?}",
+            "nodes with CPUs {our_nodes:?} != kernel's {expected_nodes:?} (has_cpu {:?} and offline CPUs' nodes)",
             kernel.nodes_with_cpus
         ),
     );
@@ -71,10 +82,19 @@ pub fn run(report: &mut Report) -> Result<(), String> {
     }
     for node in kernel.memory_only_nodes() {
         let cpus: Vec<usize> = ours.cpus_of_node(node).collect();
-        println!("memory-only node {node}: id below nr_node_ids, CPUs {cpus:?}");
+        let offline_cpus: Vec<usize> = kernel
+            .linked_node_of_cpu
+            .iter()
+            .filter(|&(cpu, &n)| n == node && !kernel.node_of_online_cpu.contains_key(cpu))
+            .map(|(&cpu, _)| cpu)
+            .collect();
+        println!(
+            "memory-only node {node}: id below nr_node_ids, CPUs {cpus:?} (offline CPUs {offline_cpus:?})"
+        );
+        // No online CPU is on it: at most its offline CPUs.
         report.check(
-            node < ours.nr_node_ids() && cpus.is_empty() && !ours.has_node(node),
-            format!("memory-only node {node} must have an id and no CPU"),
+            node < ours.nr_node_ids() && cpus == offline_cpus,
+            format!("memory-only node {node} must have an id and no online CPU (has {cpus:?})"),
         );
     }
     // The CPU id source against getcpu, on every online CPU we may run on.
