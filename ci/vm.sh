@@ -12,7 +12,10 @@ bin=target/release
 "$bin/memcg-vmcheck-heaps" placement --min-percent 99
 for topology in ${MEMCG_VM_TOPOLOGIES:-2x2 sparse memonly offline}; do
     echo "-- VM topology $topology"
+    extra=()
+    # A node filled past its free memory: once, on the plain two-node layout.
+    [ "$topology" = 2x2 ] && extra=(--exec "$bin/memcg-vmcheck-heaps node-full")
     scripts/vm/run.sh --topology "$topology" --cgroup vmcheck \
         --exec "$bin/memcg-vmcheck-heaps all --min-percent 99" \
-        --exec "$bin/memcg-vmcheck-alloc all"
+        --exec "$bin/memcg-vmcheck-alloc all" "${extra[@]}"
 done

@@ -8,6 +8,8 @@
 //! - `kernel-agree`: inside a cgroup v2 group, the change of the kernel's
 //!   `memory.numa_stat` `anon` per node against the change of memcg's
 //!   per-node figures for the same allocations, within a derived tolerance.
+//! - `node-full`: past a node's free memory, the kernel's fallback to
+//!   another node is counted by `MemcgMimalloc::node_fallback_bytes`.
 //!
 //! Built twice: `memcg-vmcheck-heaps` (`MemcgMimalloc`) and
 //! `memcg-vmcheck-alloc` (`MemcgAlloc<System>`). `scripts/vm/run.sh` runs
@@ -25,6 +27,7 @@
 
 pub mod agree;
 pub mod kernel;
+pub mod node_full;
 pub mod placement;
 pub mod topology;
 
@@ -75,7 +78,7 @@ impl Report {
     }
 }
 
-const USAGE: &str = "usage: memcg-vmcheck-{heaps,alloc} topology | placement [--min-percent P] | kernel-agree | all";
+const USAGE: &str = "usage: memcg-vmcheck-{heaps,alloc} topology | placement [--min-percent P] | kernel-agree | node-full | all";
 
 /// Runs the subcommand in `args` and returns the exit status.
 pub fn run(args: &[String], allocator: Allocator) -> i32 {
@@ -84,6 +87,7 @@ pub fn run(args: &[String], allocator: Allocator) -> i32 {
         Some("topology") => topology::run(&mut report),
         Some("placement") => placement::run(&args[1..], allocator, &mut report),
         Some("kernel-agree") => agree::run(allocator, &mut report),
+        Some("node-full") => node_full::run(allocator, &mut report),
         // The kernel agreement first, while the process has freed nothing
         // (memory freed earlier and reused would hide in both deltas).
         Some("all") => agree::run(allocator, &mut report)
