@@ -64,8 +64,8 @@
 //! to put elsewhere (N full) are counted by
 //! [`MemcgMimalloc::node_fallback_bytes`]; allocations a full arena cannot
 //! hold go to the fallback heap, counted by
-//! [`MemcgMimalloc::node_fallback_allocations`]. A `realloc` that must
-//! grow a block inside a full arena fails like an out-of-memory `realloc`.
+//! [`MemcgMimalloc::node_fallback_allocations`] (a `realloc` that a full
+//! arena cannot serve moves the block there, counted the same way).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
@@ -420,6 +420,50 @@ unsafe fn realloc_fallback(
     block
 }
 
+/// Moves a block of a node-bound objcg heap whose arena is full into the
+/// fallback heap with a trailer naming `raw`, for a `realloc` to
+/// `new_layout`; null (the block untouched) if that fails. The charge is
+/// the caller's business: the block keeps its objcg.
+///
+/// # Safety
+/// `ptr` is a live block of an objcg heap, allocated with `layout`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_to_fallback(
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+    raw: usize,
+) -> *mut u8 {
+    let Some(offset) = trailer_offset(new_layout) else {
+        return std::ptr::null_mut();
+    };
+    let heap = fallback_heap();
+    if heap.is_null() {
+        return heap as *mut u8;
+    }
+    // SAFETY: FFI call with the fallback heap, a size that fits `isize`
+    // (checked by `trailer_offset`) and the block's power-of-two alignment.
+    let block = unsafe {
+        mi_heap_malloc_aligned(heap, offset + FALLBACK_TRAILER_BYTES, new_layout.align())
+    } as *mut u8;
+    if block.is_null() {
+        return block;
+    }
+    // SAFETY: both blocks are live, distinct, and hold at least the bytes
+    // copied; the new block has `offset + 8` bytes for the trailer; `ptr`
+    // came from mimalloc and is not used after.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr, block, layout.size().min(new_layout.size()));
+        write_trailer(block, offset, raw);
+        mi_free(ptr as *mut c_void);
+    }
+    node_arena::note_fallback_allocation();
+    // Relaxed: a statistic.
+    FALLBACK_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    block
+}
+
 /// A `GlobalAlloc` over mimalloc that charges every allocation of the
 /// process to the calling thread's group (or active scope) like
 /// [`crate::MemcgAlloc`], with **no per-block overhead**: each objcg
@@ -641,6 +685,19 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
         // a moved block stays with its objcg.
         let block =
             unsafe { mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align()) };
+        if block.is_null() && node_arena::is_bound() {
+            // The node's arena is full: the block moves to the fallback
+            // heap, keeping its objcg (and the charge of its new size).
+            // SAFETY: `ptr` is a live block of an objcg heap allocated with
+            // `layout` (the caller's contract), charged to `raw`.
+            let moved = unsafe { realloc_to_fallback(ptr, layout, new_layout, raw) };
+            if !moved.is_null() {
+                if new_bytes < old_bytes {
+                    let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+                }
+                return moved;
+            }
+        }
         if block.is_null() {
             if new_bytes > old_bytes {
                 let _ = thread::resize_alloc(raw, new_bytes, old_bytes);

@@ -25,7 +25,7 @@
 //!   failing) is added to [`node_fallback_bytes`]; allocations that the node's arena cannot
 //!   hold (more than [`NODE_ARENA_BYTES`] live on one node) are made in the
 //!   shared fallback heap, charged as usual, and counted by
-//!   [`node_fallback_allocations`];
+//!   [`node_fallback_allocations`] (so are `realloc`s moved there);
 //! - decommitted ranges are given back with `MADV_DONTNEED` (the policy
 //!   stays on the range).
 //!
@@ -50,7 +50,42 @@ pub(crate) const MAX_BOUND_NODES: usize = 64;
 
 /// Address space reserved per node (nothing is touched until used): the
 /// most a node's heaps hold at once before their allocations fall back.
+/// `MEMCG_NODE_ARENA_BYTES` (bytes, or with a `K`/`M`/`G` suffix) sets
+/// another size, from 64 MiB to 16 GiB (mimalloc's largest arena).
 pub const NODE_ARENA_BYTES: usize = 8 << 30;
+
+/// The smallest and largest arena `MEMCG_NODE_ARENA_BYTES` may ask for.
+const MIN_ARENA_BYTES: usize = 64 << 20;
+const MAX_ARENA_BYTES: usize = 16 << 30;
+
+/// The size of a node arena: `MEMCG_NODE_ARENA_BYTES` if set and valid
+/// (clamped, rounded up to [`ARENA_ALIGN_BYTES`]), else
+/// [`NODE_ARENA_BYTES`]. Allocation-free.
+fn arena_bytes() -> usize {
+    let mut buffer = [0u8; 32];
+    let Some(value) = env_value(c"MEMCG_NODE_ARENA_BYTES", &mut buffer) else {
+        return NODE_ARENA_BYTES;
+    };
+    let value = value.trim_ascii();
+    let (digits, shift) = match value.last() {
+        Some(b'k' | b'K') => (&value[..value.len() - 1], 10),
+        Some(b'm' | b'M') => (&value[..value.len() - 1], 20),
+        Some(b'g' | b'G') => (&value[..value.len() - 1], 30),
+        _ => (value, 0),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return NODE_ARENA_BYTES;
+    }
+    let number = digits.iter().fold(0usize, |n, &d| {
+        n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+    });
+    number
+        .checked_shl(shift)
+        .filter(|&bytes| bytes >> shift == number)
+        .unwrap_or(MAX_ARENA_BYTES)
+        .clamp(MIN_ARENA_BYTES, MAX_ARENA_BYTES)
+        .next_multiple_of(ARENA_ALIGN_BYTES)
+}
 
 /// Alignment of a node arena: a huge page, so that the kernel's huge pages
 /// line up with the range.
@@ -188,7 +223,8 @@ fn arena_of(node: usize) -> Option<usize> {
 
 /// Reserves, binds and hands to mimalloc the arena of `node`.
 fn make_arena(node: usize) -> Option<usize> {
-    let map_bytes = NODE_ARENA_BYTES + ARENA_ALIGN_BYTES;
+    let arena_bytes = arena_bytes();
+    let map_bytes = arena_bytes + ARENA_ALIGN_BYTES;
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choice; nothing is touched.
     let raw = unsafe {
@@ -206,7 +242,7 @@ fn make_arena(node: usize) -> Option<usize> {
     }
     let base = raw as usize;
     let start = base.next_multiple_of(ARENA_ALIGN_BYTES);
-    let end = start + NODE_ARENA_BYTES;
+    let end = start + arena_bytes;
     // SAFETY: the head and tail cut off lie inside the mapping made above
     // and are page-aligned (`base` is, and both bounds are multiples of
     // the alignment or the mapping's end); nothing uses them.
@@ -226,7 +262,7 @@ fn make_arena(node: usize) -> Option<usize> {
         libc::syscall(
             libc::SYS_mbind,
             start,
-            NODE_ARENA_BYTES,
+            arena_bytes,
             libc::MPOL_PREFERRED,
             &mask as *const u64,
             MAX_BOUND_NODES + 1,
@@ -241,7 +277,7 @@ fn make_arena(node: usize) -> Option<usize> {
         && unsafe {
             mi_manage_memory(
                 start as *mut c_void,
-                NODE_ARENA_BYTES,
+                arena_bytes,
                 false,
                 false,
                 true,
@@ -254,7 +290,7 @@ fn make_arena(node: usize) -> Option<usize> {
         };
     if !managed || (arena as usize) <= ARENA_MAKING {
         // SAFETY: the range is ours and mimalloc did not take it.
-        unsafe { libc::munmap(start as *mut c_void, NODE_ARENA_BYTES) };
+        unsafe { libc::munmap(start as *mut c_void, arena_bytes) };
         return None;
     }
     // Relaxed: a statistic.
