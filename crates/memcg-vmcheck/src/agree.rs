@@ -21,9 +21,12 @@ fn planned_bytes(i: usize) -> usize {
 /// Bytes of a transparent huge page (x86-64).
 const HUGE_PAGE_BYTES: u64 = 2 << 20;
 
-/// Partly used huge pages a node's allocations can leave, at most: the
-/// region being filled, and for `MemcgMimalloc` also the node arena's
-/// metadata extent and the thread heap's own metadata.
+/// Partly used huge pages a node's allocations can leave, at most: one per
+/// region the allocator fills. For `MemcgMimalloc`: the pages of small
+/// objects (the outer vector), the pages of 64 KiB objects (another kind of
+/// mimalloc page, elsewhere in the node's arena) and the thread heap's own
+/// metadata (also in the arena); the arena's metadata extent has no huge
+/// pages (`MADV_NOHUGEPAGE`). For glibc: the thread's arena, one.
 const PARTLY_USED_HUGE_PAGES: u64 = 3;
 
 /// Whether transparent huge pages may back anonymous memory (`always` or
@@ -39,12 +42,10 @@ pub fn transparent_huge_pages() -> bool {
 /// - **huge-page granularity, 3 × 2 MiB with THP `always`** (Debian's
 ///   default), else 0: the kernel backs a 2 MiB-aligned extent of an
 ///   anonymous mapping with one huge page at its first touch, so each
-///   region the allocator touches ends in a partly used huge page. For
-///   `MemcgMimalloc` three regions per node: the node arena's metadata
-///   (its bitmaps, at its start), the thread heap's metadata, and the
-///   pages being filled; for glibc one (the thread's arena). Measured in
-///   the 2×2 VM: 2.1 and 4.2 MiB over for `MemcgMimalloc` with THP, 0.4 and
-///   0.7 MiB with `transparent_hugepage=never`.
+///   region the allocator fills ends in a partly used huge page
+///   (`PARTLY_USED_HUGE_PAGES` regions). Measured in the VMs: at most
+///   4.6 MiB over for `MemcgMimalloc` with THP (2 huge pages and
+///   metadata), 0.4–0.7 MiB with `transparent_hugepage=never`.
 /// - **allocator pages and metadata, 1 MiB**: memory the allocator touched
 ///   that holds no live object: mimalloc's arena bitmaps, page headers,
 ///   the partly filled last page of each size class in the heap and its

@@ -269,6 +269,18 @@ fn make_arena(node: usize) -> Option<usize> {
             0,
         )
     } == 0;
+    // mimalloc keeps the arena's metadata (about 1.3 MiB of bitmaps for
+    // 8 GiB, mostly never written) at its start: without huge pages
+    // there, only the pages it writes become resident, not a whole 2 MiB
+    // huge page per node. Advice only: a refusal changes nothing else.
+    // SAFETY: the first extent of the range mapped above.
+    unsafe {
+        libc::madvise(
+            start as *mut c_void,
+            ARENA_ALIGN_BYTES,
+            libc::MADV_NOHUGEPAGE,
+        )
+    };
     let mut arena: *mut c_void = std::ptr::null_mut();
     // SAFETY: the range is ours, readable and writable, zero (never
     // touched), and stays mapped for the process's lifetime; the commit
