@@ -196,10 +196,16 @@ pub(crate) fn new_heap_for_node(node: usize) -> Option<*mut c_void> {
     Some(unsafe { mi_heap_new_in_arena(arena as *mut c_void) })
 }
 
+/// How many times a thread waits (yielding) for another thread making the
+/// arena it needs before it makes an unbound heap instead: bounded, so a
+/// signal handler that allocates while its own thread makes the arena
+/// cannot wait for itself forever.
+const MAX_ARENA_WAITS: u32 = 10_000;
+
 /// The arena of `node`, made on first use; `None` if it cannot be had.
 fn arena_of(node: usize) -> Option<usize> {
     let slot = ARENAS.get(node)?;
-    loop {
+    for _ in 0..MAX_ARENA_WAITS {
         // Acquire: pairs with the Release store of a made arena below.
         match slot.load(Ordering::Acquire) {
             NO_ARENA => {
@@ -215,10 +221,11 @@ fn arena_of(node: usize) -> Option<usize> {
             }
             ARENA_FAILED => return None,
             // Another thread is making it (a few system calls).
-            ARENA_MAKING => std::hint::spin_loop(),
+            ARENA_MAKING => std::thread::yield_now(),
             arena => return Some(arena),
         }
     }
+    None
 }
 
 /// Reserves, binds and hands to mimalloc the arena of `node`.
