@@ -608,9 +608,12 @@ impl MemcgMimalloc {
         if block.is_null() && raw != 0 {
             if node_arena::is_bound() {
                 // The node's arena is full: the shared fallback heap, counted.
-                node_arena::note_fallback_allocation();
                 // SAFETY: forwarded contract; `raw` is the charge made above.
-                return unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
+                let block = unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
+                if !block.is_null() {
+                    node_arena::note_fallback_allocation();
+                }
+                return block;
             }
             thread::uncharge_alloc(raw, bytes);
         }
