@@ -19,7 +19,7 @@ set -euo pipefail
 topology=2x2
 cgroup=
 accel=${MEMCG_VM_ACCEL:-tcg}
-timeout_s=300
+timeout_s=600
 verbose=0
 declare -a execs=() adds=() envs=()
 
