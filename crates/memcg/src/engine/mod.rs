@@ -69,4 +69,4 @@ pub use topology::{Topology, MAX_CPUS, MAX_NODES};
 pub use crate::limit::PAGE_COUNTER_MAX;
 
 #[cfg(all(feature = "mimalloc", not(memcg_loom)))]
-pub(crate) use obj_cgroup::alloc_cookie;
+pub(crate) use obj_cgroup::{alloc_cookie, objcg_nid};

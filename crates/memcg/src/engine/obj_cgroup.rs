@@ -85,9 +85,22 @@ pub(crate) struct ObjCgroup {
     next_free: AtomicU32,
     /// An opaque word owned by the runtime's allocator (the mimalloc heap
     /// of `MemcgMimalloc`), 0 until it sets one. It survives the reuse of
-    /// the entry: every object of an incarnation is gone before the entry
-    /// is freed (each holds a reference), so the next one can reuse it.
+    /// the entry for the same node: every object of an incarnation is gone
+    /// before the entry is freed (each holds a reference), so the next one
+    /// can reuse it. Reuse for another node resets it to 0 (the heap may be
+    /// bound to the old node's memory).
     pub(crate) alloc_cookie: AtomicUsize,
+}
+
+/// The node of the objcg whose raw charge word is `raw`.
+///
+/// # Safety
+/// As [`alloc_cookie`].
+#[cfg_attr(any(not(feature = "mimalloc"), memcg_loom), allow(dead_code))]
+#[inline]
+pub(crate) unsafe fn objcg_nid(raw: usize) -> usize {
+    // SAFETY: by the caller's guarantee `raw` points to a live entry.
+    unsafe { (*(raw as *const ObjCgroup)).nid() }
 }
 
 /// The `alloc_cookie` of the objcg whose raw charge word is `raw`.
@@ -418,7 +431,12 @@ impl ObjcgTable {
             }
         };
         objcg.generation.fetch_add(1, Ordering::Relaxed);
-        objcg.nid.store(nid as u32, Ordering::Relaxed);
+        // The allocator's cookie is per node (`MemcgMimalloc` binds a heap
+        // to its node's memory): an entry reused for another node starts
+        // without one. Relaxed: the entry is not published yet (below).
+        if objcg.nid.swap(nid as u32, Ordering::Relaxed) != nid as u32 {
+            objcg.alloc_cookie.store(0, Ordering::Relaxed);
+        }
         objcg.is_root.store(is_root, Ordering::Relaxed);
         objcg.nr_charged_bytes.store(0, Ordering::Relaxed);
         objcg.charged_pages.store(0, Ordering::Relaxed);

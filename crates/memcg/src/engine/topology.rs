@@ -52,7 +52,9 @@ pub struct Topology {
     /// present. Its length is `nr_cpu_ids`: the last entry is present.
     cpu_to_node: Box<[u16]>,
     /// Number of present CPUs of each node id, indexed by node id. Its length
-    /// is `nr_node_ids`: the last entry is non-zero.
+    /// is `nr_node_ids`: the last entry is non-zero, unless the topology was
+    /// extended by [`Topology::with_nr_node_ids`] (nodes without CPUs, such
+    /// as memory-only nodes, at the end).
     nr_cpus_of_node: Box<[u32]>,
     /// Number of present CPUs.
     nr_cpus: usize,
@@ -159,6 +161,42 @@ impl Topology {
             builder.assign(cpu, node).map_err(invalid)?;
         }
         builder.finish().map_err(invalid)
+    }
+
+    /// This topology with `nr_node_ids` node ids, at least its own: the ids
+    /// past its largest node with CPUs are nodes without CPUs. That is how
+    /// the runtime covers the nodes Linux reports that no CPU belongs to,
+    /// memory-only nodes (CXL memory expanders, nodes whose CPUs are all
+    /// offline), so that per-node figures have an entry for them and match
+    /// the kernel's `nr_node_ids`. Such nodes are no CPU's node: they are not
+    /// in [`Topology::nodes`] and [`Topology::has_node`] is false for them.
+    /// [`Display`](fmt::Display) writes the CPUs' map only, so the extension
+    /// does not survive [`Topology::from_spec`].
+    ///
+    /// ```
+    /// # use memcg::Topology;
+    /// let t = Topology::from_spec("0:0-1;1:2-3")?.with_nr_node_ids(3)?;
+    /// assert_eq!(t.nr_node_ids(), 3);
+    /// assert_eq!(t.nodes().collect::<Vec<_>>(), [0, 1]);
+    /// # Ok::<(), memcg::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopology`] if `nr_node_ids` is more than
+    /// [`MAX_NODES`].
+    pub fn with_nr_node_ids(mut self, nr_node_ids: usize) -> Result<Topology> {
+        if nr_node_ids > MAX_NODES {
+            return Err(invalid(format!(
+                "expected at most {MAX_NODES} nodes, got {nr_node_ids}"
+            )));
+        }
+        if nr_node_ids > self.nr_cpus_of_node.len() {
+            let mut counts = self.nr_cpus_of_node.into_vec();
+            counts.resize(nr_node_ids, 0);
+            self.nr_cpus_of_node = counts.into_boxed_slice();
+        }
+        Ok(self)
     }
 
     /// Number of node ids: the largest node id plus one. Node ids below it

@@ -187,3 +187,28 @@ pub fn controller() -> &'static Controller {
 pub fn cpu_id_source() -> &'static str {
     crate::runtime::cpu::mode().name()
 }
+
+/// The CPU id this thread charges on now: the id its CPU source
+/// ([`cpu_id_source`]) reads, mapped into the controller's topology (the
+/// same id on the real topology; see `MEMCG_TOPOLOGY` for a virtual one).
+/// Charges made now go to the objcg of [`current_node_id`]. Makes the
+/// controller on first use. For diagnostics and checks: a thread may move
+/// to another CPU right after.
+///
+/// ```
+/// let cpu = memcg::current_cpu_id();
+/// assert!(memcg::controller().topology().node_of(cpu).is_ok());
+/// ```
+pub fn current_cpu_id() -> usize {
+    let _ = controller();
+    current_cpu()
+}
+
+/// The node of [`current_cpu_id`] in the controller's topology: the node
+/// whose objcg this thread's allocations are charged to now.
+pub fn current_node_id() -> usize {
+    controller()
+        .topology()
+        .node_of(current_cpu_id())
+        .unwrap_or(0)
+}

@@ -55,15 +55,24 @@
 //! cannot be made, the allocation is made unaccounted in the main heap and
 //! counted in [`MemcgMimalloc::unaccounted_fallbacks`].
 //!
-//! A group's heaps are not NUMA-bound: with a real multi-node topology,
-//! `mi_heap_set_numa_affinity` could place each per-node objcg's pages on
-//! its node; that is left for when the runtime has a machine to test it on.
+//! # Node-bound heaps
+//! On a real machine with two or more nodes, the heap of a (group, node)
+//! objcg is made in that node's arena (`runtime/node_arena.rs`): an
+//! address range bound to the node with `mbind(MPOL_PREFERRED)`, so the
+//! pages of objects charged to node N are on node N while N has free
+//! memory, whichever thread touches or reuses them. Pages the kernel had
+//! to put elsewhere (N full) are counted by
+//! [`MemcgMimalloc::node_fallback_bytes`]; allocations a full arena cannot
+//! hold go to the fallback heap, counted by
+//! [`MemcgMimalloc::node_fallback_allocations`] (a `realloc` that a full
+//! arena cannot serve moves the block there, counted the same way).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
+use crate::runtime::node_arena;
 use crate::runtime::thread::{self, REFUSED};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -165,9 +174,15 @@ fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
     // Relaxed: a limit read on the cold path; a change races with heap
     // creations and applies to the ones that read it.
     let heap = if TABLE.reserve_up_to(MAX_HEAPS.load(Ordering::Relaxed)) {
-        // SAFETY: plain FFI call; mimalloc allocates the heap from the OS,
-        // not through the Rust global allocator.
-        let heap = unsafe { mi_heap_new() };
+        // SAFETY: `raw` is a live charge's word (see `heap_of_objcg`).
+        let nid = unsafe { crate::engine::objcg_nid(raw) };
+        // A heap in the node's arena when heaps are node-bound, else an
+        // ordinary one.
+        let heap = node_arena::new_heap_for_node(nid).unwrap_or_else(|| {
+            // SAFETY: plain FFI call; mimalloc allocates the heap from the
+            // OS, not through the Rust global allocator.
+            unsafe { mi_heap_new() }
+        });
         if heap.is_null() {
             TABLE.unreserve();
         } else {
@@ -405,6 +420,50 @@ unsafe fn realloc_fallback(
     block
 }
 
+/// Moves a block of a node-bound objcg heap whose arena is full into the
+/// fallback heap with a trailer naming `raw`, for a `realloc` to
+/// `new_layout`; null (the block untouched) if that fails. The charge is
+/// the caller's business: the block keeps its objcg.
+///
+/// # Safety
+/// `ptr` is a live block of an objcg heap, allocated with `layout`.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_to_fallback(
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+    raw: usize,
+) -> *mut u8 {
+    let Some(offset) = trailer_offset(new_layout) else {
+        return std::ptr::null_mut();
+    };
+    let heap = fallback_heap();
+    if heap.is_null() {
+        return heap as *mut u8;
+    }
+    // SAFETY: FFI call with the fallback heap, a size that fits `isize`
+    // (checked by `trailer_offset`) and the block's power-of-two alignment.
+    let block = unsafe {
+        mi_heap_malloc_aligned(heap, offset + FALLBACK_TRAILER_BYTES, new_layout.align())
+    } as *mut u8;
+    if block.is_null() {
+        return block;
+    }
+    // SAFETY: both blocks are live, distinct, and hold at least the bytes
+    // copied; the new block has `offset + 8` bytes for the trailer; `ptr`
+    // came from mimalloc and is not used after.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr, block, layout.size().min(new_layout.size()));
+        write_trailer(block, offset, raw);
+        mi_free(ptr as *mut c_void);
+    }
+    node_arena::note_fallback_allocation();
+    // Relaxed: a statistic.
+    FALLBACK_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    block
+}
+
 /// A `GlobalAlloc` over mimalloc that charges every allocation of the
 /// process to the calling thread's group (or active scope) like
 /// [`crate::MemcgAlloc`], with **no per-block overhead**: each objcg
@@ -486,6 +545,33 @@ impl MemcgMimalloc {
         FALLBACK_ALLOCATIONS.load(Ordering::Relaxed)
     }
 
+    /// Allocations of node-bound objcgs that their node's arena could not
+    /// hold (more than [`NODE_ARENA_BYTES`](crate::NODE_ARENA_BYTES) live
+    /// on the node), made in the shared fallback heap instead: charged to
+    /// the objcg's node as usual, but not held by that node's arena. Also
+    /// counted by [`MemcgMimalloc::fallback_allocations`]. 0 when heaps are
+    /// not node-bound ([`MemcgMimalloc::node_arenas`] is 0).
+    pub fn node_fallback_allocations() -> u64 {
+        node_arena::node_fallback_allocations()
+    }
+
+    /// Bytes of node arenas that the kernel placed on another node than
+    /// the arena's (the node was full: the policy is *preferred*, so the
+    /// kernel falls back rather than fail), estimated when mimalloc commits
+    /// a range: the whole range counts when its first page, faulted in and
+    /// asked with `move_pages`, is elsewhere. Memory decommitted and
+    /// committed again is counted again.
+    pub fn node_fallback_bytes() -> u64 {
+        node_arena::node_fallback_bytes()
+    }
+
+    /// Node arenas made so far: one per node whose objcgs got a heap while
+    /// heaps are node-bound (on when the real topology has two or more
+    /// nodes with CPUs; `MEMCG_NODE_HEAPS=0` turns it off, `=1` forces it).
+    pub fn node_arenas() -> usize {
+        node_arena::node_arenas()
+    }
+
     /// Allocations of objcgs without a heap that were made unaccounted
     /// because mimalloc could not make the fallback heap either (0 unless
     /// mimalloc refused it: out of memory or heap slots).
@@ -535,6 +621,15 @@ unsafe fn alloc_charged(raw: usize, bytes: u64, layout: Layout, zeroed: bool) ->
         }
     };
     if block.is_null() && raw != 0 {
+        if node_arena::is_bound() {
+            // The node's arena is full: the shared fallback heap, counted.
+            // SAFETY: forwarded contract; `raw` is the charge made above.
+            let block = unsafe { alloc_fallback(raw, bytes, layout, zeroed) };
+            if !block.is_null() {
+                node_arena::note_fallback_allocation();
+            }
+            return block;
+        }
         thread::uncharge_alloc(raw, bytes);
     }
     block as *mut u8
@@ -607,6 +702,19 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
         // a moved block stays with its objcg.
         let block =
             unsafe { mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align()) };
+        if block.is_null() && node_arena::is_bound() {
+            // The node's arena is full: the block moves to the fallback
+            // heap, keeping its objcg (and the charge of its new size).
+            // SAFETY: `ptr` is a live block of an objcg heap allocated with
+            // `layout` (the caller's contract), charged to `raw`.
+            let moved = unsafe { realloc_to_fallback(ptr, layout, new_layout, raw) };
+            if !moved.is_null() {
+                if new_bytes < old_bytes {
+                    let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+                }
+                return moved;
+            }
+        }
         if block.is_null() {
             if new_bytes > old_bytes {
                 let _ = thread::resize_alloc(raw, new_bytes, old_bytes);

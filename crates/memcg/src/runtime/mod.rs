@@ -13,6 +13,8 @@ pub(crate) mod global;
 pub(crate) mod limits;
 #[cfg(feature = "mimalloc")]
 pub(crate) mod mimalloc;
+#[cfg(feature = "mimalloc")]
+pub(crate) mod node_arena;
 pub(crate) mod scope;
 pub(crate) mod thread;
 #[cfg(feature = "tokio")]
@@ -21,10 +23,12 @@ pub(crate) mod topology;
 
 pub use alloc::{MemcgAlloc, TRAILER_BYTES};
 pub use fork::tasks_retired_after_fork;
-pub use global::{controller, cpu_id_source};
+pub use global::{controller, cpu_id_source, current_cpu_id, current_node_id};
 pub use limits::{fallible, Killable, Spend};
 #[cfg(feature = "mimalloc")]
 pub use mimalloc::{MemcgMimalloc, MAX_OBJCG_HEAPS};
+#[cfg(feature = "mimalloc")]
+pub use node_arena::NODE_ARENA_BYTES;
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
     allocations_under_engine_locks, attached_group, check_invariants, current_group,

@@ -17,10 +17,16 @@
 //!    `/sys/devices/system/cpu/possible`, so that per-CPU arrays cover CPUs
 //!    that come online later. Node and CPU ids may be sparse. A possible CPU
 //!    that no node lists (an offline CPU: Linux lists only online CPUs in
-//!    `cpulist`) is put on **node 0**, the node Linux falls back to; a CPU
-//!    listed by two nodes stays on the lower one. A node whose `cpulist` is
-//!    missing or malformed contributes no CPUs. Nodes without CPUs
-//!    (memory-only nodes) do not appear in the topology.
+//!    `cpulist`) is put on the node its `devices/system/cpu/cpu<N>/node<M>`
+//!    link names (a present CPU keeps its link while offline), else on
+//!    **node 0**, the node Linux falls back to (a possible CPU that is not
+//!    present has no sysfs directory); a CPU listed by two nodes stays on
+//!    the lower one. A node whose `cpulist` is missing or malformed
+//!    contributes no CPUs. Nodes without CPUs (memory-only nodes, or nodes
+//!    whose CPUs are all offline) are no CPU's node, but the topology has
+//!    their ids ([`Topology::with_nr_node_ids`]): `nr_node_ids` is the
+//!    highest possible node plus one, as in the kernel, so per-node figures
+//!    have an entry for memory that sits on them.
 //! 3. **Fallback.** If sysfs yields no CPU at all (no sysfs in some
 //!    containers, gVisor or chroots): one node with CPUs `0..=m`, where `m`
 //!    is the highest CPU in this thread's affinity mask, or CPU 0 alone.
@@ -181,17 +187,55 @@ fn read_sysfs(root: &[u8]) -> Option<Topology> {
         path.push(b"/cpulist");
         read_cpu_list(&path, &mut buffer, |cpu| pairs.push((cpu, node)));
     }
-    // After the nodes' pairs, so that the stable sort below keeps a node's
-    // pair ahead of the node-0 default for the same CPU.
+    // Stable: a CPU listed by two nodes keeps the lower node first.
+    pairs.sort_by_key(|&(cpu, _)| cpu);
+    let listed = pairs.len();
+    // Possible CPUs that no node lists are offline: their node is the one
+    // their `cpu<N>/node<M>` link names (present CPUs keep it while
+    // offline), else node 0.
     let possible = StackPath::new(&[root, b"/devices/system/cpu/possible"]);
-    read_cpu_list(&possible, &mut buffer, |cpu| pairs.push((cpu, 0)));
+    let mut unlisted: Vec<usize> = Vec::new();
+    read_cpu_list(&possible, &mut buffer, |cpu| {
+        let listed_pairs = pairs.get(..listed).unwrap_or(&[]);
+        if listed_pairs
+            .binary_search_by_key(&cpu, |&(c, _)| c)
+            .is_err()
+        {
+            unlisted.push(cpu);
+        }
+    });
+    for cpu in unlisted {
+        pairs.push((cpu, linked_node(root, cpu, &nodes).unwrap_or(0)));
+    }
 
     pairs.sort_by_key(|&(cpu, _)| cpu);
     pairs.dedup_by_key(|&mut (cpu, _)| cpu);
     if pairs.is_empty() {
         return None;
     }
-    Topology::from_map(&pairs).ok()
+    // Node ids cover every possible node, with CPUs or not (memory-only
+    // nodes), as the kernel's `nr_node_ids` does.
+    let nr_node_ids = nodes.iter().last().map_or(0, |node| node + 1);
+    Topology::from_map(&pairs)
+        .ok()?
+        .with_nr_node_ids(nr_node_ids)
+        .ok()
+}
+
+/// The node of `cpu` that its sysfs directory links to
+/// (`devices/system/cpu/cpu<N>/node<M>`), among `nodes`.
+fn linked_node(root: &[u8], cpu: usize, nodes: &NodeSet) -> Option<usize> {
+    nodes.iter().find(|&node| {
+        let mut path = StackPath::new(&[root, b"/devices/system/cpu/cpu"]);
+        path.push_decimal(cpu);
+        path.push(b"/node");
+        path.push_decimal(node);
+        path.as_cstr().is_some_and(|path| {
+            // SAFETY: `path` is a NUL-terminated string that lives across
+            // the call; `access` only reads it.
+            unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
+        })
+    })
 }
 
 /// One node, node 0, with CPUs `0..=m`, `m` the highest CPU in this
@@ -854,6 +898,25 @@ mod tests {
     }
 
     #[test]
+    fn read_sysfs_offline_cpu_takes_the_node_of_its_link() {
+        let fake = FakeSysfs::new("offline-cpu");
+        fake.file("devices/system/node/possible", "0-2\n")
+            .file("devices/system/node/node0/cpulist", "0-1\n")
+            .file("devices/system/node/node1/cpulist", "\n")
+            .file("devices/system/node/node2/cpulist", "3-4\n")
+            .file("devices/system/cpu/cpu2/node1", "")
+            .file("devices/system/cpu/possible", "0-5\n");
+        let topology = read_sysfs(fake.root()).unwrap();
+        // CPU 2 is offline but present (its link names node 1); CPU 5 is
+        // not present (no link): node 0.
+        assert_eq!(
+            pairs_of(&topology),
+            vec![(0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (5, 0)]
+        );
+        assert_eq!(topology.nr_node_ids(), 3);
+    }
+
+    #[test]
     fn read_sysfs_online_is_used_when_possible_is_missing() {
         let fake = FakeSysfs::new("online");
         fake.file("devices/system/node/online", "1\n")
@@ -874,7 +937,9 @@ mod tests {
             .file("devices/system/cpu/possible", "0-1\n");
         let topology = read_sysfs(fake.root()).unwrap();
         assert_eq!(pairs_of(&topology), vec![(0, 0), (1, 0)]);
-        assert_eq!(topology.nr_node_ids(), 1);
+        // Every possible node has an id, CPUs or not (node 3: memory only).
+        assert_eq!(topology.nr_node_ids(), 4);
+        assert_eq!(topology.nodes().collect::<Vec<_>>(), vec![0]);
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! Node-bound heaps of `MemcgMimalloc` (`MEMCG_NODE_HEAPS=1` forces them on
+//! a one-node machine: node 0's arena): accounting is unchanged, the arena
+//! is made once, nothing falls back, and the pages of a group's objects are
+//! on node 0. The multi-node placement is checked in the NUMA VMs
+//! (`ci/vm.sh`). The test re-runs this binary as a child with the variable
+//! set (the decision is taken at the first heap, before `main`'s tests).
+
+use memcg::MemcgMimalloc;
+
+#[global_allocator]
+static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
+
+const CHILD: &str = "MEMCG_TEST_NODE_BOUND_CHILD";
+
+fn child() {
+    let ctrl = memcg::controller();
+    let group = ctrl.create("bound").unwrap();
+    let task = std::thread::spawn({
+        let group = group.clone();
+        move || {
+            group.attach_current().unwrap();
+            let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 4000]).collect();
+            let big = vec![7u8; 3 << 20];
+            memcg::flush_current();
+            (blocks, big)
+        }
+    });
+    let (blocks, big) = task.join().unwrap();
+    let charged = group.stats().stat.alloc_bytes;
+    // 256 blocks of 4,000 bytes, 3 MiB, and the outer vector's buffer.
+    let expected = 256 * 4000 + (3 << 20);
+    assert!(
+        charged >= expected && charged < expected + (16 << 10),
+        "charged {charged}, expected about {expected}"
+    );
+    assert_eq!(MemcgMimalloc::node_arenas(), 1, "node 0's arena");
+    assert_eq!(MemcgMimalloc::node_fallback_allocations(), 0);
+    assert_eq!(MemcgMimalloc::node_fallback_bytes(), 0);
+    // The pages are where the arena's policy says: node 0.
+    let page = big.as_ptr() as usize & !4095;
+    let address = page as *mut libc::c_void;
+    let mut status: libc::c_int = -1;
+    // SAFETY: one address and one status, live across the call; null
+    // target nodes make it a query.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            1 as libc::c_ulong,
+            &address as *const *mut libc::c_void,
+            std::ptr::null::<libc::c_int>(),
+            &mut status as *mut libc::c_int,
+            0,
+        )
+    };
+    if ret == 0 {
+        assert_eq!(status, 0, "the page is on node 0");
+    }
+    drop((blocks, big));
+    memcg::flush_current();
+    ctrl.drain_stocks();
+    assert_eq!(group.stats().stat.alloc_bytes, 0);
+    println!("CHILD OK");
+}
+
+#[test]
+fn node_bound_child() {
+    if std::env::var_os(CHILD).is_some() {
+        child();
+    }
+}
+
+#[test]
+fn node_bound_heaps_account_as_before_and_never_fall_back() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "node_bound_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("MEMCG_NODE_HEAPS", "1")
+        .env_remove("MEMCG_TOPOLOGY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const FULL_CHILD: &str = "MEMCG_TEST_NODE_FULL_CHILD";
+
+/// With a 64 MiB node arena: allocations past it fall back (counted) and
+/// stay charged; a `realloc` the full arena cannot serve moves the block
+/// to the fallback heap with its contents and its objcg.
+fn full_child() {
+    let ctrl = memcg::controller();
+    let group = ctrl.create("full").unwrap();
+    let worker = std::thread::spawn({
+        let group = group.clone();
+        move || {
+            group.attach_current().unwrap();
+            let small: Vec<u8> = (0..100u8).collect();
+            let blocks: Vec<Vec<u8>> = (0..96).map(|i| vec![i as u8; 1 << 20]).collect();
+            let before = MemcgMimalloc::node_fallback_allocations();
+            let mut grown = small;
+            grown.reserve_exact(8 << 20);
+            grown.extend(std::iter::repeat_n(1u8, 8 << 20));
+            assert!(
+                grown.iter().take(100).copied().eq(0..100u8),
+                "contents kept"
+            );
+            memcg::flush_current();
+            (blocks, grown, before)
+        }
+    });
+    let (blocks, grown, before_realloc) = worker.join().unwrap();
+    assert_eq!(MemcgMimalloc::node_arenas(), 1);
+    let fallbacks = MemcgMimalloc::node_fallback_allocations();
+    assert!(fallbacks > 0, "96 MiB in a 64 MiB arena: some fell back");
+    assert!(fallbacks > before_realloc, "the grown block moved too");
+    let charged = group.stats().stat.alloc_bytes;
+    let expected = 96 * (1 << 20) + grown.capacity() as u64;
+    assert!(
+        charged >= expected && charged < expected + (64 << 10),
+        "charged {charged}, expected about {expected}"
+    );
+    drop((blocks, grown));
+    memcg::flush_current();
+    ctrl.drain_stocks();
+    assert_eq!(
+        group.stats().stat.alloc_bytes,
+        0,
+        "fallback blocks uncharge"
+    );
+    println!("CHILD OK");
+}
+
+#[test]
+fn node_full_child() {
+    if std::env::var_os(FULL_CHILD).is_some() {
+        full_child();
+    }
+}
+
+#[test]
+fn full_node_arena_falls_back_counted_and_charged() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "node_full_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_CHILD, "1")
+        .env("MEMCG_NODE_HEAPS", "1")
+        .env("MEMCG_NODE_ARENA_BYTES", "64M")
+        .env_remove("MEMCG_TOPOLOGY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
