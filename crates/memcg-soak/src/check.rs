@@ -74,7 +74,10 @@ pub fn quiescent(
     let guards: Vec<MutexGuard<'_, Vec<Obj>>> = caches.iter().map(|c| lock(c)).collect();
     ctrl.drain_stocks();
     memcg::flush_current();
-    let soak = model.groups[0].group.clone().expect("the soak group is online");
+    let soak = model.groups[0]
+        .group
+        .clone()
+        .expect("the soak group is online");
     match inject {
         Some(InjectFault::LeakByte) => ctrl.inject_fault(memcg::engine::Fault::LeakByte, &soak),
         Some(InjectFault::StrayPage) => ctrl.inject_fault(memcg::engine::Fault::StrayPage, &soak),
@@ -207,6 +210,16 @@ pub fn quiescent(
     }
     passed += 1;
     invariants()?;
+    passed += 1;
+    // Debug builds of the library count allocations made under its locks
+    // (release builds always report 0).
+    let under_locks = memcg::allocations_under_engine_locks();
+    if under_locks != 0 {
+        return fail(
+            "engine-lock-allocs",
+            format!("{under_locks} allocations were made while an engine lock was held"),
+        );
+    }
     passed += 1;
     Ok(passed)
 }

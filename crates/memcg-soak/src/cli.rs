@@ -21,6 +21,10 @@ pub enum InjectFault {
     /// A tracked object counted twice by the soak: the `exact-usage` check
     /// fails (the soak's own bookkeeping, not the library, is wrong).
     DoubleCount,
+    /// Every forked child sleeps instead of exiting: the `fork` check
+    /// fails when the watchdog kills it (use a short
+    /// `--fork-timeout-secs`).
+    ForkHang,
 }
 
 /// The allocator named on the command line.

@@ -44,13 +44,13 @@ pub enum ForkOutcome {
     Invariants,
 }
 
-/// Forks; the child runs [`child`] and exits. The parent waits at most
-/// `timeout`.
+/// Forks; the child runs [`child`] and exits (or, with `hang`, sleeps
+/// forever: the injected fault). The parent waits at most `timeout`.
 ///
 /// # Errors
 /// What went wrong: the child hung (killed after `timeout`), died of a
 /// signal, failed a check of its own group, or `fork` failed.
-pub fn run(flavor: Flavor, timeout: Duration, n: u64) -> Result<ForkOutcome, String> {
+pub fn run(flavor: Flavor, timeout: Duration, n: u64, hang: bool) -> Result<ForkOutcome, String> {
     // SAFETY: `fork` has no preconditions; the child runs only `child`
     // (the memcg API, one thread, its own allocations) and then `_exit`s,
     // never returning into the parent's code.
@@ -59,6 +59,9 @@ pub fn run(flavor: Flavor, timeout: Duration, n: u64) -> Result<ForkOutcome, Str
         return Err(format!("fork failed: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
+        while hang {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         let code = child(flavor, n);
         // SAFETY: `_exit` ends the child at once (no atexit handlers, no
         // destructors of the parent's state).

@@ -23,7 +23,11 @@ pub fn main(flavor: Flavor) -> u8 {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let cfg = match Config::from_args(args, flavor) {
@@ -93,10 +97,7 @@ fn run(cfg: Config) -> u8 {
             }
             round += 1;
             let done_time = sh.cfg.duration.is_some_and(|d| start.elapsed() >= d);
-            let done_ops = sh
-                .cfg
-                .ops
-                .is_some_and(|n| sh.counters.total_ops() >= n);
+            let done_ops = sh.cfg.ops.is_some_and(|n| sh.counters.total_ops() >= n);
             if sh.failed() || done_time || done_ops {
                 sh.stop.store(true, Ordering::SeqCst);
             } else {
@@ -143,7 +144,12 @@ fn run(cfg: Config) -> u8 {
 /// whose child must pass every check, the library's invariants included.
 fn quiescent_fork(sh: &Shared, round: u64) {
     let n = sh.counters.quiescent_forks.fetch_add(1, Ordering::Relaxed) + 1;
-    match crate::fork::run(sh.flavor(), sh.cfg.fork_timeout, n) {
+    match crate::fork::run(
+        sh.flavor(),
+        sh.cfg.fork_timeout,
+        n,
+        sh.cfg.inject == Some(crate::cli::InjectFault::ForkHang),
+    ) {
         Ok(ForkOutcome::Ok) => {}
         Ok(ForkOutcome::Invariants) => sh.fail(
             "fork-invariants",
@@ -181,11 +187,21 @@ fn cleanup(sh: &Shared) -> Result<(), Failure> {
     ctrl.wait_reclaim_idle(Duration::from_secs(10));
     let (mut groups, caches) = {
         let mut m = sh.model();
-        let caches: Vec<_> = m.groups.iter().map(|e| std::mem::take(&mut *lock(&e.cache))).collect();
+        let caches: Vec<_> = m
+            .groups
+            .iter()
+            .map(|e| std::mem::take(&mut *lock(&e.cache)))
+            .collect();
         let mut groups: Vec<_> = m
             .live
             .iter()
-            .map(|&id| (m.groups[id as usize].depth, id, m.groups[id as usize].group.clone().expect("online")))
+            .map(|&id| {
+                (
+                    m.groups[id as usize].depth,
+                    id,
+                    m.groups[id as usize].group.clone().expect("online"),
+                )
+            })
             .collect();
         for e in m.groups.iter_mut() {
             e.reclaimer = None;
@@ -258,7 +274,12 @@ fn summary(sh: &Shared, elapsed: Duration, mode: CurrentMode) -> String {
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut ops = String::new();
     for (i, name) in OP_NAMES.iter().enumerate() {
-        let _ = write!(ops, "{}{name} {}", if i == 0 { "" } else { ", " }, get(&c.ops[i]));
+        let _ = write!(
+            ops,
+            "{}{name} {}",
+            if i == 0 { "" } else { ", " },
+            get(&c.ops[i])
+        );
     }
     let (passes, timeouts, panics) = memcg::controller().reclaimer_counters();
     format!(

@@ -163,8 +163,8 @@ impl<'a> Worker<'a> {
             350..=499 => self.free(),
             500..=579 => self.hand_off(),
             580..=669 => self.realloc(),
-            670..=684 => self.create(),
-            685..=699 => self.remove(),
+            670..=689 => self.create(),
+            690..=699 => self.remove(),
             700..=729 => self.limit(),
             730..=739 => self.policy(),
             740..=769 => self.fallible(),
@@ -532,7 +532,13 @@ impl<'a> Worker<'a> {
                 .live
                 .iter()
                 .copied()
-                .filter(|&id| id != SOAK && !m.live.iter().any(|&c| m.groups[c as usize].parent == Some(id)))
+                .filter(|&id| {
+                    id != SOAK
+                        && !m
+                            .live
+                            .iter()
+                            .any(|&c| m.groups[c as usize].parent == Some(id))
+                })
                 .collect();
             if leaves.is_empty() {
                 return;
@@ -630,7 +636,8 @@ impl<'a> Worker<'a> {
     fn reserve(&mut self) {
         self.sh.counters.op(Op::Reserve);
         let r = self.rng.below(100);
-        if !self.reservations.is_empty() && (r < 30 || self.reservations.len() >= RESERVATIONS_CAP) {
+        if !self.reservations.is_empty() && (r < 30 || self.reservations.len() >= RESERVATIONS_CAP)
+        {
             let i = self.rng.below(self.reservations.len() as u64) as usize;
             drop(self.reservations.swap_remove(i));
             return;
@@ -669,7 +676,9 @@ impl<'a> Worker<'a> {
         if !limited {
             self.sh.fail(
                 "refusal",
-                format!("explicit charge to g{owner} refused but no limit was ever set in its chain"),
+                format!(
+                    "explicit charge to g{owner} refused but no limit was ever set in its chain"
+                ),
             );
         }
     }
@@ -729,7 +738,10 @@ impl<'a> Worker<'a> {
         let evicted = {
             let mut c = lock(&cache);
             let evicted = (c.len() >= CACHE_CAP).then(|| c.swap_remove(0));
-            c.push(Obj { block: b, owner: id });
+            c.push(Obj {
+                block: b,
+                owner: id,
+            });
             evicted
         };
         drop(evicted);
@@ -803,7 +815,10 @@ impl<'a> Worker<'a> {
                 }
                 sh.root.attach_current().expect("attach to root");
                 if let Some(b) = got[0].take() {
-                    lock(&sh.inboxes[to]).push(Obj { block: b, owner: id });
+                    lock(&sh.inboxes[to]).push(Obj {
+                        block: b,
+                        owner: id,
+                    });
                 }
                 // Statistics reach the group before the scope returns.
                 memcg::flush_current();
@@ -824,14 +839,21 @@ impl<'a> Worker<'a> {
                     }
                 }
             }
-            Err(_) => self.sh.fail("worker-panic", "a started thread panicked".into()),
+            Err(_) => self
+                .sh
+                .fail("worker-panic", "a started thread panicked".into()),
         }
     }
 
     fn fork(&mut self) {
         self.sh.counters.op(Op::Fork);
         let n = self.sh.counters.ops[Op::Fork as usize].load(Ordering::Relaxed);
-        match crate::fork::run(self.sh.flavor(), self.sh.cfg.fork_timeout, n) {
+        match crate::fork::run(
+            self.sh.flavor(),
+            self.sh.cfg.fork_timeout,
+            n,
+            self.sh.cfg.inject == Some(InjectFault::ForkHang),
+        ) {
             Ok(ForkOutcome::Ok) => {
                 self.sh.counters.forks.fetch_add(1, Ordering::Relaxed);
             }
