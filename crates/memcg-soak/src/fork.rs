@@ -59,8 +59,10 @@ pub fn run(flavor: Flavor, timeout: Duration, n: u64, hang: bool) -> Result<Fork
         return Err(format!("fork failed: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        while hang {
-            std::thread::sleep(Duration::from_secs(1));
+        if hang {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
         let code = child(flavor, n);
         // SAFETY: `_exit` ends the child at once (no atexit handlers, no

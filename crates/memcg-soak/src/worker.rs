@@ -564,7 +564,16 @@ impl<'a> Worker<'a> {
             m.live.retain(|&l| l != id);
             (handles, moved, Arc::clone(&m.groups[parent as usize].cache))
         };
-        lock(&parent_cache).extend(moved);
+        // The parent's cache takes them, up to its cap; the oldest beyond
+        // it are freed (else the soak group's cache, which nobody
+        // reclaims, would grow with every removal).
+        let excess: Vec<Obj> = {
+            let mut c = lock(&parent_cache);
+            c.extend(moved);
+            let n = c.len().saturating_sub(CACHE_CAP);
+            c.drain(..n).collect()
+        };
+        drop(excess);
         drop(handles);
         self.sh.counters.removed.fetch_add(1, Ordering::Relaxed);
     }
