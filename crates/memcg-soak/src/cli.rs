@@ -65,6 +65,11 @@ pub struct Args {
     /// Skip the fork operation.
     #[arg(long)]
     pub no_fork: bool,
+    /// Fork only at quiescent points (no thread inside the library), not
+    /// from running workers: the forks that cannot catch another thread
+    /// holding a lock of the library (see the README's "Fork").
+    #[arg(long, conflicts_with = "no_fork")]
+    pub quiescent_forks_only: bool,
     /// Operations per worker between quiescent checks.
     #[arg(long, default_value_t = 2000)]
     pub check_every: u64,
@@ -111,6 +116,8 @@ pub struct Config {
     pub threads: usize,
     /// Whether the fork operation runs.
     pub fork: bool,
+    /// Whether running workers fork too (not only quiescent points).
+    pub worker_forks: bool,
     /// Operations per worker per round.
     pub check_every: u64,
     /// See `Args::strict_fork`.
@@ -181,6 +188,7 @@ impl Config {
             ops: args.ops,
             threads: args.threads,
             fork: !args.no_fork,
+            worker_forks: !args.no_fork && !args.quiescent_forks_only,
             strict_fork: args.strict_fork,
             check_every: args.check_every,
             fork_timeout: secs(args.fork_timeout_secs, "--fork-timeout-secs")?,

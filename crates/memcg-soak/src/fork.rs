@@ -84,6 +84,7 @@ pub fn run(flavor: Flavor, timeout: Duration, n: u64, hang: bool) -> Result<Fork
             ));
         }
         if start.elapsed() > timeout {
+            backtrace_of(pid);
             // SAFETY: `pid` is our child, not yet reaped.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -109,6 +110,35 @@ pub fn run(flavor: Flavor, timeout: Duration, n: u64, hang: bool) -> Result<Fork
             "fork child {pid} (fork #{n}) exited with status {code}: {}",
             describe(code)
         )),
+    }
+}
+
+/// Prints where a hung child is stuck (stack of each of its threads), if
+/// `gdb` is installed; best effort.
+fn backtrace_of(pid: i32) {
+    let out = std::process::Command::new("gdb")
+        .args([
+            "--batch",
+            "-nx",
+            "-p",
+            &pid.to_string(),
+            "-ex",
+            "thread apply all bt 40",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            eprintln!("memcg-soak: hung fork child {pid}, its threads' stacks (gdb):");
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+            {
+                eprintln!("  {line}");
+            }
+        }
+        Err(e) => eprintln!("memcg-soak: hung fork child {pid}: no backtrace (gdb: {e})"),
     }
 }
 

@@ -53,7 +53,11 @@ fn run(cfg: Config) -> u8 {
             (None, None) => unreachable!("validated"),
         },
         cfg.check_every,
-        if cfg.fork { "on" } else { "off" },
+        match (cfg.fork, cfg.worker_forks) {
+            (false, _) => "off",
+            (true, false) => "at quiescent points only",
+            (true, true) => "on",
+        },
         mode.name(),
         cfg.seed,
     );

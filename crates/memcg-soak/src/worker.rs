@@ -144,7 +144,7 @@ impl<'a> Worker<'a> {
 
     fn step(&mut self) {
         let cfg = &self.sh.cfg;
-        if cfg.fork && self.rng.below(cfg.fork_every) == 0 {
+        if cfg.worker_forks && self.rng.below(cfg.fork_every) == 0 {
             return self.fork();
         }
         if self.rng.below(2000) == 0 {
