@@ -92,6 +92,12 @@ pub struct Args {
     /// Most bytes one worker keeps live (charged bytes).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_live_bytes: u64,
+    /// `memcg-soak-heaps` only: `MemcgMimalloc::set_max_heaps` (objcgs past
+    /// it allocate from the shared fallback heap). Each heap keeps pages
+    /// per thread and size class that allocated from it, so with many
+    /// groups the resident set grows by megabytes per heap (README).
+    #[arg(long)]
+    pub max_heaps: Option<usize>,
     /// Inject a deliberate bug at the first quiescent point (the run must
     /// then fail with the named check).
     #[arg(long, value_enum)]
@@ -130,6 +136,8 @@ pub struct Config {
     pub max_groups: usize,
     /// Most charged bytes a worker keeps live.
     pub max_live_bytes: u64,
+    /// `MemcgMimalloc::set_max_heaps`, if given.
+    pub max_heaps: Option<usize>,
     /// The fault to inject, if any.
     pub inject: Option<InjectFault>,
     /// Progress period.
@@ -168,6 +176,9 @@ impl Config {
         if args.max_groups < 2 {
             return Err("--max-groups must be at least 2".into());
         }
+        if args.max_heaps.is_some() && flavor != Flavor::Heaps {
+            return Err("--max-heaps is for memcg-soak-heaps (MemcgMimalloc)".into());
+        }
         let secs = |v: f64, what: &str| {
             Duration::try_from_secs_f64(v).map_err(|_| format!("{what}: not a duration: {v}"))
         };
@@ -195,6 +206,7 @@ impl Config {
             fork_every: args.fork_every,
             max_groups: args.max_groups,
             max_live_bytes: args.max_live_bytes,
+            max_heaps: args.max_heaps,
             inject: args.inject_fault,
             progress: (args.progress_secs > 0.0)
                 .then(|| secs(args.progress_secs, "--progress-secs"))

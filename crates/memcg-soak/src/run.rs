@@ -41,6 +41,9 @@ pub fn main(flavor: Flavor) -> u8 {
 }
 
 fn run(cfg: Config) -> u8 {
+    if let Some(n) = cfg.max_heaps {
+        memcg::MemcgMimalloc::set_max_heaps(n);
+    }
     let mode = CurrentMode::detect();
     eprintln!(
         "memcg-soak: allocator {}, seed {}, {} threads, {}, check every {} ops per worker, fork {}, memory.current {} (rerun: --seed {})",
@@ -260,16 +263,49 @@ fn peak_rss_mib() -> f64 {
     ru.ru_maxrss as f64 / 1024.0
 }
 
+/// Resident set now, MiB (`/proc/self/statm`).
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / f64::from(1 << 20)
+}
+
+/// `MemcgMimalloc`'s heaps and fallback allocations, for the heaps binary.
+fn heaps_note(sh: &Shared) -> String {
+    match sh.flavor() {
+        Flavor::Alloc => String::new(),
+        Flavor::Heaps => format!(
+            ", objcg heaps {}, fallback allocations {}",
+            memcg::MemcgMimalloc::objcg_heaps(),
+            memcg::MemcgMimalloc::fallback_allocations()
+        ),
+    }
+}
+
 fn progress(sh: &Shared, elapsed: Duration) -> String {
     let c = &sh.counters;
+    let bytes = sh
+        .model()
+        .groups
+        .first()
+        .and_then(|e| e.group.as_ref())
+        .map_or(0, |g| g.current_bytes());
     format!(
-        "{:.0} s: {} ops, {} quiescent points, {} live groups, {} forks, peak RSS {:.1} MiB",
+        "{:.0} s: {} ops, {} quiescent points, {} live groups, {} forks (+{} quiescent), soak memory.current {:.1} MiB, RSS {:.1} MiB (peak {:.1}){}",
         elapsed.as_secs_f64(),
         c.total_ops(),
         c.checkpoints.load(Ordering::Relaxed),
         sh.model().live.len(),
-        c.forks.load(Ordering::Relaxed),
-        peak_rss_mib()
+        c.forks.load(Ordering::Relaxed) + c.fork_invariants.load(Ordering::Relaxed),
+        c.quiescent_forks.load(Ordering::Relaxed),
+        bytes as f64 / f64::from(1 << 20),
+        rss_mib(),
+        peak_rss_mib(),
+        heaps_note(sh),
     )
 }
 
@@ -287,7 +323,7 @@ fn summary(sh: &Shared, elapsed: Duration, mode: CurrentMode) -> String {
     }
     let (passes, timeouts, panics) = memcg::controller().reclaimer_counters();
     format!(
-        "allocator {}, seed {}, {} threads, {:.1} s, {} ops ({ops}); {} quiescent points, {} checks passed, memory.current {}; groups created {} removed {} (removals refused {}); forks {} (from running workers {}, of which {} children found the invariants violated; at quiescent points {}), threads {}; refused allocations {}, refused charges {}, killed futures {}, revived {}, kill callbacks {}; reclaim callbacks {} freed {} bytes (reclaimer passes {passes}, wait timeouts {timeouts}, panics {panics}); peak RSS {:.1} MiB",
+        "allocator {}, seed {}, {} threads, {:.1} s, {} ops ({ops}); {} quiescent points, {} checks passed, memory.current {}; groups created {} removed {} (removals refused {}); forks {} (from running workers {}, of which {} children found the invariants violated; at quiescent points {}), threads {}; refused allocations {}, refused charges {}, killed futures {}, revived {}, kill callbacks {}; reclaim callbacks {} freed {} bytes (reclaimer passes {passes}, wait timeouts {timeouts}, panics {panics}); peak RSS {:.1} MiB{}",
         sh.cfg.flavor.name(),
         sh.cfg.seed,
         sh.cfg.threads,
@@ -312,5 +348,6 @@ fn summary(sh: &Shared, elapsed: Duration, mode: CurrentMode) -> String {
         worker::RECLAIM_RUNS.load(Ordering::Relaxed),
         worker::RECLAIM_FREED_BYTES.load(Ordering::Relaxed),
         peak_rss_mib(),
+        heaps_note(sh),
     )
 }
