@@ -27,7 +27,6 @@
     rust_2018_idioms
 )]
 #![deny(unsafe_op_in_unsafe_fn)]
-#![allow(missing_debug_implementations)]
 
 pub mod block;
 pub mod check;

@@ -21,6 +21,7 @@ use crate::cli::Config;
 pub const SOAK: u32 = 0;
 
 /// One group the soak made.
+#[derive(Debug)]
 pub struct GroupEntry {
     /// The group while it is online; `None` once removed.
     pub group: Option<Group>,
@@ -42,7 +43,7 @@ pub struct GroupEntry {
 }
 
 /// The soak's groups, by model id (ids are never reused).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Model {
     /// Every group ever made, by id.
     pub groups: Vec<GroupEntry>,
@@ -131,7 +132,7 @@ pub const OP_NAMES: [&str; NR_OPS] = [
 ];
 
 /// Event counters.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Counters {
     /// Operations by kind.
     pub ops: [AtomicU64; NR_OPS],
@@ -192,6 +193,7 @@ pub struct Failure {
 }
 
 /// Everything the workers and the coordinator share.
+#[derive(Debug)]
 pub struct Shared {
     /// The configuration.
     pub cfg: Config,

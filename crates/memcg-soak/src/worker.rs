@@ -7,6 +7,7 @@
 //! fixed arrays (no bookkeeping allocation inside that context) and then
 //! recorded with their owner.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -297,6 +298,12 @@ impl<'a> Worker<'a> {
         for (slot, &(s, a, z)) in got.iter_mut().zip(&spec).take(n) {
             *slot = Block::alloc(s, a, z);
         }
+        // A free while attached to a tenant uncharges the block's own
+        // group (removing from `live` does not allocate).
+        if !self.live.is_empty() && self.rng.chance(30) {
+            let i = self.rng.below(self.live.len() as u64) as usize;
+            drop(self.take_live(i));
+        }
         self.attach_root();
         self.keep_all(got, n, id);
     }
@@ -366,7 +373,38 @@ impl<'a> Worker<'a> {
         let Ok(fut) = fut.in_group(&g) else {
             return;
         };
-        match block_on(fut.killable()) {
+        let fut = fut.killable();
+        let result = if self.rng.chance(30) {
+            // First poll here (it stops at the yield), the rest on another
+            // thread: each poll charges the group wherever it runs.
+            let mut fut = Box::pin(fut);
+            match fut
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => {
+                    let finish = move || {
+                        let r = block_on(fut);
+                        // Statistics reach the group before the scope
+                        // returns (not only at the thread's exit).
+                        memcg::flush_current();
+                        r
+                    };
+                    match std::thread::scope(|s| s.spawn(finish).join()) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return self
+                                .sh
+                                .fail("worker-panic", "a future's polling thread panicked".into())
+                        }
+                    }
+                }
+            }
+        } else {
+            block_on(fut)
+        };
+        match result {
             Ok(got) => self.keep_all(got, 2, id),
             Err(killed) => {
                 self.sh
@@ -408,17 +446,29 @@ impl<'a> Worker<'a> {
         lock(&self.sh.inboxes[to]).push(o);
     }
 
-    /// Free half of what was handed over, adopt the rest.
+    /// Free half of what was handed over (often in another group's scope:
+    /// a free uncharges the block's group whoever frees it), adopt the
+    /// rest.
     fn process_inbox(&mut self) {
         let inbox = std::mem::take(&mut *lock(&self.sh.inboxes[self.idx]));
         self.live.reserve(inbox.len());
+        let mut freed: Vec<Obj> = Vec::with_capacity(inbox.len());
         for o in inbox {
             if self.rng.chance(50) {
-                drop(o);
+                freed.push(o);
             } else {
                 self.keep(o.block, o.owner);
             }
         }
+        let scope = if self.rng.chance(60) {
+            self.pick(true).and_then(|(_, g)| g.enter().ok())
+        } else {
+            None
+        };
+        // Dropping the blocks frees; the vector's own buffer (root's) is
+        // freed too, which allocates nothing.
+        drop(freed);
+        drop(scope);
     }
 
     /// Grow or shrink a block, plainly, in another group's scope (the block
