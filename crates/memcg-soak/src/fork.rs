@@ -44,7 +44,7 @@ pub enum ForkOutcome {
     Invariants,
 }
 
-/// Forks; the child runs [`child`] and exits (or, with `hang`, sleeps
+/// Forks; the child runs `child` and exits (or, with `hang`, sleeps
 /// forever: the injected fault). The parent waits at most `timeout`.
 ///
 /// # Errors
