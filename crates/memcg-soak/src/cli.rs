@@ -21,6 +21,10 @@ pub enum InjectFault {
     /// A tracked object counted twice by the soak: the `exact-usage` check
     /// fails (the soak's own bookkeeping, not the library, is wrong).
     DoubleCount,
+    /// The soak forgets that it set byte limits: the first refused
+    /// allocation or charge fails the `refusal` check (or a future ended
+    /// by a kill fails `kill`, whichever comes first).
+    ForgetLimits,
     /// Every forked child sleeps instead of exiting: the `fork` check
     /// fails when the watchdog kills it (use a short
     /// `--fork-timeout-secs`).

@@ -112,6 +112,27 @@ fn each_injected_fault_fails_its_check() {
 }
 
 #[test]
+fn refusals_and_kills_without_a_limit_fail() {
+    let out = soak(
+        ALLOC,
+        "1x2",
+        &[
+            "--ops",
+            "30000",
+            "--no-fork",
+            "--inject-fault",
+            "forget-limits",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("FAILED check refusal ") || t.contains("FAILED check kill "),
+        "{t}"
+    );
+}
+
+#[test]
 fn a_hung_fork_child_is_killed_and_reported() {
     let out = soak(
         HEAPS,

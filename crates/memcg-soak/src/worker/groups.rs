@@ -11,6 +11,7 @@ use super::{
     RESERVATIONS_CAP,
 };
 use crate::block::Obj;
+use crate::cli::InjectFault;
 use crate::model::{lock, GroupEntry, Op, SOAK};
 
 impl Worker<'_> {
@@ -145,7 +146,7 @@ impl Worker<'_> {
             20..=69 => Limit::Bytes((current * self.rng.range(50, 200) / 100).max(64 << 10)),
             _ => Limit::Bytes(self.rng.range(64 << 10, 8 << 20)),
         };
-        if limit != Limit::Max {
+        if limit != Limit::Max && self.sh.cfg.inject != Some(InjectFault::ForgetLimits) {
             self.sh.model().groups[id as usize].ever_limited = true;
         }
         let _ = if self.rng.chance(60) {
