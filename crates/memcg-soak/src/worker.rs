@@ -628,33 +628,33 @@ impl<'a> Worker<'a> {
                 // A plain thread starts in root.
                 let mut got: [Option<Block>; 3] = Default::default();
                 if g.attach_current().is_err() {
-                    return (got, 0);
+                    return (got, 0, false);
                 }
                 for (slot, &(s, a, z)) in got.iter_mut().zip(&spec) {
                     *slot = Block::alloc(s, a, z);
                 }
                 sh.root.attach_current().expect("attach to root");
-                if let Some(b) = got[0].take() {
+                let handed = got[0].take().map(|b| {
                     lock(&sh.inboxes[to]).push(Obj {
                         block: b,
                         owner: id,
                     });
-                }
+                });
                 // Statistics reach the group before the scope returns.
                 memcg::flush_current();
-                (got, 3)
+                (got, 3, handed.is_some())
             });
             h.join()
         });
         self.sh.counters.threads.fetch_add(1, Ordering::Relaxed);
         match got {
-            Ok((got, tried)) => {
+            Ok((got, tried, handed)) => {
                 self.live.reserve(3);
                 let got: [Option<Block>; 3] = got;
                 for (k, b) in got.into_iter().enumerate().take(tried) {
                     match b {
                         Some(b) => self.keep(b, id),
-                        None if k == 0 => {} // handed over
+                        None if k == 0 && handed => {}
                         None => self.refused(id, false, "allocation on a new thread"),
                     }
                 }
