@@ -196,6 +196,10 @@ impl Worker<'_> {
             }
             return;
         }
+        // Like a scope, a reservation of a group removed meanwhile is
+        // charged to the parent's objcg (the group's `is_online` check
+        // and its objcg lookup are two steps): no removal until it is made.
+        let _no_removal = self.no_removal();
         let Some((id, g)) = self.pick(true) else {
             return;
         };
