@@ -139,6 +139,19 @@ impl<T> Mutex<T> {
             scope: Some(scope),
         }
     }
+
+    /// Takes the lock without entering the fork gate: for a fork's prepare
+    /// handler, which has closed the gate itself and holds the lock across
+    /// the copy (see `runtime::fork`). Anyone else uses [`Mutex::lock`].
+    #[cfg(not(all(test, memcg_loom)))]
+    pub(crate) fn lock_in_fork_prepare(&self) -> MutexGuard<'_, T> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        lock_count_add(1);
+        MutexGuard {
+            inner: Some(g),
+            scope: None,
+        }
+    }
 }
 
 /// A condition variable for [`Mutex`] (std or loom).
@@ -192,7 +205,11 @@ impl Condvar {
             // reclaimer thread must not hold up a fork), and takes them
             // again with the lock held again, or, if a fork is pending,
             // lets the lock go until the fork is done (a spurious wake-up
-            // for the caller).
+            // for the caller). The wait re-takes the lock before the gate
+            // (std's condvar does): a fork's prepare handler therefore takes
+            // every lock a condvar waits with (`lock_in_fork_prepare`) and
+            // holds it across the copy, so that a waiter woken in between
+            // blocks on the lock instead of being copied holding it.
             let at_rest = fork_gate::depth() == 1;
             if at_rest {
                 drop(guard.scope.take());

@@ -61,6 +61,19 @@ impl Controller {
         self.core().reclaimd.reset_in_child()
     }
 
+    /// A fork's prepare handler: holds the reclaimer's queue lock across
+    /// the copy (see `Reclaimd::hold_for_fork`).
+    pub(crate) fn hold_reclaimer_for_fork(&'static self) {
+        let core: &'static crate::engine::core::Core = self.core();
+        core.reclaimd.hold_for_fork();
+    }
+
+    /// A fork's parent or child handler: releases what
+    /// [`Controller::hold_reclaimer_for_fork`] took.
+    pub(crate) fn release_reclaimer_after_fork() {
+        crate::engine::reclaim::Reclaimd::release_after_fork();
+    }
+
     /// Starts the reclaimer threads (again, in a forked child).
     pub(crate) fn restart_reclaimers(&self) {
         self.core().reclaimd.ensure_started();

@@ -142,6 +142,21 @@ struct Queue {
     shutdown: bool,
 }
 
+/// The queue lock of the process's controller while a fork is made (see
+/// [`Reclaimd::hold_for_fork`]).
+#[cfg(not(all(test, memcg_loom)))]
+struct ForkHeld(std::cell::UnsafeCell<Option<crate::sync::MutexGuard<'static, Queue>>>);
+
+// SAFETY: the slot is used only by the thread that holds the runtime's fork
+// lock, from a fork's prepare handler to its parent or child handler, and
+// the guard is dropped by that same thread (in the parent, or as the only
+// thread of the child).
+#[cfg(not(all(test, memcg_loom)))]
+unsafe impl Sync for ForkHeld {}
+
+#[cfg(not(all(test, memcg_loom)))]
+static FORK_HELD: ForkHeld = ForkHeld(std::cell::UnsafeCell::new(None));
+
 /// The reclaimer of one controller: its queue, and who serves it.
 #[derive(Debug)]
 pub(crate) struct Reclaimd {
@@ -404,6 +419,29 @@ impl Reclaimd {
             clear_serving(&root);
         }
         was_started
+    }
+
+    /// A fork's prepare handler, with the fork gate closed: takes the queue
+    /// lock and keeps it until [`Reclaimd::release_after_fork`] (parent or
+    /// child). The queue lock is the one the condvars wait with; a waiter
+    /// re-takes it before the gate, so the gate alone cannot keep it from
+    /// being copied held. Allocates nothing.
+    #[cfg(not(all(test, memcg_loom)))]
+    pub(crate) fn hold_for_fork(&'static self) {
+        let g = self.queue.lock_in_fork_prepare();
+        // SAFETY: only the thread that holds the runtime's fork lock
+        // (`runtime::fork`'s FORKING, from its prepare handler to its
+        // parent or child handler) touches the slot.
+        unsafe { *FORK_HELD.0.get() = Some(g) };
+    }
+
+    /// A fork's parent or child handler: lets the lock taken by
+    /// [`Reclaimd::hold_for_fork`] go (in the child, the forking thread is
+    /// the only thread and the guard's owner). Allocates nothing.
+    #[cfg(not(all(test, memcg_loom)))]
+    pub(crate) fn release_after_fork() {
+        // SAFETY: as in `hold_for_fork`.
+        drop(unsafe { (*FORK_HELD.0.get()).take() });
     }
 
     /// Stops the reclaimer thread (the controller is going away).

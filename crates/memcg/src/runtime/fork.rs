@@ -19,9 +19,13 @@
 //!      flag or shows its busy mark; then waits until no task's thread is
 //!      busy.
 //!
+//!   4. takes the reclaimer's queue lock and holds it across the copy: the
+//!      condvars wait with that lock, and a waiter woken during the fork
+//!      re-takes it before it can see the closed gate.
+//!
 //!   The lock order is therefore: the gate first (it excludes every engine
 //!   lock), then the task list (taken by the prepare handler itself to
-//!   reach the tasks).
+//!   reach the tasks), then the reclaimer's queue.
 //! - **parent**: opens the gate; waiting threads go on.
 //! - **child** (one thread, the forking one): the tasks of the threads that
 //!   did not survive are retired as their exit would have (byte caches and
@@ -190,9 +194,26 @@ extern "C" fn prepare() {
             std::thread::yield_now();
         }
     });
+    // The lock the reclaimer's condvars wait with: a waiter woken now takes
+    // it back before it sees the closed gate (and then lets it go), so it
+    // is held here across the copy instead (lock order: the gate, the task
+    // list, the reclaimer's queue).
+    ctrl.hold_reclaimer_for_fork();
+    HELD.store(true, Ordering::Relaxed);
     // The hit paths that ended above made their last stores before their
     // busy mark went; make them visible before the copy.
     process_barrier();
+}
+
+/// The prepare handler holds the reclaimer's queue lock (only the thread
+/// holding `FORKING` reads or writes it).
+static HELD: AtomicBool = AtomicBool::new(false);
+
+/// Lets the reclaimer's queue lock go, if the prepare handler took it.
+fn release_held() {
+    if HELD.swap(false, Ordering::Relaxed) {
+        crate::Controller::release_reclaimer_after_fork();
+    }
 }
 
 std::thread_local! {
@@ -205,6 +226,7 @@ extern "C" fn parent() {
     if SKIPPED.with(|s| s.replace(false)) {
         return;
     }
+    release_held();
     fork_gate::open();
     FORKING.store(false, Ordering::Release);
 }
@@ -214,6 +236,8 @@ extern "C" fn child() {
         return;
     }
     fork_gate::reset_in_child();
+    // Before the reclaimer's reset, which takes that lock.
+    release_held();
     if let Some(ctrl) = global::try_controller() {
         let me = my_task();
         // SAFETY: this is the child right after `fork`, on its only thread;

@@ -320,6 +320,7 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
 /// memcg knows (the fork waits for busy threads; see `runtime::fork`). An
 /// allocation inside `then` takes the re-entrant path.
 #[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
@@ -347,6 +348,7 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
 /// [`charge_alloc_other`] for [`charge_alloc_and`].
 #[cold]
 #[inline(never)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 fn charge_alloc_other_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
     sync_flags();
     if is_busy() {
