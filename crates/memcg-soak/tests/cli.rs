@@ -45,18 +45,12 @@ fn assert_fails_with(out: &Output, check: &str) {
 
 #[test]
 fn alloc_short_run_passes() {
-    // Forks from running workers may hang until the library's fork safety
-    // lands (README, "Fork"): quiescent forks only, so the test is stable.
+    // Forks from running workers and at quiescent points; a child whose
+    // invariants fail fails the run.
     let out = soak(
         ALLOC,
         "1x2",
-        &[
-            "--ops",
-            "6000",
-            "--check-every",
-            "500",
-            "--quiescent-forks-only",
-        ],
+        &["--ops", "6000", "--check-every", "500", "--strict-fork"],
     );
     assert_passes(&out, "memory.current exact");
 }
@@ -66,13 +60,7 @@ fn heaps_short_run_passes() {
     let out = soak(
         HEAPS,
         "1x2",
-        &[
-            "--ops",
-            "3000",
-            "--check-every",
-            "500",
-            "--quiescent-forks-only",
-        ],
+        &["--ops", "3000", "--check-every", "500", "--strict-fork"],
     );
     assert_passes(&out, "memory.current exact");
 }

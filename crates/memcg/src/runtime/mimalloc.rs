@@ -101,8 +101,9 @@ extern "C" {
 
 /// Heaps the process may create for objcgs: one per objcg table entry
 /// that ever allocated, up to this many (or fewer, set by
-/// [`MemcgMimalloc::set_max_heaps`]: each heap costs mimalloc about
-/// 280 KiB of resident memory per thread that allocated from it). mimalloc
+/// [`MemcgMimalloc::set_max_heaps`]: each heap costs mimalloc resident
+/// memory per thread that allocated from it, from about 280 KiB for a
+/// heap barely used to about 6 MiB for one in steady use). mimalloc
 /// 3 gives every heap a dynamic thread-local slot and has fewer than
 /// 65,535 of them; half of that leaves room for the process's own.
 ///
@@ -523,12 +524,16 @@ impl MemcgMimalloc {
     /// (charged as usual, counted by
     /// [`MemcgMimalloc::fallback_allocations`]).
     ///
-    /// A heap costs mimalloc memory of its own once it allocated: about
-    /// 280 KiB of resident memory per heap used by one thread (measured
-    /// with mimalloc 3.3: 4,096 heaps with one freed block each added
-    /// 1.1 GiB, which `mi_collect` did not return), so a process with
-    /// many short-lived groups may want fewer heaps than
-    /// [`MAX_OBJCG_HEAPS`]. The fallback heap's blocks cost an 8-byte
+    /// A heap costs mimalloc memory of its own once it allocated, per
+    /// thread that allocated from it: about 280 KiB for a heap barely
+    /// used (measured with mimalloc 3.3: 4,096 heaps with one freed block
+    /// each added 1.1 GiB, which `mi_collect` did not return), and about
+    /// 6 MiB for a heap in steady use by a thread (4 threads keeping
+    /// 255 MiB live over 1, 16 and 64 groups: 373 MiB, 689 MiB and
+    /// 1.85 GiB resident; `crates/memcg-soak/examples/heaps_rss_mixed.rs`).
+    /// The cost is per heap in use at once: groups made and removed one at
+    /// a time do not add up. A process with many groups live at once may
+    /// want fewer heaps than [`MAX_OBJCG_HEAPS`]. The fallback heap's blocks cost an 8-byte
     /// trailer (not charged) and a cold path at allocation and free. Tests
     /// use it to reach the fallback without making 32,768 heaps.
     pub fn set_max_heaps(max_heaps: usize) -> usize {
