@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::byte_cache::TASK_CACHE_BOUND_BYTES;
 use crate::engine::memcg::MemCgroup;
 use crate::engine::stock::{ObjSlot, PageSlot};
 use crate::engine::Controller;
@@ -109,7 +110,9 @@ impl Controller {
     /// - no page counter underflow, no reference dropped twice, no release
     ///   with a partial page left;
     /// - the table's free list: no cycle, no entry twice, only released
-    ///   entries, and every released entry on it.
+    ///   entries, and every released entry on it;
+    /// - every task's byte cache under `TASK_CACHE_BOUND_BYTES` (part of
+    ///   the error bound).
     ///
     /// # Errors
     /// [`InvariantViolations`] listing what is wrong.
@@ -174,6 +177,17 @@ impl Controller {
                 }
                 let c = &t.cache;
                 let id = c.objcg.load(Ordering::Relaxed);
+                // Part of the error bound (`engine/bound.rs`): a charge
+                // refills the cache to at most `CACHE_MAX_BYTES` plus a
+                // page's remainder, an uncharge trims it above
+                // `CACHE_MAX_BYTES`, and no reclaim or user code runs
+                // between a charge's page charge and its refill.
+                let cached = c.bytes.load(Ordering::Relaxed);
+                if cached >= TASK_CACHE_BOUND_BYTES {
+                    v.push(format!(
+                        "a task's byte cache holds {cached} bytes (objcg {id}), over its bound of {TASK_CACHE_BOUND_BYTES}"
+                    ));
+                }
                 if id != 0 {
                     let h = held.entry(id).or_default();
                     h.refs += 1 + c.refs.load(Ordering::Relaxed) as i64;
@@ -454,6 +468,7 @@ fn collect_online(m: &Arc<MemCgroup>, out: &mut Vec<Arc<MemCgroup>>) {
 #[cfg(all(test, not(memcg_loom)))]
 mod tests {
     use super::Fault;
+    use crate::sync::Ordering;
     use crate::{ChargeKind, Controller, Topology};
 
     fn setup() -> (
@@ -474,6 +489,43 @@ mod tests {
         c.check_invariants()
             .expect_err("the fault must be caught")
             .to_string()
+    }
+
+    #[test]
+    fn check_invariants_overfull_task_cache_reports_the_bound() {
+        let (c, _g, t, _ch) = setup();
+        let cache = &t.shared.cache;
+        let bytes = cache.bytes.load(Ordering::Relaxed);
+        cache
+            .bytes
+            .store(crate::engine::TASK_CACHE_BOUND_BYTES, Ordering::Relaxed);
+        let v = violations(&c);
+        assert!(v.contains("over its bound"), "{v}");
+        cache.bytes.store(bytes, Ordering::Relaxed);
+        assert_eq!(c.check_invariants(), Ok(()));
+    }
+
+    /// Page charges in a row, each short of the cache's bytes, used to
+    /// add up their remainders past the bound (found by the simulator's
+    /// fuzzer once the checker looked at the bound).
+    #[test]
+    fn page_charges_in_a_row_keep_the_task_cache_under_its_bound() {
+        let c = Controller::new(Topology::from_spec("1x1").unwrap());
+        let g = c.create("g").unwrap();
+        let t = c.new_task(&g).unwrap();
+        // 4 pages charged, freed: the cache holds 16,384 bytes (its max).
+        let first = t.charge(0, 16_000, ChargeKind::Alloc).unwrap();
+        t.uncharge(0, first).unwrap();
+        let mut held = Vec::new();
+        // Each is more than the cache holds: pages, and a remainder.
+        for bytes in [20_000, 16_865, 20_481] {
+            held.push(t.charge(0, bytes, ChargeKind::Alloc).unwrap());
+            assert_eq!(c.check_invariants(), Ok(()), "after a charge of {bytes}");
+        }
+        for ch in held {
+            t.uncharge(0, ch).unwrap();
+        }
+        assert_eq!(c.check_invariants(), Ok(()));
     }
 
     #[test]

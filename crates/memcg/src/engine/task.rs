@@ -433,7 +433,16 @@ impl Task {
             // `objcg`; checked all the same, since a stale remainder in the
             // cache would be charged to the wrong objcg.
             if cache.objcg.load(Ordering::Relaxed) == objcg.id() {
-                set_u64(&cache.bytes, get_u64(&cache.bytes) + remainder);
+                let cached = get_u64(&cache.bytes) + remainder;
+                set_u64(&cache.bytes, cached);
+                // The cache held up to `CACHE_MAX_BYTES` before (it is
+                // short of this charge, not empty): two page charges in a
+                // row would otherwise pile up their remainders past
+                // `TASK_CACHE_BOUND_BYTES` (the fuzzer's check found 20,605
+                // bytes after an alloc of 107,418).
+                if cached > CACHE_MAX_BYTES {
+                    self.trim_cache(cpu, objcg);
+                }
             } else if remainder > 0 {
                 core.refill_obj_stock(Some(cpu), objcg, remainder, 0, false);
             }
