@@ -162,6 +162,10 @@ impl Task {
         let cached_id = self.shared.cache.objcg.load(Ordering::Relaxed);
         if cached_id != 0 {
             if let Some(info) = memcg.nodeinfo.get(nid) {
+                // Acquire: pairs with the slot's Release store when the
+                // objcg is installed (`group.rs`), as every slot read does;
+                // no model kills it alone (the cache's own reference keeps
+                // the entry, and its fields are read only after `get`).
                 let word = info.objcg.load(Ordering::Acquire);
                 if word as u32 == cached_id {
                     if let Some(o) = self.core.table.get(cached_id) {
@@ -202,6 +206,10 @@ impl Task {
         );
         self.core.refreshes.fetch_add(1, Ordering::Relaxed);
         loop {
+            // Acquire: the seed's refresh reads the array after the flag
+            // that `attach` set with Release (`task_shared.rs`), so the
+            // new group's array entries it then clears are the ones
+            // published before the flag.
             let tagged = shared.objcgs.load(Ordering::Acquire);
             let untagged = tagged & !CURRENT_OBJCG_UPDATE_FLAG;
             if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0

@@ -280,6 +280,8 @@ impl Reclaimd {
                 }
             }
             if spawned == 0 {
+                // Release, as the store of `served` above: a charge that
+                // reads `false` with Acquire waits for no thread.
                 self.served.store(false, Ordering::Release);
                 self.started.store(false, Ordering::Release);
             }
@@ -572,6 +574,8 @@ impl Reclaimd {
                 self.serve_reclaim(g);
             }
         }
+        // Acquire: pairs with the AcqRel swap that queued the kill, so the
+        // kill's mark on the group is seen before its callbacks run.
         if g.reclaim.kill_queued.load(Ordering::Acquire) {
             serve_kill(g);
         }
