@@ -206,10 +206,10 @@ impl Task {
         );
         self.core.refreshes.fetch_add(1, Ordering::Relaxed);
         loop {
-            // Acquire: the seed's refresh reads the array after the flag
-            // that `attach` set with Release (`task_shared.rs`), so the
-            // new group's array entries it then clears are the ones
-            // published before the flag.
+            // Acquire: pairs with the AcqRel OR of the flag by `attach`
+            // (`task_shared.rs`), so that what the attach wrote before it
+            // (the task's new group) is seen by the refresh that follows
+            // (see the module doc).
             let tagged = shared.objcgs.load(Ordering::Acquire);
             let untagged = tagged & !CURRENT_OBJCG_UPDATE_FLAG;
             if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0
