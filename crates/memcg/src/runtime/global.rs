@@ -7,8 +7,31 @@ use crate::runtime::topology::CpuMap;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 const UNINIT: u32 = 0;
+/// The low bits of a word `pid << 2 | INITIALIZING`: the process `pid` is
+/// making the controller.
 const INITIALIZING: u32 = 1;
 const READY: u32 = 2;
+const STATE_BITS: u32 = 0b11;
+
+/// The state word of a process `pid` that starts making the controller
+/// (Linux pids are below 2^22, so `pid << 2` fits).
+fn initializing_word(pid: u32) -> u32 {
+    (pid << 2) | INITIALIZING
+}
+
+/// Whether `word` says that a controller is being made by a process other
+/// than `my_pid`: the copy of a fork made after the state left `UNINIT`
+/// but before the fork handlers were registered, in which no thread will
+/// ever finish it (the child then makes its own).
+fn initialization_is_stale(word: u32, my_pid: u32) -> bool {
+    word & STATE_BITS == INITIALIZING && word >> 2 != my_pid
+}
+
+/// This process's id.
+fn pid() -> u32 {
+    // SAFETY: `getpid` has no preconditions and cannot fail.
+    unsafe { libc::getpid() as u32 }
+}
 
 static STATE: AtomicU32 = AtomicU32::new(UNINIT);
 static CONTROLLER: AtomicPtr<Controller> = AtomicPtr::new(std::ptr::null_mut());
@@ -95,9 +118,17 @@ pub(crate) fn current_cpu_and_key() -> (usize, u64) {
 /// The controller, initialising it if needed. Returns `None` only while
 /// another thread (or this one, re-entrantly) is initialising it.
 pub(crate) fn controller_or_init() -> Option<&'static Controller> {
-    match STATE.load(Ordering::Acquire) {
+    let word = STATE.load(Ordering::Acquire);
+    match word & STATE_BITS {
         READY => try_controller(),
-        INITIALIZING => None,
+        INITIALIZING => {
+            if initialization_is_stale(word, pid()) {
+                // One thread of the child takes the copied word back; it or
+                // another then makes the child's controller.
+                let _ = STATE.compare_exchange(word, UNINIT, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            None
+        }
         _ => init(),
     }
 }
@@ -107,7 +138,12 @@ pub(crate) fn controller_or_init() -> Option<&'static Controller> {
 fn init() -> Option<&'static Controller> {
     // Acquire/Release: pairs with the Release store of READY below.
     if STATE
-        .compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Acquire)
+        .compare_exchange(
+            UNINIT,
+            initializing_word(pid()),
+            Ordering::Acquire,
+            Ordering::Acquire,
+        )
         .is_err()
     {
         return try_controller();
@@ -138,7 +174,11 @@ fn init() -> Option<&'static Controller> {
 /// Waits while another thread makes the controller (the fork handler: a
 /// child must not inherit a controller half made).
 pub(crate) fn wait_while_initializing() {
-    while STATE.load(Ordering::Acquire) == INITIALIZING {
+    loop {
+        let word = STATE.load(Ordering::Acquire);
+        if word & STATE_BITS != INITIALIZING || initialization_is_stale(word, pid()) {
+            return;
+        }
         std::thread::yield_now();
     }
 }
@@ -211,4 +251,21 @@ pub fn current_node_id() -> usize {
         .topology()
         .node_of(current_cpu_id())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_initialization_copied_from_another_process_is_stale() {
+        let parent = 4_194_303; // the largest pid Linux gives
+        let word = initializing_word(parent);
+        assert_eq!(word & STATE_BITS, INITIALIZING);
+        assert!(!initialization_is_stale(word, parent), "the maker's own");
+        assert!(initialization_is_stale(word, 77), "a forked child's copy");
+        assert!(!initialization_is_stale(UNINIT, 77));
+        assert!(!initialization_is_stale(READY, 77));
+        assert_ne!(word, READY);
+    }
 }
