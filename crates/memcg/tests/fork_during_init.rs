@@ -85,9 +85,9 @@ fn trial(delay_spins: u32) -> i32 {
     for _ in 0..delay_spins {
         std::hint::spin_loop();
     }
+    let early = !MADE.load(Ordering::SeqCst);
     // SAFETY: the child runs `grandchild` (library calls on its one
     // thread) and `_exit`s.
-    let early = !MADE.load(Ordering::SeqCst);
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         let code = grandchild();
