@@ -182,6 +182,32 @@ fn charged(size: usize) -> u64 {
     (size.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
 }
 
+/// After the handlers stopped: `g` (the group the test thread is attached
+/// to) holds exactly `held` bytes, plus the handler's last kept block if
+/// that was charged here (the handler interrupted the thread outside the
+/// library and its charges) rather than to root; then frees that block.
+fn assert_group_holds(ctrl: &memcg::Controller, g: &memcg::Group, held: u64) {
+    memcg::flush_current();
+    ctrl.drain_stocks();
+    let kept = KEPT.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    let kept_bytes = if kept.is_null() {
+        0
+    } else {
+        // SAFETY: made by `Box::into_raw` in the handler; read only.
+        charged(std::mem::size_of::<Vec<u8>>()) + charged(unsafe { &*kept }.capacity())
+    };
+    let live = g.stats().stat.alloc_bytes;
+    assert!(
+        live == held || live == held + kept_bytes,
+        "group live bytes {live}, the test thread holds {held} (+{kept_bytes} if the handler's block is here); {:?}",
+        g.stats().stat,
+    );
+    if !kept.is_null() {
+        // SAFETY: made by `Box::into_raw` in the handler, swapped out once.
+        drop(unsafe { Box::from_raw(kept) });
+    }
+}
+
 /// The tests of this binary share the handler, the timer's signal and
 /// [`KEPT`]: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -234,27 +260,7 @@ fn signal_handler_allocations_interrupting_charges_keep_every_counter_balanced()
             .flatten()
             .map(|v| charged(v.capacity()))
             .sum::<u64>();
-    memcg::flush_current();
-    ctrl.drain_stocks();
-    let kept = KEPT.swap(std::ptr::null_mut(), Ordering::Relaxed);
-    // The handler's last block is charged to `g` or to root, depending on
-    // whether the handler interrupted a charge (BUSY: root) or not (and on
-    // which thread took the signal).
-    let kept_bytes = if kept.is_null() {
-        0
-    } else {
-        // SAFETY: made by `Box::into_raw` in the handler; read only.
-        charged(std::mem::size_of::<Vec<u8>>()) + charged(unsafe { &*kept }.capacity())
-    };
-    let live = g.stats().stat.alloc_bytes;
-    assert!(
-        live == held || live == held + kept_bytes,
-        "group live bytes {live}, main thread holds {held} (+{kept_bytes} if the handler's block is here)"
-    );
-    if !kept.is_null() {
-        // SAFETY: made by `Box::into_raw` in the handler, swapped out once.
-        drop(unsafe { Box::from_raw(kept) });
-    }
+    assert_group_holds(ctrl, &g, held);
     drop(ring);
     memcg::flush_current();
     ctrl.drain_stocks();
@@ -351,27 +357,7 @@ fn signal_handler_allocations_interrupting_library_calls_take_no_engine_lock() {
     );
     let held: u64 = charged(kept.capacity() * std::mem::size_of::<Vec<u8>>())
         + kept.iter().map(|v| charged(v.capacity())).sum::<u64>();
-    memcg::flush_current();
-    ctrl.drain_stocks();
-    // The handler's kept block may be in this group (it interrupted the
-    // thread outside a library call) or elsewhere.
-    let k = KEPT.swap(std::ptr::null_mut(), Ordering::Relaxed);
-    let kept_bytes = if k.is_null() {
-        0
-    } else {
-        // SAFETY: made by `Box::into_raw` in the handler; read only.
-        charged(std::mem::size_of::<Vec<u8>>()) + charged(unsafe { &*k }.capacity())
-    };
-    let live = g.stats().stat.alloc_bytes;
-    assert!(
-        live == held || live == held + kept_bytes,
-        "group live bytes {live}, main thread holds {held} (+{kept_bytes} if the handler's block is here); {:?}",
-        g.stats().stat,
-    );
-    if !k.is_null() {
-        // SAFETY: made by `Box::into_raw` in the handler, swapped out once.
-        drop(unsafe { Box::from_raw(k) });
-    }
+    assert_group_holds(ctrl, &g, held);
     drop(kept);
     ctrl.root().attach_current().expect("attach root");
     assert!(
