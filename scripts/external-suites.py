@@ -21,7 +21,8 @@ not offer falls back to `getcpu`, as the runtime documents). Every test binary i
 (a shim that was not linked would test nothing).
 
 A configuration passes when its passed, failed and ignored counts equal the
-baseline's. The script prints one line per run and a table, and exits 1 if
+baseline's; one that differs runs once more (some suites assert timings that
+a loaded machine breaks), and both results are reported. The script prints one line per run and a table, and exits 1 if
 any run differs from the baseline (or a build fails).
 
 Usage:
@@ -253,19 +254,32 @@ def run_crate(name, modes, results):
         for mode, env in ([("default", {})] if allocator == "system" else modes):
             log = logs / f"{name}-{allocator}-{mode}.log"
             t0 = time.time()
-            r = sh(
-                ["cargo", "test", "--lib", "--tests", "--no-fail-fast", *args, *features],
-                cwd=crate_dir,
-                env={"CARGO_TARGET_DIR": str(target), **env},
-                log=log,
-                check=False,
-            )
-            c = counts(log)
+
+            def run(log):
+                r = sh(
+                    ["cargo", "test", "--lib", "--tests", "--no-fail-fast", *args, *features],
+                    cwd=crate_dir,
+                    env={"CARGO_TARGET_DIR": str(target), **env},
+                    log=log,
+                    check=False,
+                )
+                return r, counts(log)
+
+            r, c = run(log)
+            first = None
+            if allocator != "system" and baseline is not None and c != baseline:
+                # Some suites assert timings (crossbeam-channel's
+                # `recv_timeout`: at most 250 ms), which a loaded machine
+                # breaks: one rerun, and both results are reported.
+                first = c
+                r, c = run(logs / f"{name}-{allocator}-{mode}.rerun.log")
             if allocator == "system":
                 baseline = c
                 verdict = "baseline" if r.returncode == 0 else f"baseline (status {r.returncode})"
             elif baseline is None:
                 verdict = "no baseline"
+            elif c == baseline and first is not None:
+                verdict = f"same as system on a rerun (first run {first}, see its log)"
             elif c == baseline:
                 verdict = "same as system"
             else:
@@ -307,7 +321,7 @@ def main():
     for n, alloc, mode, c, verdict in results:
         p, f, i = c if c else ("-", "-", "-")
         print(f"| {n} | {alloc} | {mode} | {p} | {f} | {i} | {verdict} |")
-        if verdict not in ("baseline", "same as system"):
+        if not (verdict == "baseline" or verdict.startswith("same as system")):
             bad += 1
     print(f"\n{bad} run(s) differ from the system allocator or failed to build" if bad else "\nevery run matches the system allocator")
     return 1 if bad else 0
