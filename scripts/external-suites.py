@@ -55,7 +55,7 @@ CRATES = {
     "serde_json": ("1.0.154", []),
     "crossbeam-channel": ("0.5.15", []),
     "rayon-core": ("1.13.0", []),
-    "tokio": ("1.54.1", ["--features", "full"]),
+    "tokio": ("1.54.1", ["--features", "full,test-util"]),
     "bytes": ("1.12.2", []),
     "parking_lot": ("0.12.5", []),
 }
@@ -158,6 +158,13 @@ def inject(crate_dir, shim):
     text = toml.read_text()
     if "memcg-suite-shim" not in text:
         text += f'\n[dev-dependencies.memcg-suite-shim]\npath = "{shim}"\n'
+        if crate_dir.name.startswith("tokio-"):
+            # Its dev-dependencies (tokio-test, tokio-stream, ...) depend on
+            # tokio from the registry: one tokio for all, as its own
+            # workspace does with the same patch.
+            text += '\n[patch.crates-io]\ntokio = { path = "." }\n'
+        # A published lock file knows neither the shim nor the patch.
+        (crate_dir / "Cargo.lock").unlink(missing_ok=True)
         if not re.search(r"^\[workspace\]", text, re.M):
             text += "\n[workspace]\n"
         toml.write_text(text)
