@@ -27,6 +27,7 @@
 //! With `--svg-dir DIR` the summaries are also drawn as SVG charts into
 //! `DIR` (see [`plot`]).
 
+pub mod hitpath;
 pub mod plot;
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
