@@ -584,16 +584,77 @@ impl MemcgMimalloc {
         UNACCOUNTED_FALLBACKS.load(Ordering::Relaxed)
     }
 
+    /// The hit path of `alloc`: a charge served by the thread's byte cache
+    /// ([`thread::charge_hit_and`]), then the objcg's heap (its table
+    /// entry's cookie) and the allocation in it, the thread still marked
+    /// busy. Every miss goes whole to a cold function, so that the hit
+    /// path keeps little across its one call (mimalloc's).
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let bytes = charged_bytes(layout);
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        thread::charge_alloc_and(bytes, |raw| {
+        let hit = thread::charge_hit_and(bytes, |raw| {
+            // SAFETY: `raw` is the raw word of the live charge just made
+            // (the address of an entry of the global controller's
+            // type-stable objcg table, which lives as long as the process).
+            let cookie = unsafe { crate::engine::alloc_cookie(raw) };
+            // Acquire: pairs with the AcqRel exchange in `new_heap`, so the
+            // heap mimalloc made is seen whole.
+            let heap = cookie.load(Ordering::Acquire);
+            if heap > NO_HEAP {
+                // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
+                // valid size and power-of-two alignment (from `layout`).
+                let block = unsafe {
+                    if zeroed {
+                        mi_heap_zalloc_aligned(heap as *mut c_void, layout.size(), layout.align())
+                    } else {
+                        mi_heap_malloc_aligned(heap as *mut c_void, layout.size(), layout.align())
+                    }
+                } as *mut u8;
+                if !block.is_null() {
+                    return block;
+                }
+            }
+            // SAFETY: forwarded contract; `raw` is the charge just made.
+            unsafe { alloc_charged_cold(raw, layout, zeroed) }
+        });
+        match hit {
+            Some(block) => block,
             // SAFETY: forwarded contract.
-            unsafe { alloc_charged(raw, bytes, layout, zeroed) }
-        })
+            None => unsafe { alloc_cold(layout, zeroed) },
+        }
     }
+}
+
+/// `alloc` off the hit path: any state of the thread.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_cold(layout: Layout, zeroed: bool) -> *mut u8 {
+    let bytes = charged_bytes(layout);
+    // mimalloc is called with the thread still busy (see
+    // `thread::charge_alloc_and`: a fork waits for it).
+    thread::charge_alloc_and(bytes, |raw| {
+        // SAFETY: forwarded contract.
+        unsafe { alloc_charged(raw, bytes, layout, zeroed) }
+    })
+}
+
+/// [`alloc_charged`] out of line, for the hit path's misses after its
+/// charge (the objcg has no heap yet, or its heap refused). Takes no
+/// byte count (it is [`charged_bytes`] of `layout`): the hit path then
+/// keeps one register less across its call.
+///
+/// # Safety
+/// As [`alloc_charged`], with `raw` a charge of `charged_bytes(layout)`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_charged_cold(raw: usize, layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { alloc_charged(raw, charged_bytes(layout), layout, zeroed) }
 }
 
 /// The rest of [`MemcgMimalloc`]'s `alloc` once `raw` is charged.
@@ -653,6 +714,19 @@ fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
     (heap, TABLE.objcg_of(heap as usize))
 }
 
+/// `dealloc` of a block with an objcg off the hit path: uncharges it,
+/// then frees it.
+///
+/// # Safety
+/// `ptr` is a live block of the heap of the objcg `raw`, charged `bytes`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_cold(ptr: *mut u8, raw: usize, bytes: u64) {
+    thread::uncharge_alloc(raw, bytes);
+    // SAFETY: `ptr` came from mimalloc.
+    unsafe { mi_free(ptr as *mut c_void) };
+}
+
 // SAFETY: see the type's `# Safety` section.
 unsafe impl GlobalAlloc for MemcgMimalloc {
     #[inline]
@@ -675,7 +749,13 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
             // `layout` (the caller's contract).
             return unsafe { dealloc_without_objcg(ptr, heap, layout.size()) };
         }
-        thread::uncharge_alloc(raw, charged_bytes(layout));
+        let bytes = charged_bytes(layout);
+        // SAFETY: `raw` is the objcg of the block's heap, so the block was
+        // charged `bytes` to it (not 0: checked above), uncharged once.
+        if !unsafe { thread::uncharge_hit(raw, bytes) } {
+            // SAFETY: as below.
+            return unsafe { dealloc_cold(ptr, raw, bytes) };
+        }
         // SAFETY: `ptr` came from mimalloc (one of the calls in
         // `alloc_with` or `realloc`).
         unsafe { mi_free(ptr as *mut c_void) };

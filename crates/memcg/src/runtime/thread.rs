@@ -284,6 +284,93 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
     })
 }
 
+/// The hit path of [`charge_alloc`]: `Some(raw)` when this thread's task
+/// charged `bytes` from its byte cache under its fast key, else `None`
+/// with nothing done (the caller then takes [`charge_alloc`]). It makes no
+/// call: the allocators inline it next to their own hit path and move
+/// every miss into one cold function, so that the hit pair saves no
+/// registers for the slow paths.
+///
+/// The same steps as `charge_alloc`'s fast path: one flags load, the busy
+/// mark around the engine's accesses (a signal handler arriving meanwhile
+/// takes the re-entrant path), and no check of the fork gate (a fork being
+/// prepared clears every fast key after marking its start; see
+/// `runtime::fork`).
+#[inline(always)]
+pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
+    let f = flags();
+    if f != ACTIVE && f != ACTIVE | CPU_KEY {
+        return None;
+    }
+    mark_busy(f);
+    // SAFETY: the life is ACTIVE.
+    let task = unsafe { task_unchecked() };
+    let key = if f == ACTIVE {
+        1
+    } else {
+        global::fast_key_of_cpu_inline()
+    };
+    let raw = task.charge_fast(key, bytes);
+    unmark_busy(f);
+    raw
+}
+
+/// [`charge_hit`], then `then(raw)` with the thread still marked busy, as
+/// [`charge_alloc_and`] does (`MemcgMimalloc` calls mimalloc there); `None`
+/// with nothing done on a miss.
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
+    let f = flags();
+    if f != ACTIVE && f != ACTIVE | CPU_KEY {
+        return None;
+    }
+    mark_busy(f);
+    // SAFETY: the life is ACTIVE.
+    let task = unsafe { task_unchecked() };
+    let key = if f == ACTIVE {
+        1
+    } else {
+        global::fast_key_of_cpu_inline()
+    };
+    let r = task.charge_fast(key, bytes).map(then);
+    unmark_busy(f);
+    r
+}
+
+/// The hit path of [`uncharge_alloc`]: `true` when this thread's task took
+/// the charge `raw` of `bytes` back into its byte cache, else `false` with
+/// nothing done (the caller then takes [`uncharge_alloc`]). No call, as
+/// for [`charge_hit`]; `raw` is not 0.
+///
+/// # Safety
+/// `raw` is a trailer word written by `charge_alloc` (or [`charge_hit`])
+/// for a block of `bytes` bytes, not 0, and uncharged once: by this call
+/// if it returns `true`.
+#[inline(always)]
+pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
+    let f = flags();
+    if f & (LIFE | BUSY) != ACTIVE {
+        return false;
+    }
+    mark_busy(f);
+    // A fork being prepared: off the hit path (see `runtime::fork`).
+    let done = !fork_gate::pending() && {
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: the caller's guarantee: a trailer word of a block of
+        // `bytes` bytes of the global controller (the one every thread
+        // task belongs to), uncharged once.
+        unsafe { task.uncharge_fast(raw, bytes) }
+    };
+    unmark_busy(f);
+    done
+}
+
 /// Charges `bytes` for an allocation on this thread: returns the trailer
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
