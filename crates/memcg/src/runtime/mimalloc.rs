@@ -68,6 +68,7 @@
 //! arena cannot serve moves the block there, counted the same way).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
@@ -714,6 +715,96 @@ fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
     (heap, TABLE.objcg_of(heap as usize))
 }
 
+thread_local! {
+    /// The last heap whose objcg a free of this thread found in [`TABLE`]
+    /// (0 for none), and that objcg's raw word: a heap maps to one objcg
+    /// table entry for the life of the process (the table is insert-only
+    /// and an entry's raw word is its type-stable address), so the pair
+    /// never goes stale. Read and written only while the thread is marked
+    /// busy ([`thread::uncharge_hit_with`]'s `resolve`): a signal handler
+    /// then takes the re-entrant path, which does not touch them, so it
+    /// never sees a pair half written. `const`, `!Drop`: plain
+    /// thread-locals, valid in every TLS destructor.
+    static LAST_HEAP: Cell<usize> = const { Cell::new(0) };
+    static LAST_OBJCG: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The objcg raw word of `heap` if it is the thread's last heap (0 for a
+/// null heap before any pair was kept), else [`thread::UNRESOLVED`] (the
+/// cold path then probes [`TABLE`]), for a free marked busy. No call, so
+/// that the free's hit path keeps nothing more across calls.
+#[inline(always)]
+fn objcg_of_heap_busy(heap: usize) -> usize {
+    if heap == LAST_HEAP.with(Cell::get) {
+        return LAST_OBJCG.with(Cell::get);
+    }
+    thread::UNRESOLVED
+}
+
+/// The objcg raw word of `heap` (0: none, or a null heap) from [`TABLE`],
+/// for a free marked busy: the pair is kept when the heap has an objcg.
+#[cold]
+#[inline(never)]
+fn objcg_of_heap_busy_probe(heap: usize) -> usize {
+    if heap == 0 {
+        return 0;
+    }
+    let raw = TABLE.objcg_of(heap);
+    if raw != 0 {
+        LAST_HEAP.with(|h| h.set(heap));
+        LAST_OBJCG.with(|o| o.set(raw));
+    }
+    raw
+}
+
+/// `dealloc` off the hit path. `raw` is what
+/// [`thread::uncharge_hit_with`] returned: the block's objcg word, 0 for
+/// none, or [`thread::UNRESOLVED`] (then looked up here).
+///
+/// # Safety
+/// `ptr` is a live block of `heap` (or `heap` is null), allocated by this
+/// allocator with a layout of `size` bytes; `raw`, if resolved, is the
+/// objcg of `heap`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_miss(ptr: *mut u8, heap: *mut c_void, size: usize, raw: usize) {
+    let raw = if raw == thread::UNRESOLVED {
+        // Not the thread's last heap (or not on the hit path): again, with
+        // the table probed while busy, which keeps the pair.
+        // SAFETY: `objcg_of_heap_busy_probe` returns the objcg of the
+        // block's heap, charged `charged_size(size)`; uncharged once.
+        match unsafe {
+            thread::uncharge_hit_with(charged_size(size), || {
+                objcg_of_heap_busy_probe(heap as usize)
+            })
+        } {
+            None => {
+                // SAFETY: `ptr` came from mimalloc.
+                return unsafe { mi_free(ptr as *mut c_void) };
+            }
+            Some(raw) => raw,
+        }
+    } else {
+        raw
+    };
+    let raw = if raw == thread::UNRESOLVED {
+        if heap.is_null() {
+            0
+        } else {
+            TABLE.objcg_of(heap as usize)
+        }
+    } else {
+        raw
+    };
+    if raw == 0 {
+        // SAFETY: the caller's guarantee.
+        return unsafe { dealloc_without_objcg(ptr, heap, size) };
+    }
+    // SAFETY: `raw` is the objcg of the block's heap, charged
+    // `charged_size(size)` for it.
+    unsafe { dealloc_cold(ptr, raw, charged_size(size)) }
+}
+
 /// `dealloc` of a block with an objcg off the hit path: uncharges it,
 /// then frees it.
 ///
@@ -743,18 +834,18 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let (heap, raw) = heap_and_objcg_of_block(ptr);
-        if raw == 0 {
-            // SAFETY: `ptr` is a live block of `heap` allocated with
-            // `layout` (the caller's contract).
-            return unsafe { dealloc_without_objcg(ptr, heap, layout.size()) };
-        }
+        // SAFETY: `ptr` is a live block from mimalloc; `mi_heap_of` reads
+        // mimalloc's page map and the page's metadata, not the block.
+        let heap = unsafe { mi_heap_of(ptr as *const c_void) };
         let bytes = charged_bytes(layout);
-        // SAFETY: `raw` is the objcg of the block's heap, so the block was
-        // charged `bytes` to it (not 0: checked above), uncharged once.
-        if !unsafe { thread::uncharge_hit(raw, bytes) } {
-            // SAFETY: as below.
-            return unsafe { dealloc_cold(ptr, raw, bytes) };
+        // SAFETY: `objcg_of_heap_busy` returns the objcg of the block's
+        // heap, so the block was charged `bytes` to it; uncharged once.
+        let miss =
+            unsafe { thread::uncharge_hit_with(bytes, || objcg_of_heap_busy(heap as usize)) };
+        if let Some(raw) = miss {
+            // SAFETY: `ptr` is a live block of `heap` allocated with
+            // `layout` (the caller's contract), charged `raw` if resolved.
+            return unsafe { dealloc_miss(ptr, heap, layout.size(), raw) };
         }
         // SAFETY: `ptr` came from mimalloc (one of the calls in
         // `alloc_with` or `realloc`).

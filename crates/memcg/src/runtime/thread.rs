@@ -371,6 +371,51 @@ pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
     done
 }
 
+/// What [`uncharge_hit_with`] returns when it did not uncharge: the
+/// charge's word was not resolved (the thread was not on its hit path).
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) const UNRESOLVED: usize = usize::MAX;
+
+/// [`uncharge_hit`] for an allocator that finds a block's charge while
+/// the thread is marked busy: `resolve` runs inside the busy mark and
+/// returns the charge's raw word (0: not accounted). `None` when the
+/// charge of `bytes` went back into the task's byte cache; else
+/// `Some(raw)` with nothing uncharged, `raw` being what `resolve`
+/// returned, or [`UNRESOLVED`] when it did not run. No call of its own
+/// besides `resolve`'s.
+///
+/// # Safety
+/// A non-zero word `resolve` returns is the raw word of the live charge
+/// of `bytes` bytes of the block being freed (of the global controller),
+/// uncharged once: by this call if it returns `None`.
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) unsafe fn uncharge_hit_with(
+    bytes: u64,
+    resolve: impl FnOnce() -> usize,
+) -> Option<usize> {
+    let f = flags();
+    if f & (LIFE | BUSY) != ACTIVE {
+        return Some(UNRESOLVED);
+    }
+    mark_busy(f);
+    let raw = resolve();
+    // A fork being prepared: off the hit path (see `runtime::fork`).
+    let done = raw != 0 && !fork_gate::pending() && {
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: the caller's guarantee: the block's charge, of `bytes`
+        // bytes of the global controller, uncharged once.
+        unsafe { task.uncharge_fast(raw, bytes) }
+    };
+    unmark_busy(f);
+    if done {
+        None
+    } else {
+        Some(raw)
+    }
+}
+
 /// Charges `bytes` for an allocation on this thread: returns the trailer
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
