@@ -29,6 +29,7 @@
 
 pub mod hitpath;
 pub mod plot;
+pub mod storm;
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::cell::Cell;

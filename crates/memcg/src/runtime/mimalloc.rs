@@ -19,7 +19,10 @@
 //!   objcg, like a kernel slab page of one memcg's cache;
 //! - a free asks mimalloc for the block's heap (`mi_heap_of`, which reads
 //!   the page's metadata, not the block) and finds the objcg in a
-//!   lock-free table from heap to objcg.
+//!   lock-free table from heap to objcg; each thread keeps the last
+//!   (heap, objcg) pair its frees found (a heap's objcg entry never
+//!   changes), so a run of frees of one objcg's blocks probes the table
+//!   once.
 //!
 //! Allocations that are not accounted (before the controller exists)
 //! come from mimalloc's main heap, whose blocks are not in the table, so
