@@ -301,16 +301,22 @@ pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
-    if f != ACTIVE && f != ACTIVE | CPU_KEY {
+    // One compare for a topology of one node (the key is 1), a second one
+    // otherwise (the key is the CPU's).
+    let cpu_key = if f == ACTIVE {
+        false
+    } else if f == ACTIVE | CPU_KEY {
+        true
+    } else {
         return None;
-    }
+    };
     mark_busy(f);
     // SAFETY: the life is ACTIVE.
     let task = unsafe { task_unchecked() };
-    let key = if f == ACTIVE {
-        1
-    } else {
+    let key = if cpu_key {
         global::fast_key_of_cpu_inline()
+    } else {
+        1
     };
     let raw = task.charge_fast(key, bytes);
     unmark_busy(f);
@@ -326,16 +332,22 @@ pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Op
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
-    if f != ACTIVE && f != ACTIVE | CPU_KEY {
+    // One compare for a topology of one node (the key is 1), a second one
+    // otherwise (the key is the CPU's).
+    let cpu_key = if f == ACTIVE {
+        false
+    } else if f == ACTIVE | CPU_KEY {
+        true
+    } else {
         return None;
-    }
+    };
     mark_busy(f);
     // SAFETY: the life is ACTIVE.
     let task = unsafe { task_unchecked() };
-    let key = if f == ACTIVE {
-        1
-    } else {
+    let key = if cpu_key {
         global::fast_key_of_cpu_inline()
+    } else {
+        1
     };
     let r = task.charge_fast(key, bytes).map(then);
     unmark_busy(f);
