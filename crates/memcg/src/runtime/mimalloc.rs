@@ -720,7 +720,8 @@ fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
 
 thread_local! {
     /// The last heap whose objcg a free of this thread found in [`TABLE`]
-    /// (0 for none), and that objcg's raw word: a heap maps to one objcg
+    /// (`usize::MAX` for none: no heap's address, not even a null heap's),
+    /// and that objcg's raw word (never 0): a heap maps to one objcg
     /// table entry for the life of the process (the table is insert-only
     /// and an entry's raw word is its type-stable address), so the pair
     /// never goes stale. Read and written only while the thread is marked
@@ -728,14 +729,14 @@ thread_local! {
     /// then takes the re-entrant path, which does not touch them, so it
     /// never sees a pair half written. `const`, `!Drop`: plain
     /// thread-locals, valid in every TLS destructor.
-    static LAST_HEAP: Cell<usize> = const { Cell::new(0) };
+    static LAST_HEAP: Cell<usize> = const { Cell::new(usize::MAX) };
     static LAST_OBJCG: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The objcg raw word of `heap` if it is the thread's last heap (0 for a
-/// null heap before any pair was kept), else [`thread::UNRESOLVED`] (the
-/// cold path then probes [`TABLE`]), for a free marked busy. No call, so
-/// that the free's hit path keeps nothing more across calls.
+/// The objcg raw word of `heap` if it is the thread's last heap, else
+/// [`thread::UNRESOLVED`] (the cold path then probes [`TABLE`]), for a
+/// free marked busy. No call, so that the free's hit path keeps nothing
+/// more across calls.
 #[inline(always)]
 fn objcg_of_heap_busy(heap: usize) -> usize {
     if heap == LAST_HEAP.with(Cell::get) {
@@ -744,25 +745,27 @@ fn objcg_of_heap_busy(heap: usize) -> usize {
     thread::UNRESOLVED
 }
 
-/// The objcg raw word of `heap` (0: none, or a null heap) from [`TABLE`],
-/// for a free marked busy: the pair is kept when the heap has an objcg.
+/// The objcg raw word of `heap` from [`TABLE`], or
+/// [`thread::UNRESOLVED`] when it has none (or is null), for a free marked
+/// busy: the pair is kept when the heap has an objcg.
 #[cold]
 #[inline(never)]
 fn objcg_of_heap_busy_probe(heap: usize) -> usize {
     if heap == 0 {
-        return 0;
+        return thread::UNRESOLVED;
     }
     let raw = TABLE.objcg_of(heap);
-    if raw != 0 {
-        LAST_HEAP.with(|h| h.set(heap));
-        LAST_OBJCG.with(|o| o.set(raw));
+    if raw == 0 {
+        return thread::UNRESOLVED;
     }
+    LAST_HEAP.with(|h| h.set(heap));
+    LAST_OBJCG.with(|o| o.set(raw));
     raw
 }
 
 /// `dealloc` off the hit path. `raw` is what
-/// [`thread::uncharge_hit_with`] returned: the block's objcg word, 0 for
-/// none, or [`thread::UNRESOLVED`] (then looked up here).
+/// [`thread::uncharge_hit_with`] returned: the block's objcg word, or
+/// [`thread::UNRESOLVED`] (then looked up here; 0 when the block has none).
 ///
 /// # Safety
 /// `ptr` is a live block of `heap` (or `heap` is null), allocated by this

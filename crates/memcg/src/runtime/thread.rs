@@ -390,16 +390,16 @@ pub(crate) const UNRESOLVED: usize = usize::MAX;
 
 /// [`uncharge_hit`] for an allocator that finds a block's charge while
 /// the thread is marked busy: `resolve` runs inside the busy mark and
-/// returns the charge's raw word (0: not accounted). `None` when the
-/// charge of `bytes` went back into the task's byte cache; else
-/// `Some(raw)` with nothing uncharged, `raw` being what `resolve`
-/// returned, or [`UNRESOLVED`] when it did not run. No call of its own
-/// besides `resolve`'s.
+/// returns the charge's raw word, or [`UNRESOLVED`] when it has none to
+/// give (never 0). `None` when the charge of `bytes` went back into the
+/// task's byte cache; else `Some(raw)` with nothing uncharged, `raw` being
+/// what `resolve` returned, or [`UNRESOLVED`] when it did not run. No
+/// call of its own besides `resolve`'s.
 ///
 /// # Safety
-/// A non-zero word `resolve` returns is the raw word of the live charge
-/// of `bytes` bytes of the block being freed (of the global controller),
-/// uncharged once: by this call if it returns `None`.
+/// A word `resolve` returns other than [`UNRESOLVED`] is the raw word (not
+/// 0) of the live charge of `bytes` bytes of the block being freed (of the
+/// global controller), uncharged once: by this call if it returns `None`.
 #[inline(always)]
 #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) unsafe fn uncharge_hit_with(
@@ -413,7 +413,8 @@ pub(crate) unsafe fn uncharge_hit_with(
     mark_busy(f);
     let raw = resolve();
     // A fork being prepared: off the hit path (see `runtime::fork`).
-    let done = raw != 0 && !fork_gate::pending() && {
+    // `UNRESOLVED` is no objcg's address: `uncharge_fast` misses on it.
+    let done = !fork_gate::pending() && {
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
         // SAFETY: the caller's guarantee: the block's charge, of `bytes`
