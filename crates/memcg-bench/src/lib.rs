@@ -27,7 +27,9 @@
 //! With `--svg-dir DIR` the summaries are also drawn as SVG charts into
 //! `DIR` (see [`plot`]).
 
+pub mod hitpath;
 pub mod plot;
+pub mod storm;
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -146,9 +146,59 @@ fn launder(p: *const u8) -> *const u8 {
     std::ptr::with_exposed_provenance(addr)
 }
 
+/// Whether a layout is small enough for the hit path: size below 2^60
+/// and alignment at most 2^59, so that `round_up(size, 8) + 8` rounded up
+/// to the alignment fits `isize` (the check of [`with_trailer`], in fewer
+/// instructions; every other layout takes the cold path, which makes that
+/// check).
+#[inline(always)]
+fn hit_layout(layout: Layout) -> bool {
+    (layout.size() | layout.align()) >> 60 == 0
+}
+
 impl<A: GlobalAlloc> MemcgAlloc<A> {
+    /// The hit path of `alloc`: a charge served by the thread's byte cache
+    /// ([`thread::charge_hit`]), the inner allocation, the trailer. Every
+    /// miss goes to [`MemcgAlloc::alloc_cold`], whole, so that this path
+    /// makes one call (the inner allocator's) and keeps only the charge
+    /// and the trailer's offset across it.
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if !hit_layout(layout) {
+            // SAFETY: forwarded contract.
+            return unsafe { self.alloc_cold(layout, zeroed) };
+        }
+        let offset = (layout.size() + 7) & !7;
+        let bytes = (offset + TRAILER_BYTES) as u64;
+        let Some(raw) = thread::charge_hit(bytes) else {
+            // SAFETY: forwarded contract.
+            return unsafe { self.alloc_cold(layout, zeroed) };
+        };
+        // SAFETY: `hit_layout`: the size plus padding and trailer, rounded
+        // up to the alignment (a power of two, from `layout`), fits `isize`.
+        let inner = unsafe { Layout::from_size_align_unchecked(bytes as usize, layout.align()) };
+        // SAFETY: `inner` has a non-zero size (it includes the trailer) and
+        // the caller's alignment.
+        let block = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(inner)
+            } else {
+                self.inner.alloc(inner)
+            }
+        };
+        if block.is_null() {
+            uncharge_failed(raw, bytes);
+            return block;
+        }
+        // SAFETY: the block has `inner.size() = offset + 8` bytes.
+        unsafe { write_trailer(block, offset, raw) };
+        block
+    }
+
+    /// `alloc` off the hit path: any layout, any state of the thread.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_cold(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let Some((inner, offset)) = with_trailer(layout) else {
             return std::ptr::null_mut();
         };
@@ -176,6 +226,26 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         unsafe { write_trailer(block, offset, raw) };
         block
     }
+
+    /// `dealloc` off the hit path: frees the block, then uncharges it.
+    ///
+    /// # Safety
+    /// `ptr` came from the inner allocator with `inner`; `raw` is its
+    /// trailer word (not 0), of a charge of `inner.size()` bytes.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_cold(&self, ptr: *mut u8, inner: Layout, raw: usize) {
+        // SAFETY: the caller's guarantee.
+        unsafe { self.inner.dealloc(ptr, inner) };
+        thread::uncharge_alloc(raw, inner.size() as u64);
+    }
+}
+
+/// Gives back the charge of an allocation the inner allocator refused.
+#[cold]
+#[inline(never)]
+fn uncharge_failed(raw: usize, bytes: u64) {
+    thread::uncharge_alloc(raw, bytes);
 }
 
 // SAFETY: see the type's `# Safety` section: layouts passed to the inner
@@ -202,11 +272,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
         // SAFETY: `ptr` was returned by `alloc` with `layout`, which wrote
         // the trailer at `offset`.
         let raw = unsafe { read_trailer(ptr, offset) };
-        // SAFETY: `ptr` came from the inner allocator with `inner`.
-        unsafe { self.inner.dealloc(ptr, inner) };
-        if raw != 0 {
-            thread::uncharge_alloc(raw, inner.size() as u64);
+        // The charge goes back first, so that the inner free is a tail call
+        // and the hit path keeps nothing across a call (the block is not
+        // touched after its trailer was read).
+        // SAFETY: `raw` is the block's trailer word, not 0, of a charge of
+        // `inner.size()` bytes, uncharged once (here, or by `dealloc_cold`).
+        if raw != 0 && !unsafe { thread::uncharge_hit(raw, inner.size() as u64) } {
+            // SAFETY: `ptr` came from the inner allocator with `inner`.
+            return unsafe { self.dealloc_cold(ptr, inner, raw) };
         }
+        // SAFETY: `ptr` came from the inner allocator with `inner`.
+        unsafe { self.inner.dealloc(ptr, inner) }
     }
 
     #[inline]

@@ -92,6 +92,18 @@ pub(crate) fn fast_key_of_cpu() -> u64 {
     key_of_cpu(crate::runtime::cpu::current_cpu())
 }
 
+/// [`fast_key_of_cpu`] when the CPU can be read without a call
+/// ([`crate::runtime::cpu::current_cpu_inline`]); otherwise a key that is
+/// never armed, so the hit path misses and the caller's slow path reads
+/// the CPU.
+#[inline(always)]
+pub(crate) fn fast_key_of_cpu_inline() -> u64 {
+    match crate::runtime::cpu::current_cpu_inline() {
+        Some(real) => key_of_cpu(real),
+        None => u64::MAX,
+    }
+}
+
 /// The per-CPU key of the real CPU `real`.
 #[inline(always)]
 fn key_of_cpu(real: usize) -> u64 {

@@ -19,7 +19,10 @@
 //!   objcg, like a kernel slab page of one memcg's cache;
 //! - a free asks mimalloc for the block's heap (`mi_heap_of`, which reads
 //!   the page's metadata, not the block) and finds the objcg in a
-//!   lock-free table from heap to objcg.
+//!   lock-free table from heap to objcg; each thread keeps the last
+//!   (heap, objcg) pair its frees found (a heap's objcg entry never
+//!   changes), so a run of frees of one objcg's blocks probes the table
+//!   once.
 //!
 //! Allocations that are not accounted (before the controller exists)
 //! come from mimalloc's main heap, whose blocks are not in the table, so
@@ -68,6 +71,7 @@
 //! arena cannot serve moves the block there, counted the same way).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use crate::heap_table::HeapTable;
@@ -584,16 +588,77 @@ impl MemcgMimalloc {
         UNACCOUNTED_FALLBACKS.load(Ordering::Relaxed)
     }
 
+    /// The hit path of `alloc`: a charge served by the thread's byte cache
+    /// ([`thread::charge_hit_and`]), then the objcg's heap (its table
+    /// entry's cookie) and the allocation in it, the thread still marked
+    /// busy. Every miss goes whole to a cold function, so that the hit
+    /// path keeps little across its one call (mimalloc's).
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let bytes = charged_bytes(layout);
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        thread::charge_alloc_and(bytes, |raw| {
+        let hit = thread::charge_hit_and(bytes, |raw| {
+            // SAFETY: `raw` is the raw word of the live charge just made
+            // (the address of an entry of the global controller's
+            // type-stable objcg table, which lives as long as the process).
+            let cookie = unsafe { crate::engine::alloc_cookie(raw) };
+            // Acquire: pairs with the AcqRel exchange in `new_heap`, so the
+            // heap mimalloc made is seen whole.
+            let heap = cookie.load(Ordering::Acquire);
+            if heap > NO_HEAP {
+                // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
+                // valid size and power-of-two alignment (from `layout`).
+                let block = unsafe {
+                    if zeroed {
+                        mi_heap_zalloc_aligned(heap as *mut c_void, layout.size(), layout.align())
+                    } else {
+                        mi_heap_malloc_aligned(heap as *mut c_void, layout.size(), layout.align())
+                    }
+                } as *mut u8;
+                if !block.is_null() {
+                    return block;
+                }
+            }
+            // SAFETY: forwarded contract; `raw` is the charge just made.
+            unsafe { alloc_charged_cold(raw, layout, zeroed) }
+        });
+        match hit {
+            Some(block) => block,
             // SAFETY: forwarded contract.
-            unsafe { alloc_charged(raw, bytes, layout, zeroed) }
-        })
+            None => unsafe { alloc_cold(layout, zeroed) },
+        }
     }
+}
+
+/// `alloc` off the hit path: any state of the thread.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_cold(layout: Layout, zeroed: bool) -> *mut u8 {
+    let bytes = charged_bytes(layout);
+    // mimalloc is called with the thread still busy (see
+    // `thread::charge_alloc_and`: a fork waits for it).
+    thread::charge_alloc_and(bytes, |raw| {
+        // SAFETY: forwarded contract.
+        unsafe { alloc_charged(raw, bytes, layout, zeroed) }
+    })
+}
+
+/// [`alloc_charged`] out of line, for the hit path's misses after its
+/// charge (the objcg has no heap yet, or its heap refused). Takes no
+/// byte count (it is [`charged_bytes`] of `layout`): the hit path then
+/// keeps one register less across its call.
+///
+/// # Safety
+/// As [`alloc_charged`], with `raw` a charge of `charged_bytes(layout)`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_charged_cold(raw: usize, layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { alloc_charged(raw, charged_bytes(layout), layout, zeroed) }
 }
 
 /// The rest of [`MemcgMimalloc`]'s `alloc` once `raw` is charged.
@@ -653,6 +718,112 @@ fn heap_and_objcg_of_block(ptr: *const u8) -> (*mut c_void, usize) {
     (heap, TABLE.objcg_of(heap as usize))
 }
 
+thread_local! {
+    /// The last heap whose objcg a free of this thread found in [`TABLE`]
+    /// (`usize::MAX` for none: no heap's address, not even a null heap's),
+    /// and that objcg's raw word (never 0): a heap maps to one objcg
+    /// table entry for the life of the process (the table is insert-only
+    /// and an entry's raw word is its type-stable address), so the pair
+    /// never goes stale. Read and written only while the thread is marked
+    /// busy ([`thread::uncharge_hit_with`]'s `resolve`): a signal handler
+    /// then takes the re-entrant path, which does not touch them, so it
+    /// never sees a pair half written. `const`, `!Drop`: plain
+    /// thread-locals, valid in every TLS destructor.
+    static LAST_HEAP: Cell<usize> = const { Cell::new(usize::MAX) };
+    static LAST_OBJCG: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The objcg raw word of `heap` if it is the thread's last heap, else
+/// [`thread::UNRESOLVED`] (the cold path then probes [`TABLE`]), for a
+/// free marked busy. No call, so that the free's hit path keeps nothing
+/// more across calls.
+#[inline(always)]
+fn objcg_of_heap_busy(heap: usize) -> usize {
+    if heap == LAST_HEAP.with(Cell::get) {
+        return LAST_OBJCG.with(Cell::get);
+    }
+    thread::UNRESOLVED
+}
+
+/// The objcg raw word of `heap` from [`TABLE`], or
+/// [`thread::UNRESOLVED`] when it has none (or is null), for a free marked
+/// busy: the pair is kept when the heap has an objcg.
+#[cold]
+#[inline(never)]
+fn objcg_of_heap_busy_probe(heap: usize) -> usize {
+    if heap == 0 {
+        return thread::UNRESOLVED;
+    }
+    let raw = TABLE.objcg_of(heap);
+    if raw == 0 {
+        return thread::UNRESOLVED;
+    }
+    LAST_HEAP.with(|h| h.set(heap));
+    LAST_OBJCG.with(|o| o.set(raw));
+    raw
+}
+
+/// `dealloc` off the hit path. `raw` is what
+/// [`thread::uncharge_hit_with`] returned: the block's objcg word, or
+/// [`thread::UNRESOLVED`] (then looked up here; 0 when the block has none).
+///
+/// # Safety
+/// `ptr` is a live block of `heap` (or `heap` is null), allocated by this
+/// allocator with a layout of `size` bytes; `raw`, if resolved, is the
+/// objcg of `heap`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_miss(ptr: *mut u8, heap: *mut c_void, size: usize, raw: usize) {
+    let raw = if raw == thread::UNRESOLVED {
+        // Not the thread's last heap (or not on the hit path): again, with
+        // the table probed while busy, which keeps the pair.
+        // SAFETY: `objcg_of_heap_busy_probe` returns the objcg of the
+        // block's heap, charged `charged_size(size)`; uncharged once.
+        match unsafe {
+            thread::uncharge_hit_with(charged_size(size), || {
+                objcg_of_heap_busy_probe(heap as usize)
+            })
+        } {
+            None => {
+                // SAFETY: `ptr` came from mimalloc.
+                return unsafe { mi_free(ptr as *mut c_void) };
+            }
+            Some(raw) => raw,
+        }
+    } else {
+        raw
+    };
+    let raw = if raw == thread::UNRESOLVED {
+        if heap.is_null() {
+            0
+        } else {
+            TABLE.objcg_of(heap as usize)
+        }
+    } else {
+        raw
+    };
+    if raw == 0 {
+        // SAFETY: the caller's guarantee.
+        return unsafe { dealloc_without_objcg(ptr, heap, size) };
+    }
+    // SAFETY: `raw` is the objcg of the block's heap, charged
+    // `charged_size(size)` for it.
+    unsafe { dealloc_cold(ptr, raw, charged_size(size)) }
+}
+
+/// `dealloc` of a block with an objcg off the hit path: uncharges it,
+/// then frees it.
+///
+/// # Safety
+/// `ptr` is a live block of the heap of the objcg `raw`, charged `bytes`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_cold(ptr: *mut u8, raw: usize, bytes: u64) {
+    thread::uncharge_alloc(raw, bytes);
+    // SAFETY: `ptr` came from mimalloc.
+    unsafe { mi_free(ptr as *mut c_void) };
+}
+
 // SAFETY: see the type's `# Safety` section.
 unsafe impl GlobalAlloc for MemcgMimalloc {
     #[inline]
@@ -669,13 +840,19 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let (heap, raw) = heap_and_objcg_of_block(ptr);
-        if raw == 0 {
+        // SAFETY: `ptr` is a live block from mimalloc; `mi_heap_of` reads
+        // mimalloc's page map and the page's metadata, not the block.
+        let heap = unsafe { mi_heap_of(ptr as *const c_void) };
+        let bytes = charged_bytes(layout);
+        // SAFETY: `objcg_of_heap_busy` returns the objcg of the block's
+        // heap, so the block was charged `bytes` to it; uncharged once.
+        let miss =
+            unsafe { thread::uncharge_hit_with(bytes, || objcg_of_heap_busy(heap as usize)) };
+        if let Some(raw) = miss {
             // SAFETY: `ptr` is a live block of `heap` allocated with
-            // `layout` (the caller's contract).
-            return unsafe { dealloc_without_objcg(ptr, heap, layout.size()) };
+            // `layout` (the caller's contract), charged `raw` if resolved.
+            return unsafe { dealloc_miss(ptr, heap, layout.size(), raw) };
         }
-        thread::uncharge_alloc(raw, charged_bytes(layout));
         // SAFETY: `ptr` came from mimalloc (one of the calls in
         // `alloc_with` or `realloc`).
         unsafe { mi_free(ptr as *mut c_void) };

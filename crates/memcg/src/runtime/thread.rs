@@ -284,6 +284,151 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
     })
 }
 
+/// The hit path of [`charge_alloc`]: `Some(raw)` when this thread's task
+/// charged `bytes` from its byte cache under its fast key, else `None`
+/// with nothing done (the caller then takes [`charge_alloc`]). It makes no
+/// call: the allocators inline it next to their own hit path and move
+/// every miss into one cold function, so that the hit pair saves no
+/// registers for the slow paths.
+///
+/// The same steps as `charge_alloc`'s fast path: one flags load, the busy
+/// mark around the engine's accesses (a signal handler arriving meanwhile
+/// takes the re-entrant path), and no check of the fork gate (a fork being
+/// prepared clears every fast key after marking its start; see
+/// `runtime::fork`).
+#[inline(always)]
+pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
+    let f = flags();
+    // One compare for a topology of one node (the key is 1), a second one
+    // otherwise (the key is the CPU's).
+    let cpu_key = if f == ACTIVE {
+        false
+    } else if f == ACTIVE | CPU_KEY {
+        true
+    } else {
+        return None;
+    };
+    mark_busy(f);
+    // SAFETY: the life is ACTIVE.
+    let task = unsafe { task_unchecked() };
+    let key = if cpu_key {
+        global::fast_key_of_cpu_inline()
+    } else {
+        1
+    };
+    let raw = task.charge_fast(key, bytes);
+    unmark_busy(f);
+    raw
+}
+
+/// [`charge_hit`], then `then(raw)` with the thread still marked busy, as
+/// [`charge_alloc_and`] does (`MemcgMimalloc` calls mimalloc there); `None`
+/// with nothing done on a miss.
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
+    let f = flags();
+    // One compare for a topology of one node (the key is 1), a second one
+    // otherwise (the key is the CPU's).
+    let cpu_key = if f == ACTIVE {
+        false
+    } else if f == ACTIVE | CPU_KEY {
+        true
+    } else {
+        return None;
+    };
+    mark_busy(f);
+    // SAFETY: the life is ACTIVE.
+    let task = unsafe { task_unchecked() };
+    let key = if cpu_key {
+        global::fast_key_of_cpu_inline()
+    } else {
+        1
+    };
+    let r = task.charge_fast(key, bytes).map(then);
+    unmark_busy(f);
+    r
+}
+
+/// The hit path of [`uncharge_alloc`]: `true` when this thread's task took
+/// the charge `raw` of `bytes` back into its byte cache, else `false` with
+/// nothing done (the caller then takes [`uncharge_alloc`]). No call, as
+/// for [`charge_hit`]; `raw` is not 0.
+///
+/// # Safety
+/// `raw` is a trailer word written by `charge_alloc` (or [`charge_hit`])
+/// for a block of `bytes` bytes, not 0, and uncharged once: by this call
+/// if it returns `true`.
+#[inline(always)]
+pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
+    let f = flags();
+    if f & (LIFE | BUSY) != ACTIVE {
+        return false;
+    }
+    mark_busy(f);
+    // A fork being prepared: off the hit path (see `runtime::fork`).
+    let done = !fork_gate::pending() && {
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: the caller's guarantee: a trailer word of a block of
+        // `bytes` bytes of the global controller (the one every thread
+        // task belongs to), uncharged once.
+        unsafe { task.uncharge_fast(raw, bytes) }
+    };
+    unmark_busy(f);
+    done
+}
+
+/// What [`uncharge_hit_with`] returns when it did not uncharge: the
+/// charge's word was not resolved (the thread was not on its hit path).
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) const UNRESOLVED: usize = usize::MAX;
+
+/// [`uncharge_hit`] for an allocator that finds a block's charge while
+/// the thread is marked busy: `resolve` runs inside the busy mark and
+/// returns the charge's raw word, or [`UNRESOLVED`] when it has none to
+/// give (never 0). `None` when the charge of `bytes` went back into the
+/// task's byte cache; else `Some(raw)` with nothing uncharged, `raw` being
+/// what `resolve` returned, or [`UNRESOLVED`] when it did not run. No
+/// call of its own besides `resolve`'s.
+///
+/// # Safety
+/// A word `resolve` returns other than [`UNRESOLVED`] is the raw word (not
+/// 0) of the live charge of `bytes` bytes of the block being freed (of the
+/// global controller), uncharged once: by this call if it returns `None`.
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) unsafe fn uncharge_hit_with(
+    bytes: u64,
+    resolve: impl FnOnce() -> usize,
+) -> Option<usize> {
+    let f = flags();
+    if f & (LIFE | BUSY) != ACTIVE {
+        return Some(UNRESOLVED);
+    }
+    mark_busy(f);
+    let raw = resolve();
+    // A fork being prepared: off the hit path (see `runtime::fork`).
+    // `UNRESOLVED` is no objcg's address: `uncharge_fast` misses on it.
+    let done = !fork_gate::pending() && {
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: the caller's guarantee: the block's charge, of `bytes`
+        // bytes of the global controller, uncharged once.
+        unsafe { task.uncharge_fast(raw, bytes) }
+    };
+    unmark_busy(f);
+    if done {
+        None
+    } else {
+        Some(raw)
+    }
+}
+
 /// Charges `bytes` for an allocation on this thread: returns the trailer
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]

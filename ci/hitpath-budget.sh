@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The allocators' hit path held by an instruction budget (issue 12, point 4).
+#
+# Builds the three hit-path programs of crates/memcg-bench (src/hitpath.rs:
+# 64-byte alloc+free pairs through the global allocator, one binary per
+# allocator: bare mimalloc, MemcgAlloc<mimalloc::MiMalloc>, MemcgMimalloc),
+# runs each under `valgrind --tool=callgrind` twice, with N1 and N2 pairs,
+# counting only the instructions of the pair loop (`--toggle-collect`), and
+# takes (I(N2) - I(N1)) / (N2 - N1): start-up and first-allocation costs
+# (the task, the group, the objcg's first page, mimalloc's first page)
+# cancel out. Instruction counts do not depend on the machine's load, so
+# the check is deterministic: a regression of the hit path fails at the
+# commit that makes it.
+#
+# Prints instructions per pair, the ratio to bare mimalloc, the budget and
+# the target of each allocator, and exits 1 when a pair goes over its
+# budget.
+#
+# Budgets and targets. The issue's targets are 95 instructions per pair for
+# MemcgAlloc<mimalloc> and 110 for MemcgMimalloc (1.3x and 1.5x of the 73 it
+# measured for bare mimalloc with an older build and harness; this harness
+# counts 81 for bare mimalloc, whose own loop and shims are in every
+# figure). The code does not meet them yet, so each budget is the figure
+# measured at the commit that set it plus about 3%, to catch regressions;
+# the targets are printed beside them. Lower a budget when a change cuts
+# the hit path; raise one only with the reason in the commit message.
+#
+# Installs valgrind from the distribution's packages if it is missing
+# (apt-get, through sudo when not root and sudo is available).
+#
+# Usage: ci/hitpath-budget.sh   (env: HITPATH_N1, HITPATH_N2; KEEP=1 keeps
+#        the callgrind outputs and prints where)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Budgets (instructions per pair; see above).
+# Measured when last set: 81.2, 166.8 and 208.2; before issue 12's cuts
+# 81.2, 180.8 and 257.2.
+BUDGET_MIMALLOC=84          # bare mimalloc: guards the harness itself
+BUDGET_MEMCG_ALLOC=172      # target 95
+BUDGET_MEMCG_MIMALLOC=215   # target 110
+TARGET_MEMCG_ALLOC=95
+TARGET_MEMCG_MIMALLOC=110
+
+n1="${HITPATH_N1:-100000}"
+n2="${HITPATH_N2:-1100000}"
+
+if ! command -v valgrind >/dev/null; then
+    echo "hitpath: installing valgrind" >&2
+    sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "hitpath: valgrind missing and not root (no sudo)" >&2; exit 1; }
+        sudo=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq >/dev/null
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+fi
+
+bins=(hitpath-mimalloc hitpath-memcg-alloc hitpath-memcg-mimalloc)
+build=()
+for b in "${bins[@]}"; do build+=(--bin "$b"); done
+cargo build --release -q -p memcg-bench "${build[@]}"
+
+out=$(mktemp -d)
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "hitpath: callgrind outputs in $out" >&2
+else
+    trap 'rm -rf "$out"' EXIT
+fi
+
+# Instructions counted inside the pair loop for `$1` pairs of binary `$2`.
+count() {
+    local n=$1 bin=$2 file="$out/$2.$1.callgrind"
+    valgrind --tool=callgrind --callgrind-out-file="$file" \
+        --collect-atstart=no '--toggle-collect=*hitpath*run_pairs*' \
+        "target/release/$bin" "$n" 2>"$out/$bin.$n.log" \
+        || { cat "$out/$bin.$n.log" >&2; echo "hitpath: $bin failed under valgrind" >&2; exit 1; }
+    local total
+    total=$(awk '/^summary:/ { print $2 }' "$file")
+    [ -n "$total" ] && [ "$total" -gt 0 ] \
+        || { echo "hitpath: no instructions counted for $bin (did run_pairs get renamed?)" >&2; exit 1; }
+    echo "$total"
+}
+
+declare -A per_pair
+for b in "${bins[@]}"; do
+    i1=$(count "$n1" "$b")
+    i2=$(count "$n2" "$b")
+    per_pair[$b]=$(awk -v a="$i1" -v b="$i2" -v n1="$n1" -v n2="$n2" \
+        'BEGIN { printf "%.1f", (b - a) / (n2 - n1) }')
+done
+
+base=${per_pair[hitpath-mimalloc]}
+status=0
+printf '%-24s %12s %8s %8s %8s\n' allocator "instr/pair" ratio budget target
+row() {
+    local name=$1 bin=$2 budget=$3 target=$4 v ratio verdict
+    v=${per_pair[$bin]}
+    ratio=$(awk -v v="$v" -v b="$base" 'BEGIN { printf "%.2f", v / b }')
+    verdict=ok
+    if awk -v v="$v" -v b="$budget" 'BEGIN { exit !(v > b) }'; then
+        verdict="OVER BUDGET"
+        status=1
+    fi
+    printf '%-24s %12s %8s %8s %8s  %s\n' "$name" "$v" "$ratio" "$budget" "$target" "$verdict"
+}
+row "bare mimalloc" hitpath-mimalloc "$BUDGET_MIMALLOC" -
+row "MemcgAlloc<mimalloc>" hitpath-memcg-alloc "$BUDGET_MEMCG_ALLOC" "$TARGET_MEMCG_ALLOC"
+row "MemcgMimalloc" hitpath-memcg-mimalloc "$BUDGET_MEMCG_MIMALLOC" "$TARGET_MEMCG_MIMALLOC"
+if [ "$status" != 0 ]; then
+    echo "hitpath: a pair went over its instruction budget (see ci/hitpath-budget.sh)" >&2
+fi
+exit "$status"

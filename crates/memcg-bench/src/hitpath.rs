@@ -1,0 +1,61 @@
+//! The hit-path program counted by `ci/hitpath-budget.sh`: `N` pairs of a
+//! 64-byte allocation and its free through the process's global allocator.
+//!
+//! A global allocator is chosen per binary, so each allocator has a binary
+//! of its own (`hitpath-mimalloc`, `hitpath-memcg-alloc`,
+//! `hitpath-memcg-mimalloc`), all running [`main`]. The script runs each
+//! one under `valgrind --tool=callgrind` with two pair counts and divides
+//! the difference of the instruction totals by the difference of the
+//! counts, so that start-up and the first allocations (the thread's task,
+//! the group, the objcg's first page) cancel out. Instruction counts do
+//! not depend on the machine's load, so the figure is deterministic.
+//!
+//! The program attaches its thread to a group first (the allocators' hit
+//! path is the same for root, but a group is what a service runs in), then
+//! runs the pairs with [`std::alloc::alloc`] and [`std::alloc::dealloc`],
+//! the block passed through [`std::hint::black_box`] so that the optimizer
+//! cannot elide the pair.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::hint::black_box;
+
+/// Bytes of each block.
+pub const BLOCK_BYTES: usize = 64;
+
+/// `N` pairs of a [`BLOCK_BYTES`]-byte allocation and free through the
+/// global allocator.
+#[inline(never)]
+pub fn run_pairs(n: u64) {
+    let layout = Layout::from_size_align(BLOCK_BYTES, 8).expect("layout");
+    for _ in 0..n {
+        // SAFETY: the layout has a non-zero size; the block is checked
+        // non-null and freed once, with the same layout.
+        unsafe {
+            let p = alloc(layout);
+            if p.is_null() {
+                handle_alloc_error(layout);
+            }
+            dealloc(black_box(p), layout);
+        }
+    }
+}
+
+/// The binaries' `main`: `argv[1]` is the number of pairs (default
+/// 1,000,000); `memcg` says whether the global allocator is one of memcg's,
+/// whose thread is then attached to a group before the pairs.
+pub fn main(memcg: bool) {
+    let n: u64 = match std::env::args().nth(1) {
+        Some(s) => s.parse().unwrap_or_else(|_| {
+            eprintln!("hitpath: the argument is a number of pairs, not {s:?}");
+            std::process::exit(2)
+        }),
+        None => 1_000_000,
+    };
+    if memcg {
+        let group = memcg::controller()
+            .create("hitpath")
+            .expect("create the group");
+        group.attach_current().expect("attach");
+    }
+    run_pairs(n);
+}
