@@ -298,36 +298,13 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// `runtime::fork`).
 #[inline(always)]
 pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
-    #[cfg(debug_assertions)]
-    note_engine_lock_alloc();
-    let f = flags();
-    // One compare for a topology of one node (the key is 1), a second one
-    // otherwise (the key is the CPU's).
-    let cpu_key = if f == ACTIVE {
-        false
-    } else if f == ACTIVE | CPU_KEY {
-        true
-    } else {
-        return None;
-    };
-    mark_busy(f);
-    // SAFETY: the life is ACTIVE.
-    let task = unsafe { task_unchecked() };
-    let key = if cpu_key {
-        global::fast_key_of_cpu_inline()
-    } else {
-        1
-    };
-    let raw = task.charge_fast(key, bytes);
-    unmark_busy(f);
-    raw
+    charge_hit_and(bytes, |raw| raw)
 }
 
 /// [`charge_hit`], then `then(raw)` with the thread still marked busy, as
 /// [`charge_alloc_and`] does (`MemcgMimalloc` calls mimalloc there); `None`
 /// with nothing done on a miss.
 #[inline(always)]
-#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
@@ -433,29 +410,7 @@ pub(crate) unsafe fn uncharge_hit_with(
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
 pub(crate) fn charge_alloc(bytes: u64) -> usize {
-    #[cfg(debug_assertions)]
-    note_engine_lock_alloc();
-    let f = flags();
-    // The fast path: an active task, not re-entered, one flags load. A
-    // fork being prepared clears every fast key after marking its start,
-    // so this hit path needs no check of its own (see `runtime::fork`).
-    if f == ACTIVE || f == ACTIVE | CPU_KEY {
-        mark_busy(f);
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
-        let key = if f == ACTIVE {
-            1
-        } else {
-            global::fast_key_of_cpu()
-        };
-        let raw = match task.charge_fast(key, bytes) {
-            Some(raw) => raw,
-            None => charge_task_slow_busy(task, bytes, f),
-        };
-        unmark_busy(f);
-        return raw;
-    }
-    charge_alloc_other(bytes)
+    charge_alloc_and(bytes, |raw| raw)
 }
 
 /// [`charge_alloc`], then `then(raw)` with the thread still marked busy
@@ -465,11 +420,13 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
 /// memcg knows (the fork waits for busy threads; see `runtime::fork`). An
 /// allocation inside `then` takes the re-entrant path.
 #[inline(always)]
-#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
+    // The fast path: an active task, not re-entered, one flags load. A
+    // fork being prepared clears every fast key after marking its start,
+    // so this hit path needs no check of its own (see `runtime::fork`).
     if f == ACTIVE || f == ACTIVE | CPU_KEY {
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
@@ -490,10 +447,10 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
     charge_alloc_other_and(bytes, then)
 }
 
-/// [`charge_alloc_other`] for [`charge_alloc_and`].
+/// [`charge_alloc_and`] off its fast path: a re-entrant call charges root
+/// lock-free; otherwise the thread enters the fork gate, marked busy.
 #[cold]
 #[inline(never)]
-#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 fn charge_alloc_other_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
     sync_flags();
     if is_busy() {
@@ -536,20 +493,6 @@ pub fn allocations_under_engine_locks() -> u64 {
     {
         0
     }
-}
-
-/// [`charge_alloc`] off the fast path: re-entered, or no active task.
-#[cold]
-#[inline(never)]
-fn charge_alloc_other(bytes: u64) -> usize {
-    sync_flags();
-    if is_busy() {
-        return charge_reentrant(bytes);
-    }
-    busy_in_gate(|_| match active_task() {
-        Some(task) => charge_task(task, bytes),
-        None => charge_slow(bytes),
-    })
 }
 
 #[inline(always)]
