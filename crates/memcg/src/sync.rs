@@ -533,6 +533,20 @@ pub(crate) mod fork_gate {
     #[must_use]
     pub(crate) struct Entered(());
 
+    impl Entered {
+        /// Keeps this thread inside the gate past the entry's scope, until
+        /// [`leave_kept`]: a fork waits for it, and the thread's own
+        /// entries meanwhile are nested, so they never wait.
+        pub(crate) fn keep(self) {
+            std::mem::forget(self);
+        }
+    }
+
+    /// Ends an entry kept by [`Entered::keep`] (on the same thread).
+    pub(crate) fn leave_kept() {
+        leave();
+    }
+
     impl Drop for Entered {
         fn drop(&mut self) {
             leave();

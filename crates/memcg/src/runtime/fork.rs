@@ -276,6 +276,121 @@ pub(crate) fn restart_reclaimers_if_needed() {
     }
 }
 
+/// A thread's exit span: from its exit guard (`runtime::thread`), which
+/// runs among the thread's TLS destructors, to the end of its pthread key
+/// destructors, the thread stays inside the fork gate, so a fork waits for
+/// the whole span. The inner allocator's own thread teardown runs in that
+/// span, from a pthread key destructor (mimalloc's `mi_thread_done` frees
+/// the thread's heaps under the heaps' locks): a fork copied mid-way
+/// through it would leave those locks held in the child, whose next
+/// thread then hangs in the allocator's thread initialisation (seen: 1
+/// child in about 24,000 forked while threads exited).
+///
+/// glibc runs TLS destructors first, then the key destructors in rounds
+/// (at most [`DESTRUCTOR_ROUNDS`]), each round in key order. The span's
+/// key is made at the first thread exit, after the inner allocator made
+/// its key (it allocated before any thread could exit), so its destructor
+/// runs after the allocator's in every round; it sets its value again
+/// until the last round, in case a destructor allocates again and so
+/// brings the allocator's back. While inside the span the thread's own
+/// gate entries are nested: its allocations and frees never wait for a
+/// fork that waits for them.
+///
+/// If the key cannot be made (the process's keys are all taken) the span
+/// ends with the exit guard, as before: the allocator's teardown is then
+/// as fork-unsafe as the allocator itself.
+const DESTRUCTOR_ROUNDS: u8 = 4;
+
+/// The span's key: [`KEY_NONE`], [`KEY_MAKING`], [`KEY_FAILED`], or
+/// [`KEY_READY`] ORed with the key.
+#[allow(clippy::disallowed_types)]
+static EXIT_KEY: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(KEY_NONE);
+const KEY_NONE: u64 = 0;
+const KEY_MAKING: u64 = 1;
+const KEY_FAILED: u64 = 2;
+const KEY_READY: u64 = 1 << 32;
+
+std::thread_local! {
+    /// How many times this thread's span destructor ran (no destructor of
+    /// its own: readable during teardown).
+    static SPAN_ROUNDS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// The span's key, made on first use; `None` if it cannot be made.
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        let k = EXIT_KEY.load(Ordering::Acquire);
+        if k & KEY_READY != 0 {
+            return Some(k as libc::pthread_key_t);
+        }
+        match k {
+            KEY_FAILED => return None,
+            KEY_MAKING => std::thread::yield_now(),
+            _ => {
+                if EXIT_KEY
+                    .compare_exchange(KEY_NONE, KEY_MAKING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue;
+                }
+                let mut key: libc::pthread_key_t = 0;
+                // SAFETY: writes a new key to a local; the destructor is an
+                // `extern "C"` function valid for the whole process.
+                let rc = unsafe { libc::pthread_key_create(&mut key, Some(end_exit_span)) };
+                let v = if rc == 0 {
+                    KEY_READY | u64::from(key)
+                } else {
+                    KEY_FAILED
+                };
+                EXIT_KEY.store(v, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Sets the span key's value for this thread (so that its destructor
+/// runs); whether it could.
+fn arm_exit_key(key: libc::pthread_key_t) -> bool {
+    // SAFETY: a key made by `exit_key`; the value is a non-null marker,
+    // never dereferenced.
+    unsafe { libc::pthread_setspecific(key, std::ptr::dangling::<libc::c_void>()) == 0 }
+}
+
+/// Called by the exit guard with its gate entry: keeps the thread inside
+/// the gate until [`end_exit_span`], or lets the entry go (dropping it)
+/// when the key cannot be armed.
+pub(crate) fn begin_exit_span(entry: fork_gate::Entered) {
+    let Some(key) = exit_key() else {
+        return;
+    };
+    if SPAN_ROUNDS.with(|r| r.get()) != 0 || !arm_exit_key(key) {
+        // Armed already (a second exit guard cannot run), or no memory
+        // for the value: the entry ends here.
+        return;
+    }
+    SPAN_ROUNDS.with(|r| r.set(1));
+    entry.keep();
+}
+
+/// The span key's destructor: sets the value again until the last round,
+/// then leaves the gate.
+extern "C" fn end_exit_span(_value: *mut libc::c_void) {
+    let round = SPAN_ROUNDS.with(|r| r.get());
+    if round == 0 {
+        return;
+    }
+    if round < DESTRUCTOR_ROUNDS {
+        if let Some(key) = exit_key() {
+            if arm_exit_key(key) {
+                SPAN_ROUNDS.with(|r| r.set(round + 1));
+                return;
+            }
+        }
+    }
+    SPAN_ROUNDS.with(|r| r.set(0));
+    fork_gate::leave_kept();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

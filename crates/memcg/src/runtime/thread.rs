@@ -202,7 +202,7 @@ struct ExitGuard;
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let _gate = fork_gate::enter();
+        let gate = fork_gate::enter();
         enter_busy();
         if life() == ACTIVE {
             set_life(TORN_DOWN);
@@ -214,6 +214,9 @@ impl Drop for ExitGuard {
         }
         set_life(TORN_DOWN);
         leave_busy(false);
+        // The thread stays in the gate until its pthread key destructors,
+        // the inner allocator's thread teardown among them, have run.
+        crate::runtime::fork::begin_exit_span(gate);
     }
 }
 
