@@ -17,6 +17,12 @@ include!("common/alloc_suite.rs");
 #[test]
 fn blocks_freed_on_other_threads_uncharge_their_own_group() {
     let a = group("heaps-cross-a");
+    // A heap was made (for `a`'s objcg at the latest): frees read the page
+    // map inline on this build (release or debug, the layout checked
+    // against `mi_heap_of` when the heap was made); every free below, on
+    // this thread or another, goes through it.
+    drop(vec![0u8; 64]);
+    assert!(MemcgMimalloc::frees_read_page_map());
     let blocks: Vec<Vec<u8>> = (0..1000).map(|i| vec![1u8; 10 + i % 300]).collect();
     let expected: u64 = blocks.iter().map(|b| charged(b.capacity())).sum::<u64>()
         + charged(blocks.capacity() * std::mem::size_of::<Vec<u8>>());

@@ -12,6 +12,8 @@ pub(crate) mod fork;
 pub(crate) mod global;
 pub(crate) mod limits;
 #[cfg(feature = "mimalloc")]
+pub(crate) mod mi_page_map;
+#[cfg(feature = "mimalloc")]
 pub(crate) mod mimalloc;
 #[cfg(feature = "mimalloc")]
 pub(crate) mod node_arena;
