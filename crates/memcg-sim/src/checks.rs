@@ -44,11 +44,11 @@ pub const OBJ_SLOT_MAX_BYTES: u64 = 0xffff;
 /// ```text
 /// bound = nr_cpus  × (NR_MEMCG_STOCK × MEMCG_CHARGE_BATCH × PAGE_SIZE    page stocks: 7 × 64 pages
 ///                     + NR_OBJ_STOCK × 0xffff)                           byte stocks: 5 × < 64 KiB
-///       + nr_tasks × TASK_CACHE_BOUND_BYTES                              task byte caches: < 5 pages
+///       + nr_tasks × TASK_CACHE_BOUND_BYTES                              task byte caches and foreign slots: < 6 pages
 ///       + nr_objcgs × PAGE_SIZE                                          objcg pools: < 1 page each
 /// ```
 /// On the default 2 × 4 machine with 8 tasks and 4 objcgs this is
-/// 17,481,688 bytes (about 16.7 MiB).
+/// 17,514,456 bytes (about 16.7 MiB).
 pub fn stock_bound_bytes(nr_cpus: u64, nr_tasks: u64, nr_objcgs: u64) -> u64 {
     let per_cpu = NR_MEMCG_STOCK as u64 * MEMCG_CHARGE_BATCH * PAGE_SIZE
         + NR_OBJ_STOCK as u64 * OBJ_SLOT_MAX_BYTES;
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn stock_bound_bytes_default_machine_matches_doc() {
-        assert_eq!(stock_bound_bytes(8, 8, 4), 17_481_688);
+        assert_eq!(stock_bound_bytes(8, 8, 4), 17_514_456);
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn mimalloc_inner_charges_frees_reallocs_and_refuses_over_max() {
     v.extend_from_slice(&[1; 100]);
     v.reserve_exact(10_000);
     let b = Box::new([3u32; 1000]);
+    std::hint::black_box(&b);
     memcg::flush_current();
     assert_eq!(
         g.stats().stat.alloc_bytes,

@@ -61,7 +61,9 @@ use crate::limit::PAGE_SIZE;
 ///   each holding at most 65,535 pre-charged bytes (a 16-bit field):
 ///   `nr_cpus × 5 × 65,535` bytes by default;
 /// - **task caches** (`task_caches_bytes`): per task of the controller,
-///   under [`TASK_CACHE_BOUND_BYTES`] pre-charged bytes in its byte cache.
+///   under [`TASK_CACHE_BOUND_BYTES`] pre-charged bytes in its byte cache
+///   and its foreign slot (frees of another objcg's objects gathered
+///   before they go back).
 ///   Every task counts, not only those attached to the group: a task in
 ///   a scope, or one that freed an object of the group, caches the group's
 ///   objcg too;
@@ -85,8 +87,10 @@ use crate::limit::PAGE_SIZE;
 /// 4 pages at every charge or free that is not served by the allocator's
 /// hit path. The hit path (`MemcgAlloc`, `MemcgMimalloc`) moves bytes
 /// between the byte cache and the `alloc` statistic without checking: at
-/// most what the cache holds, under [`TASK_CACHE_BOUND_BYTES`]. Per task of
-/// the controller: `3 kinds × 4 pages + 5 pages` = 69,632 bytes. A task's
+/// most what the cache holds; and frees gathered in the task's foreign
+/// slot leave the statistics when the slot goes back: together under
+/// [`TASK_CACHE_BOUND_BYTES`]. Per task of the controller:
+/// `3 kinds × 4 pages + 6 pages` = 73,728 bytes. A task's
 /// [`crate::engine::Task::flush`] (`memcg::flush_current` in the runtime) brings
 /// its share to 0.
 ///
@@ -100,9 +104,9 @@ use crate::limit::PAGE_SIZE;
 /// let c = task.charge(0, 1000, ChargeKind::Alloc)?;
 ///
 /// let bound = g.error_bound();
-/// // 4 CPUs × (7 × 64 pages + 5 × 65,535 bytes) + 1 task × 5 pages
+/// // 4 CPUs × (7 × 64 pages + 5 × 65,535 bytes) + 1 task × 6 pages
 /// // + 2 objcgs (one per node) × 1 page.
-/// assert_eq!(bound.current_bytes, 4 * (7 * 64 * 4096 + 5 * 65_535) + 5 * 4096 + 2 * 4096);
+/// assert_eq!(bound.current_bytes, 4 * (7 * 64 * 4096 + 5 * 65_535) + 6 * 4096 + 2 * 4096);
 /// let current = g.current_bytes();
 /// let live = 1000;
 /// assert!(live <= current && current <= live + bound.current_bytes);
@@ -235,13 +239,13 @@ mod tests {
         let b = ErrorBound::new(4, 5, 3, 6);
         assert_eq!(b.page_stocks_bytes, 4 * 7 * 64 * 4096);
         assert_eq!(b.byte_stocks_bytes, 4 * 5 * 65_535);
-        assert_eq!(b.task_caches_bytes, 3 * 5 * 4096);
+        assert_eq!(b.task_caches_bytes, 3 * 6 * 4096);
         assert_eq!(b.objcg_pools_bytes, 6 * 4096);
         assert_eq!(
             b.current_bytes,
             b.page_stocks_bytes + b.byte_stocks_bytes + b.task_caches_bytes + b.objcg_pools_bytes
         );
-        assert_eq!(b.stats_lag_bytes, 3 * 69_632);
+        assert_eq!(b.stats_lag_bytes, 3 * 73_728);
         assert_eq!(b.gap_bytes(), b.current_bytes + b.stats_lag_bytes);
     }
 

@@ -23,9 +23,14 @@ pub(crate) const REF_BATCH: u64 = 64;
 pub(crate) const CACHE_MAX_BYTES: u64 = 4 * PAGE_SIZE;
 /// Pending statistics flushed when they exceed this many bytes.
 pub(crate) const STAT_FLUSH_BYTES: i64 = 4 * PAGE_SIZE as i64;
-/// A task's byte cache holds less than this many bytes at any time (part
-/// of the error bound of `memory.current`).
-pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE;
+/// Bytes a task's foreign slot gathers before it returns them: a page,
+/// about 50 frees of small objects per return.
+pub(crate) const FOREIGN_MAX_BYTES: u64 = PAGE_SIZE;
+/// A task's byte cache and foreign slot hold less than this many bytes
+/// together at any time (part of the error bound of `memory.current`):
+/// the cache under `CACHE_MAX_BYTES` plus a page's remainder, the slot at
+/// most [`FOREIGN_MAX_BYTES`].
+pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE + FOREIGN_MAX_BYTES;
 
 impl Task {
     /// Serves a charge of `bytes` of the cached objcg from the byte cache
@@ -86,6 +91,7 @@ impl Task {
     /// flushed, and the cache's own reference is dropped.
     pub(crate) fn drain_cache(&self, cpu: Option<usize>) {
         self.clear_fast_key();
+        self.flush_foreign(cpu);
         let cache = &self.shared.cache;
         let id = cache.objcg.load(Ordering::Relaxed);
         let Some(old) = (id != 0).then(|| self.core.table.get(id)).flatten() else {
@@ -138,5 +144,68 @@ impl Task {
         self.rebase_refs(keep_refs as i64 - refs as i64);
         self.core
             .refill_obj_stock(Some(cpu), objcg, bytes - keep_bytes, refs - keep_refs, true);
+    }
+
+    /// The slow path of a free of `bytes` of [`ChargeKind::Alloc`] of
+    /// `objcg`, which is not the cached objcg: gathered in the foreign
+    /// slot (after returning what the slot held for another objcg), and
+    /// returned once the slot holds more than [`FOREIGN_MAX_BYTES`].
+    ///
+    /// Frees that cross groups (a batch made by one tenant's thread and
+    /// freed by another's) so cost the shared atomic updates of a return
+    /// (the objcg's live bytes and objects, its group's statistics, the
+    /// stock) once per slot, not once per object; the kernel batches the
+    /// same updates in its per-CPU object stock. The slot is the task's
+    /// own, like the byte cache: plain loads and stores.
+    pub(crate) fn uncharge_foreign(&self, cpu: usize, objcg: &ObjCgroup, bytes: u64) {
+        let cache = &self.shared.cache;
+        if cache.foreign_objcg.load(Ordering::Relaxed) != objcg.id() {
+            self.flush_foreign(Some(cpu));
+            cache.foreign_objcg.store(objcg.id(), Ordering::Relaxed);
+            cache
+                .foreign_addr
+                .store(objcg as *const ObjCgroup as usize, Ordering::Relaxed);
+        }
+        let total = get_u64(&cache.foreign_bytes) + bytes;
+        set_u64(&cache.foreign_bytes, total);
+        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
+        if total > FOREIGN_MAX_BYTES {
+            self.flush_foreign(Some(cpu));
+        }
+    }
+
+    /// Returns what the foreign slot holds: the objects leave their
+    /// objcg's live bytes and objects, and the bytes and references go to
+    /// `cpu`'s stock (with no CPU, straight back to the objcg).
+    pub(crate) fn flush_foreign(&self, cpu: Option<usize>) {
+        let cache = &self.shared.cache;
+        let id = cache.foreign_objcg.load(Ordering::Relaxed);
+        if id == 0 {
+            return;
+        }
+        let bytes = get_u64(&cache.foreign_bytes);
+        let refs = get_u64(&cache.foreign_refs);
+        cache.foreign_objcg.store(0, Ordering::Relaxed);
+        cache.foreign_addr.store(0, Ordering::Relaxed);
+        set_u64(&cache.foreign_bytes, 0);
+        set_u64(&cache.foreign_refs, 0);
+        // The slot's references keep the entry on this objcg.
+        let Some(objcg) = self.core.table.get(id) else {
+            return;
+        };
+        self.core.account(
+            cpu,
+            objcg,
+            ChargeKind::Alloc,
+            -(bytes as i64),
+            -(refs as i64),
+        );
+        match cpu {
+            Some(_) => self.core.refill_obj_stock(cpu, objcg, bytes, refs, true),
+            None => {
+                self.core.uncharge_to_pool(objcg, bytes);
+                self.core.objcg_put(objcg, refs);
+            }
+        }
     }
 }

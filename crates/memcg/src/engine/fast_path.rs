@@ -9,7 +9,7 @@
 //! or a spent reservation, exemption, and an attach from any thread (after
 //! it sets the seed's update flag; see [`Task::arm_fast_key`]).
 
-use crate::engine::byte_cache::CACHE_MAX_BYTES;
+use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
 use crate::engine::task_shared::CURRENT_OBJCG_UPDATE_FLAG;
@@ -149,7 +149,7 @@ impl Task {
     pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
         let cache = &self.shared.cache;
         if cache.objcg_addr.load(Ordering::Relaxed) != raw {
-            return false;
+            return self.uncharge_foreign_fast(raw, bytes);
         }
         let new_bytes = get_u64(&cache.bytes) + bytes;
         // Only the bytes are bounded here: every object is at least 8
@@ -167,6 +167,24 @@ impl Task {
             slot.load(Ordering::Relaxed) - bytes as i64,
             Ordering::Relaxed,
         );
+        true
+    }
+
+    /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
+    /// holds (`byte_cache.rs`): gathered there while the slot has room.
+    /// Plain loads and stores of the task's own fields, like a hit.
+    #[inline(always)]
+    fn uncharge_foreign_fast(&self, raw: usize, bytes: u64) -> bool {
+        let cache = &self.shared.cache;
+        if cache.foreign_addr.load(Ordering::Relaxed) != raw {
+            return false;
+        }
+        let total = get_u64(&cache.foreign_bytes) + bytes;
+        if total > FOREIGN_MAX_BYTES {
+            return false;
+        }
+        set_u64(&cache.foreign_bytes, total);
+        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
         true
     }
 

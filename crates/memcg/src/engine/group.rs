@@ -451,8 +451,8 @@ impl Group {
     /// Beyond the whole pages its live bytes need, `current` includes at
     /// most, for the objcgs of the subtree: per CPU, 7 page-stock slots of
     /// up to 64 pages and 5 byte-stock slots of under 64 KiB each; per
-    /// task, under [`crate::engine::TASK_CACHE_BOUND_BYTES`] (5 pages) in its byte
-    /// cache; per objcg, under 1 page in
+    /// task, under [`crate::engine::TASK_CACHE_BOUND_BYTES`] (6 pages) in its byte
+    /// cache and foreign slot; per objcg, under 1 page in
     /// its sub-page pool between drains (a drain returns the rest). A drain
     /// ([`crate::Controller::drain_stocks`] after each task's
     /// [`crate::engine::Task::flush`]) makes it exactly `ceil(live / 4096)` pages

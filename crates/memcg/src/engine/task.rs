@@ -184,6 +184,10 @@ impl Task {
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
                 fast_key: AtomicU64::new(0),
+                foreign_objcg: AtomicU32::new(0),
+                foreign_addr: AtomicUsize::new(0),
+                foreign_bytes: AtomicU64::new(0),
+                foreign_refs: AtomicU64::new(0),
             }),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
@@ -488,6 +492,10 @@ impl Task {
             if bytes > CACHE_MAX_BYTES || refs > 2 * REF_BATCH {
                 self.trim_cache(cpu, objcg);
             }
+            return Ok(());
+        }
+        if !self.exited.get() && charge.kind == ChargeKind::Alloc {
+            self.uncharge_foreign(cpu, objcg, charge.bytes);
             return Ok(());
         }
         self.core

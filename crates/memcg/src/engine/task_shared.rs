@@ -46,6 +46,17 @@ pub(crate) struct TaskCache {
     /// an override, exemption, and an attach from any thread (after it sets
     /// the update flag; see `Task::arm_fast_key`).
     pub(crate) fast_key: AtomicU64,
+    /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
+    /// other than the cached one, not yet returned. Its objcg's id (0 for
+    /// none) and address; the bytes freed, pre-charged and not yet given
+    /// to a stock; and the references of the objects freed (at least one
+    /// while the slot is in use, which keeps the objcg alive). The
+    /// objcg's live bytes and objects still count them until the slot is
+    /// flushed.
+    pub(crate) foreign_objcg: AtomicU32,
+    pub(crate) foreign_addr: AtomicUsize,
+    pub(crate) foreign_bytes: AtomicU64,
+    pub(crate) foreign_refs: AtomicU64,
 }
 
 /// Adds `bytes` to the pending statistics of `kind` (single writer) and
