@@ -18,6 +18,8 @@ use memcg::{Limit, MemcgMimalloc, OomPolicy, MAX_OBJCG_HEAPS};
 #[global_allocator]
 static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
 
+mod common;
+
 /// The tests change the process-wide heap limit: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -83,7 +85,8 @@ fn objcgs_past_the_heap_limit_are_charged_through_the_fallback_heap() {
     for g in &groups {
         assert_empty(g);
     }
-    assert!(memcg::check_invariants().is_ok());
+    // Exact only while no other thread charges (the harness's may).
+    common::assert_invariants_settle();
 }
 
 #[test]
@@ -133,7 +136,8 @@ fn fallback_blocks_keep_contents_alignment_and_their_group_through_realloc() {
         .join()
         .expect("freeing thread");
     assert_empty(&g);
-    assert!(memcg::check_invariants().is_ok());
+    // Exact only while no other thread charges (the harness's may).
+    common::assert_invariants_settle();
 }
 
 #[test]

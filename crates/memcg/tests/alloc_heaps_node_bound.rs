@@ -70,26 +70,29 @@ fn node_bound_child() {
     }
 }
 
-#[test]
-fn node_bound_heaps_account_as_before_and_never_fall_back() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "node_bound_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
+/// Runs the test `test` of this binary in a child process with node-bound
+/// heaps forced on, the real topology and `env` (its switch among them),
+/// and checks that it printed `CHILD OK`.
+fn run_child(test: &str, env: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("MEMCG_NODE_HEAPS", "1")
-        .env_remove("MEMCG_TOPOLOGY")
-        .output()
-        .unwrap();
+        .env_remove("MEMCG_TOPOLOGY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("CHILD OK"),
         "child failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn node_bound_heaps_account_as_before_and_never_fall_back() {
+    run_child("node_bound_child", &[(CHILD, "1")]);
 }
 
 const FULL_CHILD: &str = "MEMCG_TEST_NODE_FULL_CHILD";
@@ -149,23 +152,8 @@ fn node_full_child() {
 
 #[test]
 fn full_node_arena_falls_back_counted_and_charged() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "node_full_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FULL_CHILD, "1")
-        .env("MEMCG_NODE_HEAPS", "1")
-        .env("MEMCG_NODE_ARENA_BYTES", "64M")
-        .env_remove("MEMCG_TOPOLOGY")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_child(
+        "node_full_child",
+        &[(FULL_CHILD, "1"), ("MEMCG_NODE_ARENA_BYTES", "64M")],
     );
 }

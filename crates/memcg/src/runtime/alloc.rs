@@ -179,13 +179,7 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         let inner = unsafe { Layout::from_size_align_unchecked(bytes as usize, layout.align()) };
         // SAFETY: `inner` has a non-zero size (it includes the trailer) and
         // the caller's alignment.
-        let block = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(inner)
-            } else {
-                self.inner.alloc(inner)
-            }
-        };
+        let block = unsafe { self.inner_alloc(inner, zeroed) };
         if block.is_null() {
             uncharge_failed(raw, bytes);
             return block;
@@ -193,6 +187,22 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         // SAFETY: the block has `inner.size() = offset + 8` bytes.
         unsafe { write_trailer(block, offset, raw) };
         block
+    }
+
+    /// The inner allocator's block of `inner`, zeroed or not.
+    ///
+    /// # Safety
+    /// `inner` has a non-zero size.
+    #[inline(always)]
+    unsafe fn inner_alloc(&self, inner: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: the caller's guarantee; `inner` is a valid layout.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(inner)
+            } else {
+                self.inner.alloc(inner)
+            }
+        }
     }
 
     /// `alloc` off the hit path: any layout, any state of the thread.
@@ -209,13 +219,7 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         }
         // SAFETY: `inner` has a non-zero size (it includes the trailer) and
         // the caller's alignment.
-        let block = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(inner)
-            } else {
-                self.inner.alloc(inner)
-            }
-        };
+        let block = unsafe { self.inner_alloc(inner, zeroed) };
         if block.is_null() {
             if raw != 0 {
                 thread::uncharge_alloc(raw, bytes);
