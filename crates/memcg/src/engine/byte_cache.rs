@@ -29,7 +29,7 @@ pub(crate) const FOREIGN_MAX_BYTES: u64 = PAGE_SIZE;
 /// A task's byte cache and foreign slot hold less than this many bytes
 /// together at any time (part of the error bound of `memory.current`):
 /// the cache under `CACHE_MAX_BYTES` plus a page's remainder, the slot at
-/// most [`FOREIGN_MAX_BYTES`].
+/// most a page (`FOREIGN_MAX_BYTES`).
 pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE + FOREIGN_MAX_BYTES;
 
 impl Task {
