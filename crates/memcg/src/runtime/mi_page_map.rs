@@ -21,7 +21,7 @@
 
 use std::ffi::c_void;
 
-use crate::sync::{AtomicU8, Ordering};
+use crate::sync::{AtomicPtr, AtomicU8, Ordering};
 
 /// mimalloc's page map: pointers to sub-maps of page pointers
 /// (`_Atomic(mi_submap_t)* _mi_page_map`, `internal.h`).
@@ -29,7 +29,7 @@ type SubMap = *const *const u8;
 
 extern "C" {
     #[allow(non_upper_case_globals)]
-    static _mi_page_map: *const std::sync::atomic::AtomicPtr<*const u8>;
+    static _mi_page_map: *const AtomicPtr<*const u8>;
     fn mi_heap_of(p: *const c_void) -> *mut c_void;
     fn mi_heap_malloc(heap: *mut c_void, size: usize) -> *mut c_void;
     fn mi_malloc(size: usize) -> *mut c_void;
@@ -74,8 +74,7 @@ pub(crate) unsafe fn heap_from_map(p: *const u8) -> *mut c_void {
     // out and does not change (`const` in `mi_page_t`).
     unsafe {
         let map = _mi_page_map;
-        let sub =
-            (*map.add(slice >> SUB_SHIFT)).load(std::sync::atomic::Ordering::Relaxed) as SubMap;
+        let sub = (*map.add(slice >> SUB_SHIFT)).load(Ordering::Relaxed) as SubMap;
         let page = *sub.add(slice & ((1 << SUB_SHIFT) - 1));
         *(page.add(PAGE_HEAP_OFFSET) as *const *mut c_void)
     }
