@@ -351,6 +351,31 @@ pub(crate) fn set_engine_alloc_hooks(enter: fn() -> bool, leave: fn(bool)) {
     let _ = ENGINE_ALLOC_HOOKS.set((enter, leave));
 }
 
+/// The runtime's hook run by an engine thread after it ran user callbacks
+/// (see [`after_user_callbacks`]); none under loom and without the
+/// runtime's allocator.
+#[cfg(not(all(test, memcg_loom)))]
+static AFTER_CALLBACKS_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Installs the runtime's hook (see [`after_user_callbacks`]).
+#[cfg(not(all(test, memcg_loom)))]
+pub(crate) fn set_after_callbacks_hook(hook: fn()) {
+    let _ = AFTER_CALLBACKS_HOOK.set(hook);
+}
+
+/// Called by the reclaimer thread after a pass of reclaim or kill
+/// callbacks: with the runtime's allocator, the thread's own task returns
+/// what it gathered meanwhile (the callbacks free the groups' memory, and
+/// a task keeps frees of another group's objects in its foreign slot
+/// until it flushes), so that the memory the callbacks freed leaves the
+/// groups' usage at the end of the pass, not at the thread's next flush.
+pub(crate) fn after_user_callbacks() {
+    #[cfg(not(all(test, memcg_loom)))]
+    if let Some(hook) = AFTER_CALLBACKS_HOOK.get() {
+        hook();
+    }
+}
+
 /// Until dropped, allocations of the calling thread are the engine's own
 /// (group state, callback lists, snapshots): with the runtime's allocator
 /// they are charged to root, not to the group the caller runs in, so a

@@ -609,6 +609,7 @@ impl Reclaimd {
             };
             if let (Some(reason), true) = (reason, want > 0) {
                 reclaim_subtree(self, g, want, reason);
+                crate::sync::after_user_callbacks();
             }
             self.counters.passes.fetch_add(1, Ordering::Relaxed);
             let again = {
@@ -735,6 +736,7 @@ fn serve_kill(group: &MemCgroup) {
         limit_bytes: group.counter.max_pages().saturating_mul(PAGE_SIZE),
     };
     notify_subtree(group, &info);
+    crate::sync::after_user_callbacks();
 }
 
 fn notify_subtree(g: &MemCgroup, info: &OomKilled) {

@@ -167,6 +167,7 @@ fn init() -> Option<&'static Controller> {
         crate::runtime::thread::enter_busy_hook,
         crate::runtime::thread::leave_busy_hook,
     );
+    crate::sync::set_after_callbacks_hook(crate::runtime::thread::flush_current_if_active);
     let topology = crate::runtime::topology::detect();
     let mode = task_cache_mode_from_env();
     let map = Box::into_raw(Box::new(CpuMap::new(&topology)));

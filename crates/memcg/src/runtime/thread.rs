@@ -727,6 +727,20 @@ pub fn flush_current() {
     with_task(|t| t.flush(global::current_cpu()));
 }
 
+/// [`flush_current`] for a thread that already has a task (never makes
+/// one, nor the controller): the reclaimer thread's hook after its
+/// callbacks (`sync::after_user_callbacks`).
+pub(crate) fn flush_current_if_active() {
+    if is_busy() || life() != ACTIVE {
+        return;
+    }
+    busy_in_gate(|_| {
+        if let Some(t) = active_task() {
+            let _ = t.flush(global::current_cpu());
+        }
+    });
+}
+
 /// Spawns a thread that starts in the calling thread's current group
 /// ([`current_group`]: its scope's, or its attachment; plain
 /// `std::thread::spawn` threads start in root).
