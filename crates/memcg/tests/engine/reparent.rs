@@ -91,3 +91,41 @@ fn stale_task_cache_of_removed_group_charges_parent_after_refresh() {
     settle(&c, &[&t]);
     assert_eq!(p.current_bytes(), 0);
 }
+
+/// A task of another group frees some of a group's objects, which wait in
+/// its foreign slot; the group is removed meanwhile. The slot keeps the
+/// removed group's objcg alive, and when it returns the frees they leave
+/// the parent, to which the objcg was reparented; nothing is left over.
+#[test]
+fn foreign_slot_holding_a_removed_groups_objects_returns_them_to_the_parent() {
+    let c = ctrl("2x1");
+    let p = c.create("p").unwrap();
+    let child = c.create("p/c").unwrap();
+    let other = c.create("other").unwrap();
+    let owner = c.new_task(&child).unwrap();
+    let freer = c.new_task(&other).unwrap();
+    let mut objs: Vec<_> = (0..20)
+        .map(|_| owner.charge(0, 100, ChargeKind::Alloc).unwrap())
+        .collect();
+    owner.flush(0).unwrap();
+    // Ten of them freed by `freer`: gathered in its slot (1,000 bytes).
+    for o in objs.drain(..10) {
+        freer.uncharge(0, o).unwrap();
+    }
+    check(&c);
+    assert_eq!(child.stats().stat.alloc_bytes, 2000, "the slot still holds them");
+    p.attach(&owner.handle()).unwrap();
+    child.remove().unwrap();
+    check(&c);
+    // Returned: they leave the parent, which now owns the objcg.
+    freer.flush(0).unwrap();
+    check(&c);
+    assert_eq!(p.stats().stat.alloc_bytes, 1000);
+    for o in objs {
+        freer.uncharge(0, o).unwrap();
+    }
+    settle(&c, &[&owner, &freer]);
+    assert_eq!(p.stats().stat.alloc_bytes, 0);
+    assert_eq!(p.current_bytes(), 0);
+    assert_eq!(other.current_bytes(), 0);
+}
