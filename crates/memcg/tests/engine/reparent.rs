@@ -113,7 +113,11 @@ fn foreign_slot_holding_a_removed_groups_objects_returns_them_to_the_parent() {
         freer.uncharge(0, o).unwrap();
     }
     check(&c);
-    assert_eq!(child.stats().stat.alloc_bytes, 2000, "the slot still holds them");
+    assert_eq!(
+        child.stats().stat.alloc_bytes,
+        2000,
+        "the slot still holds them"
+    );
     p.attach(&owner.handle()).unwrap();
     child.remove().unwrap();
     check(&c);
