@@ -200,12 +200,7 @@ impl Task {
             -(bytes as i64),
             -(refs as i64),
         );
-        match cpu {
-            Some(_) => self.core.refill_obj_stock(cpu, objcg, bytes, refs, true),
-            None => {
-                self.core.uncharge_to_pool(objcg, bytes);
-                self.core.objcg_put(objcg, refs);
-            }
-        }
+        // With no CPU, `refill_obj_stock` returns them to the objcg's pool.
+        self.core.refill_obj_stock(cpu, objcg, bytes, refs, true);
     }
 }
