@@ -231,7 +231,8 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         block
     }
 
-    /// `dealloc` off the hit path: frees the block, then uncharges it.
+    /// `dealloc` off the hit path (after `uncharge_hit` missed): frees the
+    /// block, then uncharges it.
     ///
     /// # Safety
     /// `ptr` came from the inner allocator with `inner`; `raw` is its
@@ -241,7 +242,7 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
     unsafe fn dealloc_cold(&self, ptr: *mut u8, inner: Layout, raw: usize) {
         // SAFETY: the caller's guarantee.
         unsafe { self.inner.dealloc(ptr, inner) };
-        thread::uncharge_alloc(raw, inner.size() as u64);
+        thread::uncharge_alloc_missed(raw, inner.size() as u64);
     }
 }
 

@@ -867,7 +867,9 @@ unsafe fn dealloc_miss(ptr: *mut u8, heap: *mut c_void, size: usize, raw: usize)
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_cold(ptr: *mut u8, raw: usize, bytes: u64) {
-    thread::uncharge_alloc(raw, bytes);
+    // Reached after the hit path missed for this charge (in `dealloc`, or
+    // in `dealloc_miss` when the table gave it).
+    thread::uncharge_alloc_missed(raw, bytes);
     // SAFETY: `ptr` came from mimalloc.
     unsafe { mi_free(ptr as *mut c_void) };
 }

@@ -345,27 +345,13 @@ pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Op
 /// if it returns `true`.
 #[inline(always)]
 pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
-    let f = flags();
-    if f & (LIFE | BUSY) != ACTIVE {
-        return false;
-    }
-    mark_busy(f);
-    // A fork being prepared: off the hit path (see `runtime::fork`).
-    let done = !fork_gate::pending() && {
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
-        // SAFETY: the caller's guarantee: a trailer word of a block of
-        // `bytes` bytes of the global controller (the one every thread
-        // task belongs to), uncharged once.
-        unsafe { task.uncharge_fast(raw, bytes) }
-    };
-    unmark_busy(f);
-    done
+    // SAFETY: the caller's guarantee; `raw` is not 0 (nor `UNRESOLVED`,
+    // which no trailer word is).
+    unsafe { uncharge_hit_with(bytes, || raw) }.is_none()
 }
 
 /// What [`uncharge_hit_with`] returns when it did not uncharge: the
 /// charge's word was not resolved (the thread was not on its hit path).
-#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) const UNRESOLVED: usize = usize::MAX;
 
 /// [`uncharge_hit`] for an allocator that finds a block's charge while
@@ -381,7 +367,6 @@ pub(crate) const UNRESOLVED: usize = usize::MAX;
 /// 0) of the live charge of `bytes` bytes of the block being freed (of the
 /// global controller), uncharged once: by this call if it returns `None`.
 #[inline(always)]
-#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) unsafe fn uncharge_hit_with(
     bytes: u64,
     resolve: impl FnOnce() -> usize,
@@ -567,29 +552,22 @@ fn charge_root(bytes: u64) -> usize {
     }
 }
 
-/// Uncharges an allocation's charge on this thread.
+/// Uncharges an allocation's charge on this thread (`raw` is not 0).
 #[inline(always)]
 pub(crate) fn uncharge_alloc(raw: usize, bytes: u64) {
-    let f = flags();
-    if f & (LIFE | BUSY) == ACTIVE {
-        mark_busy(f);
-        // A fork being prepared: off the hit path (see `runtime::fork`).
-        if !fork_gate::pending() {
-            // SAFETY: the life is ACTIVE.
-            let task = unsafe { task_unchecked() };
-            // SAFETY: `raw` is a trailer word written by `charge_alloc` for
-            // a block of `bytes` bytes of the global controller (the one
-            // every thread task belongs to), uncharged once, by the
-            // deallocation of that block.
-            let done = unsafe { task.uncharge_fast(raw, bytes) };
-            unmark_busy(f);
-            if done {
-                return;
-            }
-        } else {
-            unmark_busy(f);
-        }
+    // SAFETY: `raw` is a trailer word written by `charge_alloc` for a block
+    // of `bytes` bytes of the global controller (the one every thread task
+    // belongs to), not 0, uncharged once, by the deallocation of that block.
+    if !unsafe { uncharge_hit(raw, bytes) } {
+        uncharge_alloc_slow(raw, bytes);
     }
+}
+
+/// [`uncharge_alloc`] after its hit path missed for this `raw` and
+/// `bytes` ([`uncharge_hit`] or [`uncharge_hit_with`] returned "not
+/// done"): straight to the slow path, which would miss again.
+#[inline]
+pub(crate) fn uncharge_alloc_missed(raw: usize, bytes: u64) {
     uncharge_alloc_slow(raw, bytes);
 }
 
