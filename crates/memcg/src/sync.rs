@@ -334,33 +334,32 @@ pub(crate) fn next_serial() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// How the runtime keeps the engine's own state off the caller's group: a
-/// pair of functions that mark the calling thread "inside memcg" (its
-/// allocations are then charged to root) and undo it. Installed once by
-/// the runtime when the process's controller is made; none under loom and
-/// for controllers outside a process with `MemcgAlloc`.
+/// The runtime's hooks, installed once when the process's controller is
+/// made; none under loom and for controllers outside a process with
+/// `MemcgAlloc`.
 #[cfg(not(all(test, memcg_loom)))]
-static ENGINE_ALLOC_HOOKS: std::sync::OnceLock<AllocHooks> = std::sync::OnceLock::new();
+static RUNTIME_HOOKS: std::sync::OnceLock<RuntimeHooks> = std::sync::OnceLock::new();
 
-/// Enter (returns whether the thread was already inside) and leave.
-type AllocHooks = (fn() -> bool, fn(bool));
-
-/// Installs the runtime's hooks (see [`engine_alloc_scope`]).
+/// What the engine asks of the runtime.
 #[cfg(not(all(test, memcg_loom)))]
-pub(crate) fn set_engine_alloc_hooks(enter: fn() -> bool, leave: fn(bool)) {
-    let _ = ENGINE_ALLOC_HOOKS.set((enter, leave));
+#[derive(Clone, Copy)]
+pub(crate) struct RuntimeHooks {
+    /// Marks the calling thread "inside memcg", so that its allocations
+    /// are charged to root and the engine's own state stays off the
+    /// caller's group (see [`engine_alloc_scope`]); returns whether it
+    /// already was.
+    pub(crate) enter_busy: fn() -> bool,
+    /// Undoes `enter_busy` (given what it returned).
+    pub(crate) leave_busy: fn(bool),
+    /// Run by the reclaimer thread after a pass of callbacks (see
+    /// [`after_user_callbacks`]).
+    pub(crate) after_callbacks: fn(),
 }
 
-/// The runtime's hook run by an engine thread after it ran user callbacks
-/// (see [`after_user_callbacks`]); none under loom and without the
-/// runtime's allocator.
+/// Installs the runtime's hooks.
 #[cfg(not(all(test, memcg_loom)))]
-static AFTER_CALLBACKS_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Installs the runtime's hook (see [`after_user_callbacks`]).
-#[cfg(not(all(test, memcg_loom)))]
-pub(crate) fn set_after_callbacks_hook(hook: fn()) {
-    let _ = AFTER_CALLBACKS_HOOK.set(hook);
+pub(crate) fn set_runtime_hooks(hooks: RuntimeHooks) {
+    let _ = RUNTIME_HOOKS.set(hooks);
 }
 
 /// Called by the reclaimer thread after a pass of reclaim or kill
@@ -371,8 +370,8 @@ pub(crate) fn set_after_callbacks_hook(hook: fn()) {
 /// groups' usage at the end of the pass, not at the thread's next flush.
 pub(crate) fn after_user_callbacks() {
     #[cfg(not(all(test, memcg_loom)))]
-    if let Some(hook) = AFTER_CALLBACKS_HOOK.get() {
-        hook();
+    if let Some(hooks) = RUNTIME_HOOKS.get() {
+        (hooks.after_callbacks)();
     }
 }
 
@@ -404,9 +403,9 @@ fn try_engine_alloc_scope() -> Option<EngineAllocScope> {
 
 #[cfg(not(all(test, memcg_loom)))]
 fn with_gate(gate: fork_gate::Entered) -> EngineAllocScope {
-    let hook = ENGINE_ALLOC_HOOKS
+    let hook = RUNTIME_HOOKS
         .get()
-        .map(|(enter, leave)| (enter(), *leave));
+        .map(|h| ((h.enter_busy)(), h.leave_busy));
     EngineAllocScope {
         hook,
         _gate: Some(gate),

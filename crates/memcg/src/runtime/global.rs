@@ -163,11 +163,11 @@ fn init() -> Option<&'static Controller> {
     // First: a fork from now on waits for the controller (see
     // `runtime::fork`) instead of copying it half made.
     crate::runtime::fork::register();
-    crate::sync::set_engine_alloc_hooks(
-        crate::runtime::thread::enter_busy_hook,
-        crate::runtime::thread::leave_busy_hook,
-    );
-    crate::sync::set_after_callbacks_hook(crate::runtime::thread::flush_current_if_active);
+    crate::sync::set_runtime_hooks(crate::sync::RuntimeHooks {
+        enter_busy: crate::runtime::thread::enter_busy_hook,
+        leave_busy: crate::runtime::thread::leave_busy_hook,
+        after_callbacks: crate::runtime::thread::flush_current_if_active,
+    });
     let topology = crate::runtime::topology::detect();
     let mode = task_cache_mode_from_env();
     let map = Box::into_raw(Box::new(CpuMap::new(&topology)));
