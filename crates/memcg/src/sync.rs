@@ -440,7 +440,7 @@ impl Drop for EngineAllocScope {
 /// is zero. Both sides use `SeqCst` (a Dekker pair: an entry either is
 /// seen by the closer or sees `PENDING`). The allocator's hit path does not
 /// enter the gate: `runtime::fork` stops it separately (fast keys cleared,
-/// `membarrier`, each task's busy flag).
+/// the tasks' `hits_stopped` set, `membarrier`, each task's busy flag).
 ///
 /// Not under loom (no fork there): entering is free.
 #[cfg(not(all(test, memcg_loom)))]
@@ -465,13 +465,6 @@ pub(crate) mod fork_gate {
         /// This thread's nesting depth in the gate, and its stripe + 1
         /// (0: not chosen yet). No destructor: usable in TLS teardown.
         static DEPTH: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
-    }
-
-    /// Whether a fork is being prepared (the allocator's hit path reads
-    /// this after marking itself busy).
-    #[inline(always)]
-    pub(crate) fn pending() -> bool {
-        PENDING.load(Ordering::Relaxed)
     }
 
     fn state() -> (u32, u32) {

@@ -17,6 +17,10 @@ use crate::engine::task_shared::{add_pending, get_u64, set_u64};
 use crate::error::Result;
 use crate::sync::Ordering;
 
+/// The fast-path key of every CPU when the key needs no CPU (a topology
+/// of one node, or the single cache); per-CPU keys are 2 and above.
+pub(crate) const ONE_KEY: u64 = 1;
+
 impl Task {
     /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
     /// from the byte cache when `key` is the cache's fast key (armed by
@@ -35,6 +39,30 @@ impl Task {
     /// slow call flushes them.
     #[inline(always)]
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
+        self.charge_fast_when(bytes, |armed| armed == key)
+    }
+
+    /// [`Task::charge_fast`] for the thread that runs now, whose key is
+    /// [`ONE_KEY`] when the key needs no CPU and `cpu_key()` otherwise:
+    /// the armed key is compared with [`ONE_KEY`] first (one compare with
+    /// a constant, and no CPU read, for a topology of one node or the
+    /// single cache), then with `cpu_key()`. A task armed with
+    /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
+    /// compare never lets a per-CPU key's task charge another node.
+    #[inline(always)]
+    pub(crate) fn charge_fast_here(
+        &self,
+        bytes: u64,
+        cpu_key: impl FnOnce() -> u64,
+    ) -> Option<usize> {
+        self.charge_fast_when(bytes, |armed| {
+            armed == ONE_KEY || (armed != 0 && armed == cpu_key())
+        })
+    }
+
+    /// [`Task::charge_fast`] when `matches(armed key)`.
+    #[inline(always)]
+    fn charge_fast_when(&self, bytes: u64, matches: impl FnOnce(u64) -> bool) -> Option<usize> {
         let shared = &*self.shared;
         let cache = &shared.cache;
         // Relaxed: the key set means the cached objcg is still the entry
@@ -42,7 +70,7 @@ impl Task {
         // key, an attach from any thread included; see `arm_fast_key`); an
         // attach racing with this charge is seen by the next one, as in the
         // seed.
-        if cache.fast_key.load(Ordering::Relaxed) != key {
+        if !matches(cache.fast_key.load(Ordering::Relaxed)) {
             return None;
         }
         let have = get_u64(&cache.bytes);
@@ -148,6 +176,12 @@ impl Task {
     #[inline(always)]
     pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
         let cache = &self.shared.cache;
+        // Relaxed: a fork's prepare handler stores it before a
+        // process-wide barrier and then waits for this thread's busy mark
+        // (see `runtime::fork`).
+        if cache.hits_stopped.load(Ordering::Relaxed) {
+            return false;
+        }
         if cache.objcg_addr.load(Ordering::Relaxed) != raw {
             return self.uncharge_foreign_fast(raw, bytes);
         }
@@ -203,6 +237,10 @@ impl Task {
     #[inline(always)]
     pub(crate) unsafe fn resize_fast(&self, raw: usize, old_bytes: u64, new_bytes: u64) -> bool {
         let cache = &self.shared.cache;
+        // As in `uncharge_fast`.
+        if cache.hits_stopped.load(Ordering::Relaxed) {
+            return false;
+        }
         if cache.objcg_addr.load(Ordering::Relaxed) != raw {
             return false;
         }

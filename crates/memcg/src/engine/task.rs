@@ -184,6 +184,7 @@ impl Task {
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
                 fast_key: AtomicU64::new(0),
+                hits_stopped: AtomicBool::new(false),
                 foreign_objcg: AtomicU32::new(0),
                 foreign_addr: AtomicUsize::new(0),
                 foreign_bytes: AtomicU64::new(0),

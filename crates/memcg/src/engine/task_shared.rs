@@ -46,6 +46,12 @@ pub(crate) struct TaskCache {
     /// an override, exemption, and an attach from any thread (after it sets
     /// the update flag; see `Task::arm_fast_key`).
     pub(crate) fast_key: AtomicU64,
+    /// Set by a fork's prepare handler (another thread) while it makes the
+    /// copy: the allocator's hit paths for frees and resizes, which do not
+    /// check the fast key, then miss and take the slow path, which waits
+    /// at the fork gate (see `runtime::fork`). In the task's own cache
+    /// line, so the check is one compare of a field the free reads anyway.
+    pub(crate) hits_stopped: AtomicBool,
     /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
     /// other than the cached one, not yet returned. Its objcg's id (0 for
     /// none) and address; the bytes freed, pre-charged and not yet given

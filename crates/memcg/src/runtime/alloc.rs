@@ -146,36 +146,34 @@ fn launder(p: *const u8) -> *const u8 {
     std::ptr::with_exposed_provenance(addr)
 }
 
-/// Whether a layout is small enough for the hit path: size below 2^60
-/// and alignment at most 2^59, so that `round_up(size, 8) + 8` rounded up
-/// to the alignment fits `isize` (the check of [`with_trailer`], in fewer
-/// instructions; every other layout takes the cold path, which makes that
-/// check).
-#[inline(always)]
-fn hit_layout(layout: Layout) -> bool {
-    (layout.size() | layout.align()) >> 60 == 0
-}
-
 impl<A: GlobalAlloc> MemcgAlloc<A> {
     /// The hit path of `alloc`: a charge served by the thread's byte cache
     /// ([`thread::charge_hit`]), the inner allocation, the trailer. Every
     /// miss goes to [`MemcgAlloc::alloc_cold`], whole, so that this path
     /// makes one call (the inner allocator's) and keeps only the charge
     /// and the trailer's offset across it.
+    ///
+    /// The layout is not checked before the charge: `round_up(size, 8) +
+    /// 8` cannot overflow (`size <= isize::MAX`), and a hit means the
+    /// byte cache held that many bytes, which is less than
+    /// [`crate::TASK_CACHE_BOUND_BYTES`] (an invariant the checker
+    /// verifies); every larger layout misses and takes the cold path,
+    /// which checks it.
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        if !hit_layout(layout) {
-            // SAFETY: forwarded contract.
-            return unsafe { self.alloc_cold(layout, zeroed) };
-        }
-        let offset = (layout.size() + 7) & !7;
-        let bytes = (offset + TRAILER_BYTES) as u64;
+        // `round_up(size, 8) + TRAILER_BYTES`, in two instructions.
+        let bytes = ((layout.size() + 7 + TRAILER_BYTES) & !7) as u64;
         let Some(raw) = thread::charge_hit(bytes) else {
             // SAFETY: forwarded contract.
             return unsafe { self.alloc_cold(layout, zeroed) };
         };
-        // SAFETY: `hit_layout`: the size plus padding and trailer, rounded
-        // up to the alignment (a power of two, from `layout`), fits `isize`.
+        let offset = bytes as usize - TRAILER_BYTES;
+        // SAFETY: the size is at most the byte cache's bound (a hit), so
+        // below 2^32. The alignment is a power of two, and at most 2^62:
+        // the caller's size is not 0 (the `GlobalAlloc` contract) and,
+        // rounded up to the alignment, fits `isize` (a `Layout` rule). So
+        // the size rounded up to the alignment is at most the larger of
+        // the alignment and twice the size, which fits `isize`.
         let inner = unsafe { Layout::from_size_align_unchecked(bytes as usize, layout.align()) };
         // SAFETY: `inner` has a non-zero size (it includes the trailer) and
         // the caller's alignment.

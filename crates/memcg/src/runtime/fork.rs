@@ -13,11 +13,13 @@
 //!      multi-step update, and new ones wait;
 //!   3. stops the allocator's hit path, which does not enter the gate:
 //!      clears every task's fast key (a charge then takes the slow path,
-//!      which waits) and, for frees and resizes, which read the gate's
-//!      pending flag after marking themselves busy, issues a process-wide
-//!      memory barrier (`membarrier`) so that each thread either sees the
-//!      flag or shows its busy mark; then waits until no task's thread is
-//!      busy.
+//!      which waits) and sets every task's `hits_stopped` (frees and
+//!      resizes read it after marking themselves busy), issues a
+//!      process-wide memory barrier (`membarrier`) so that each thread
+//!      either sees the key and the flag or shows its busy mark; then
+//!      waits until no task's thread is busy. The parent handler clears
+//!      the flags again; in the child only the forking thread's task
+//!      remains, and it was never stopped.
 //!
 //!   4. takes the reclaimer's queue lock and holds it across the copy: the
 //!      condvars wait with that lock, and a waiter woken during the fork
@@ -179,7 +181,10 @@ extern "C" fn prepare() {
         return;
     };
     let me = my_task();
-    ctrl.for_each_other_owned_task(me, |t| t.cache.fast_key.store(0, Ordering::Relaxed));
+    ctrl.for_each_other_owned_task(me, |t| {
+        t.cache.fast_key.store(0, Ordering::Relaxed);
+        t.cache.hits_stopped.store(true, Ordering::Relaxed);
+    });
     process_barrier();
     ctrl.for_each_other_owned_task(me, |t| {
         let flags = t.owner_flags.load(Ordering::Acquire);
@@ -227,6 +232,11 @@ extern "C" fn parent() {
         return;
     }
     release_held();
+    if let Some(ctrl) = global::try_controller() {
+        ctrl.for_each_other_owned_task(my_task(), |t| {
+            t.cache.hits_stopped.store(false, Ordering::Relaxed);
+        });
+    }
     fork_gate::open();
     FORKING.store(false, Ordering::Release);
 }

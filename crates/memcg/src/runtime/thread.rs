@@ -32,13 +32,11 @@ const TORN_DOWN: u8 = 2;
 const LIFE: u8 = 3;
 /// Bit 2 of [`FLAGS`]: inside memcg (an allocation now is re-entrant).
 const BUSY: u8 = 4;
-/// Bit 3 of [`FLAGS`], set with `ACTIVE`: the fast-path key needs the CPU
-/// (the topology has several nodes and the task cache is per node).
-const CPU_KEY: u8 = 8;
 
 thread_local! {
     /// The thread's state in one byte, so that the allocator's fast path
-    /// reads it with one load: `LIFE` bits, `BUSY`, `CPU_KEY`.
+    /// reads it with one load and one compare with `ACTIVE`: `LIFE` bits,
+    /// `BUSY`.
     ///
     /// Its `LIFE` bits are a copy for the fast path; [`LIFE_OF_TASK`] is the
     /// truth. `BUSY` is set by a read-modify-write of this byte, and a
@@ -99,19 +97,10 @@ fn life() -> u8 {
     LIFE_OF_TASK.get()
 }
 
-/// The `LIFE` and `CPU_KEY` bits of [`FLAGS`] for `life`.
-fn flag_bits(life: u8) -> u8 {
-    if life == ACTIVE && !global::one_key() {
-        life | CPU_KEY
-    } else {
-        life
-    }
-}
-
 /// Sets the task's life (and its copy in [`FLAGS`]).
 fn set_life(life: u8) {
     LIFE_OF_TASK.set(life);
-    set_flags((flags() & BUSY) | flag_bits(life));
+    set_flags((flags() & BUSY) | life);
 }
 
 /// Copies the task's life back into [`FLAGS`] if a stale write replaced
@@ -121,8 +110,8 @@ fn set_life(life: u8) {
 #[inline]
 fn sync_flags() {
     let f = flags();
-    let bits = flag_bits(life());
-    if f & !BUSY != bits {
+    let bits = life();
+    if f & LIFE != bits {
         set_flags((f & BUSY) | bits);
     }
 }
@@ -311,26 +300,20 @@ pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
 pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
-    let f = flags();
-    // One compare for a topology of one node (the key is 1), a second one
-    // otherwise (the key is the CPU's).
-    let cpu_key = if f == ACTIVE {
-        false
-    } else if f == ACTIVE | CPU_KEY {
-        true
-    } else {
+    // One compare: an active task, not busy. The marks below store
+    // constants (the flags are `ACTIVE` here, and a signal handler leaves
+    // them as it found them), so no register keeps the flags.
+    if flags() != ACTIVE {
         return None;
-    };
-    mark_busy(f);
+    }
+    mark_busy(ACTIVE);
     // SAFETY: the life is ACTIVE.
     let task = unsafe { task_unchecked() };
-    let key = if cpu_key {
-        global::fast_key_of_cpu_inline()
-    } else {
-        1
-    };
-    let r = task.charge_fast(key, bytes).map(then);
-    unmark_busy(f);
+    // The key needs the CPU only when the armed key is not `ONE_KEY`.
+    let r = task
+        .charge_fast_here(bytes, global::fast_key_of_cpu_inline)
+        .map(then);
+    unmark_busy(ACTIVE);
     r
 }
 
@@ -371,22 +354,22 @@ pub(crate) unsafe fn uncharge_hit_with(
     bytes: u64,
     resolve: impl FnOnce() -> usize,
 ) -> Option<usize> {
-    let f = flags();
-    if f & (LIFE | BUSY) != ACTIVE {
+    if flags() != ACTIVE {
         return Some(UNRESOLVED);
     }
-    mark_busy(f);
+    mark_busy(ACTIVE);
     let raw = resolve();
-    // A fork being prepared: off the hit path (see `runtime::fork`).
-    // `UNRESOLVED` is no objcg's address: `uncharge_fast` misses on it.
-    let done = !fork_gate::pending() && {
+    // `uncharge_fast` misses while a fork is being prepared (the task's
+    // `hits_stopped`; see `runtime::fork`), and on `UNRESOLVED`, which is
+    // no objcg's address.
+    let done = {
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
         // SAFETY: the caller's guarantee: the block's charge, of `bytes`
         // bytes of the global controller, uncharged once.
         unsafe { task.uncharge_fast(raw, bytes) }
     };
-    unmark_busy(f);
+    unmark_busy(ACTIVE);
     if done {
         None
     } else {
@@ -415,16 +398,11 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
     // The fast path: an active task, not re-entered, one flags load. A
     // fork being prepared clears every fast key after marking its start,
     // so this hit path needs no check of its own (see `runtime::fork`).
-    if f == ACTIVE || f == ACTIVE | CPU_KEY {
+    if f == ACTIVE {
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
-        let key = if f == ACTIVE {
-            1
-        } else {
-            global::fast_key_of_cpu()
-        };
-        let raw = match task.charge_fast(key, bytes) {
+        let raw = match task.charge_fast_here(bytes, global::fast_key_of_cpu) {
             Some(raw) => raw,
             None => charge_task_slow_busy(task, bytes, f),
         };
@@ -599,10 +577,10 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
     if new_bytes > old_bytes {
         note_engine_lock_alloc();
     }
-    let f = flags();
-    if f & (LIFE | BUSY) == ACTIVE {
-        mark_busy(f);
-        let done = !fork_gate::pending() && {
+    if flags() == ACTIVE {
+        mark_busy(ACTIVE);
+        // `resize_fast` misses while a fork is being prepared.
+        let done = {
             // SAFETY: the life is ACTIVE.
             let task = unsafe { task_unchecked() };
             // SAFETY: `raw` is a trailer word written by `charge_alloc` (or
@@ -611,7 +589,7 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
             // the same word for the block of `new_bytes` bytes.
             unsafe { task.resize_fast(raw, old_bytes, new_bytes) }
         };
-        unmark_busy(f);
+        unmark_busy(ACTIVE);
         if done {
             return Some(raw);
         }
