@@ -11,7 +11,9 @@
 use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
-use crate::engine::task_shared::{add_pending, get_u64, set_u64};
+use crate::engine::task_shared::{
+    add_pending, fold_hits, get_i64, get_u64, set_cache_bytes, set_i64, set_u64,
+};
 use crate::limit::PAGE_SIZE;
 use crate::sync::Ordering;
 
@@ -40,12 +42,13 @@ impl Task {
     pub(crate) fn take_cached(&self, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> bool {
         let cache = &self.shared.cache;
         let have = get_u64(&cache.bytes);
-        let refs = get_u64(&cache.refs);
-        if have < bytes || refs == 0 {
+        let refs = get_i64(&cache.refs);
+        // No credit (or a debt of the hit path's): the slow path tops it up.
+        if have < bytes || refs <= 0 {
             return false;
         }
-        set_u64(&cache.bytes, have - bytes);
-        set_u64(&cache.refs, refs - 1);
+        set_cache_bytes(cache, have - bytes);
+        set_i64(&cache.refs, refs - 1);
         set_u64(&cache.charges, get_u64(&cache.charges) + 1);
         self.pend(objcg, kind, bytes as i64);
         true
@@ -68,16 +71,18 @@ impl Task {
         base.store(base.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
     }
 
-    /// Moves pending statistics to the objcg and its owner's counters.
+    /// Moves pending statistics (with the hit path's, folded in first) to
+    /// the objcg and its owner's counters.
     pub(crate) fn flush_stats(&self, objcg: &ObjCgroup) {
         let cache = &self.shared.cache;
+        fold_hits(cache);
         for kind in ChargeKind::ALL {
             let bytes = cache.pending_bytes[kind.index()].swap(0, Ordering::Relaxed);
             if bytes != 0 {
                 self.core.account(None, objcg, kind, bytes, 0);
             }
         }
-        let refs = get_u64(&cache.refs) as i64;
+        let refs = get_i64(&cache.refs);
         let objects = cache.refs_base.load(Ordering::Relaxed) - refs;
         cache.refs_base.store(refs, Ordering::Relaxed);
         if objects != 0 {
@@ -99,9 +104,15 @@ impl Task {
         };
         self.flush_stats(old);
         let bytes = get_u64(&cache.bytes);
-        let refs = get_u64(&cache.refs);
-        set_u64(&cache.bytes, 0);
-        set_u64(&cache.refs, 0);
+        let refs = get_i64(&cache.refs);
+        // A debt of credit (the hit path spent below zero) is paid from the
+        // objcg first: the objects charged keep their references.
+        if refs < 0 {
+            old.get(refs.unsigned_abs());
+        }
+        let refs = refs.max(0) as u64;
+        set_cache_bytes(cache, 0);
+        set_i64(&cache.refs, 0);
         cache.refs_base.store(0, Ordering::Relaxed);
         cache.objcg.store(0, Ordering::Relaxed);
         cache.objcg_addr.store(0, Ordering::Relaxed);
@@ -132,18 +143,24 @@ impl Task {
     pub(crate) fn trim_cache(&self, cpu: usize, objcg: &ObjCgroup) {
         let cache = &self.shared.cache;
         let bytes = get_u64(&cache.bytes);
-        let refs = get_u64(&cache.refs);
+        let refs = get_i64(&cache.refs);
         let keep_bytes = if bytes > CACHE_MAX_BYTES {
             bytes % PAGE_SIZE
         } else {
             bytes
         };
-        let keep_refs = refs.min(REF_BATCH);
-        set_u64(&cache.bytes, keep_bytes);
-        set_u64(&cache.refs, keep_refs);
-        self.rebase_refs(keep_refs as i64 - refs as i64);
-        self.core
-            .refill_obj_stock(Some(cpu), objcg, bytes - keep_bytes, refs - keep_refs, true);
+        // Only a surplus leaves (a debt stays, for the next top-up).
+        let keep_refs = refs.min(REF_BATCH as i64);
+        set_cache_bytes(cache, keep_bytes);
+        set_i64(&cache.refs, keep_refs);
+        self.rebase_refs(keep_refs - refs);
+        self.core.refill_obj_stock(
+            Some(cpu),
+            objcg,
+            bytes - keep_bytes,
+            (refs - keep_refs) as u64,
+            true,
+        );
     }
 
     /// The slow path of a free of `bytes` of [`ChargeKind::Alloc`] of

@@ -98,7 +98,9 @@ impl Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EngineCounters {
-    /// Charges made through tasks.
+    /// Charges made through tasks' slow entry (`Task::charge`, and the
+    /// allocator's charges that missed its hit path; the hit path itself
+    /// does not count them).
     pub task_charges: u64,
     /// Charges that needed more than a task's byte cache.
     pub slow_charges: u64,

@@ -13,7 +13,7 @@ use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
 use crate::engine::task_shared::CURRENT_OBJCG_UPDATE_FLAG;
-use crate::engine::task_shared::{add_pending, get_u64, set_u64};
+use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
 use crate::error::Result;
 use crate::sync::Ordering;
 
@@ -29,14 +29,14 @@ impl Task {
     /// returns the charge as a raw word ([`Charge::into_raw`]). `None`
     /// means "take `charge_keyed`".
     ///
-    /// A hit reads the key, the bytes and the reference credit, and writes
-    /// the bytes, the credit, the pending statistics and the charge count:
-    /// plain loads and stores of the task's own cache line and no atomic
-    /// read-modify-write. The pending statistics are not
-    /// range-checked here: between two calls that are not hits their sum
-    /// with the cached bytes is constant, so they stay within
-    /// `STAT_FLUSH_BYTES + TASK_CACHE_BOUND_BYTES` of zero, and the next
-    /// slow call flushes them.
+    /// A hit reads the key and the bytes and writes the bytes and the
+    /// reference credit: plain loads and stores of the task's own cache
+    /// line and no atomic read-modify-write. The credit is spent without a
+    /// check (it may go below zero; see `TaskCache::refs`), and no
+    /// statistics are written: the bytes the hit path took since the slow
+    /// path last wrote them are its statistics (`fold_hits`), folded in by
+    /// the next slow call; they stay within `TASK_CACHE_BOUND_BYTES` of
+    /// zero.
     #[inline(always)]
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         self.charge_fast_when(bytes, |armed| armed == key)
@@ -74,20 +74,11 @@ impl Task {
             return None;
         }
         let have = get_u64(&cache.bytes);
-        let refs = get_u64(&cache.refs);
-        if have < bytes || refs == 0 {
+        if have < bytes {
             return None;
         }
         set_u64(&cache.bytes, have - bytes);
-        set_u64(&cache.refs, refs - 1);
-        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
-        // Written out rather than `add_pending`, which measured three
-        // instructions more per alloc+free pair here (callgrind).
-        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
-        slot.store(
-            slot.load(Ordering::Relaxed) + bytes as i64,
-            Ordering::Relaxed,
-        );
+        set_i64(&cache.refs, get_i64(&cache.refs) - 1);
         Some(cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -193,14 +184,7 @@ impl Task {
             return false;
         }
         set_u64(&cache.bytes, new_bytes);
-        set_u64(&cache.refs, get_u64(&cache.refs) + 1);
-        // Written out rather than `add_pending`, which measured three
-        // instructions more per alloc+free pair here (callgrind).
-        let slot = &cache.pending_bytes[ChargeKind::Alloc.index()];
-        slot.store(
-            slot.load(Ordering::Relaxed) - bytes as i64,
-            Ordering::Relaxed,
-        );
+        set_i64(&cache.refs, get_i64(&cache.refs) + 1);
         true
     }
 
@@ -262,8 +246,9 @@ impl Task {
             }
             left
         };
+        // The difference is folded into the statistics by the next slow
+        // call, as a hit's (`fold_hits`).
         set_u64(&cache.bytes, left);
-        add_pending(cache, ChargeKind::Alloc, have as i64 - left as i64);
         true
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::engine::byte_cache::TASK_CACHE_BOUND_BYTES;
 use crate::engine::memcg::MemCgroup;
 use crate::engine::stock::{ObjSlot, PageSlot};
+use crate::engine::task_shared::unfolded_hit_bytes;
 use crate::engine::Controller;
 use crate::limit::PAGE_SIZE;
 use crate::sync::Ordering;
@@ -208,16 +209,28 @@ impl Controller {
                     h.pending_objects -= refs;
                 }
                 if id != 0 {
+                    let credit = c.refs.load(Ordering::Relaxed);
+                    // The hit path spends credit below zero only while
+                    // the cache's bytes last (8 or more per object).
+                    if credit < -((TASK_CACHE_BOUND_BYTES / 8) as i64) {
+                        v.push(format!(
+                            "a task's byte cache owes {} references to objcg {id}, over the {} its bytes can serve",
+                            -credit,
+                            TASK_CACHE_BOUND_BYTES / 8
+                        ));
+                    }
                     let h = held.entry(id).or_default();
-                    h.refs += 1 + c.refs.load(Ordering::Relaxed) as i64;
+                    h.refs += 1 + credit;
                     h.stock_bytes += c.bytes.load(Ordering::Relaxed);
+                    // The hit path's bytes not yet folded are pending
+                    // statistics too.
                     h.pending_bytes += c
                         .pending_bytes
                         .iter()
                         .map(|p| p.load(Ordering::Relaxed))
-                        .sum::<i64>();
-                    h.pending_objects +=
-                        c.refs_base.load(Ordering::Relaxed) - c.refs.load(Ordering::Relaxed) as i64;
+                        .sum::<i64>()
+                        + unfolded_hit_bytes(c);
+                    h.pending_objects += c.refs_base.load(Ordering::Relaxed) - credit;
                 }
             }
         }
@@ -508,6 +521,25 @@ mod tests {
         c.check_invariants()
             .expect_err("the fault must be caught")
             .to_string()
+    }
+
+    #[test]
+    fn check_invariants_reports_a_reference_debt_past_what_the_bytes_serve() {
+        let (c, _g, t, _ch) = setup();
+        let cache = &t.shared.cache;
+        let refs = cache.refs.load(Ordering::Relaxed);
+        let base = cache.refs_base.load(Ordering::Relaxed);
+        // The debt alone (the base moved with it, so the objects count is
+        // unchanged): the reference count then disagrees too, but the
+        // debt's own message must be there.
+        let debt = -((crate::engine::TASK_CACHE_BOUND_BYTES / 8) as i64) - 1;
+        cache.refs.store(debt, Ordering::Relaxed);
+        cache.refs_base.store(base + debt - refs, Ordering::Relaxed);
+        let v = violations(&c);
+        assert!(v.contains("owes"), "{v}");
+        cache.refs.store(refs, Ordering::Relaxed);
+        cache.refs_base.store(base, Ordering::Relaxed);
+        assert_eq!(c.check_invariants(), Ok(()));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
-    get_u64, set_u64, TaskCache, TaskCacheMode, TaskHandle, TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
+    get_i64, get_u64, set_cache_bytes, set_i64, set_u64, TaskCache, TaskCacheMode, TaskHandle,
+    TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
 };
 use crate::error::{Error, Result};
 use crate::sync::{
@@ -179,7 +180,8 @@ impl Task {
                 objcg: AtomicU32::new(0),
                 objcg_addr: AtomicUsize::new(0),
                 bytes: AtomicU64::new(0),
-                refs: AtomicU64::new(0),
+                synced_bytes: AtomicU64::new(0),
+                refs: AtomicI64::new(0),
                 pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
@@ -388,19 +390,20 @@ impl Task {
         if cache.objcg.load(Ordering::Relaxed) != objcg.id() {
             self.switch_cache(Some(cpu), objcg);
         }
-        // Reference credit: from the CPU stock if it has some, else in bulk.
-        if get_u64(&cache.refs) == 0 {
-            let got = core
+        // Reference credit: from the CPU stock if it has some, else in bulk;
+        // a debt of the hit path's (see `TaskCache::refs`) is paid too.
+        let refs = get_i64(&cache.refs);
+        if refs <= 0 {
+            let mut got = core
                 .stock(cpu)
                 .and_then(|s| s.consume_obj(objcg.id(), 0, REF_BATCH))
                 .map_or(0, |c| c.refs);
-            let got = if got == 0 {
-                objcg.get(REF_BATCH);
-                REF_BATCH
-            } else {
-                got
-            };
-            set_u64(&cache.refs, got);
+            if refs + got as i64 <= 0 {
+                let more = (REF_BATCH as i64 - refs - got as i64) as u64;
+                objcg.get(more);
+                got += more;
+            }
+            set_i64(&cache.refs, refs + got as i64);
             self.rebase_refs(got as i64);
         }
         let have = get_u64(&cache.bytes);
@@ -410,7 +413,7 @@ impl Task {
         // object.
         // It takes reference credit along, up to `2 * REF_BATCH`.
         let taken = || {
-            let want_refs = (2 * REF_BATCH).saturating_sub(get_u64(&cache.refs));
+            let want_refs = (2 * REF_BATCH as i64 - get_i64(&cache.refs)).max(0) as u64;
             core.stock(cpu).and_then(|s| {
                 s.take_obj(
                     objcg.id(),
@@ -421,10 +424,10 @@ impl Task {
             })
         };
         if have >= bytes {
-            set_u64(&cache.bytes, have - bytes);
+            set_cache_bytes(cache, have - bytes);
         } else if let Some(t) = taken() {
-            set_u64(&cache.bytes, have + t.bytes - bytes);
-            set_u64(&cache.refs, get_u64(&cache.refs) + t.refs);
+            set_cache_bytes(cache, have + t.bytes - bytes);
+            set_i64(&cache.refs, get_i64(&cache.refs) + t.refs as i64);
             self.rebase_refs(t.refs as i64);
         } else {
             // A reference of our own across the page charge, which may
@@ -439,7 +442,7 @@ impl Task {
             // cache would be charged to the wrong objcg.
             if cache.objcg.load(Ordering::Relaxed) == objcg.id() {
                 let cached = get_u64(&cache.bytes) + remainder;
-                set_u64(&cache.bytes, cached);
+                set_cache_bytes(cache, cached);
                 // The cache held up to `CACHE_MAX_BYTES` before (it is
                 // short of this charge, not empty): two page charges in a
                 // row would otherwise pile up their remainders past
@@ -452,8 +455,8 @@ impl Task {
                 core.refill_obj_stock(Some(cpu), objcg, remainder, 0, false);
             }
         }
-        if cache.objcg.load(Ordering::Relaxed) == objcg.id() && get_u64(&cache.refs) > 0 {
-            set_u64(&cache.refs, get_u64(&cache.refs) - 1);
+        if cache.objcg.load(Ordering::Relaxed) == objcg.id() && get_i64(&cache.refs) > 0 {
+            set_i64(&cache.refs, get_i64(&cache.refs) - 1);
             self.pend(objcg, kind, bytes as i64);
         } else {
             objcg.get(1);
@@ -486,11 +489,11 @@ impl Task {
         let cache = &self.shared.cache;
         if !self.exited.get() && cache.objcg.load(Ordering::Relaxed) == objcg.id() {
             let bytes = get_u64(&cache.bytes) + charge.bytes;
-            let refs = get_u64(&cache.refs) + 1;
-            set_u64(&cache.bytes, bytes);
-            set_u64(&cache.refs, refs);
+            let refs = get_i64(&cache.refs) + 1;
+            set_cache_bytes(cache, bytes);
+            set_i64(&cache.refs, refs);
             self.pend(objcg, charge.kind, -(charge.bytes as i64));
-            if bytes > CACHE_MAX_BYTES || refs > 2 * REF_BATCH {
+            if bytes > CACHE_MAX_BYTES || refs > 2 * REF_BATCH as i64 {
                 self.trim_cache(cpu, objcg);
             }
             return Ok(());
@@ -531,7 +534,7 @@ impl Task {
             }
             let have = get_u64(&cache.bytes);
             if cached && have >= delta {
-                set_u64(&cache.bytes, have - delta);
+                set_cache_bytes(cache, have - delta);
             } else {
                 self.core.charge_bytes(self.ctx(Some(cpu)), objcg, delta)?;
             }
@@ -541,7 +544,7 @@ impl Task {
             self.account_delta(objcg, charge.kind, -(delta as i64));
             if cached {
                 let bytes = get_u64(&cache.bytes) + delta;
-                set_u64(&cache.bytes, bytes);
+                set_cache_bytes(cache, bytes);
                 if bytes > CACHE_MAX_BYTES {
                     self.trim_cache(cpu, objcg);
                 }

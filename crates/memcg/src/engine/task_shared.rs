@@ -29,8 +29,27 @@ pub(crate) struct TaskCache {
     /// Address of the cached objcg (0 for none), so the hot paths compare
     /// pointers without touching the objcg's cache line.
     pub(crate) objcg_addr: AtomicUsize,
+    /// Pre-charged bytes of the cached objcg. The allocator's hit path
+    /// changes them without recording statistics: the bytes it took or
+    /// gave back since the slow path last wrote them are `synced_bytes -
+    /// bytes`, statistics of [`ChargeKind::Alloc`] not yet pending
+    /// ([`fold_hits`]). The slow path writes them only through
+    /// [`set_cache_bytes`].
     pub(crate) bytes: AtomicU64,
-    pub(crate) refs: AtomicU64,
+    /// `bytes` as the slow path last wrote it (see `bytes`).
+    pub(crate) synced_bytes: AtomicU64,
+    /// Reference credit: references to the cached objcg the cache holds
+    /// beyond its own one, taken in batches; every object charged from the
+    /// cache spends one and every object freed into it gives one back.
+    /// The allocator's hit path spends without checking, so the credit may
+    /// go below zero: the cache then holds that many fewer references than
+    /// its objects need, which is safe because its own reference keeps
+    /// the objcg alive; the slow path takes the shortfall from the objcg
+    /// before it hands references on (a charge tops the credit up to a
+    /// batch, a drain pays the debt). The hit path's charges are bounded
+    /// by the cache's bytes, so the debt is at most
+    /// `TASK_CACHE_BOUND_BYTES / 8` references.
+    pub(crate) refs: AtomicI64,
     pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
     /// Reference credit at the last statistics flush, adjusted whenever
     /// credit changes for a reason other than an object: every object
@@ -38,6 +57,9 @@ pub(crate) struct TaskCache {
     /// gives one back, so `refs_base - refs` is the net number of objects
     /// charged since the flush (not yet in the objcg's `live_objects`).
     pub(crate) refs_base: AtomicI64,
+    /// Charges the task made through its slow entry ([`Task::charge`] and
+    /// the allocator's misses); the allocator's hit path does not count
+    /// (an instruction per allocation saved).
     pub(crate) charges: AtomicU64,
     /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
     /// none: while it is set, the cached objcg is the one the task charges
@@ -73,6 +95,46 @@ pub(crate) fn add_pending(cache: &TaskCache, kind: ChargeKind, bytes: i64) -> i6
     let v = slot.load(Ordering::Relaxed) + bytes;
     slot.store(v, Ordering::Relaxed);
     v
+}
+
+/// Moves what the allocator's hit path did to the byte cache since the
+/// slow path last wrote its bytes into the pending statistics of
+/// [`ChargeKind::Alloc`] (the owner only). Returns the bytes.
+#[inline]
+pub(crate) fn fold_hits(cache: &TaskCache) -> u64 {
+    let bytes = get_u64(&cache.bytes);
+    let synced = get_u64(&cache.synced_bytes);
+    if synced != bytes {
+        add_pending(cache, ChargeKind::Alloc, synced.wrapping_sub(bytes) as i64);
+        set_u64(&cache.synced_bytes, bytes);
+    }
+    bytes
+}
+
+/// The slow path's write of the byte cache's bytes (the owner only): the
+/// hit path's changes are folded into the statistics first, so that they
+/// are not lost, and the new value is the synced one.
+#[inline]
+pub(crate) fn set_cache_bytes(cache: &TaskCache, bytes: u64) {
+    fold_hits(cache);
+    set_u64(&cache.bytes, bytes);
+    set_u64(&cache.synced_bytes, bytes);
+}
+
+/// The hit path's statistics not yet folded ([`fold_hits`]), for a reader
+/// on another thread (the checkers), which sees the owner at rest.
+pub(crate) fn unfolded_hit_bytes(cache: &TaskCache) -> i64 {
+    get_u64(&cache.synced_bytes).wrapping_sub(get_u64(&cache.bytes)) as i64
+}
+
+/// [`set_u64`] of a signed counter.
+#[inline(always)]
+pub(crate) fn set_i64(a: &AtomicI64, v: i64) {
+    a.store(v, Ordering::Relaxed)
+}
+#[inline(always)]
+pub(crate) fn get_i64(a: &AtomicI64) -> i64 {
+    a.load(Ordering::Relaxed)
 }
 
 /// Plain read-modify-write by the single writer.

@@ -270,10 +270,13 @@ fn charged_bytes(layout: Layout) -> u64 {
     charged_size(layout.size())
 }
 
-/// [`charged_bytes`] of a layout of `size` bytes.
+/// [`charged_bytes`] of a layout of `size` bytes, in two instructions
+/// (`size <= isize::MAX`, so the sum does not overflow). A size of 0,
+/// which the `GlobalAlloc` contract excludes, would make a charge of 0
+/// bytes, which the slow path refuses (the allocation then returns null).
 #[inline(always)]
 fn charged_size(size: usize) -> u64 {
-    (size.max(1) as u64).next_multiple_of(8)
+    ((size + 7) & !7) as u64
 }
 
 /// Offset of a fallback block's trailer (the caller's bytes rounded up to
@@ -622,15 +625,37 @@ impl MemcgMimalloc {
             // Acquire: pairs with the AcqRel exchange in `new_heap`, so the
             // heap mimalloc made is seen whole.
             let heap = cookie.load(Ordering::Acquire);
-            if heap > NO_HEAP {
-                // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
-                // valid size and power-of-two alignment (from `layout`).
-                let block = unsafe { heap_alloc(heap as *mut c_void, layout, zeroed) } as *mut u8;
-                if !block.is_null() {
-                    return block;
-                }
+            if heap <= NO_HEAP {
+                // SAFETY: forwarded contract; `raw` is the charge just made.
+                return unsafe { alloc_charged_cold(raw, layout, zeroed) };
             }
-            // SAFETY: forwarded contract; `raw` is the charge just made.
+            if !is_small(layout) {
+                // SAFETY: as above, and `heap` is a heap made by
+                // `mi_heap_new`.
+                return unsafe { alloc_in_heap_aligned(raw, heap as *mut c_void, layout, zeroed) };
+            }
+            let size = layout.size();
+            // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
+            // size the small entry points serve.
+            let block = unsafe {
+                if zeroed {
+                    mi_heap_zalloc_small(heap as *mut c_void, size)
+                } else {
+                    mi_heap_malloc_small(heap as *mut c_void, size)
+                }
+            } as *mut u8;
+            if !block.is_null() {
+                return block;
+            }
+            // The alignment asked for is at most `SMALL_ALIGN`, which the
+            // retry then asks for (a stricter alignment is still the
+            // caller's), so that only the raw word and the size stay in
+            // registers across the call above.
+            // SAFETY: `size <= SMALL_SIZE_MAX` and a power-of-two
+            // alignment make a valid layout.
+            let layout = unsafe { Layout::from_size_align_unchecked(size, SMALL_ALIGN) };
+            // SAFETY: forwarded contract; `raw` is the charge just made,
+            // of `charged_bytes` of this layout too (the same size).
             unsafe { alloc_charged_cold(raw, layout, zeroed) }
         });
         match hit {
@@ -651,6 +676,38 @@ const SMALL_SIZE_MAX: usize = 128 * std::mem::size_of::<usize>();
 /// `small_blocks_are_word_aligned` below for every small size).
 const SMALL_ALIGN: usize = std::mem::size_of::<usize>();
 
+/// Whether `layout` is served by mimalloc's small-object entry points
+/// (see [`heap_alloc`]).
+#[inline(always)]
+fn is_small(layout: Layout) -> bool {
+    layout.size() <= SMALL_SIZE_MAX && layout.align() <= SMALL_ALIGN
+}
+
+/// The hit path's allocation of a layout that is not small
+/// ([`is_small`]) from `heap`, out of line (so that the hit path for small
+/// blocks keeps fewer registers across its call), with its own retry.
+///
+/// # Safety
+/// As [`alloc_charged`], with `raw` a charge of `charged_bytes(layout)`
+/// made by the hit path, and `heap` that charge's objcg's heap (made by
+/// `mi_heap_new`).
+#[inline(never)]
+unsafe fn alloc_in_heap_aligned(
+    raw: usize,
+    heap: *mut c_void,
+    layout: Layout,
+    zeroed: bool,
+) -> *mut u8 {
+    // SAFETY: FFI calls with a live heap and a valid size and power-of-two
+    // alignment (from `layout`).
+    let block = unsafe { heap_alloc(heap, layout, zeroed) } as *mut u8;
+    if !block.is_null() {
+        return block;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { alloc_charged_cold(raw, layout, zeroed) }
+}
+
 /// A block of `layout` from `heap`: through mimalloc's small-object entry
 /// point when the layout fits it (most allocations: up to 1 KiB and an
 /// alignment of at most a word), which skips the alignment handling of
@@ -667,7 +724,7 @@ unsafe fn heap_alloc(heap: *mut c_void, layout: Layout, zeroed: bool) -> *mut c_
     // power-of-two alignment (from `layout`); the small entry points only
     // for sizes up to `SMALL_SIZE_MAX` and alignments their blocks have.
     unsafe {
-        if layout.size() <= SMALL_SIZE_MAX && layout.align() <= SMALL_ALIGN {
+        if is_small(layout) {
             if zeroed {
                 mi_heap_zalloc_small(heap, layout.size())
             } else {

@@ -22,18 +22,22 @@ use crate::error::{Error, Result};
 use crate::runtime::global;
 use crate::sync::{compiler_fence, fork_gate, AtomicU8, Ordering};
 
-/// The task's life, in bits 0–1 of [`FLAGS`]: no task yet.
+/// The task's life, in bits 0–1 of [`Local::flags`]: no task yet.
 const FRESH: u8 = 0;
 /// The task exists and is in use.
 const ACTIVE: u8 = 1;
 /// The exit guard ran: no task any more.
 const TORN_DOWN: u8 = 2;
-/// Bits 0–1 of [`FLAGS`].
+/// Bits 0–1 of [`Local::flags`].
 const LIFE: u8 = 3;
-/// Bit 2 of [`FLAGS`]: inside memcg (an allocation now is re-entrant).
+/// Bit 2 of [`Local::flags`]: inside memcg (an allocation now is re-entrant).
 const BUSY: u8 = 4;
 
-thread_local! {
+/// The thread's flags and task side by side in one thread-local, so that
+/// the hit path finds both from one thread-local address (an access to a
+/// thread-local of a library crate costs an instruction for its offset,
+/// then the access).
+struct Local {
     /// The thread's state in one byte, so that the allocator's fast path
     /// reads it with one load and one compare with `ACTIVE`: `LIFE` bits,
     /// `BUSY`.
@@ -51,27 +55,41 @@ thread_local! {
     /// defined behaviour. The fork's prepare handler reads it from another
     /// thread (`runtime::fork`), through the address registered with the
     /// thread's task.
-    static FLAGS: AtomicU8 = const { AtomicU8::new(FRESH) };
+    flags: AtomicU8,
+    /// The thread's task, initialised while the life is `ACTIVE`.
+    task: UnsafeCell<MaybeUninit<Task>>,
+}
+
+thread_local! {
+    /// The thread's flags ([`Local::flags`]) and task ([`Local::task`]).
+    static LOCAL: Local = const {
+        Local {
+            flags: AtomicU8::new(FRESH),
+            task: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    };
+}
+
+thread_local! {
     /// The task's life, written with plain stores only (never a
     /// read-modify-write), so nothing can put back a stale value.
     static LIFE_OF_TASK: Cell<u8> = const { Cell::new(FRESH) };
     /// Set while this thread checks the invariants: its allocations are
     /// then not accounted at all, so the check sees a still picture.
     static SUSPENDED: Cell<bool> = const { Cell::new(false) };
-    static TASK: UnsafeCell<MaybeUninit<Task>> = const { UnsafeCell::new(MaybeUninit::uninit()) };
     static GUARD: ExitGuard = const { ExitGuard };
 }
 
-/// This thread's [`FLAGS`].
+/// This thread's [`Local::flags`].
 #[inline(always)]
 fn flags() -> u8 {
-    FLAGS.with(|f| f.load(Ordering::Relaxed))
+    LOCAL.with(|l| l.flags.load(Ordering::Relaxed))
 }
 
-/// Writes this thread's [`FLAGS`].
+/// Writes this thread's [`Local::flags`].
 #[inline(always)]
 fn set_flags(v: u8) {
-    FLAGS.with(|f| f.store(v, Ordering::Relaxed));
+    LOCAL.with(|l| l.flags.store(v, Ordering::Relaxed));
 }
 
 /// Marks the thread busy on the hit path (`f` is [`flags`], not busy):
@@ -97,15 +115,15 @@ fn life() -> u8 {
     LIFE_OF_TASK.get()
 }
 
-/// Sets the task's life (and its copy in [`FLAGS`]).
+/// Sets the task's life (and its copy in [`Local::flags`]).
 fn set_life(life: u8) {
     LIFE_OF_TASK.set(life);
     set_flags((flags() & BUSY) | life);
 }
 
-/// Copies the task's life back into [`FLAGS`] if a stale write replaced
-/// it (see [`FLAGS`]). Slow paths only. A signal handler interrupting this
-/// leaves `FLAGS` as it found it (its own busy marks are undone and the
+/// Copies the task's life back into [`Local::flags`] if a stale write replaced
+/// it (see [`Local::flags`]). Slow paths only. A signal handler interrupting this
+/// leaves the flags as it found it (its own busy marks are undone and the
 /// life can no longer change from `ACTIVE`), so the write is not stale.
 #[inline]
 fn sync_flags() {
@@ -147,7 +165,7 @@ pub(crate) fn current_task_addr() -> usize {
     if life() != ACTIVE {
         return 0;
     }
-    TASK.with(|t| t.get() as usize)
+    LOCAL.with(|l| l.task.get() as usize)
 }
 
 /// Undoes [`enter_busy`] (`nested` is what it returned).
@@ -195,8 +213,8 @@ impl Drop for ExitGuard {
         enter_busy();
         if life() == ACTIVE {
             set_life(TORN_DOWN);
-            let p = TASK.with(|t| t.get());
-            // SAFETY: the life was ACTIVE, so `TASK` holds an initialised
+            let p = LOCAL.with(|l| l.task.get());
+            // SAFETY: the life was ACTIVE, so `Local::task` holds an initialised
             // task (written in `init_thread`), dropped exactly once here;
             // the life is TORN_DOWN first, so nothing reads it afterwards.
             unsafe { (*p).assume_init_drop() };
@@ -229,8 +247,8 @@ fn active_task() -> Option<&'static Task> {
 /// The life is `ACTIVE`.
 #[inline(always)]
 unsafe fn task_unchecked() -> &'static Task {
-    let p = TASK.with(|t| t.get());
-    // SAFETY: ACTIVE means `TASK` holds an initialised task, which lives
+    let p = LOCAL.with(|l| l.task.get());
+    // SAFETY: ACTIVE means `Local::task` holds an initialised task, which lives
     // until this thread's `ExitGuard` runs; thread-local memory outlives
     // every use on this thread. `'static` is a lie only towards other
     // threads, and the reference never leaves this one.
@@ -246,11 +264,11 @@ fn init_thread() -> Option<&'static Task> {
     }
     let ctrl = global::controller_or_init()?;
     let task = ctrl.new_task(&ctrl.root()).ok()?;
-    let p = TASK.with(|t| t.get());
-    // SAFETY: FRESH means `TASK` is uninitialised; it is written once here.
+    let p = LOCAL.with(|l| l.task.get());
+    // SAFETY: FRESH means `Local::task` is uninitialised; it is written once here.
     let task = unsafe { (*p).write(task) };
     // For the fork handlers: where this thread's flags and task are.
-    let flags_addr = FLAGS.with(|f| f as *const AtomicU8 as usize);
+    let flags_addr = LOCAL.with(|l| &l.flags as *const AtomicU8 as usize);
     task.set_owner(flags_addr, task as *const Task as usize);
     set_life(ACTIVE);
     // Registers the exit guard (may allocate: `BUSY` is set, so those
@@ -751,7 +769,7 @@ mod tests {
         // would then have no task to give).
         let _ = crate::controller();
         std::thread::spawn(|| {
-            // The thread's first allocation reads FLAGS (FRESH)...
+            // The thread's first allocation reads the flags (FRESH)...
             let f = flags();
             assert_eq!(f, FRESH);
             // ...a signal handler interrupts it and makes the task...
@@ -762,12 +780,12 @@ mod tests {
             leave_busy(false);
             assert_eq!(flags(), FRESH, "the stale write replaced ACTIVE");
             // The next allocation misses the fast path; the slow path must
-            // keep the task (not make a second one over it) and repair FLAGS.
+            // keep the task (not make a second one over it) and repair the flags.
             let raw = charge_alloc(64);
             assert_ne!(raw, REFUSED);
             let again = current_thread().expect("task");
             assert!(first.same_task(&again), "a second task was made");
-            assert_eq!(flags() & LIFE, ACTIVE, "FLAGS repaired");
+            assert_eq!(flags() & LIFE, ACTIVE, "flags repaired");
             uncharge_alloc(raw, 64);
         })
         .join()
