@@ -943,9 +943,20 @@ unsafe fn dealloc_cold(ptr: *mut u8, raw: usize, bytes: u64) {
 #[inline(always)]
 unsafe fn dealloc_with_heap(ptr: *mut u8, layout: Layout, heap: *mut c_void) {
     let bytes = charged_bytes(layout);
-    // SAFETY: `objcg_of_heap_busy` returns the objcg of the block's heap,
-    // so the block was charged `bytes` to it; uncharged once.
-    let miss = unsafe { thread::uncharge_hit_with(bytes, || objcg_of_heap_busy(heap as usize)) };
+    // SAFETY: the cached objcg's heap being the block's heap means the
+    // block was charged `bytes` to that objcg (each objcg table entry has
+    // its own heap for the life of the process); `objcg_of_heap_busy`
+    // returns the objcg of the block's heap; uncharged once.
+    let miss = unsafe {
+        thread::uncharge_hit_cached_or(
+            bytes,
+            // Relaxed: the cookie of the objcg this thread charges was
+            // set before this thread's allocation from that heap; another
+            // entry's cookie, stale or not, is never this heap.
+            |addr| crate::engine::alloc_cookie(addr).load(Ordering::Relaxed) == heap as usize,
+            || objcg_of_heap_busy(heap as usize),
+        )
+    };
     if let Some(raw) = miss {
         // SAFETY: `ptr` is a live block of `heap` allocated with `layout`
         // (the caller's contract), charged `raw` if resolved.

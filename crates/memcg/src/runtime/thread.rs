@@ -395,6 +395,47 @@ pub(crate) unsafe fn uncharge_hit_with(
     }
 }
 
+/// [`uncharge_hit_with`] for an allocator that can tell whether a block
+/// belongs to the cached objcg from the objcg's address alone
+/// (`MemcgMimalloc`: the objcg's heap is the block's): `is_cached(addr)`
+/// first, and only when it says no, `resolve` and the usual hit path
+/// (which includes the foreign slot), all inside one busy mark. Returns
+/// as [`uncharge_hit_with`].
+///
+/// # Safety
+/// As [`uncharge_hit_with`], and: if `is_cached(addr)` returns `true`, the
+/// block's live charge is of `bytes` bytes of the objcg at `addr`.
+#[inline(always)]
+pub(crate) unsafe fn uncharge_hit_cached_or(
+    bytes: u64,
+    is_cached: impl FnOnce(usize) -> bool,
+    resolve: impl FnOnce() -> usize,
+) -> Option<usize> {
+    if flags() != ACTIVE {
+        return Some(UNRESOLVED);
+    }
+    mark_busy(ACTIVE);
+    // SAFETY: the life is ACTIVE.
+    let task = unsafe { task_unchecked() };
+    // SAFETY: the caller's guarantees, passed on; each path uncharges the
+    // block's charge at most once and says so.
+    let r = if unsafe { task.uncharge_fast_cached(bytes, is_cached) } {
+        None
+    } else {
+        let raw = resolve();
+        // SAFETY: as in `uncharge_hit_with`: `raw` is what `resolve`
+        // returned, the block's charge or `UNRESOLVED` (never an objcg's
+        // address, so the call misses).
+        if unsafe { task.uncharge_fast(raw, bytes) } {
+            None
+        } else {
+            Some(raw)
+        }
+    };
+    unmark_busy(ACTIVE);
+    r
+}
+
 /// Charges `bytes` for an allocation on this thread: returns the trailer
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
