@@ -12,7 +12,7 @@ use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
 use crate::engine::task_shared::{
-    add_pending, fold_hits, get_i64, get_u64, set_cache_bytes, set_i64, set_u64,
+    add_pending, fold_hits, get_i64, get_u64, set_cache_bytes, set_i64, set_u64, NO_HIT_ADDR,
 };
 use crate::limit::PAGE_SIZE;
 use crate::sync::Ordering;
@@ -116,6 +116,7 @@ impl Task {
         cache.refs_base.store(0, Ordering::Relaxed);
         cache.objcg.store(0, Ordering::Relaxed);
         cache.objcg_addr.store(0, Ordering::Relaxed);
+        cache.hit_addr.store(NO_HIT_ADDR, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
             None => {
@@ -130,11 +131,11 @@ impl Task {
     pub(crate) fn switch_cache(&self, cpu: Option<usize>, new: &ObjCgroup) {
         self.drain_cache(cpu);
         new.get(1);
-        self.shared.cache.objcg.store(new.id(), Ordering::Relaxed);
-        self.shared
-            .cache
-            .objcg_addr
-            .store(new as *const ObjCgroup as usize, Ordering::Relaxed);
+        let cache = &self.shared.cache;
+        let addr = new as *const ObjCgroup as usize;
+        cache.objcg.store(new.id(), Ordering::Relaxed);
+        cache.objcg_addr.store(addr, Ordering::Relaxed);
+        cache.hit_addr.store(addr, Ordering::Relaxed);
     }
 
     /// Hands bytes above a page fraction and surplus references to the CPU

@@ -12,8 +12,8 @@
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
-use crate::engine::task_shared::CURRENT_OBJCG_UPDATE_FLAG;
 use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
+use crate::engine::task_shared::{CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
 use crate::error::Result;
 use crate::sync::Ordering;
 
@@ -167,13 +167,12 @@ impl Task {
     #[inline(always)]
     pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
         let cache = &self.shared.cache;
-        // Relaxed: a fork's prepare handler stores it before a
-        // process-wide barrier and then waits for this thread's busy mark
-        // (see `runtime::fork`).
-        if cache.hits_stopped.load(Ordering::Relaxed) {
-            return false;
-        }
-        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+        // Relaxed: the owner's own value, or `HITS_STOPPED` from a fork's
+        // prepare handler, which stores it before a process-wide barrier
+        // and then waits for this thread's busy mark (see `runtime::fork`).
+        // One compare rejects a stopped cache, an empty one, another
+        // objcg and an unaccounted block (`raw` 0).
+        if cache.hit_addr.load(Ordering::Relaxed) != raw {
             return self.uncharge_foreign_fast(raw, bytes);
         }
         self.uncharge_into_cache(bytes)
@@ -194,18 +193,17 @@ impl Task {
     /// this call, since it then returns `true` or the caller's next step
     /// does.
     #[inline(always)]
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     pub(crate) unsafe fn uncharge_fast_cached(
         &self,
         bytes: u64,
         is_cached: impl FnOnce(usize) -> bool,
     ) -> bool {
         let cache = &self.shared.cache;
-        // Relaxed: as in `uncharge_fast`.
-        if cache.hits_stopped.load(Ordering::Relaxed) {
-            return false;
-        }
-        let addr = cache.objcg_addr.load(Ordering::Relaxed);
-        if addr == 0 || !is_cached(addr) {
+        // Relaxed: as in `uncharge_fast`. Only an objcg's address is above
+        // `HITS_STOPPED`.
+        let addr = cache.hit_addr.load(Ordering::Relaxed);
+        if addr <= HITS_STOPPED || !is_cached(addr) {
             return false;
         }
         self.uncharge_into_cache(bytes)
@@ -234,7 +232,13 @@ impl Task {
     #[inline(always)]
     fn uncharge_foreign_fast(&self, raw: usize, bytes: u64) -> bool {
         let cache = &self.shared.cache;
-        if cache.foreign_addr.load(Ordering::Relaxed) != raw {
+        // Not while a fork is being prepared (see `uncharge_fast`); an
+        // empty slot's address is 0, which an unaccounted block's word is
+        // too.
+        if raw == 0
+            || cache.hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
+            || cache.foreign_addr.load(Ordering::Relaxed) != raw
+        {
             return false;
         }
         let total = get_u64(&cache.foreign_bytes) + bytes;
@@ -266,10 +270,7 @@ impl Task {
     pub(crate) unsafe fn resize_fast(&self, raw: usize, old_bytes: u64, new_bytes: u64) -> bool {
         let cache = &self.shared.cache;
         // As in `uncharge_fast`.
-        if cache.hits_stopped.load(Ordering::Relaxed) {
-            return false;
-        }
-        if cache.objcg_addr.load(Ordering::Relaxed) != raw {
+        if cache.hit_addr.load(Ordering::Relaxed) != raw {
             return false;
         }
         let have = get_u64(&cache.bytes);

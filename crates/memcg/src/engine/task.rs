@@ -20,7 +20,7 @@ use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
     get_i64, get_u64, set_cache_bytes, set_i64, set_u64, TaskCache, TaskCacheMode, TaskHandle,
-    TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
+    TaskShared, CURRENT_OBJCG_UPDATE_FLAG, NO_HIT_ADDR,
 };
 use crate::error::{Error, Result};
 use crate::sync::{
@@ -186,7 +186,7 @@ impl Task {
                 refs_base: AtomicI64::new(0),
                 charges: AtomicU64::new(0),
                 fast_key: AtomicU64::new(0),
-                hits_stopped: AtomicBool::new(false),
+                hit_addr: AtomicUsize::new(NO_HIT_ADDR),
                 foreign_objcg: AtomicU32::new(0),
                 foreign_addr: AtomicUsize::new(0),
                 foreign_bytes: AtomicU64::new(0),

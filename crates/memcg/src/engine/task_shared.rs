@@ -68,12 +68,19 @@ pub(crate) struct TaskCache {
     /// an override, exemption, and an attach from any thread (after it sets
     /// the update flag; see `Task::arm_fast_key`).
     pub(crate) fast_key: AtomicU64,
-    /// Set by a fork's prepare handler (another thread) while it makes the
-    /// copy: the allocator's hit paths for frees and resizes, which do not
-    /// check the fast key, then miss and take the slow path, which waits
-    /// at the fork gate (see `runtime::fork`). In the task's own cache
-    /// line, so the check is one compare of a field the free reads anyway.
-    pub(crate) hits_stopped: AtomicBool,
+    /// What the allocator's hit path for frees and resizes compares a
+    /// block's charge word with: the cached objcg's address
+    /// (`objcg_addr`), [`NO_HIT_ADDR`] when the cache holds none, or
+    /// [`HITS_STOPPED`] while a fork's prepare handler (another thread)
+    /// makes the copy: the frees then miss and take the slow path, which
+    /// waits at the fork gate (see `runtime::fork`). The handler writes it
+    /// only while the gate is closed, when the owner runs no slow path
+    /// (the only code that writes it otherwise), and puts it back before
+    /// it opens the gate. Neither value is an objcg's address (they are
+    /// aligned) nor a charge word a block holds (0 or an address), so one
+    /// compare rejects a stopped cache, an empty one, another objcg and
+    /// an unaccounted block.
+    pub(crate) hit_addr: AtomicUsize,
     /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
     /// other than the cached one, not yet returned. Its objcg's id (0 for
     /// none) and address; the bytes freed, pre-charged and not yet given
@@ -95,6 +102,38 @@ pub(crate) fn add_pending(cache: &TaskCache, kind: ChargeKind, bytes: i64) -> i6
     let v = slot.load(Ordering::Relaxed) + bytes;
     slot.store(v, Ordering::Relaxed);
     v
+}
+
+/// [`TaskCache::hit_addr`] when the cache holds no objcg.
+pub(crate) const NO_HIT_ADDR: usize = 1;
+/// [`TaskCache::hit_addr`] while a fork is being prepared.
+pub(crate) const HITS_STOPPED: usize = 3;
+
+impl TaskCache {
+    /// [`TaskCache::hit_addr`] for a cache holding the objcg at `addr` (0
+    /// for none).
+    #[inline]
+    pub(crate) fn hit_addr_of(addr: usize) -> usize {
+        if addr == 0 {
+            NO_HIT_ADDR
+        } else {
+            addr
+        }
+    }
+
+    /// Stops the allocator's hit path for frees and resizes (a fork's
+    /// prepare handler, with the fork gate closed; see
+    /// [`TaskCache::hit_addr`]).
+    pub(crate) fn stop_hits(&self) {
+        self.hit_addr.store(HITS_STOPPED, Ordering::Relaxed);
+    }
+
+    /// Undoes [`TaskCache::stop_hits`] (before the fork gate opens).
+    pub(crate) fn resume_hits(&self) {
+        let addr = self.objcg_addr.load(Ordering::Relaxed);
+        self.hit_addr
+            .store(Self::hit_addr_of(addr), Ordering::Relaxed);
+    }
 }
 
 /// Moves what the allocator's hit path did to the byte cache since the

@@ -239,7 +239,8 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
     ///
     /// # Safety
     /// `ptr` came from the inner allocator with `inner`; `raw` is its
-    /// trailer word (not 0), of a charge of `inner.size()` bytes.
+    /// trailer word, of a charge of `inner.size()` bytes (0: not
+    /// accounted, nothing to uncharge).
     ///
     /// The block comes first and the allocator last, so that the block's
     /// pointer is in the first argument's register for this call and for
@@ -249,7 +250,9 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
     unsafe fn dealloc_cold(ptr: *mut u8, inner: Layout, raw: usize, this: &Self) {
         // SAFETY: the caller's guarantee.
         unsafe { this.inner.dealloc(ptr, inner) };
-        thread::uncharge_alloc_missed(raw, inner.size() as u64);
+        if raw != 0 {
+            thread::uncharge_alloc_missed(raw, inner.size() as u64);
+        }
     }
 }
 
@@ -287,9 +290,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
         // The charge goes back first, so that the inner free is a tail call
         // and the hit path keeps nothing across a call (the block is not
         // touched after its trailer was read).
-        // SAFETY: `raw` is the block's trailer word, not 0, of a charge of
-        // `inner.size()` bytes, uncharged once (here, or by `dealloc_cold`).
-        if raw != 0 && !unsafe { thread::uncharge_hit(raw, inner.size() as u64) } {
+        // A block not accounted (`raw` 0) misses the hit path and is
+        // freed by `dealloc_cold`, which then uncharges nothing.
+        // SAFETY: `raw` is the block's trailer word, of a charge of
+        // `inner.size()` bytes (or 0), uncharged once (here, or by
+        // `dealloc_cold`).
+        if !unsafe { thread::uncharge_hit(raw, inner.size() as u64) } {
             // SAFETY: `ptr` came from the inner allocator with `inner`.
             return unsafe { Self::dealloc_cold(ptr, inner, raw, self) };
         }

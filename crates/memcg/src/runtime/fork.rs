@@ -13,12 +13,12 @@
 //!      multi-step update, and new ones wait;
 //!   3. stops the allocator's hit path, which does not enter the gate:
 //!      clears every task's fast key (a charge then takes the slow path,
-//!      which waits) and sets every task's `hits_stopped` (frees and
-//!      resizes read it after marking themselves busy), issues a
+//!      which waits) and stops every task's frees and resizes (their
+//!      `hit_addr`, read after they mark themselves busy), issues a
 //!      process-wide memory barrier (`membarrier`) so that each thread
 //!      either sees the key and the flag or shows its busy mark; then
-//!      waits until no task's thread is busy. The parent handler clears
-//!      the flags again; in the child only the forking thread's task
+//!      waits until no task's thread is busy. The parent handler resumes
+//!      them; in the child only the forking thread's task
 //!      remains, and it was never stopped.
 //!
 //!   4. takes the reclaimer's queue lock and holds it across the copy: the
@@ -183,7 +183,7 @@ extern "C" fn prepare() {
     let me = my_task();
     ctrl.for_each_other_owned_task(me, |t| {
         t.cache.fast_key.store(0, Ordering::Relaxed);
-        t.cache.hits_stopped.store(true, Ordering::Relaxed);
+        t.cache.stop_hits();
     });
     process_barrier();
     ctrl.for_each_other_owned_task(me, |t| {
@@ -234,7 +234,7 @@ extern "C" fn parent() {
     release_held();
     if let Some(ctrl) = global::try_controller() {
         ctrl.for_each_other_owned_task(my_task(), |t| {
-            t.cache.hits_stopped.store(false, Ordering::Relaxed);
+            t.cache.resume_hits();
         });
     }
     fork_gate::open();

@@ -338,16 +338,17 @@ pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Op
 /// The hit path of [`uncharge_alloc`]: `true` when this thread's task took
 /// the charge `raw` of `bytes` back into its byte cache, else `false` with
 /// nothing done (the caller then takes [`uncharge_alloc`]). No call, as
-/// for [`charge_hit`]; `raw` is not 0.
+/// for [`charge_hit`]. A `raw` of 0 (a block not accounted) always
+/// misses, without a compare of its own: no task's `hit_addr` is 0.
 ///
 /// # Safety
 /// `raw` is a trailer word written by `charge_alloc` (or [`charge_hit`])
-/// for a block of `bytes` bytes, not 0, and uncharged once: by this call
-/// if it returns `true`.
+/// for a block of `bytes` bytes, and uncharged once: by this call if it
+/// returns `true`.
 #[inline(always)]
 pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
-    // SAFETY: the caller's guarantee; `raw` is not 0 (nor `UNRESOLVED`,
-    // which no trailer word is).
+    // SAFETY: the caller's guarantee; `raw` is not `UNRESOLVED`, which no
+    // trailer word is.
     unsafe { uncharge_hit_with(bytes, || raw) }.is_none()
 }
 
@@ -378,8 +379,8 @@ pub(crate) unsafe fn uncharge_hit_with(
     mark_busy(ACTIVE);
     let raw = resolve();
     // `uncharge_fast` misses while a fork is being prepared (the task's
-    // `hits_stopped`; see `runtime::fork`), and on `UNRESOLVED`, which is
-    // no objcg's address.
+    // `hit_addr`; see `runtime::fork`), and on `UNRESOLVED`, which is no
+    // objcg's address.
     let done = {
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
@@ -406,6 +407,7 @@ pub(crate) unsafe fn uncharge_hit_with(
 /// As [`uncharge_hit_with`], and: if `is_cached(addr)` returns `true`, the
 /// block's live charge is of `bytes` bytes of the objcg at `addr`.
 #[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) unsafe fn uncharge_hit_cached_or(
     bytes: u64,
     is_cached: impl FnOnce(usize) -> bool,
