@@ -46,34 +46,43 @@ const PAGE_HEAP_OFFSET: usize = 64;
 
 /// Whether [`heap_of_block`] may read the page map.
 static STATE: AtomicU8 = AtomicU8::new(UNCHECKED);
+/// `_mi_page_map` once the reading agreed ([`validate`]), null before and
+/// after a disagreement: the free's hit path loads this one word, which
+/// both says whether to read the map and where it is (mimalloc makes the
+/// map once, at its initialisation, and never moves it).
+static MAP: AtomicPtr<AtomicPtr<*const u8>> = AtomicPtr::new(std::ptr::null_mut());
 const UNCHECKED: u8 = 0;
 const AGREES: u8 = 1;
 const DISAGREES: u8 = 2;
 
-/// Whether [`heap_from_map`] may be used (validated on this process's
-/// mimalloc).
+/// mimalloc's page map if [`heap_from_map`] may read it (validated on
+/// this process's mimalloc), else null.
 #[inline(always)]
-pub(crate) fn map_agrees() -> bool {
-    // Relaxed: `AGREES` is only ever stored after a validation on this
-    // process's mimalloc; either answer is a correct choice (`mi_heap_of`
-    // is always right).
-    STATE.load(Ordering::Relaxed) == AGREES
+pub(crate) fn validated_map() -> *const AtomicPtr<*const u8> {
+    // Acquire: pairs with the Release store in `validate`. Either answer
+    // is a correct choice (`mi_heap_of` is always right).
+    MAP.load(Ordering::Acquire)
 }
 
-/// The page map's reading of `p`'s heap (null for the main heap). Only
-/// when [`map_agrees`].
+/// Whether the page map is read (see [`validated_map`]).
+#[inline(always)]
+pub(crate) fn map_agrees() -> bool {
+    !validated_map().is_null()
+}
+
+/// The page map's reading of `p`'s heap (null for the main heap).
 ///
 /// # Safety
-/// `p` is a live block of mimalloc (its page is in the map).
+/// `map` is [`validated_map`], not null; `p` is a live block of mimalloc
+/// (its page is in the map).
 #[inline(always)]
-pub(crate) unsafe fn heap_from_map(p: *const u8) -> *mut c_void {
+pub(crate) unsafe fn heap_from_map(map: *const AtomicPtr<*const u8>, p: *const u8) -> *mut c_void {
     let slice = p as usize >> SLICE_SHIFT;
     // SAFETY: the map is made by mimalloc's initialisation, before any
     // block; `p`'s slice has a sub-map and a page entry, since `p` is a
     // live block; a page's `heap` is set before its first block is handed
     // out and does not change (`const` in `mi_page_t`).
     unsafe {
-        let map = _mi_page_map;
         let sub = (*map.add(slice >> SUB_SHIFT)).load(Ordering::Relaxed) as SubMap;
         let page = *sub.add(slice & ((1 << SUB_SHIFT) - 1));
         *(page.add(PAGE_HEAP_OFFSET) as *const *mut c_void)
@@ -88,9 +97,10 @@ pub(crate) unsafe fn heap_from_map(p: *const u8) -> *mut c_void {
 /// `p` is a live block of mimalloc.
 #[inline(always)]
 pub(crate) unsafe fn heap_of_block(p: *const u8) -> *mut c_void {
-    if map_agrees() {
-        // SAFETY: the caller's guarantee.
-        unsafe { heap_from_map(p) }
+    let map = validated_map();
+    if !map.is_null() {
+        // SAFETY: the caller's guarantee; `map` is the validated map.
+        unsafe { heap_from_map(map, p) }
     } else {
         // SAFETY: the caller's guarantee; `mi_heap_of` reads the page map
         // and the page's metadata, not the block.
@@ -107,6 +117,9 @@ pub(crate) fn validate(heap: *mut c_void) {
     if heap.is_null() || STATE.load(Ordering::Relaxed) == DISAGREES {
         return;
     }
+    // SAFETY: reads mimalloc's map pointer, made at its initialisation
+    // (before the heap given here).
+    let map = unsafe { _mi_page_map };
     // SAFETY: plain FFI calls; each block is freed once, after the
     // comparisons; `heap_from_map` is given live blocks only.
     let agrees = unsafe {
@@ -114,10 +127,10 @@ pub(crate) fn validate(heap: *mut c_void) {
         let main = mi_malloc(16) as *const u8;
         let ok = !mine.is_null()
             && !main.is_null()
-            && _mi_page_map as usize != 0
-            && heap_from_map(mine) == heap
-            && heap_from_map(mine) == mi_heap_of(mine as *const c_void)
-            && matches!(heap_from_map(main), m if m.is_null() || m == mi_heap_of(main as *const c_void));
+            && !map.is_null()
+            && heap_from_map(map, mine) == heap
+            && heap_from_map(map, mine) == mi_heap_of(mine as *const c_void)
+            && matches!(heap_from_map(map, main), m if m.is_null() || m == mi_heap_of(main as *const c_void));
         if !mine.is_null() {
             mi_free(mine as *mut c_void);
         }
@@ -131,9 +144,16 @@ pub(crate) fn validate(heap: *mut c_void) {
         ok
     };
     if agrees {
-        let _ = STATE.compare_exchange(UNCHECKED, AGREES, Ordering::Relaxed, Ordering::Relaxed);
+        if STATE
+            .compare_exchange(UNCHECKED, AGREES, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            // Release: pairs with `validated_map`'s Acquire.
+            MAP.store(map as *mut AtomicPtr<*const u8>, Ordering::Release);
+        }
     } else {
         STATE.store(DISAGREES, Ordering::Relaxed);
+        MAP.store(std::ptr::null_mut(), Ordering::Release);
     }
 }
 

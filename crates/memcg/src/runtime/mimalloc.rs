@@ -996,13 +996,14 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !mi_page_map::map_agrees() {
+        let map = mi_page_map::validated_map();
+        if map.is_null() {
             // SAFETY: forwarded contract.
             return unsafe { dealloc_unmapped(ptr, layout) };
         }
         // SAFETY: `ptr` is a live block from mimalloc, whose page map was
         // validated.
-        let heap = unsafe { mi_page_map::heap_from_map(ptr) };
+        let heap = unsafe { mi_page_map::heap_from_map(map, ptr) };
         // SAFETY: forwarded contract; `heap` is the block's.
         unsafe { dealloc_with_heap(ptr, layout, heap) }
     }
