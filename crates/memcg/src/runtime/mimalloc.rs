@@ -211,9 +211,13 @@ fn new_heap(cookie: &AtomicUsize, raw: usize) -> *mut c_void {
     }
     // AcqRel: publishes the table entry before the cookie; on a lost race
     // the winner's heap is used and ours stays empty in the table, still
-    // mapping to the same objcg.
+    // mapping to the same objcg. The winner may be a thread that found the
+    // cap reached and latched `NO_HEAP` meanwhile: then this entry has no
+    // heap (`NO_HEAP` is not a heap's address; the soak crashed in
+    // `mi_heap_malloc_small` on it before this was checked).
     match cookie.compare_exchange(0, heap as usize, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => heap,
+        Err(NO_HEAP) => std::ptr::null_mut(),
         Err(winner) => winner as *mut c_void,
     }
 }

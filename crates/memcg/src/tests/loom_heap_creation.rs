@@ -94,6 +94,8 @@ impl Heaps {
         }
         match cookie.compare_exchange(0, heap, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => heap,
+            // A thread that found the cap reached latched the entry first.
+            Err(NO_HEAP) => 0,
             Err(winner) => winner,
         }
     }
@@ -221,6 +223,37 @@ fn capped_heaps_racing_fallback_creation_lose_no_objcg() {
             made,
             1 + 1 + heaps.deleted.load(Ordering::Relaxed),
             "heaps made = the capped one + the fallback + deleted losers"
+        );
+    });
+}
+
+/// The cap allows one heap and two threads make the first allocations of
+/// one objcg: one reserves the last room in the table and makes a heap;
+/// the other, finding no room, latches the entry to `NO_HEAP` and may do
+/// so before the first publishes its heap. The first then loses its CAS to
+/// `NO_HEAP`, which is not a heap: both must use the fallback heap
+/// (without the `Err(NO_HEAP)` arm in `new_heap` this fails: the first
+/// allocates "in heap 1"; the soak crashed in mimalloc there).
+#[test]
+fn a_heap_made_after_the_entry_was_latched_is_not_used() {
+    model(|| {
+        let heaps = Arc::new(Heaps::new(1));
+        let cookie = Arc::new(AtomicUsize::new(0));
+        let raw = 0x5000_0008;
+        let other = {
+            let (heaps, cookie) = (Arc::clone(&heaps), Arc::clone(&cookie));
+            thread::spawn(move || heaps.alloc(&cookie, raw))
+        };
+        let mine = heaps.alloc(&cookie, raw);
+        let theirs = other.join().expect("allocator");
+
+        for block in [mine, theirs] {
+            assert_ne!(block.heap, NO_HEAP, "an allocation in the NO_HEAP marker");
+            assert_eq!(heaps.objcg_of_block(block), raw);
+        }
+        assert_eq!(
+            mine.heap, theirs.heap,
+            "one objcg, two heaps in use: {mine:?} {theirs:?}"
         );
     });
 }
