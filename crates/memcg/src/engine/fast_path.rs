@@ -13,7 +13,7 @@ use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
 use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
-use crate::engine::task_shared::{CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
+use crate::engine::task_shared::{TaskCache, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
 use crate::error::Result;
 use crate::sync::Ordering;
 
@@ -39,47 +39,9 @@ impl Task {
     /// zero.
     #[inline(always)]
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
-        self.charge_fast_when(bytes, |armed| armed == key)
-    }
-
-    /// [`Task::charge_fast`] for the thread that runs now, whose key is
-    /// [`ONE_KEY`] when the key needs no CPU and `cpu_key()` otherwise:
-    /// the armed key is compared with [`ONE_KEY`] first (one compare with
-    /// a constant, and no CPU read, for a topology of one node or the
-    /// single cache), then with `cpu_key()`. A task armed with
-    /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
-    /// compare never lets a per-CPU key's task charge another node.
-    #[inline(always)]
-    pub(crate) fn charge_fast_here(
-        &self,
-        bytes: u64,
-        cpu_key: impl FnOnce() -> u64,
-    ) -> Option<usize> {
-        self.charge_fast_when(bytes, |armed| {
-            armed == ONE_KEY || (armed != 0 && armed == cpu_key())
-        })
-    }
-
-    /// [`Task::charge_fast`] when `matches(armed key)`.
-    #[inline(always)]
-    fn charge_fast_when(&self, bytes: u64, matches: impl FnOnce(u64) -> bool) -> Option<usize> {
-        let shared = &*self.shared;
-        let cache = &shared.cache;
-        // Relaxed: the key set means the cached objcg is still the entry
-        // for the key's node (everything that could change it clears the
-        // key, an attach from any thread included; see `arm_fast_key`); an
-        // attach racing with this charge is seen by the next one, as in the
-        // seed.
-        if !matches(cache.fast_key.load(Ordering::Relaxed)) {
-            return None;
-        }
-        let have = get_u64(&cache.bytes);
-        if have < bytes {
-            return None;
-        }
-        set_u64(&cache.bytes, have - bytes);
-        set_i64(&cache.refs, get_i64(&cache.refs) - 1);
-        Some(cache.objcg_addr.load(Ordering::Relaxed))
+        self.shared
+            .cache
+            .charge_fast_when(bytes, |armed| armed == key)
     }
 
     /// [`Task::charge`] of `bytes` of [`ChargeKind::Alloc`] on `cpu`, which
@@ -151,109 +113,6 @@ impl Task {
         self.shared.cache.fast_key.store(0, Ordering::Relaxed);
     }
 
-    /// The allocator's fast path for a free: returns `bytes` of
-    /// [`ChargeKind::Alloc`] named by the raw word `raw`
-    /// ([`Charge::into_raw`] of a charge of this controller) to the byte
-    /// cache when it caches that objcg and has room. `false` means "take
-    /// [`Task::uncharge`]". Plain loads and stores only; the pending
-    /// statistics are flushed by the next slow call (see
-    /// [`Task::charge_fast`]). After [`Task::exit`] the cache holds no
-    /// objcg, so this always returns `false`.
-    ///
-    /// # Safety
-    /// `raw` comes from `Charge::into_raw` of a live charge of `bytes`
-    /// bytes of `ChargeKind::Alloc` made by this task's controller, and is
-    /// uncharged once (by this call if it returns `true`).
-    #[inline(always)]
-    pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
-        let cache = &self.shared.cache;
-        // Relaxed: the owner's own value, or `HITS_STOPPED` from a fork's
-        // prepare handler, which stores it before a process-wide barrier
-        // and then waits for this thread's busy mark (see `runtime::fork`).
-        // One compare rejects a stopped cache, an empty one, another
-        // objcg and an unaccounted block (`raw` 0).
-        if cache.hit_addr.load(Ordering::Relaxed) != raw {
-            return self.uncharge_foreign_fast(raw, bytes);
-        }
-        self.uncharge_into_cache(bytes)
-    }
-
-    /// [`Task::uncharge_fast`] for an allocator that knows a block's objcg
-    /// only by a property of it (`MemcgMimalloc`: the objcg's heap):
-    /// `is_cached(addr)` says whether the block belongs to the objcg at
-    /// `addr`, the cached one. `false` when the cache holds no objcg, when
-    /// `is_cached` says no, or as `uncharge_fast` otherwise; the foreign
-    /// slot is not tried (the caller then finds the block's objcg and
-    /// calls `uncharge_fast`).
-    ///
-    /// # Safety
-    /// If `is_cached(addr)` returns `true`, the block being freed holds a
-    /// live charge of `bytes` bytes of `ChargeKind::Alloc` of the objcg at
-    /// `addr` (a live entry of this task's controller), uncharged once: by
-    /// this call, since it then returns `true` or the caller's next step
-    /// does.
-    #[inline(always)]
-    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
-    pub(crate) unsafe fn uncharge_fast_cached(
-        &self,
-        bytes: u64,
-        is_cached: impl FnOnce(usize) -> bool,
-    ) -> bool {
-        let cache = &self.shared.cache;
-        // Relaxed: as in `uncharge_fast`. Only an objcg's address is above
-        // `HITS_STOPPED`.
-        let addr = cache.hit_addr.load(Ordering::Relaxed);
-        if addr <= HITS_STOPPED || !is_cached(addr) {
-            return false;
-        }
-        self.uncharge_into_cache(bytes)
-    }
-
-    /// The end of a free's hit: `bytes` of the cached objcg back into the
-    /// byte cache, with the object's reference, if the cache has room.
-    #[inline(always)]
-    fn uncharge_into_cache(&self, bytes: u64) -> bool {
-        let cache = &self.shared.cache;
-        let new_bytes = get_u64(&cache.bytes) + bytes;
-        // Only the bytes are bounded here: every object is at least 8
-        // bytes, so the credit gained before the bytes overflow is at most
-        // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
-        if new_bytes > CACHE_MAX_BYTES {
-            return false;
-        }
-        set_u64(&cache.bytes, new_bytes);
-        set_i64(&cache.refs, get_i64(&cache.refs) + 1);
-        true
-    }
-
-    /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
-    /// holds (`byte_cache.rs`): gathered there while the slot has room.
-    /// Plain loads and stores of the task's own fields, like a hit.
-    #[inline(always)]
-    fn uncharge_foreign_fast(&self, raw: usize, bytes: u64) -> bool {
-        let cache = &self.shared.cache;
-        // Not while a fork is being prepared (see `uncharge_fast`); an
-        // empty slot's address is 0, which an unaccounted block's word is
-        // too.
-        if raw == 0
-            || cache.hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
-            || cache.foreign_addr.load(Ordering::Relaxed) != raw
-        {
-            return false;
-        }
-        let total = get_u64(&cache.foreign_bytes) + bytes;
-        if total > FOREIGN_MAX_BYTES {
-            return false;
-        }
-        // The count before the bytes: the same two stores in the other
-        // order than the cache's hit (above) keep the compiler from
-        // merging the two paths' stores into one with a computed offset,
-        // which cost the cache's hit two instructions (callgrind).
-        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
-        set_u64(&cache.foreign_bytes, total);
-        true
-    }
-
     /// The allocator's fast path for a `realloc`: moves the difference
     /// between `old_bytes` and `new_bytes` of the charge named by `raw`
     /// between the charge and the byte cache when the cache holds that
@@ -294,6 +153,172 @@ impl Task {
         // The difference is folded into the statistics by the next slow
         // call, as a hit's (`fold_hits`).
         set_u64(&cache.bytes, left);
+        true
+    }
+    /// [`TaskCache::charge_fast_here`] of this task's cache.
+    #[inline(always)]
+    pub(crate) fn charge_fast_here(
+        &self,
+        bytes: u64,
+        cpu_key: impl FnOnce() -> u64,
+    ) -> Option<usize> {
+        self.shared.cache.charge_fast_here(bytes, cpu_key)
+    }
+
+    /// [`TaskCache::uncharge_fast`] of this task's cache.
+    ///
+    /// # Safety
+    /// As [`TaskCache::uncharge_fast`].
+    #[inline(always)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.shared.cache.uncharge_fast(raw, bytes) }
+    }
+
+    /// This task's cache, for the allocator's hit path, which reaches it
+    /// through a thread-local pointer (`runtime::thread`).
+    #[inline(always)]
+    pub(crate) fn cache(&self) -> &TaskCache {
+        &self.shared.cache
+    }
+}
+
+impl TaskCache {
+    /// [`Task::charge_fast`] for the thread that runs now, whose key is
+    /// [`ONE_KEY`] when the key needs no CPU and `cpu_key()` otherwise:
+    /// the armed key is compared with [`ONE_KEY`] first (one compare with
+    /// a constant, and no CPU read, for a topology of one node or the
+    /// single cache), then with `cpu_key()`. A task armed with
+    /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
+    /// compare never lets a per-CPU key's task charge another node.
+    #[inline(always)]
+    pub(crate) fn charge_fast_here(
+        &self,
+        bytes: u64,
+        cpu_key: impl FnOnce() -> u64,
+    ) -> Option<usize> {
+        self.charge_fast_when(bytes, |armed| {
+            armed == ONE_KEY || (armed != 0 && armed == cpu_key())
+        })
+    }
+    /// [`Task::charge_fast`] when `matches(armed key)`.
+    #[inline(always)]
+    fn charge_fast_when(&self, bytes: u64, matches: impl FnOnce(u64) -> bool) -> Option<usize> {
+        let cache = self;
+        // Relaxed: the key set means the cached objcg is still the entry
+        // for the key's node (everything that could change it clears the
+        // key, an attach from any thread included; see `arm_fast_key`); an
+        // attach racing with this charge is seen by the next one, as in the
+        // seed.
+        if !matches(cache.fast_key.load(Ordering::Relaxed)) {
+            return None;
+        }
+        let have = get_u64(&cache.bytes);
+        if have < bytes {
+            return None;
+        }
+        set_u64(&cache.bytes, have - bytes);
+        set_i64(&cache.refs, get_i64(&cache.refs) - 1);
+        Some(cache.objcg_addr.load(Ordering::Relaxed))
+    }
+    /// The allocator's fast path for a free: returns `bytes` of
+    /// [`ChargeKind::Alloc`] named by the raw word `raw`
+    /// ([`Charge::into_raw`] of a charge of this controller) to the byte
+    /// cache when it caches that objcg and has room. `false` means "take
+    /// [`Task::uncharge`]". Plain loads and stores only; the pending
+    /// statistics are flushed by the next slow call (see
+    /// [`Task::charge_fast`]). After [`Task::exit`] the cache holds no
+    /// objcg, so this always returns `false`.
+    ///
+    /// # Safety
+    /// `raw` comes from `Charge::into_raw` of a live charge of `bytes`
+    /// bytes of `ChargeKind::Alloc` made by this task's controller, and is
+    /// uncharged once (by this call if it returns `true`).
+    #[inline(always)]
+    pub(crate) unsafe fn uncharge_fast(&self, raw: usize, bytes: u64) -> bool {
+        let cache = self;
+        // Relaxed: the owner's own value, or `HITS_STOPPED` from a fork's
+        // prepare handler, which stores it before a process-wide barrier
+        // and then waits for this thread's busy mark (see `runtime::fork`).
+        // One compare rejects a stopped cache, an empty one, another
+        // objcg and an unaccounted block (`raw` 0).
+        if cache.hit_addr.load(Ordering::Relaxed) != raw {
+            return self.uncharge_foreign_fast(raw, bytes);
+        }
+        self.uncharge_into_cache(bytes)
+    }
+    /// [`Task::uncharge_fast`] for an allocator that knows a block's objcg
+    /// only by a property of it (`MemcgMimalloc`: the objcg's heap):
+    /// `is_cached(addr)` says whether the block belongs to the objcg at
+    /// `addr`, the cached one. `false` when the cache holds no objcg, when
+    /// `is_cached` says no, or as `uncharge_fast` otherwise; the foreign
+    /// slot is not tried (the caller then finds the block's objcg and
+    /// calls `uncharge_fast`).
+    ///
+    /// # Safety
+    /// If `is_cached(addr)` returns `true`, the block being freed holds a
+    /// live charge of `bytes` bytes of `ChargeKind::Alloc` of the objcg at
+    /// `addr` (a live entry of this task's controller), uncharged once: by
+    /// this call, since it then returns `true` or the caller's next step
+    /// does.
+    #[inline(always)]
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    pub(crate) unsafe fn uncharge_fast_cached(
+        &self,
+        bytes: u64,
+        is_cached: impl FnOnce(usize) -> bool,
+    ) -> bool {
+        let cache = self;
+        // Relaxed: as in `uncharge_fast`. Only an objcg's address is above
+        // `HITS_STOPPED`.
+        let addr = cache.hit_addr.load(Ordering::Relaxed);
+        if addr <= HITS_STOPPED || !is_cached(addr) {
+            return false;
+        }
+        self.uncharge_into_cache(bytes)
+    }
+    /// The end of a free's hit: `bytes` of the cached objcg back into the
+    /// byte cache, with the object's reference, if the cache has room.
+    #[inline(always)]
+    fn uncharge_into_cache(&self, bytes: u64) -> bool {
+        let cache = self;
+        let new_bytes = get_u64(&cache.bytes) + bytes;
+        // Only the bytes are bounded here: every object is at least 8
+        // bytes, so the credit gained before the bytes overflow is at most
+        // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
+        if new_bytes > CACHE_MAX_BYTES {
+            return false;
+        }
+        set_u64(&cache.bytes, new_bytes);
+        set_i64(&cache.refs, get_i64(&cache.refs) + 1);
+        true
+    }
+    /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
+    /// holds (`byte_cache.rs`): gathered there while the slot has room.
+    /// Plain loads and stores of the task's own fields, like a hit.
+    #[inline(always)]
+    fn uncharge_foreign_fast(&self, raw: usize, bytes: u64) -> bool {
+        let cache = self;
+        // Not while a fork is being prepared (see `uncharge_fast`); an
+        // empty slot's address is 0, which an unaccounted block's word is
+        // too.
+        if raw == 0
+            || cache.hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
+            || cache.foreign_addr.load(Ordering::Relaxed) != raw
+        {
+            return false;
+        }
+        let total = get_u64(&cache.foreign_bytes) + bytes;
+        if total > FOREIGN_MAX_BYTES {
+            return false;
+        }
+        // The count before the bytes: the same two stores in the other
+        // order than the cache's hit (above) keep the compiler from
+        // merging the two paths' stores into one with a computed offset,
+        // which cost the cache's hit two instructions (callgrind).
+        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
+        set_u64(&cache.foreign_bytes, total);
         true
     }
 }

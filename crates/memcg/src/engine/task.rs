@@ -194,7 +194,7 @@ impl Task {
             }),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
-            owner_flags: AtomicUsize::new(0),
+            owner_state: AtomicUsize::new(0),
             owner_task: AtomicUsize::new(0),
         });
         let Some(shared) = shared else {
@@ -706,12 +706,13 @@ impl Task {
             .is_some_and(|g| g.killed_ancestor().is_some())
     }
 
-    /// Records where the runtime keeps this task (its thread's flags byte
-    /// and the task's own address), for the fork handlers.
-    pub(crate) fn set_owner(&self, flags_addr: usize, task_addr: usize) {
+    /// Records where the runtime keeps this task (its thread's state, read
+    /// by `runtime::thread::busy_at`, and the task's own address), for the
+    /// fork handlers.
+    pub(crate) fn set_owner(&self, state_addr: usize, task_addr: usize) {
         // Release: the fork handlers read them under the task-list lock,
         // which orders them anyway; Release documents the publication.
-        self.shared.owner_flags.store(flags_addr, Ordering::Release);
+        self.shared.owner_state.store(state_addr, Ordering::Release);
         self.shared.owner_task.store(task_addr, Ordering::Release);
     }
 

@@ -110,6 +110,30 @@ pub(crate) const NO_HIT_ADDR: usize = 1;
 pub(crate) const HITS_STOPPED: usize = 3;
 
 impl TaskCache {
+    /// A cache on which every hit path misses (no key armed, frees
+    /// stopped), never written: what the allocator's hit path finds
+    /// through a thread's pointer while it must not hit (no task, or the
+    /// thread inside memcg; see `runtime::thread`).
+    #[cfg(not(memcg_loom))]
+    pub(crate) const fn idle() -> Self {
+        TaskCache {
+            objcg: AtomicU32::new(0),
+            objcg_addr: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            synced_bytes: AtomicU64::new(0),
+            refs: AtomicI64::new(0),
+            pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
+            refs_base: AtomicI64::new(0),
+            charges: AtomicU64::new(0),
+            fast_key: AtomicU64::new(0),
+            hit_addr: AtomicUsize::new(HITS_STOPPED),
+            foreign_objcg: AtomicU32::new(0),
+            foreign_addr: AtomicUsize::new(0),
+            foreign_bytes: AtomicU64::new(0),
+            foreign_refs: AtomicU64::new(0),
+        }
+    }
+
     /// [`TaskCache::hit_addr`] for a cache holding the objcg at `addr` (0
     /// for none).
     #[inline]
@@ -217,11 +241,12 @@ pub(crate) struct TaskShared {
     pub(crate) refreshes: AtomicU64,
     pub(crate) ctrl_serial: u64,
     /// Where the runtime keeps this task, for its fork handlers: the
-    /// address of the owning thread's flags byte and of the `Task` itself
+    /// address of the owning thread's state (its flags and hit-path cache
+    /// pointer, `runtime::thread::busy_at`) and of the `Task` itself
     /// (both thread-locals of that thread); 0 for tasks the runtime did not
     /// make. Written once by the owning thread, read under the task-list
     /// lock by a thread preparing a fork and by the child after it.
-    pub(crate) owner_flags: AtomicUsize,
+    pub(crate) owner_state: AtomicUsize,
     pub(crate) owner_task: AtomicUsize,
 }
 

@@ -187,15 +187,15 @@ extern "C" fn prepare() {
     });
     process_barrier();
     ctrl.for_each_other_owned_task(me, |t| {
-        let flags = t.owner_flags.load(Ordering::Acquire);
-        if flags == 0 {
+        let state = t.owner_state.load(Ordering::Acquire);
+        if state == 0 {
             return;
         }
-        // SAFETY: a registered flags address is the owning thread's
-        // `FLAGS` thread-local; the thread is alive (its task is still on
-        // the list, which its exit leaves under the lock held here).
-        let flags = unsafe { &*(flags as *const AtomicU8) };
-        while crate::runtime::thread::busy_bit(flags.load(Ordering::Relaxed)) {
+        // SAFETY: a registered state address is the owning thread's
+        // runtime state (a thread-local); the thread is alive (its task is
+        // still on the list, which its exit leaves under the lock held
+        // here).
+        while unsafe { crate::runtime::thread::busy_at(state) } {
             std::thread::yield_now();
         }
     });

@@ -17,10 +17,11 @@
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 
+use crate::engine::task_shared::TaskCache;
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
 use crate::runtime::global;
-use crate::sync::{compiler_fence, fork_gate, AtomicU8, Ordering};
+use crate::sync::{compiler_fence, fork_gate, AtomicPtr, AtomicU8, Ordering};
 
 /// The task's life, in bits 0–1 of [`Local::flags`]: no task yet.
 const FRESH: u8 = 0;
@@ -56,18 +57,80 @@ struct Local {
     /// thread (`runtime::fork`), through the address registered with the
     /// thread's task.
     flags: AtomicU8,
+    /// The byte cache the allocator's hit paths use: the task's own while
+    /// the life is `ACTIVE` and the thread is not inside memcg, else
+    /// [`IDLE`], on which every hit path misses. So a hit path reads no
+    /// flags: it loads this pointer, stores [`IDLE`] here for its
+    /// duration (its busy mark: a signal handler arriving meanwhile
+    /// misses, and its slow path sees the thread busy, [`is_busy`]) and
+    /// puts the pointer back. Slow paths set it to [`IDLE`] with the
+    /// `BUSY` flag and back when they leave ([`enter_busy`],
+    /// [`leave_busy`]). Written only by this thread; the fork's prepare
+    /// handler reads it ([`busy_at`]).
+    hot: AtomicPtr<TaskCache>,
     /// The thread's task, initialised while the life is `ACTIVE`.
     task: UnsafeCell<MaybeUninit<Task>>,
 }
 
+/// The cache of [`Local::hot`] while no hit path may hit (never written).
+static IDLE: TaskCache = TaskCache::idle();
+
+/// [`IDLE`]'s address, as [`Local::hot`] holds it.
+#[inline(always)]
+fn idle() -> *mut TaskCache {
+    &IDLE as *const TaskCache as *mut TaskCache
+}
+
 thread_local! {
-    /// The thread's flags ([`Local::flags`]) and task ([`Local::task`]).
+    /// The thread's flags ([`Local::flags`]), hit-path cache
+    /// ([`Local::hot`]) and task ([`Local::task`]).
     static LOCAL: Local = const {
         Local {
             flags: AtomicU8::new(FRESH),
+            hot: AtomicPtr::new(&IDLE as *const TaskCache as *mut TaskCache),
             task: UnsafeCell::new(MaybeUninit::uninit()),
         }
     };
+}
+
+/// This thread's [`Local::hot`].
+#[inline(always)]
+fn hot() -> *mut TaskCache {
+    LOCAL.with(|l| l.hot.load(Ordering::Relaxed))
+}
+
+/// Writes this thread's [`Local::hot`].
+#[inline(always)]
+fn set_hot(c: *mut TaskCache) {
+    LOCAL.with(|l| l.hot.store(c, Ordering::Relaxed));
+}
+
+/// Starts a hit path: returns the cache to use ([`IDLE`] when the thread
+/// may not hit, on which every hit path misses) and marks the thread busy
+/// by storing [`IDLE`] in its place, then a compiler fence, so that no
+/// access of the engine that follows is moved before the mark.
+#[inline(always)]
+fn enter_hit() -> &'static TaskCache {
+    let c = hot();
+    set_hot(idle());
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: `Local::hot` holds `IDLE` or the cache of this thread's
+    // active task, which lives until its exit guard, which stores `IDLE`
+    // first; the reference is used only before `leave_hit`.
+    unsafe { &*c }
+}
+
+/// Ends a hit path begun by [`enter_hit`], which returned `c`.
+#[inline(always)]
+fn leave_hit(c: &TaskCache) {
+    compiler_fence(Ordering::SeqCst);
+    set_hot(c as *const TaskCache as *mut TaskCache);
+}
+
+/// Whether `c` is [`IDLE`].
+#[inline(always)]
+fn is_idle(c: &TaskCache) -> bool {
+    std::ptr::eq(c, &IDLE)
 }
 
 thread_local! {
@@ -92,20 +155,24 @@ fn set_flags(v: u8) {
     LOCAL.with(|l| l.flags.store(v, Ordering::Relaxed));
 }
 
-/// Marks the thread busy on the hit path (`f` is [`flags`], not busy):
-/// the store, then a compiler fence, so that no access of the engine that
-/// follows is moved before the mark (a signal handler arriving in between
-/// sees the thread busy and takes the re-entrant path).
+/// Marks the thread busy (`f` is [`flags`], not busy, the life
+/// `ACTIVE`): the flag and [`Local::hot`], then a compiler fence, so that
+/// no access of the engine that follows is moved before the mark (a
+/// signal handler arriving in between sees the thread busy and takes the
+/// re-entrant path).
 #[inline(always)]
 fn mark_busy(f: u8) {
     set_flags(f | BUSY);
+    set_hot(idle());
     compiler_fence(Ordering::SeqCst);
 }
 
-/// Undoes [`mark_busy`]: the engine's accesses stay before the store.
+/// Undoes [`mark_busy`] (the life still `ACTIVE`, `task` the thread's):
+/// the engine's accesses stay before the stores.
 #[inline(always)]
-fn unmark_busy(f: u8) {
+fn unmark_busy(f: u8, task: &Task) {
     compiler_fence(Ordering::SeqCst);
+    set_hot(task.cache() as *const TaskCache as *mut TaskCache);
     set_flags(f);
 }
 
@@ -134,19 +201,27 @@ fn sync_flags() {
     }
 }
 
-/// Marks the thread busy (inside memcg); returns whether it already was.
+/// Marks the thread busy (inside memcg); returns whether it already was
+/// (or a hit path it interrupted was: [`is_busy`]).
 #[inline(always)]
 fn enter_busy() -> bool {
-    let f = flags();
-    set_flags(f | BUSY);
+    if is_busy() {
+        // Nested: the outer section (or hit path) undoes its own mark.
+        return true;
+    }
+    set_flags(flags() | BUSY);
+    set_hot(idle());
     compiler_fence(Ordering::SeqCst);
-    f & BUSY != 0
+    false
 }
 
-/// Whether the thread is busy (inside memcg) now.
+/// Whether the thread is busy (inside memcg) now: the `BUSY` flag, or a
+/// hit path's mark ([`Local::hot`] is [`IDLE`] while the life is
+/// `ACTIVE`: it is the task's cache otherwise, outside busy sections).
 #[inline(always)]
 fn is_busy() -> bool {
-    flags() & BUSY != 0
+    let f = flags();
+    f & BUSY != 0 || (life() == ACTIVE && hot() == idle())
 }
 
 /// [`is_busy`] for the fork handlers.
@@ -154,9 +229,18 @@ pub(crate) fn is_busy_now() -> bool {
     is_busy()
 }
 
-/// Whether a flags byte (of any thread) has the busy mark.
-pub(crate) fn busy_bit(flags: u8) -> bool {
-    flags & BUSY != 0
+/// Whether the thread whose [`Local`] is at `addr` (registered with its
+/// task, `Task::set_owner`) is busy: its `BUSY` flag or a hit path's mark
+/// ([`Local::hot`] is [`IDLE`]; the thread's task is registered only while
+/// its life is `ACTIVE`, outside busy sections its hot cache is its
+/// task's). For the fork's prepare handler, on another thread.
+///
+/// # Safety
+/// `addr` is the registered address of a live thread's [`Local`].
+pub(crate) unsafe fn busy_at(addr: usize) -> bool {
+    // SAFETY: the caller's guarantee; both fields are atomics.
+    let local = unsafe { &*(addr as *const Local) };
+    local.flags.load(Ordering::Relaxed) & BUSY != 0 || local.hot.load(Ordering::Relaxed) == idle()
 }
 
 /// The address of this thread's task as registered with the engine
@@ -168,11 +252,17 @@ pub(crate) fn current_task_addr() -> usize {
     LOCAL.with(|l| l.task.get() as usize)
 }
 
-/// Undoes [`enter_busy`] (`nested` is what it returned).
+/// Undoes [`enter_busy`] (`nested` is what it returned): the hit paths
+/// get the task's cache back if the life is (still, or now) `ACTIVE`.
 #[inline(always)]
 fn leave_busy(nested: bool) {
     if !nested {
         compiler_fence(Ordering::SeqCst);
+        if life() == ACTIVE {
+            // SAFETY: the life is ACTIVE.
+            let task = unsafe { task_unchecked() };
+            set_hot(task.cache() as *const TaskCache as *mut TaskCache);
+        }
         set_flags(flags() & !BUSY);
     }
 }
@@ -211,6 +301,9 @@ impl Drop for ExitGuard {
     fn drop(&mut self) {
         let gate = fork_gate::enter();
         enter_busy();
+        // The hit paths lose the task's cache for good (`enter_busy` leaves
+        // it in place when the thread was busy already).
+        set_hot(idle());
         if life() == ACTIVE {
             set_life(TORN_DOWN);
             let p = LOCAL.with(|l| l.task.get());
@@ -267,9 +360,10 @@ fn init_thread() -> Option<&'static Task> {
     let p = LOCAL.with(|l| l.task.get());
     // SAFETY: FRESH means `Local::task` is uninitialised; it is written once here.
     let task = unsafe { (*p).write(task) };
-    // For the fork handlers: where this thread's flags and task are.
-    let flags_addr = LOCAL.with(|l| &l.flags as *const AtomicU8 as usize);
-    task.set_owner(flags_addr, task as *const Task as usize);
+    // For the fork handlers: where this thread's `Local` (its flags and hit
+    // cache, `busy_at`) and task are.
+    let local_addr = LOCAL.with(|l| l as *const Local as usize);
+    task.set_owner(local_addr, task as *const Task as usize);
     set_life(ACTIVE);
     // Registers the exit guard (may allocate: `BUSY` is set, so those
     // allocations take the bypass).
@@ -318,20 +412,14 @@ pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
 pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
-    // One compare: an active task, not busy. The marks below store
-    // constants (the flags are `ACTIVE` here, and a signal handler leaves
-    // them as it found them), so no register keeps the flags.
-    if flags() != ACTIVE {
-        return None;
-    }
-    mark_busy(ACTIVE);
-    // SAFETY: the life is ACTIVE.
-    let task = unsafe { task_unchecked() };
+    // No flags: the hit cache is `IDLE` (no key armed) unless the thread
+    // has an active task and is not busy.
+    let cache = enter_hit();
     // The key needs the CPU only when the armed key is not `ONE_KEY`.
-    let r = task
+    let r = cache
         .charge_fast_here(bytes, global::fast_key_of_cpu_inline)
         .map(then);
-    unmark_busy(ACTIVE);
+    leave_hit(cache);
     r
 }
 
@@ -347,9 +435,15 @@ pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Op
 /// returns `true`.
 #[inline(always)]
 pub(crate) unsafe fn uncharge_hit(raw: usize, bytes: u64) -> bool {
-    // SAFETY: the caller's guarantee; `raw` is not `UNRESOLVED`, which no
-    // trailer word is.
-    unsafe { uncharge_hit_with(bytes, || raw) }.is_none()
+    let cache = enter_hit();
+    // `uncharge_fast` misses on `IDLE` (its `hit_addr` is no block's
+    // word) and while a fork is being prepared (see `runtime::fork`).
+    // SAFETY: the caller's guarantee: the block's charge, of `bytes` bytes
+    // of the global controller (the only one whose tasks' caches
+    // `Local::hot` holds), uncharged once.
+    let done = unsafe { cache.uncharge_fast(raw, bytes) };
+    leave_hit(cache);
+    done
 }
 
 /// What [`uncharge_hit_with`] returns when it did not uncharge: the
@@ -369,31 +463,31 @@ pub(crate) const UNRESOLVED: usize = usize::MAX;
 /// 0) of the live charge of `bytes` bytes of the block being freed (of the
 /// global controller), uncharged once: by this call if it returns `None`.
 #[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) unsafe fn uncharge_hit_with(
     bytes: u64,
     resolve: impl FnOnce() -> usize,
 ) -> Option<usize> {
-    if flags() != ACTIVE {
-        return Some(UNRESOLVED);
-    }
-    mark_busy(ACTIVE);
-    let raw = resolve();
-    // `uncharge_fast` misses while a fork is being prepared (the task's
-    // `hit_addr`; see `runtime::fork`), and on `UNRESOLVED`, which is no
-    // objcg's address.
-    let done = {
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
+    let cache = enter_hit();
+    // `resolve` runs only on the thread's own hit path (it may use
+    // thread-locals that only a busy thread touches).
+    let r = if is_idle(cache) {
+        Some(UNRESOLVED)
+    } else {
+        let raw = resolve();
+        // `uncharge_fast` misses while a fork is being prepared (the
+        // task's `hit_addr`; see `runtime::fork`), and on `UNRESOLVED`,
+        // which is no objcg's address.
         // SAFETY: the caller's guarantee: the block's charge, of `bytes`
         // bytes of the global controller, uncharged once.
-        unsafe { task.uncharge_fast(raw, bytes) }
+        if unsafe { cache.uncharge_fast(raw, bytes) } {
+            None
+        } else {
+            Some(raw)
+        }
     };
-    unmark_busy(ACTIVE);
-    if done {
-        None
-    } else {
-        Some(raw)
-    }
+    leave_hit(cache);
+    r
 }
 
 /// [`uncharge_hit_with`] for an allocator that can tell whether a block
@@ -413,28 +507,27 @@ pub(crate) unsafe fn uncharge_hit_cached_or(
     is_cached: impl FnOnce(usize) -> bool,
     resolve: impl FnOnce() -> usize,
 ) -> Option<usize> {
-    if flags() != ACTIVE {
-        return Some(UNRESOLVED);
-    }
-    mark_busy(ACTIVE);
-    // SAFETY: the life is ACTIVE.
-    let task = unsafe { task_unchecked() };
+    let cache = enter_hit();
     // SAFETY: the caller's guarantees, passed on; each path uncharges the
-    // block's charge at most once and says so.
-    let r = if unsafe { task.uncharge_fast_cached(bytes, is_cached) } {
+    // block's charge at most once and says so. (`IDLE`'s `hit_addr` is no
+    // objcg's address: `is_cached` is not asked.)
+    let r = if unsafe { cache.uncharge_fast_cached(bytes, is_cached) } {
         None
+    } else if is_idle(cache) {
+        // `resolve` runs only on the thread's own hit path.
+        Some(UNRESOLVED)
     } else {
         let raw = resolve();
         // SAFETY: as in `uncharge_hit_with`: `raw` is what `resolve`
         // returned, the block's charge or `UNRESOLVED` (never an objcg's
         // address, so the call misses).
-        if unsafe { task.uncharge_fast(raw, bytes) } {
+        if unsafe { cache.uncharge_fast(raw, bytes) } {
             None
         } else {
             Some(raw)
         }
     };
-    unmark_busy(ACTIVE);
+    leave_hit(cache);
     r
 }
 
@@ -456,10 +549,11 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
-    // The fast path: an active task, not re-entered, one flags load. A
-    // fork being prepared clears every fast key after marking its start,
-    // so this hit path needs no check of its own (see `runtime::fork`).
-    if f == ACTIVE {
+    // The fast path: an active task, not re-entered (nor interrupting a
+    // hit path: the hit cache is the task's). A fork being prepared clears
+    // every fast key after marking its start, so this path needs no check
+    // of its own (see `runtime::fork`).
+    if f == ACTIVE && hot() != idle() {
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
@@ -468,7 +562,7 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
             None => charge_task_slow_busy(task, bytes, f),
         };
         let r = then(raw);
-        unmark_busy(f);
+        unmark_busy(f, task);
         return r;
     }
     charge_alloc_other_and(bytes, then)
@@ -541,7 +635,7 @@ fn charge_task_slow_busy(task: &Task, bytes: u64, f: u8) -> usize {
         if let Some(_gate) = fork_gate::try_enter(false) {
             return charge_task_slow(task, bytes);
         }
-        unmark_busy(f);
+        unmark_busy(f, task);
         fork_gate::wait_while_pending();
         mark_busy(f);
     }
@@ -638,22 +732,20 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
     if new_bytes > old_bytes {
         note_engine_lock_alloc();
     }
-    if flags() == ACTIVE {
-        mark_busy(ACTIVE);
-        // `resize_fast` misses while a fork is being prepared.
-        let done = {
-            // SAFETY: the life is ACTIVE.
-            let task = unsafe { task_unchecked() };
-            // SAFETY: `raw` is a trailer word written by `charge_alloc` (or
-            // an earlier resize) for a block of `old_bytes` bytes of the
-            // global controller; if the resize succeeds the caller writes
-            // the same word for the block of `new_bytes` bytes.
-            unsafe { task.resize_fast(raw, old_bytes, new_bytes) }
-        };
-        unmark_busy(ACTIVE);
-        if done {
-            return Some(raw);
-        }
+    let cache = enter_hit();
+    // `resize_fast` misses while a fork is being prepared.
+    let done = !is_idle(cache) && {
+        // SAFETY: the hit cache is the task's, so the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        // SAFETY: `raw` is a trailer word written by `charge_alloc` (or an
+        // earlier resize) for a block of `old_bytes` bytes of the global
+        // controller; if the resize succeeds the caller writes the same
+        // word for the block of `new_bytes` bytes.
+        unsafe { task.resize_fast(raw, old_bytes, new_bytes) }
+    };
+    leave_hit(cache);
+    if done {
+        return Some(raw);
     }
     resize_alloc_slow(raw, old_bytes, new_bytes)
 }
