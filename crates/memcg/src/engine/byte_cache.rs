@@ -13,6 +13,7 @@ use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
 use crate::engine::task_shared::{
     add_pending, fold_hits, get_i64, get_u64, set_cache_bytes, set_i64, set_u64, NO_HIT_ADDR,
+    NO_HIT_COOKIE,
 };
 use crate::limit::PAGE_SIZE;
 use crate::sync::Ordering;
@@ -117,6 +118,7 @@ impl Task {
         cache.objcg.store(0, Ordering::Relaxed);
         cache.objcg_addr.store(0, Ordering::Relaxed);
         cache.hit_addr.store(NO_HIT_ADDR, Ordering::Relaxed);
+        cache.hit_cookie.store(NO_HIT_COOKIE, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
             None => {
@@ -136,6 +138,7 @@ impl Task {
         cache.objcg.store(new.id(), Ordering::Relaxed);
         cache.objcg_addr.store(addr, Ordering::Relaxed);
         cache.hit_addr.store(addr, Ordering::Relaxed);
+        cache.refresh_hit_cookie();
     }
 
     /// Hands bytes above a page fraction and surplus references to the CPU

@@ -12,6 +12,8 @@
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
+#[cfg(doc)]
+use crate::engine::task_shared::NO_HIT_COOKIE;
 use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
 use crate::engine::task_shared::{TaskCache, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
 use crate::error::Result;
@@ -39,9 +41,10 @@ impl Task {
     /// zero.
     #[inline(always)]
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
-        self.shared
-            .cache
+        let cache = &self.shared.cache;
+        cache
             .charge_fast_when(bytes, |armed| armed == key)
+            .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
     /// [`Task::charge`] of `bytes` of [`ChargeKind::Alloc`] on `cpu`, which
@@ -68,6 +71,9 @@ impl Task {
                     && cached != 0
                     && self.entry(tagged, nid) as usize == cached
                 {
+                    // A cookie the allocator set since the cache took the
+                    // objcg (its heap, made on the first allocation).
+                    self.shared.cache.refresh_hit_cookie();
                     self.arm_fast_key(key, tagged);
                 }
             }
@@ -162,7 +168,10 @@ impl Task {
         bytes: u64,
         cpu_key: impl FnOnce() -> u64,
     ) -> Option<usize> {
-        self.shared.cache.charge_fast_here(bytes, cpu_key)
+        let cache = &self.shared.cache;
+        cache
+            .charge_fast_here(bytes, cpu_key)
+            .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
     /// [`TaskCache::uncharge_fast`] of this task's cache.
@@ -193,18 +202,14 @@ impl TaskCache {
     /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
     /// compare never lets a per-CPU key's task charge another node.
     #[inline(always)]
-    pub(crate) fn charge_fast_here(
-        &self,
-        bytes: u64,
-        cpu_key: impl FnOnce() -> u64,
-    ) -> Option<usize> {
+    pub(crate) fn charge_fast_here(&self, bytes: u64, cpu_key: impl FnOnce() -> u64) -> bool {
         self.charge_fast_when(bytes, |armed| {
             armed == ONE_KEY || (armed != 0 && armed == cpu_key())
         })
     }
     /// [`Task::charge_fast`] when `matches(armed key)`.
     #[inline(always)]
-    fn charge_fast_when(&self, bytes: u64, matches: impl FnOnce(u64) -> bool) -> Option<usize> {
+    fn charge_fast_when(&self, bytes: u64, matches: impl FnOnce(u64) -> bool) -> bool {
         let cache = self;
         // Relaxed: the key set means the cached objcg is still the entry
         // for the key's node (everything that could change it clears the
@@ -212,15 +217,15 @@ impl TaskCache {
         // attach racing with this charge is seen by the next one, as in the
         // seed.
         if !matches(cache.fast_key.load(Ordering::Relaxed)) {
-            return None;
+            return false;
         }
         let have = get_u64(&cache.bytes);
         if have < bytes {
-            return None;
+            return false;
         }
         set_u64(&cache.bytes, have - bytes);
         set_i64(&cache.refs, get_i64(&cache.refs) - 1);
-        Some(cache.objcg_addr.load(Ordering::Relaxed))
+        true
     }
     /// The allocator's fast path for a free: returns `bytes` of
     /// [`ChargeKind::Alloc`] named by the raw word `raw`
@@ -248,32 +253,25 @@ impl TaskCache {
         }
         self.uncharge_into_cache(bytes)
     }
-    /// [`Task::uncharge_fast`] for an allocator that knows a block's objcg
-    /// only by a property of it (`MemcgMimalloc`: the objcg's heap):
-    /// `is_cached(addr)` says whether the block belongs to the objcg at
-    /// `addr`, the cached one. `false` when the cache holds no objcg, when
-    /// `is_cached` says no, or as `uncharge_fast` otherwise; the foreign
-    /// slot is not tried (the caller then finds the block's objcg and
-    /// calls `uncharge_fast`).
+    /// [`TaskCache::uncharge_fast`] for an allocator that knows a block's
+    /// objcg by its allocator cookie (`MemcgMimalloc`: the block's heap is
+    /// its objcg's): `cookie` is the block's, compared with the cached
+    /// objcg's ([`TaskCache::hit_cookie`]). `false` when they differ (the
+    /// cache holds no objcg or another one, its cookie was not seen yet, or
+    /// a fork stopped the hit path), or as `uncharge_fast` otherwise; the
+    /// foreign slot is not tried (the caller then finds the block's objcg
+    /// and calls `uncharge_fast`).
     ///
     /// # Safety
-    /// If `is_cached(addr)` returns `true`, the block being freed holds a
-    /// live charge of `bytes` bytes of `ChargeKind::Alloc` of the objcg at
-    /// `addr` (a live entry of this task's controller), uncharged once: by
-    /// this call, since it then returns `true` or the caller's next step
-    /// does.
+    /// `cookie` is the allocator cookie of the objcg a live charge of
+    /// `bytes` bytes of `ChargeKind::Alloc` of the block being freed
+    /// belongs to (or a value no cookie has, such as 0), uncharged once:
+    /// by this call if it returns `true`.
     #[inline(always)]
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
-    pub(crate) unsafe fn uncharge_fast_cached(
-        &self,
-        bytes: u64,
-        is_cached: impl FnOnce(usize) -> bool,
-    ) -> bool {
-        let cache = self;
-        // Relaxed: as in `uncharge_fast`. Only an objcg's address is above
-        // `HITS_STOPPED`.
-        let addr = cache.hit_addr.load(Ordering::Relaxed);
-        if addr <= HITS_STOPPED || !is_cached(addr) {
+    pub(crate) unsafe fn uncharge_fast_cookie(&self, bytes: u64, cookie: usize) -> bool {
+        // Relaxed: as `hit_addr` in `uncharge_fast`.
+        if self.hit_cookie.load(Ordering::Relaxed) != cookie {
             return false;
         }
         self.uncharge_into_cache(bytes)

@@ -20,7 +20,7 @@ use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
     get_i64, get_u64, set_cache_bytes, set_i64, set_u64, TaskCache, TaskCacheMode, TaskHandle,
-    TaskShared, CURRENT_OBJCG_UPDATE_FLAG, NO_HIT_ADDR,
+    TaskShared, CURRENT_OBJCG_UPDATE_FLAG, NO_HIT_ADDR, NO_HIT_COOKIE,
 };
 use crate::error::{Error, Result};
 use crate::sync::{
@@ -187,6 +187,7 @@ impl Task {
                 charges: AtomicU64::new(0),
                 fast_key: AtomicU64::new(0),
                 hit_addr: AtomicUsize::new(NO_HIT_ADDR),
+                hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
                 foreign_objcg: AtomicU32::new(0),
                 foreign_addr: AtomicUsize::new(0),
                 foreign_bytes: AtomicU64::new(0),

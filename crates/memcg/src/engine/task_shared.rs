@@ -81,6 +81,16 @@ pub(crate) struct TaskCache {
     /// compare rejects a stopped cache, an empty one, another objcg and
     /// an unaccounted block.
     pub(crate) hit_addr: AtomicUsize,
+    /// The cached objcg's allocator cookie (`ObjCgroup::alloc_cookie`:
+    /// `MemcgMimalloc`'s heap) as the allocator's free hit path compares
+    /// a block's with it, or [`NO_HIT_COOKIE`] when the cache holds no
+    /// objcg, the objcg had no cookie yet when last looked at, or a fork
+    /// stopped the hit path. Written like `hit_addr`: by the owner's slow
+    /// paths (a switch, a drain, and each arming of the fast key, which
+    /// picks up a cookie set since the switch) and by the fork handlers
+    /// with the gate closed. An objcg keeps its cookie while a cache holds
+    /// it (only the reuse of an entry for another node resets it).
+    pub(crate) hit_cookie: AtomicUsize,
     /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
     /// other than the cached one, not yet returned. Its objcg's id (0 for
     /// none) and address; the bytes freed, pre-charged and not yet given
@@ -108,6 +118,21 @@ pub(crate) fn add_pending(cache: &TaskCache, kind: ChargeKind, bytes: i64) -> i6
 pub(crate) const NO_HIT_ADDR: usize = 1;
 /// [`TaskCache::hit_addr`] while a fork is being prepared.
 pub(crate) const HITS_STOPPED: usize = 3;
+/// [`TaskCache::hit_cookie`] when it matches no block: neither a heap's
+/// address nor 0 (the main heap's blocks read as 0).
+pub(crate) const NO_HIT_COOKIE: usize = 3;
+
+/// [`TaskCache::hit_cookie`] for an objcg whose cookie is `cookie`: the
+/// cookie if it names something (above the allocator's markers, 0 and
+/// 1), else [`NO_HIT_COOKIE`].
+#[inline]
+pub(crate) fn hit_cookie_of(cookie: usize) -> usize {
+    if cookie > NO_HIT_COOKIE {
+        cookie
+    } else {
+        NO_HIT_COOKIE
+    }
+}
 
 impl TaskCache {
     /// A cache on which every hit path misses (no key armed, frees
@@ -127,6 +152,7 @@ impl TaskCache {
             charges: AtomicU64::new(0),
             fast_key: AtomicU64::new(0),
             hit_addr: AtomicUsize::new(HITS_STOPPED),
+            hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
             foreign_objcg: AtomicU32::new(0),
             foreign_addr: AtomicUsize::new(0),
             foreign_bytes: AtomicU64::new(0),
@@ -150,6 +176,7 @@ impl TaskCache {
     /// [`TaskCache::hit_addr`]).
     pub(crate) fn stop_hits(&self) {
         self.hit_addr.store(HITS_STOPPED, Ordering::Relaxed);
+        self.hit_cookie.store(NO_HIT_COOKIE, Ordering::Relaxed);
     }
 
     /// Undoes [`TaskCache::stop_hits`] (before the fork gate opens).
@@ -157,6 +184,27 @@ impl TaskCache {
         let addr = self.objcg_addr.load(Ordering::Relaxed);
         self.hit_addr
             .store(Self::hit_addr_of(addr), Ordering::Relaxed);
+        self.refresh_hit_cookie();
+    }
+
+    /// Sets [`TaskCache::hit_cookie`] from the cached objcg's cookie (the
+    /// owner's slow path, or the fork handlers with the gate closed).
+    pub(crate) fn refresh_hit_cookie(&self) {
+        let addr = self.objcg_addr.load(Ordering::Relaxed);
+        let cookie = if addr == 0 {
+            NO_HIT_COOKIE
+        } else {
+            // SAFETY: a cached objcg's address is that of a live entry of
+            // the type-stable table (the cache holds a reference).
+            // Acquire: pairs with the allocator's publication of the
+            // cookie (`MemcgMimalloc::new_heap`'s AcqRel exchange).
+            hit_cookie_of(
+                unsafe { crate::engine::obj_cgroup::alloc_cookie(addr) }.load(Ordering::Acquire),
+            )
+        };
+        if self.hit_cookie.load(Ordering::Relaxed) != cookie {
+            self.hit_cookie.store(cookie, Ordering::Relaxed);
+        }
     }
 }
 

@@ -76,6 +76,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::ffi::c_void;
 
+use crate::engine::task_shared::NO_HIT_COOKIE;
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
 use crate::runtime::thread::{self, REFUSED};
@@ -621,22 +622,35 @@ impl MemcgMimalloc {
         let bytes = charged_bytes(layout);
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        let hit = thread::charge_hit_and(bytes, |raw| {
-            // SAFETY: `raw` is the raw word of the live charge just made
-            // (the address of an entry of the global controller's
-            // type-stable objcg table, which lives as long as the process).
-            let cookie = unsafe { crate::engine::alloc_cookie(raw) };
-            // Acquire: pairs with the AcqRel exchange in `new_heap`, so the
-            // heap mimalloc made is seen whole.
-            let heap = cookie.load(Ordering::Acquire);
-            if heap <= NO_HEAP {
-                // SAFETY: forwarded contract; `raw` is the charge just made.
-                return unsafe { alloc_charged_cold(raw, layout, zeroed) };
+        let hit = thread::charge_hit_and(bytes, |hit| {
+            // The objcg's heap as the cache saw it (one load; the charge's
+            // word itself is read only off this path, `hit.raw()`). The
+            // cache picked it up from the objcg's cookie after the heap
+            // was made (which published it with an AcqRel exchange, read
+            // with Acquire there), and before this thread allocated from
+            // the heap.
+            let heap = hit.cookie();
+            if heap <= NO_HIT_COOKIE {
+                // No heap seen yet: the cold path reads the objcg's own
+                // cookie (and makes the heap if it has none).
+                // SAFETY: forwarded contract; `hit.raw()` is the charge
+                // just made.
+                return unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) };
             }
-            if !is_small(layout) {
+            // Two tests with a branch each (`is_small`, or `||`, compiled
+            // to flag arithmetic: two instructions more).
+            if layout.size() > SMALL_SIZE_MAX {
                 // SAFETY: as above, and `heap` is a heap made by
                 // `mi_heap_new`.
-                return unsafe { alloc_in_heap_aligned(raw, heap as *mut c_void, layout, zeroed) };
+                return unsafe {
+                    alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed)
+                };
+            }
+            if layout.align() > SMALL_ALIGN {
+                // SAFETY: as above.
+                return unsafe {
+                    alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed)
+                };
             }
             let size = layout.size();
             // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
@@ -653,14 +667,16 @@ impl MemcgMimalloc {
             }
             // The alignment asked for is at most `SMALL_ALIGN`, which the
             // retry then asks for (a stricter alignment is still the
-            // caller's), so that only the raw word and the size stay in
-            // registers across the call above.
+            // caller's), and the charge's word is read again (`hit.raw()`),
+            // so that only the size stays in a register across the call
+            // above for this rare path.
             // SAFETY: `size <= SMALL_SIZE_MAX` and a power-of-two
             // alignment make a valid layout.
             let layout = unsafe { Layout::from_size_align_unchecked(size, SMALL_ALIGN) };
-            // SAFETY: forwarded contract; `raw` is the charge just made,
-            // of `charged_bytes` of this layout too (the same size).
-            unsafe { alloc_charged_cold(raw, layout, zeroed) }
+            // SAFETY: forwarded contract; `hit.raw()` is `raw`, the charge
+            // just made, of `charged_bytes` of this layout too (the same
+            // size).
+            unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) }
         });
         match hit {
             Some(block) => block,
@@ -883,6 +899,13 @@ fn objcg_of_heap_busy_probe(heap: usize) -> usize {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_miss(ptr: *mut u8, heap: *mut c_void, size: usize, raw: usize) {
+    if raw == thread::COOKIE_STALE {
+        // Uncharged already, by the cached objcg's address: its cookie (its
+        // heap, made after the cache took it) is picked up for next time.
+        thread::refresh_hit_cookie();
+        // SAFETY: `ptr` came from mimalloc.
+        return unsafe { mi_free(ptr as *mut c_void) };
+    }
     let raw = if raw == thread::UNRESOLVED {
         // Not the thread's last heap (or not on the hit path): again, with
         // the table probed while busy, which keeps the pair.
@@ -947,19 +970,14 @@ unsafe fn dealloc_cold(ptr: *mut u8, raw: usize, bytes: u64) {
 #[inline(always)]
 unsafe fn dealloc_with_heap(ptr: *mut u8, layout: Layout, heap: *mut c_void) {
     let bytes = charged_bytes(layout);
-    // SAFETY: the cached objcg's heap being the block's heap means the
-    // block was charged `bytes` to that objcg (each objcg table entry has
-    // its own heap for the life of the process); `objcg_of_heap_busy`
+    // SAFETY: an objcg's cookie is its heap, and a heap's blocks are all
+    // charged to the one objcg whose cookie it is (a heap maps to one
+    // table entry for the life of the process, and an entry's blocks are
+    // all freed before it gets another heap); the main heap's blocks read
+    // as null, which no cookie the cache compares is; `objcg_of_heap_busy`
     // returns the objcg of the block's heap; uncharged once.
     let miss = unsafe {
-        thread::uncharge_hit_cached_or(
-            bytes,
-            // Relaxed: the cookie of the objcg this thread charges was
-            // set before this thread's allocation from that heap; another
-            // entry's cookie, stale or not, is never this heap.
-            |addr| crate::engine::alloc_cookie(addr).load(Ordering::Relaxed) == heap as usize,
-            || objcg_of_heap_busy(heap as usize),
-        )
+        thread::uncharge_hit_cached_or(bytes, heap as usize, || objcg_of_heap_busy(heap as usize))
     };
     if let Some(raw) = miss {
         // SAFETY: `ptr` is a live block of `heap` allocated with `layout`

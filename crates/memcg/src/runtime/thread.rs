@@ -402,25 +402,59 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// `runtime::fork`).
 #[inline(always)]
 pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
-    charge_hit_and(bytes, |raw| raw)
+    charge_hit_and(bytes, |hit| hit.raw())
 }
 
-/// [`charge_hit`], then `then(raw)` with the thread still marked busy, as
+/// [`charge_hit`], then `then(hit)` with the thread still marked busy, as
 /// [`charge_alloc_and`] does (`MemcgMimalloc` calls mimalloc there); `None`
 /// with nothing done on a miss.
 #[inline(always)]
-pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> Option<R> {
+///
+/// `then` also gets the thread's charge word source, [`HitCharge`]: after
+/// a call it makes, the charge's word can be read again from it rather
+/// than kept in a register across the call (the thread is still marked
+/// busy, so the cache has not changed).
+pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(HitCharge<'_>) -> R) -> Option<R> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     // No flags: the hit cache is `IDLE` (no key armed) unless the thread
     // has an active task and is not busy.
     let cache = enter_hit();
     // The key needs the CPU only when the armed key is not `ONE_KEY`.
-    let r = cache
-        .charge_fast_here(bytes, global::fast_key_of_cpu_inline)
-        .map(then);
+    let r = if cache.charge_fast_here(bytes, global::fast_key_of_cpu_inline) {
+        // `then` loads the charge's word if it needs it (a Relaxed atomic
+        // load is not removed when unused).
+        Some(then(HitCharge(cache)))
+    } else {
+        None
+    };
     leave_hit(cache);
     r
+}
+
+/// The cache a hit of [`charge_hit_and`] charged, while the thread is
+/// still marked busy.
+#[derive(Clone, Copy)]
+pub(crate) struct HitCharge<'a>(&'a TaskCache);
+
+impl HitCharge<'_> {
+    /// The charge's raw word, read again: the cache's objcg, which only
+    /// this thread's slow paths change, and none runs while the thread is
+    /// marked busy.
+    #[inline(always)]
+    pub(crate) fn raw(self) -> usize {
+        self.0.objcg_addr.load(Ordering::Relaxed)
+    }
+
+    /// The charged objcg's allocator cookie as the cache last saw it
+    /// (`TaskCache::hit_cookie`): the cookie, or a value at most
+    /// `task_shared::NO_HIT_COOKIE` when the cache has not seen one (then
+    /// read the objcg's own, through [`HitCharge::raw`]).
+    #[inline(always)]
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    pub(crate) fn cookie(self) -> usize {
+        self.0.hit_cookie.load(Ordering::Relaxed)
+    }
 }
 
 /// The hit path of [`uncharge_alloc`]: `true` when this thread's task took
@@ -490,28 +524,28 @@ pub(crate) unsafe fn uncharge_hit_with(
     r
 }
 
-/// [`uncharge_hit_with`] for an allocator that can tell whether a block
-/// belongs to the cached objcg from the objcg's address alone
-/// (`MemcgMimalloc`: the objcg's heap is the block's): `is_cached(addr)`
-/// first, and only when it says no, `resolve` and the usual hit path
-/// (which includes the foreign slot), all inside one busy mark. Returns
-/// as [`uncharge_hit_with`].
+/// [`uncharge_hit_with`] for an allocator that knows a block's objcg by
+/// its allocator cookie (`MemcgMimalloc`: the block's heap): the cookie
+/// compared with the cached objcg's first, and only when they differ,
+/// `resolve` and the usual hit path (which includes the foreign slot), all
+/// inside one busy mark. Returns as [`uncharge_hit_with`].
 ///
 /// # Safety
-/// As [`uncharge_hit_with`], and: if `is_cached(addr)` returns `true`, the
-/// block's live charge is of `bytes` bytes of the objcg at `addr`.
+/// As [`uncharge_hit_with`], and: `cookie` is the allocator cookie of the
+/// objcg of the block's live charge of `bytes` bytes (or a value no
+/// cookie has).
 #[inline(always)]
 #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) unsafe fn uncharge_hit_cached_or(
     bytes: u64,
-    is_cached: impl FnOnce(usize) -> bool,
+    cookie: usize,
     resolve: impl FnOnce() -> usize,
 ) -> Option<usize> {
     let cache = enter_hit();
     // SAFETY: the caller's guarantees, passed on; each path uncharges the
-    // block's charge at most once and says so. (`IDLE`'s `hit_addr` is no
-    // objcg's address: `is_cached` is not asked.)
-    let r = if unsafe { cache.uncharge_fast_cached(bytes, is_cached) } {
+    // block's charge at most once and says so. (`IDLE`'s cookie is no
+    // block's.)
+    let r = if unsafe { cache.uncharge_fast_cookie(bytes, cookie) } {
         None
     } else if is_idle(cache) {
         // `resolve` runs only on the thread's own hit path.
@@ -522,13 +556,46 @@ pub(crate) unsafe fn uncharge_hit_cached_or(
         // returned, the block's charge or `UNRESOLVED` (never an objcg's
         // address, so the call misses).
         if unsafe { cache.uncharge_fast(raw, bytes) } {
-            None
+            if raw == cache.hit_addr.load(Ordering::Relaxed) {
+                // The cached objcg's block, but not its cookie: the cache
+                // took the objcg before the allocator gave it one. The
+                // caller refreshes it, off the hit path
+                // (`refresh_hit_cookie`).
+                Some(COOKIE_STALE)
+            } else {
+                None
+            }
         } else {
             Some(raw)
         }
     };
     leave_hit(cache);
     r
+}
+
+/// What [`uncharge_hit_cached_or`] returns when it did uncharge the block,
+/// through the cached objcg's address rather than its cookie: the caller
+/// then calls [`refresh_hit_cookie`]. No charge word is this value.
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) const COOKIE_STALE: usize = usize::MAX - 1;
+
+/// Refreshes the calling thread's cookie (`TaskCache::hit_cookie`) from
+/// its cached objcg, inside the fork gate, where no fork's prepare
+/// handler can be stopping the hit path (it writes the cookie too),
+/// without waiting at the gate: if a fork is being prepared, or the
+/// thread is busy, nothing is done, and a later miss does it.
+#[cold]
+#[inline(never)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn refresh_hit_cookie() {
+    if is_busy() || life() != ACTIVE {
+        return;
+    }
+    if let Some(_gate) = fork_gate::try_enter(false) {
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        task.cache().refresh_hit_cookie();
+    }
 }
 
 /// Charges `bytes` for an allocation on this thread: returns the trailer
