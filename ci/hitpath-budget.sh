@@ -13,17 +13,18 @@
 # commit that makes it.
 #
 # Prints instructions per pair, the ratio to bare mimalloc, the budget and
-# the target of each allocator, and exits 1 when a pair goes over its
+# the targets of each allocator, and exits 1 when a pair goes over its
 # budget.
 #
 # Budgets and targets. The issue's targets are 95 instructions per pair for
-# MemcgAlloc<mimalloc> and 110 for MemcgMimalloc (1.3x and 1.5x of the 73 it
-# measured for bare mimalloc with an older build and harness; this harness
-# counts 81 for bare mimalloc, whose own loop and shims are in every
-# figure). The code does not meet them yet, so each budget is the figure
-# measured at the commit that set it plus about 3%, to catch regressions;
-# the targets are printed beside them. Lower a budget when a change cuts
-# the hit path; raise one only with the reason in the commit message.
+# MemcgAlloc<mimalloc> and 110 for MemcgMimalloc, written as 1.3x and 1.5x
+# of the 73 it measured for bare mimalloc with an older build and harness;
+# this harness counts 81.2 for bare mimalloc, whose own loop and shims are
+# in every figure, so the same ratios are 105.6 and 121.8 here. Both forms
+# are printed. The code does not meet every one of them, so each budget is
+# the figure measured at the commit that set it plus about 3%, to catch
+# regressions. Lower a budget when a change cuts the hit path; raise one
+# only with the reason in the commit message.
 #
 # Installs valgrind from the distribution's packages if it is missing
 # (apt-get, through sudo when not root and sudo is available).
@@ -34,15 +35,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Budgets (instructions per pair; see above).
-# Measured when last set: 81.2, 167.8 and 168.3 (MemcgMimalloc's frees
-# read mimalloc's page map inline, and its small allocations use
-# mimalloc's small-object entry point); before that 166.8 and 208.2, and
-# before issue 12's cuts 81.2, 180.8 and 257.2.
+# Measured when last set: 81.2, 129.8 and 123.3 (no statistics or credit
+# check per hit, one compare per free, the hit cache pointer instead of
+# the flags byte, MemcgMimalloc's heap copied into the task cache); before
+# that 167.8 and 168.3, and before issue 12's cuts 180.8 and 257.2.
 BUDGET_MIMALLOC=84          # bare mimalloc: guards the harness itself
-BUDGET_MEMCG_ALLOC=172      # target 95
-BUDGET_MEMCG_MIMALLOC=174   # target 110
+BUDGET_MEMCG_ALLOC=134      # target 95 (1.3x)
+BUDGET_MEMCG_MIMALLOC=127   # target 110 (1.5x)
 TARGET_MEMCG_ALLOC=95
 TARGET_MEMCG_MIMALLOC=110
+TARGET_RATIO_MEMCG_ALLOC=1.30
+TARGET_RATIO_MEMCG_MIMALLOC=1.50
 
 n1="${HITPATH_N1:-100000}"
 n2="${HITPATH_N2:-1100000}"
@@ -95,9 +98,9 @@ done
 
 base=${per_pair[hitpath-mimalloc]}
 status=0
-printf '%-24s %12s %8s %8s %8s\n' allocator "instr/pair" ratio budget target
+printf '%-24s %12s %8s %8s %8s %8s\n' allocator "instr/pair" ratio budget target "ratio tgt"
 row() {
-    local name=$1 bin=$2 budget=$3 target=$4 v ratio verdict
+    local name=$1 bin=$2 budget=$3 target=$4 rtarget=$5 v ratio verdict
     v=${per_pair[$bin]}
     ratio=$(awk -v v="$v" -v b="$base" 'BEGIN { printf "%.2f", v / b }')
     verdict=ok
@@ -105,11 +108,18 @@ row() {
         verdict="OVER BUDGET"
         status=1
     fi
-    printf '%-24s %12s %8s %8s %8s  %s\n' "$name" "$v" "$ratio" "$budget" "$target" "$verdict"
+    if [ "$rtarget" != - ]; then
+        if awk -v r="$ratio" -v t="$rtarget" 'BEGIN { exit !(r <= t) }'; then
+            verdict="$verdict (ratio target met)"
+        else
+            verdict="$verdict (ratio target not met)"
+        fi
+    fi
+    printf '%-24s %12s %8s %8s %8s %8s  %s\n' "$name" "$v" "$ratio" "$budget" "$target" "$rtarget" "$verdict"
 }
-row "bare mimalloc" hitpath-mimalloc "$BUDGET_MIMALLOC" -
-row "MemcgAlloc<mimalloc>" hitpath-memcg-alloc "$BUDGET_MEMCG_ALLOC" "$TARGET_MEMCG_ALLOC"
-row "MemcgMimalloc" hitpath-memcg-mimalloc "$BUDGET_MEMCG_MIMALLOC" "$TARGET_MEMCG_MIMALLOC"
+row "bare mimalloc" hitpath-mimalloc "$BUDGET_MIMALLOC" - -
+row "MemcgAlloc<mimalloc>" hitpath-memcg-alloc "$BUDGET_MEMCG_ALLOC" "$TARGET_MEMCG_ALLOC" "$TARGET_RATIO_MEMCG_ALLOC"
+row "MemcgMimalloc" hitpath-memcg-mimalloc "$BUDGET_MEMCG_MIMALLOC" "$TARGET_MEMCG_MIMALLOC" "$TARGET_RATIO_MEMCG_MIMALLOC"
 if [ "$status" != 0 ]; then
     echo "hitpath: a pair went over its instruction budget (see ci/hitpath-budget.sh)" >&2
 fi
