@@ -889,8 +889,12 @@ fn objcg_of_heap_busy_probe(heap: usize) -> usize {
 }
 
 /// `dealloc` off the hit path. `raw` is what
-/// [`thread::uncharge_hit_with`] returned: the block's objcg word, or
-/// [`thread::UNRESOLVED`] (then looked up here; 0 when the block has none).
+/// [`thread::uncharge_hit_cached_or`] returned: the block's objcg word,
+/// [`thread::UNRESOLVED`] (then looked up here; 0 when the block has
+/// none), or [`thread::COOKIE_STALE`] (uncharged already; the thread's
+/// copy of its objcg's heap is refreshed here). The size comes second, as
+/// in `dealloc`'s own arguments, so the hit path moves no register for
+/// this call.
 ///
 /// # Safety
 /// `ptr` is a live block of `heap` (or `heap` is null), allocated by this
@@ -898,7 +902,7 @@ fn objcg_of_heap_busy_probe(heap: usize) -> usize {
 /// objcg of `heap`.
 #[cold]
 #[inline(never)]
-unsafe fn dealloc_miss(ptr: *mut u8, heap: *mut c_void, size: usize, raw: usize) {
+unsafe fn dealloc_miss(ptr: *mut u8, size: usize, heap: *mut c_void, raw: usize) {
     if raw == thread::COOKIE_STALE {
         // Uncharged already, by the cached objcg's address: its cookie (its
         // heap, made after the cache took it) is picked up for next time.
@@ -982,7 +986,7 @@ unsafe fn dealloc_with_heap(ptr: *mut u8, layout: Layout, heap: *mut c_void) {
     if let Some(raw) = miss {
         // SAFETY: `ptr` is a live block of `heap` allocated with `layout`
         // (the caller's contract), charged `raw` if resolved.
-        return unsafe { dealloc_miss(ptr, heap, layout.size(), raw) };
+        return unsafe { dealloc_miss(ptr, layout.size(), heap, raw) };
     }
     // SAFETY: `ptr` came from mimalloc (one of the calls in `alloc_with`
     // or `realloc`).
