@@ -99,9 +99,11 @@ pub struct Check {
 /// What the memcg child learned beyond the time.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemcgReport {
-    /// Charges made through tasks during the workload (every thread of
-    /// the process; only the workload's run then): about one per
-    /// allocation, `realloc`s included.
+    /// Charges that took the tasks' slow entry during the workload (every
+    /// thread of the process; only the workload's run then): the
+    /// allocations and growing `realloc`s that missed the allocator's hit
+    /// path, which counts nothing itself
+    /// (`memcg::engine::EngineCounters::task_charges`).
     pub charges: u64,
     /// Charges during the workload that needed more than a task's byte
     /// cache (`memcg::engine::EngineCounters::slow_charges`).
@@ -109,10 +111,6 @@ pub struct MemcgReport {
     /// Read-modify-writes on counters shared by all CPUs during the
     /// workload (`memcg::engine::EngineCounters::shared_atomics`).
     pub shared_atomics: u64,
-    /// `charges ×` the per-block overhead (`memcg::TRAILER_BYTES` for
-    /// `MemcgAlloc`, 0 for `MemcgMimalloc`): the trailer bytes those
-    /// allocations carried.
-    pub trailer_bytes: u64,
     /// Group live bytes before the workload (pool and thread state).
     pub baseline_live_bytes: u64,
     /// Group live bytes the held data accounts for (live before its drop
@@ -443,7 +441,6 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
             charges,
             slow_charges,
             shared_atomics,
-            trailer_bytes: charges * crate::workloads::per_block_overhead_bytes() as u64,
             baseline_live_bytes: base.live_bytes,
             held_live_bytes: held_live,
             held_estimate_bytes: estimate.bytes,

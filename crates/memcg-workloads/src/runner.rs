@@ -467,21 +467,12 @@ pub fn table(results: &[WorkloadResult]) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<7} {:>12} {:>14} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
-        "",
-        "charges",
-        "trailer MiB",
-        "worst gap",
-        "one sample",
-        "bound",
-        "gap/bound",
-        "samples",
-        "checks"
+        "\n{:<7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+        "", "slow entries", "worst gap", "one sample", "bound", "gap/bound", "samples", "checks"
     );
     for r in results {
         let m = r.memcg.as_ref();
         let charges = m.map_or(0, |m| m.charges);
-        let trailer = m.map_or(0, |m| m.trailer_bytes) as f64 / (1 << 20) as f64;
         let kib = |b: u64| format!("{:.1} KiB", b as f64 / 1024.0);
         let (gap, instant, bound, frac, samples) = match &r.accuracy {
             Some(a) => (
@@ -495,10 +486,9 @@ pub fn table(results: &[WorkloadResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<7} {:>12} {:>14.2} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
+            "{:<7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8}",
             r.workload,
             charges,
-            trailer,
             gap,
             instant,
             bound,
