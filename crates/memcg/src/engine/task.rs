@@ -20,12 +20,10 @@ use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
     get_i64, get_u64, set_cache_bytes, set_i64, set_u64, TaskCache, TaskCacheMode, TaskHandle,
-    TaskShared, CURRENT_OBJCG_UPDATE_FLAG, NO_HIT_ADDR, NO_HIT_COOKIE,
+    TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
 };
 use crate::error::{Error, Result};
-use crate::sync::{
-    AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering,
-};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// A charge of one object: which objcg it was charged to and how many
 /// bytes. Uncharge it with [`Task::uncharge`] or
@@ -176,23 +174,7 @@ impl Task {
             mode,
             exempt: AtomicBool::new(exempt),
             group: Mutex::new(Some(Arc::clone(group))),
-            cache: crossbeam_utils::CachePadded::new(TaskCache {
-                objcg: AtomicU32::new(0),
-                objcg_addr: AtomicUsize::new(0),
-                bytes: AtomicU64::new(0),
-                synced_bytes: AtomicU64::new(0),
-                refs: AtomicI64::new(0),
-                pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
-                refs_base: AtomicI64::new(0),
-                charges: AtomicU64::new(0),
-                fast_key: AtomicU64::new(0),
-                hit_addr: AtomicUsize::new(NO_HIT_ADDR),
-                hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
-                foreign_objcg: AtomicU32::new(0),
-                foreign_addr: AtomicUsize::new(0),
-                foreign_bytes: AtomicU64::new(0),
-                foreign_refs: AtomicU64::new(0),
-            }),
+            cache: crossbeam_utils::CachePadded::new(TaskCache::new_empty()),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
             owner_state: AtomicUsize::new(0),

@@ -134,13 +134,11 @@ pub(crate) fn hit_cookie_of(cookie: usize) -> usize {
     }
 }
 
-impl TaskCache {
-    /// A cache on which every hit path misses (no key armed, frees
-    /// stopped), never written: what the allocator's hit path finds
-    /// through a thread's pointer while it must not hit (no task, or the
-    /// thread inside memcg; see `runtime::thread`).
-    #[cfg(not(memcg_loom))]
-    pub(crate) const fn idle() -> Self {
+/// An empty [`TaskCache`] whose `hit_addr` is `$hit_addr` (a macro so that
+/// the same literal serves the `const` idle cache and, under loom, whose
+/// atomics are not `const`, a task's new cache).
+macro_rules! empty_task_cache {
+    ($hit_addr:expr) => {
         TaskCache {
             objcg: AtomicU32::new(0),
             objcg_addr: AtomicUsize::new(0),
@@ -151,13 +149,29 @@ impl TaskCache {
             refs_base: AtomicI64::new(0),
             charges: AtomicU64::new(0),
             fast_key: AtomicU64::new(0),
-            hit_addr: AtomicUsize::new(HITS_STOPPED),
+            hit_addr: AtomicUsize::new($hit_addr),
             hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
             foreign_objcg: AtomicU32::new(0),
             foreign_addr: AtomicUsize::new(0),
             foreign_bytes: AtomicU64::new(0),
             foreign_refs: AtomicU64::new(0),
         }
+    };
+}
+
+impl TaskCache {
+    /// A new task's cache: empty, holding no objcg.
+    pub(crate) fn new_empty() -> Self {
+        empty_task_cache!(NO_HIT_ADDR)
+    }
+
+    /// A cache on which every hit path misses (no key armed, frees
+    /// stopped), never written: what the allocator's hit path finds
+    /// through a thread's pointer while it must not hit (no task, or the
+    /// thread inside memcg; see `runtime::thread`).
+    #[cfg(not(memcg_loom))]
+    pub(crate) const fn idle() -> Self {
+        empty_task_cache!(HITS_STOPPED)
     }
 
     /// [`TaskCache::hit_addr`] for a cache holding the objcg at `addr` (0

@@ -151,6 +151,24 @@ impl Heaps {
     }
 }
 
+/// The first allocations of one objcg (raw word returned) on two threads
+/// at once, under a cap of `max_heaps`: the heaps, the objcg's cookie, and
+/// the two blocks (this thread's, the other's).
+fn first_allocations_on_two_threads(
+    max_heaps: usize,
+) -> (Arc<Heaps>, Arc<AtomicUsize>, usize, Block, Block) {
+    let heaps = Arc::new(Heaps::new(max_heaps));
+    let cookie = Arc::new(AtomicUsize::new(0));
+    let raw = 0x5000_0008;
+    let other = {
+        let (heaps, cookie) = (Arc::clone(&heaps), Arc::clone(&cookie));
+        thread::spawn(move || heaps.alloc(&cookie, raw))
+    };
+    let mine = heaps.alloc(&cookie, raw);
+    let theirs = other.join().expect("allocator");
+    (heaps, cookie, raw, mine, theirs)
+}
+
 /// Two threads make the first allocations of one objcg at once: both may
 /// make a heap; the cookie's CAS picks one, which both use, and the
 /// loser's heap stays recorded (empty) for the same objcg. A free on the
@@ -158,15 +176,7 @@ impl Heaps {
 #[test]
 fn racing_first_allocations_of_one_objcg_share_one_heap() {
     model(|| {
-        let heaps = Arc::new(Heaps::new(4));
-        let cookie = Arc::new(AtomicUsize::new(0));
-        let raw = 0x5000_0008;
-        let other = {
-            let (heaps, cookie) = (Arc::clone(&heaps), Arc::clone(&cookie));
-            thread::spawn(move || heaps.alloc(&cookie, raw))
-        };
-        let mine = heaps.alloc(&cookie, raw);
-        let theirs = other.join().expect("allocator");
+        let (heaps, cookie, raw, mine, theirs) = first_allocations_on_two_threads(4);
 
         assert_eq!(mine.heap, theirs.heap, "one objcg, two heaps in use");
         assert_eq!(cookie.load(Ordering::Relaxed), mine.heap);
@@ -237,15 +247,7 @@ fn capped_heaps_racing_fallback_creation_lose_no_objcg() {
 #[test]
 fn a_heap_made_after_the_entry_was_latched_is_not_used() {
     model(|| {
-        let heaps = Arc::new(Heaps::new(1));
-        let cookie = Arc::new(AtomicUsize::new(0));
-        let raw = 0x5000_0008;
-        let other = {
-            let (heaps, cookie) = (Arc::clone(&heaps), Arc::clone(&cookie));
-            thread::spawn(move || heaps.alloc(&cookie, raw))
-        };
-        let mine = heaps.alloc(&cookie, raw);
-        let theirs = other.join().expect("allocator");
+        let (heaps, _cookie, raw, mine, theirs) = first_allocations_on_two_threads(1);
 
         for block in [mine, theirs] {
             assert_ne!(block.heap, NO_HEAP, "an allocation in the NO_HEAP marker");
