@@ -34,14 +34,15 @@ const LIFE: u8 = 3;
 /// Bit 2 of [`Local::flags`]: inside memcg (an allocation now is re-entrant).
 const BUSY: u8 = 4;
 
-/// The thread's flags and task side by side in one thread-local, so that
-/// the hit path finds both from one thread-local address (an access to a
-/// thread-local of a library crate costs an instruction for its offset,
-/// then the access).
+/// The thread's flags, hit-path cache pointer and task side by side in
+/// one thread-local, so that every access finds them from one
+/// thread-local address (an access to a thread-local of a library crate
+/// costs an instruction for its offset, then the access), and so that the
+/// fork handler reads a thread's flags and pointer through one registered
+/// address ([`busy_at`]).
 struct Local {
-    /// The thread's state in one byte, so that the allocator's fast path
-    /// reads it with one load and one compare with `ACTIVE`: `LIFE` bits,
-    /// `BUSY`.
+    /// The thread's state in one byte, for the slow paths (the hit paths
+    /// read [`Local::hot`] instead): `LIFE` bits, `BUSY`.
     ///
     /// Its `LIFE` bits are a copy for the fast path; [`LIFE_OF_TASK`] is the
     /// truth. `BUSY` is set by a read-modify-write of this byte, and a
@@ -395,11 +396,12 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// every miss into one cold function, so that the hit pair saves no
 /// registers for the slow paths.
 ///
-/// The same steps as `charge_alloc`'s fast path: one flags load, the busy
-/// mark around the engine's accesses (a signal handler arriving meanwhile
-/// takes the re-entrant path), and no check of the fork gate (a fork being
-/// prepared clears every fast key after marking its start; see
-/// `runtime::fork`).
+/// The steps: the thread's hit cache ([`Local::hot`]; the idle cache,
+/// which never hits, when the thread has no active task or is inside
+/// memcg), its busy mark around the engine's accesses (a signal handler
+/// arriving meanwhile takes the re-entrant path), and no check of the
+/// fork gate (a fork being prepared clears every fast key after marking
+/// its start; see `runtime::fork`).
 #[inline(always)]
 pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
     charge_hit_and(bytes, |hit| hit.raw())
