@@ -12,12 +12,15 @@
 //!
 //! This reads mimalloc's internals, whose layout is not an API. So it is
 //! used only once [`validate`] has compared it with `mi_heap_of` on
-//! blocks of the main heap and of a heap of our own (each time a heap is
-//! made, so a layout that differs is found before any block of that heap
-//! is freed); until then, and for ever after one disagreement, frees call
-//! `mi_heap_of`. A `libmimalloc-sys` whose mimalloc lays its pages out
-//! otherwise (a debug build, a new version) costs the call again, never a
-//! wrong heap.
+//! blocks of the main heap and of the first heap of our own, before any
+//! block of an objcg's heap is freed. The verdict is final: the layout is
+//! a property of the linked mimalloc, the same for every heap of the
+//! process, so later heaps are not compared again, and a final verdict
+//! is what lets each thread keep a copy of the map pointer
+//! ([`validated_map`]). Until the verdict, and for ever after a
+//! disagreement, frees call `mi_heap_of`. A `libmimalloc-sys` whose
+//! mimalloc lays its pages out otherwise (a debug build, a new version)
+//! costs the call again, never a wrong heap.
 
 use std::ffi::c_void;
 
@@ -47,27 +50,49 @@ const PAGE_HEAP_OFFSET: usize = 64;
 /// Whether [`heap_of_block`] may read the page map.
 static STATE: AtomicU8 = AtomicU8::new(UNCHECKED);
 /// `_mi_page_map` once the reading agreed ([`validate`]), null before and
-/// after a disagreement: the free's hit path loads this one word, which
-/// both says whether to read the map and where it is (mimalloc makes the
-/// map once, at its initialisation, and never moves it).
+/// after a disagreement; set once (the verdict is final), so a thread's
+/// copy ([`validated_map`]) never goes stale. mimalloc makes the map
+/// once, at its initialisation, and never moves it.
 static MAP: AtomicPtr<AtomicPtr<*const u8>> = AtomicPtr::new(std::ptr::null_mut());
 const UNCHECKED: u8 = 0;
 const AGREES: u8 = 1;
 const DISAGREES: u8 = 2;
 
 /// mimalloc's page map if [`heap_from_map`] may read it (validated on
-/// this process's mimalloc), else null.
+/// this process's mimalloc), else null: the process-wide value.
 #[inline(always)]
-pub(crate) fn validated_map() -> *const AtomicPtr<*const u8> {
+fn shared_map() -> *const AtomicPtr<*const u8> {
     // Acquire: pairs with the Release store in `validate`. Either answer
     // is a correct choice (`mi_heap_of` is always right).
     MAP.load(Ordering::Acquire)
 }
 
+/// The calling thread's copy of the validated map (null until
+/// [`refresh_validated_map`] found it validated): what the free's hit
+/// path loads, one load from a thread-local it addresses anyway
+/// (`thread::free_word`) instead of two for this crate's static (its
+/// address from the GOT, then the value). Null means "call `mi_heap_of`
+/// and refresh", never a wrong map: [`MAP`] is written once.
+#[inline(always)]
+pub(crate) fn validated_map() -> *const AtomicPtr<*const u8> {
+    crate::runtime::thread::free_word() as *const AtomicPtr<*const u8>
+}
+
+/// Copies the validated map into the calling thread's copy (the free's
+/// cold path, when the copy was null): a no-op until the verdict, or
+/// after a disagreement.
+#[inline]
+pub(crate) fn refresh_validated_map() {
+    let map = shared_map();
+    if !map.is_null() {
+        crate::runtime::thread::set_free_word(map as usize);
+    }
+}
+
 /// Whether the page map is read (see [`validated_map`]).
 #[inline(always)]
 pub(crate) fn map_agrees() -> bool {
-    !validated_map().is_null()
+    !shared_map().is_null()
 }
 
 /// The page map's reading of `p`'s heap (null for the main heap).
@@ -97,7 +122,7 @@ pub(crate) unsafe fn heap_from_map(map: *const AtomicPtr<*const u8>, p: *const u
 /// `p` is a live block of mimalloc.
 #[inline(always)]
 pub(crate) unsafe fn heap_of_block(p: *const u8) -> *mut c_void {
-    let map = validated_map();
+    let map = shared_map();
     if !map.is_null() {
         // SAFETY: the caller's guarantee; `map` is the validated map.
         unsafe { heap_from_map(map, p) }
@@ -110,11 +135,13 @@ pub(crate) unsafe fn heap_of_block(p: *const u8) -> *mut c_void {
 
 /// Compares the page map's reading with `mi_heap_of` on a block of `heap`
 /// (a heap just made, from which nothing was freed yet) and on a block of
-/// the main heap; on agreement frees may read the map, on any
-/// disagreement they never will. Cold: once per heap made. Allocates from
-/// mimalloc directly, not through the global allocator.
+/// the main heap; on agreement frees may read the map, on a disagreement
+/// they never will. The first verdict is final (see the module's
+/// documentation): later calls return at once. Cold: called for each
+/// heap made. Allocates from mimalloc directly, not through the global
+/// allocator.
 pub(crate) fn validate(heap: *mut c_void) {
-    if heap.is_null() || STATE.load(Ordering::Relaxed) == DISAGREES {
+    if heap.is_null() || STATE.load(Ordering::Relaxed) != UNCHECKED {
         return;
     }
     // SAFETY: reads mimalloc's map pointer, made at its initialisation
@@ -152,8 +179,9 @@ pub(crate) fn validate(heap: *mut c_void) {
             MAP.store(map as *mut AtomicPtr<*const u8>, Ordering::Release);
         }
     } else {
-        STATE.store(DISAGREES, Ordering::Relaxed);
-        MAP.store(std::ptr::null_mut(), Ordering::Release);
+        // Only from UNCHECKED: an agreement another thread reached
+        // meanwhile stands (MAP is written once).
+        let _ = STATE.compare_exchange(UNCHECKED, DISAGREES, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -190,5 +218,30 @@ mod tests {
                 mi_free(p as *mut c_void);
             }
         }
+    }
+
+    #[test]
+    fn a_thread_takes_its_copy_of_the_validated_map_at_its_first_refresh() {
+        // SAFETY: FFI; the heap is kept (mimalloc frees heaps at exit).
+        let heap = unsafe { mi_heap_new() };
+        assert!(!heap.is_null());
+        validate(heap);
+        assert!(page_map_in_use());
+        // A new thread starts without a copy (its frees call `mi_heap_of`
+        // through the cold path), which takes the copy; the copy is the
+        // process's validated map, and a later validation (verdict final)
+        // changes neither.
+        std::thread::spawn(move || {
+            assert!(validated_map().is_null());
+            refresh_validated_map();
+            assert_eq!(validated_map(), shared_map());
+            // SAFETY: as above.
+            let other = unsafe { mi_heap_new() };
+            validate(other);
+            assert_eq!(validated_map(), shared_map());
+            assert!(!validated_map().is_null());
+        })
+        .join()
+        .unwrap();
     }
 }

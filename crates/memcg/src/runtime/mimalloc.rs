@@ -18,9 +18,11 @@
 //!   (`mi_heap_malloc_aligned`), so all blocks of a page belong to one
 //!   objcg, like a kernel slab page of one memcg's cache;
 //! - a free finds the block's heap in mimalloc's page map (two loads, as
-//!   mimalloc's own free does; `runtime/mi_page_map.rs`, which falls back
-//!   to `mi_heap_of` on a mimalloc whose layout it does not know; neither
-//!   reads the block) and finds the objcg in a
+//!   mimalloc's own free does, from the thread's copy of the map pointer;
+//!   `runtime/mi_page_map.rs`, which falls back to `mi_heap_of` on a
+//!   mimalloc whose layout it does not know; neither reads the block) and
+//!   compares it with the heap of the objcg the thread's cache holds, or
+//!   finds the objcg in a
 //!   lock-free table from heap to objcg; each thread keeps the last
 //!   (heap, objcg) pair its frees found (a heap's objcg entry never
 //!   changes), so a run of frees of one objcg's blocks probes the table
@@ -993,8 +995,10 @@ unsafe fn dealloc_with_heap(ptr: *mut u8, layout: Layout, heap: *mut c_void) {
     unsafe { mi_free(ptr as *mut c_void) };
 }
 
-/// `dealloc` before mimalloc's page map is validated (or on a mimalloc
-/// whose layout it does not know): the heap from `mi_heap_of`. Out of
+/// `dealloc` when the thread has no copy of mimalloc's validated page map
+/// (its first frees, every free before the map is validated, or on a
+/// mimalloc whose layout it does not know): takes a copy if the map was
+/// validated since, then the heap from the map or `mi_heap_of`. Out of
 /// line, so that `dealloc`'s hit path makes no call of its own.
 ///
 /// # Safety
@@ -1002,6 +1006,7 @@ unsafe fn dealloc_with_heap(ptr: *mut u8, layout: Layout, heap: *mut c_void) {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_unmapped(ptr: *mut u8, layout: Layout) {
+    mi_page_map::refresh_validated_map();
     // SAFETY: the caller's guarantee.
     unsafe { dealloc_with_heap(ptr, layout, mi_page_map::heap_of_block(ptr)) }
 }

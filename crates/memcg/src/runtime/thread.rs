@@ -21,7 +21,7 @@ use crate::engine::task_shared::TaskCache;
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
 use crate::runtime::global;
-use crate::sync::{compiler_fence, fork_gate, AtomicPtr, AtomicU8, Ordering};
+use crate::sync::{compiler_fence, fork_gate, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// The task's life, in bits 0–1 of [`Local::flags`]: no task yet.
 const FRESH: u8 = 0;
@@ -71,6 +71,15 @@ struct Local {
     hot: AtomicPtr<TaskCache>,
     /// The thread's task, initialised while the life is `ACTIVE`.
     task: UnsafeCell<MaybeUninit<Task>>,
+    /// The thread's copy of a word the allocator's free reads on its hit
+    /// path ([`free_word`]): `MemcgMimalloc` keeps mimalloc's validated
+    /// page map here (`mi_page_map::validated_map`), 0 until the thread's
+    /// first free that finds it validated. A library crate's static costs
+    /// the free two loads (its address from the GOT, then the value); a
+    /// field of this thread-local, whose offset the hit path has in a
+    /// register already, costs one. Written by this thread only, with a
+    /// single store; a signal handler reads either value.
+    free_word: AtomicUsize,
 }
 
 /// The cache of [`Local::hot`] while no hit path may hit (never written).
@@ -90,8 +99,21 @@ thread_local! {
             flags: AtomicU8::new(FRESH),
             hot: AtomicPtr::new(&IDLE as *const TaskCache as *mut TaskCache),
             task: UnsafeCell::new(MaybeUninit::uninit()),
+            free_word: AtomicUsize::new(0),
         }
     };
+}
+
+/// This thread's [`Local::free_word`].
+#[inline(always)]
+pub(crate) fn free_word() -> usize {
+    LOCAL.with(|l| l.free_word.load(Ordering::Relaxed))
+}
+
+/// Writes this thread's [`Local::free_word`] (the allocator's cold path).
+#[inline]
+pub(crate) fn set_free_word(word: usize) {
+    LOCAL.with(|l| l.free_word.store(word, Ordering::Relaxed));
 }
 
 /// This thread's [`Local::hot`].
