@@ -169,8 +169,9 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         // `round_up(size, 8) + TRAILER_BYTES`, in two instructions.
         let bytes = ((layout.size() + 7 + TRAILER_BYTES) & !7) as u64;
         let Some(raw) = thread::charge_hit(bytes) else {
-            // SAFETY: forwarded contract.
-            return unsafe { self.alloc_cold(layout, zeroed) };
+            // SAFETY: forwarded contract (the size and alignment of a
+            // `Layout`).
+            return unsafe { Self::alloc_cold(layout.size(), layout.align(), zeroed, self) };
         };
         let offset = bytes as usize - TRAILER_BYTES;
         // SAFETY: the size is at most the byte cache's bound (a hit), so
@@ -209,9 +210,19 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
     }
 
     /// `alloc` off the hit path: any layout, any state of the thread.
+    ///
+    /// The layout comes as its size and alignment, first, and the
+    /// allocator last, so that both are in the registers `alloc` received
+    /// them in (no moves on the hit path to keep them for this call).
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc` for the layout of `size` bytes aligned to
+    /// `align` (valid: `size` and `align` are a `Layout`'s).
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_cold(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+    unsafe fn alloc_cold(size: usize, align: usize, zeroed: bool, this: &Self) -> *mut u8 {
+        // SAFETY: the caller's guarantee.
+        let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
         let Some((inner, offset)) = with_trailer(layout) else {
             return std::ptr::null_mut();
         };
@@ -222,7 +233,7 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         }
         // SAFETY: `inner` has a non-zero size (it includes the trailer) and
         // the caller's alignment.
-        let block = unsafe { self.inner_alloc(inner, zeroed) };
+        let block = unsafe { this.inner_alloc(inner, zeroed) };
         if block.is_null() {
             if raw != 0 {
                 thread::uncharge_alloc(raw, bytes);

@@ -683,7 +683,7 @@ impl MemcgMimalloc {
         match hit {
             Some(block) => block,
             // SAFETY: forwarded contract.
-            None => unsafe { alloc_cold(layout, zeroed) },
+            None => unsafe { alloc_cold(layout.size(), layout.align(), zeroed) },
         }
     }
 }
@@ -760,13 +760,17 @@ unsafe fn heap_alloc(heap: *mut c_void, layout: Layout, zeroed: bool) -> *mut c_
     }
 }
 
-/// `alloc` off the hit path: any state of the thread.
+/// `alloc` off the hit path: any state of the thread. The layout comes
+/// as its size and alignment, in the registers `alloc` received them in.
 ///
 /// # Safety
-/// As `GlobalAlloc::alloc`.
+/// As `GlobalAlloc::alloc` for the layout of `size` bytes aligned to
+/// `align` (valid: `size` and `align` are a `Layout`'s).
 #[cold]
 #[inline(never)]
-unsafe fn alloc_cold(layout: Layout, zeroed: bool) -> *mut u8 {
+unsafe fn alloc_cold(size: usize, align: usize, zeroed: bool) -> *mut u8 {
+    // SAFETY: the caller's guarantee.
+    let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
     let bytes = charged_bytes(layout);
     // mimalloc is called with the thread still busy (see
     // `thread::charge_alloc_and`: a fork waits for it).
