@@ -780,7 +780,7 @@ impl Machine {
     }
 
     fn check(&mut self, index: u64) -> Result<(), Violation> {
-        if (index + 1) % self.invariants_every == 0 {
+        if (index + 1).is_multiple_of(self.invariants_every) {
             checks::engine(&self.ctrl, "engine")?;
         }
         let live = self.subtree_live_bytes();

@@ -116,7 +116,7 @@ pub fn generate(scenario: &Scenario) -> memcg::Result<Vec<Op>> {
     while ops.len() < steps {
         tick += 1;
         for c in &scenario.attach_churn {
-            if tick % c.every_steps == 0 {
+            if tick.is_multiple_of(c.every_steps) {
                 let g = &c.groups[((tick / c.every_steps) as usize) % c.groups.len()];
                 for i in replicas_of(&c.task) {
                     tasks[i].group = g.clone();
@@ -128,7 +128,7 @@ pub fn generate(scenario: &Scenario) -> memcg::Result<Vec<Op>> {
             }
         }
         for (k, c) in scenario.group_churn.iter().enumerate() {
-            if tick % c.every_steps == 0 {
+            if tick.is_multiple_of(c.every_steps) {
                 let path = format!("{}/churn-{}", c.parent, tick / c.every_steps);
                 ops.push(Op::CreateGroup { path: path.clone() });
                 let mut moved = Vec::new();

@@ -48,7 +48,7 @@ fn run(mode: TaskCacheMode) -> Result<Outcome, memcg::Error> {
     for step in 0..STEPS {
         let i = (rng.next() % tasks.len() as u64) as usize;
         // Tasks 2 and 3 migrate between nodes now and then.
-        if i >= 2 && rng.next() % 1000 == 0 {
+        if i >= 2 && rng.next().is_multiple_of(1000) {
             cpu_of[i] = (cpu_of[i] + 4) % 8;
         }
         let cpu = cpu_of[i];

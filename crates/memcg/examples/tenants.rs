@@ -273,7 +273,7 @@ impl Tenant {
     /// importing, `greedy` inserts a big pinned entry every few requests.
     fn request(&self, rng: &mut Rng, n: u64, import_every: u64) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if self.importing() && n % import_every == 0 {
+        if self.importing() && n.is_multiple_of(import_every) {
             let id = self.counters.imported.fetch_add(1, Ordering::Relaxed);
             let mut cache = self.cache.lock();
             let key = format!("{}:import:{id}", self.spec.name);

@@ -440,7 +440,7 @@ impl Drop for EngineAllocScope {
 /// is zero. Both sides use `SeqCst` (a Dekker pair: an entry either is
 /// seen by the closer or sees `PENDING`). The allocator's hit path does not
 /// enter the gate: `runtime::fork` stops it separately (fast keys cleared,
-/// the tasks' frees stopped, `membarrier`, each task's busy flag).
+/// the tasks' frees stopped, `membarrier`, each task's busy marks).
 ///
 /// Not under loom (no fork there): entering is free.
 #[cfg(not(all(test, memcg_loom)))]

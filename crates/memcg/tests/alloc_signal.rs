@@ -299,7 +299,7 @@ fn library_calls(ctrl: &memcg::Controller, round: u64) {
     black_box(in_call(|| child.stats()));
     in_call(|| ctrl.drain_stocks());
     in_call(|| child.remove()).expect("remove");
-    if round % 64 == 0 {
+    if round.is_multiple_of(64) {
         // Its result is not checked here: handlers may charge while it
         // runs (it is exact only at rest).
         let _ = black_box(in_call(memcg::check_invariants));

@@ -44,7 +44,7 @@ impl Task {
         let cache = &self.shared.cache;
         let have = get_u64(&cache.bytes);
         let refs = get_i64(&cache.refs);
-        // No credit (or a debt of the hit path's): the slow path tops it up.
+        // No credit: the slow path tops it up.
         if have < bytes || refs <= 0 {
             return false;
         }
@@ -105,13 +105,8 @@ impl Task {
         };
         self.flush_stats(old);
         let bytes = get_u64(&cache.bytes);
-        let refs = get_i64(&cache.refs);
-        // A debt of credit (the hit path spent below zero) is paid from the
-        // objcg first: the objects charged keep their references.
-        if refs < 0 {
-            old.get(refs.unsigned_abs());
-        }
-        let refs = refs.max(0) as u64;
+        // Never negative (see `TaskCache::refs`).
+        let refs = get_i64(&cache.refs).max(0) as u64;
         set_cache_bytes(cache, 0);
         set_i64(&cache.refs, 0);
         cache.refs_base.store(0, Ordering::Relaxed);
@@ -153,7 +148,7 @@ impl Task {
         } else {
             bytes
         };
-        // Only a surplus leaves (a debt stays, for the next top-up).
+        // Only a surplus leaves.
         let keep_refs = refs.min(REF_BATCH as i64);
         set_cache_bytes(cache, keep_bytes);
         set_i64(&cache.refs, keep_refs);

@@ -210,13 +210,13 @@ impl Controller {
                 }
                 if id != 0 {
                     let credit = c.refs.load(Ordering::Relaxed);
-                    // The hit path spends credit below zero only while
-                    // the cache's bytes last (8 or more per object).
-                    if credit < -((TASK_CACHE_BOUND_BYTES / 8) as i64) {
+                    // Never negative (a hit needs credit): a negative
+                    // credit means objects without references, whose frees
+                    // elsewhere could release the objcg.
+                    if credit < 0 {
                         v.push(format!(
-                            "a task's byte cache owes {} references to objcg {id}, over the {} its bytes can serve",
-                            -credit,
-                            TASK_CACHE_BOUND_BYTES / 8
+                            "a task's byte cache owes {} references to objcg {id}: its objects lack them",
+                            -credit
                         ));
                     }
                     let h = held.entry(id).or_default();
@@ -524,15 +524,15 @@ mod tests {
     }
 
     #[test]
-    fn check_invariants_reports_a_reference_debt_past_what_the_bytes_serve() {
+    fn check_invariants_reports_a_reference_debt() {
         let (c, _g, t, _ch) = setup();
         let cache = &t.shared.cache;
         let refs = cache.refs.load(Ordering::Relaxed);
         let base = cache.refs_base.load(Ordering::Relaxed);
         // The debt alone (the base moved with it, so the objects count is
         // unchanged): the reference count then disagrees too, but the
-        // debt's own message must be there.
-        let debt = -((crate::engine::TASK_CACHE_BOUND_BYTES / 8) as i64) - 1;
+        // debt's own message must be there. One reference owed is enough.
+        let debt = -1;
         cache.refs.store(debt, Ordering::Relaxed);
         cache.refs_base.store(base + debt - refs, Ordering::Relaxed);
         let v = violations(&c);

@@ -568,7 +568,7 @@ impl ObjcgTable {
         // takes the latest value anyway; nothing is published through the
         // pool (the free list's Release push orders the swap before reuse).
         let bytes = objcg.nr_charged_bytes.swap(0, Ordering::Relaxed);
-        if bytes % PAGE_SIZE != 0 {
+        if !bytes.is_multiple_of(PAGE_SIZE) {
             self.faults
                 .unaligned_releases
                 .fetch_add(1, Ordering::Relaxed);

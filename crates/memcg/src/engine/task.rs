@@ -373,20 +373,19 @@ impl Task {
         if cache.objcg.load(Ordering::Relaxed) != objcg.id() {
             self.switch_cache(Some(cpu), objcg);
         }
-        // Reference credit: from the CPU stock if it has some, else in bulk;
-        // a debt of the hit path's (see `TaskCache::refs`) is paid too.
-        let refs = get_i64(&cache.refs);
-        if refs <= 0 {
-            let mut got = core
+        // Reference credit: from the CPU stock if it has some, else in bulk.
+        if get_i64(&cache.refs) <= 0 {
+            let got = core
                 .stock(cpu)
                 .and_then(|s| s.consume_obj(objcg.id(), 0, REF_BATCH))
                 .map_or(0, |c| c.refs);
-            if refs + got as i64 <= 0 {
-                let more = (REF_BATCH as i64 - refs - got as i64) as u64;
-                objcg.get(more);
-                got += more;
-            }
-            set_i64(&cache.refs, refs + got as i64);
+            let got = if got == 0 {
+                objcg.get(REF_BATCH);
+                REF_BATCH
+            } else {
+                got
+            };
+            set_i64(&cache.refs, got as i64);
             self.rebase_refs(got as i64);
         }
         let have = get_u64(&cache.bytes);

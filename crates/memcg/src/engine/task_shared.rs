@@ -41,14 +41,11 @@ pub(crate) struct TaskCache {
     /// Reference credit: references to the cached objcg the cache holds
     /// beyond its own one, taken in batches; every object charged from the
     /// cache spends one and every object freed into it gives one back.
-    /// The allocator's hit path spends without checking, so the credit may
-    /// go below zero: the cache then holds that many fewer references than
-    /// its objects need, which is safe because its own reference keeps
-    /// the objcg alive; the slow path takes the shortfall from the objcg
-    /// before it hands references on (a charge tops the credit up to a
-    /// batch, a drain pays the debt). The hit path's charges are bounded
-    /// by the cache's bytes, so the debt is at most
-    /// `TASK_CACHE_BOUND_BYTES / 8` references.
+    /// Never below zero: the allocator's hit path misses when there is
+    /// none (the slow path tops it up), since another thread may free the
+    /// object, and put its reference, before this task's next slow call.
+    /// (A credit spent below zero would let such puts release an objcg the
+    /// cache still holds; `check_invariants` reports one.)
     pub(crate) refs: AtomicI64,
     pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
     /// Reference credit at the last statistics flush, adjusted whenever

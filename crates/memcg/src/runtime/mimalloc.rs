@@ -619,12 +619,29 @@ impl MemcgMimalloc {
     /// entry's cookie) and the allocation in it, the thread still marked
     /// busy. Every miss goes whole to a cold function, so that the hit
     /// path keeps little across its one call (mimalloc's).
+    ///
+    /// The layouts of mimalloc's small-object entry point ([`is_small`]:
+    /// most allocations) are told apart first, and the others go whole to
+    /// [`alloc_not_small`]: the path of small ones then never needs the
+    /// alignment again (a block of a small size class is word-aligned,
+    /// and its misses ask for `SMALL_ALIGN`, which serves every alignment
+    /// a small layout has), so it keeps no register for it.
     #[inline(always)]
     unsafe fn alloc_with(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-        let bytes = charged_bytes(layout);
+        // Two tests with a branch each (`is_small`, or `||`, compiled to
+        // flag arithmetic: two instructions more).
+        if layout.size() > SMALL_SIZE_MAX {
+            // SAFETY: forwarded contract (a `Layout`'s size and alignment).
+            return unsafe { alloc_not_small(layout.size(), layout.align(), zeroed) };
+        }
+        if layout.align() > SMALL_ALIGN {
+            // SAFETY: as above.
+            return unsafe { alloc_not_small(layout.size(), layout.align(), zeroed) };
+        }
+        let size = layout.size();
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        let hit = thread::charge_hit_and(bytes, |hit| {
+        let hit = thread::charge_hit_and(charged_size(size), |hit| {
             // The objcg's heap as the cache saw it (one load; the charge's
             // word itself is read only off this path, `hit.raw()`). The
             // cache picked it up from the objcg's cookie after the heap
@@ -632,59 +649,77 @@ impl MemcgMimalloc {
             // with Acquire there), and before this thread allocated from
             // the heap.
             let heap = hit.cookie();
-            if heap <= NO_HIT_COOKIE {
-                // No heap seen yet: the cold path reads the objcg's own
-                // cookie (and makes the heap if it has none).
-                // SAFETY: forwarded contract; `hit.raw()` is the charge
-                // just made.
-                return unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) };
-            }
-            // Two tests with a branch each (`is_small`, or `||`, compiled
-            // to flag arithmetic: two instructions more).
-            if layout.size() > SMALL_SIZE_MAX {
-                // SAFETY: as above, and `heap` is a heap made by
-                // `mi_heap_new`.
-                return unsafe {
-                    alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed)
-                };
-            }
-            if layout.align() > SMALL_ALIGN {
-                // SAFETY: as above.
-                return unsafe {
-                    alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed)
-                };
-            }
-            let size = layout.size();
-            // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
-            // size the small entry points serve.
-            let block = unsafe {
-                if zeroed {
-                    mi_heap_zalloc_small(heap as *mut c_void, size)
-                } else {
-                    mi_heap_malloc_small(heap as *mut c_void, size)
+            if heap > NO_HIT_COOKIE {
+                // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
+                // size the small entry points serve.
+                let block = unsafe {
+                    if zeroed {
+                        mi_heap_zalloc_small(heap as *mut c_void, size)
+                    } else {
+                        mi_heap_malloc_small(heap as *mut c_void, size)
+                    }
+                } as *mut u8;
+                if !block.is_null() {
+                    return block;
                 }
-            } as *mut u8;
-            if !block.is_null() {
-                return block;
             }
-            // The alignment asked for is at most `SMALL_ALIGN`, which the
-            // retry then asks for (a stricter alignment is still the
-            // caller's), and the charge's word is read again (`hit.raw()`),
-            // so that only the size stays in a register across the call
-            // above for this rare path.
-            // SAFETY: `size <= SMALL_SIZE_MAX` and a power-of-two
-            // alignment make a valid layout.
-            let layout = unsafe { Layout::from_size_align_unchecked(size, SMALL_ALIGN) };
-            // SAFETY: forwarded contract; `hit.raw()` is `raw`, the charge
-            // just made, of `charged_bytes` of this layout too (the same
-            // size).
-            unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) }
+            // No heap seen yet (the cold path reads the objcg's own cookie
+            // and makes the heap if it has none), or mimalloc refused: the
+            // cold path with the charge's word read again (`hit.raw()`),
+            // so that only the size stays in a register across the call.
+            // SAFETY: forwarded contract; `hit.raw()` is the charge just
+            // made, of `charged_size(size)` bytes, which is
+            // `charged_bytes` of this layout too.
+            unsafe { alloc_charged_cold(hit.raw(), small_layout(size), zeroed) }
         });
         match hit {
             Some(block) => block,
-            // SAFETY: forwarded contract.
-            None => unsafe { alloc_cold(layout.size(), layout.align(), zeroed) },
+            // SAFETY: forwarded contract; `SMALL_ALIGN` serves the caller's
+            // alignment (at most `SMALL_ALIGN`).
+            None => unsafe { alloc_cold(size, SMALL_ALIGN, zeroed) },
         }
+    }
+}
+
+/// The layout a small allocation of `size` bytes is made with off its hit
+/// path: `SMALL_ALIGN`, at least the caller's alignment (a small layout's
+/// is at most that), so the block serves the caller's layout too; frees
+/// and resizes of it read only the size (and give mimalloc an alignment
+/// the block has).
+#[inline(always)]
+fn small_layout(size: usize) -> Layout {
+    // SAFETY: a size up to `SMALL_SIZE_MAX` and a power-of-two alignment
+    // make a valid layout.
+    unsafe { Layout::from_size_align_unchecked(size, SMALL_ALIGN) }
+}
+
+/// [`MemcgMimalloc`]'s `alloc` of a layout that is not small
+/// ([`is_small`]): its own hit path, out of line (a jump from `alloc`),
+/// through `mi_heap_malloc_aligned`.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc` for the layout of `size` bytes aligned to
+/// `align` (valid: `size` and `align` are a `Layout`'s).
+#[inline(never)]
+unsafe fn alloc_not_small(size: usize, align: usize, zeroed: bool) -> *mut u8 {
+    // SAFETY: the caller's guarantee.
+    let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
+    let hit = thread::charge_hit_and(charged_bytes(layout), |hit| {
+        let heap = hit.cookie();
+        if heap <= NO_HIT_COOKIE {
+            // No heap seen yet: the cold path reads the objcg's own
+            // cookie (and makes the heap if it has none).
+            // SAFETY: forwarded contract; `hit.raw()` is the charge just
+            // made.
+            return unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) };
+        }
+        // SAFETY: as above, and `heap` is a heap made by `mi_heap_new`.
+        unsafe { alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed) }
+    });
+    match hit {
+        Some(block) => block,
+        // SAFETY: forwarded contract.
+        None => unsafe { alloc_cold(size, align, zeroed) },
     }
 }
 

@@ -7,8 +7,10 @@
 //! the seed's exit path. Charges after that (from other TLS destructors)
 //! go to root and are still uncharged correctly.
 //!
-//! A flag marks "inside memcg": an allocation made while it is set (from
-//! the engine itself, from a signal handler, from initialisation) takes a
+//! Two marks say "inside memcg": the `BUSY` flag of a slow path, and the
+//! hit mark a hit path puts in the thread's hit cache pointer
+//! ([`Local::hot`]). An allocation made while either is set (from the
+//! engine itself, from a signal handler, from initialisation) takes a
 //! lock-free bypass that charges root without touching the task. Reclaim
 //! and kill callbacks never run inside an allocation: they run on the
 //! controller's reclaimer thread, whose own charges the engine forces (the
@@ -61,13 +63,22 @@ struct Local {
     /// The byte cache the allocator's hit paths use: the task's own while
     /// the life is `ACTIVE` and the thread is not inside memcg, else
     /// [`IDLE`], on which every hit path misses. So a hit path reads no
-    /// flags: it loads this pointer, stores [`IDLE`] here for its
+    /// flags: it loads this pointer, stores [`HIT_MARK`] here for its
     /// duration (its busy mark: a signal handler arriving meanwhile
     /// misses, and its slow path sees the thread busy, [`is_busy`]) and
     /// puts the pointer back. Slow paths set it to [`IDLE`] with the
     /// `BUSY` flag and back when they leave ([`enter_busy`],
     /// [`leave_busy`]). Written only by this thread; the fork's prepare
     /// handler reads it ([`busy_at`]).
+    ///
+    /// The hit path's mark is not [`IDLE`], so that a thread with no task
+    /// yet (its pointer is [`IDLE`]) is seen busy inside a hit path too: a
+    /// signal handler arriving then takes the re-entrant path instead of
+    /// making the task, whose cache pointer the hit path would overwrite
+    /// with the [`IDLE`] it loaded. A handler arriving before the mark
+    /// may make the task; the hit path then puts [`IDLE`] back, and the
+    /// thread's next allocation misses, takes the slow path, and leaves it
+    /// with the task's cache ([`leave_busy`]).
     hot: AtomicPtr<TaskCache>,
     /// The thread's task, initialised while the life is `ACTIVE`.
     task: UnsafeCell<MaybeUninit<Task>>,
@@ -79,16 +90,28 @@ struct Local {
     /// field of this thread-local, whose offset the hit path has in a
     /// register already, costs one. Written by this thread only, with a
     /// single store; a signal handler reads either value.
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     free_word: AtomicUsize,
 }
 
-/// The cache of [`Local::hot`] while no hit path may hit (never written).
+/// The cache of [`Local::hot`] while no hit path may hit (never written):
+/// no task, or a slow path running.
 static IDLE: TaskCache = TaskCache::idle();
+
+/// The cache of [`Local::hot`] while a hit path runs, its busy mark: like
+/// [`IDLE`] (never written, every hit misses), at another address.
+static HIT_MARK: TaskCache = TaskCache::idle();
 
 /// [`IDLE`]'s address, as [`Local::hot`] holds it.
 #[inline(always)]
 fn idle() -> *mut TaskCache {
     &IDLE as *const TaskCache as *mut TaskCache
+}
+
+/// [`HIT_MARK`]'s address, as [`Local::hot`] holds it.
+#[inline(always)]
+fn hit_mark() -> *mut TaskCache {
+    &HIT_MARK as *const TaskCache as *mut TaskCache
 }
 
 thread_local! {
@@ -106,12 +129,14 @@ thread_local! {
 
 /// This thread's [`Local::free_word`].
 #[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn free_word() -> usize {
     LOCAL.with(|l| l.free_word.load(Ordering::Relaxed))
 }
 
 /// Writes this thread's [`Local::free_word`] (the allocator's cold path).
 #[inline]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn set_free_word(word: usize) {
     LOCAL.with(|l| l.free_word.store(word, Ordering::Relaxed));
 }
@@ -128,18 +153,20 @@ fn set_hot(c: *mut TaskCache) {
     LOCAL.with(|l| l.hot.store(c, Ordering::Relaxed));
 }
 
-/// Starts a hit path: returns the cache to use ([`IDLE`] when the thread
-/// may not hit, on which every hit path misses) and marks the thread busy
-/// by storing [`IDLE`] in its place, then a compiler fence, so that no
-/// access of the engine that follows is moved before the mark.
+/// Starts a hit path: returns the cache to use ([`IDLE`] or
+/// [`HIT_MARK`] when the thread may not hit, on which every hit path
+/// misses) and marks the thread busy by storing [`HIT_MARK`] in its
+/// place, then a compiler fence, so that no access of the engine that
+/// follows is moved before the mark.
 #[inline(always)]
 fn enter_hit() -> &'static TaskCache {
     let c = hot();
-    set_hot(idle());
+    set_hot(hit_mark());
     compiler_fence(Ordering::SeqCst);
-    // SAFETY: `Local::hot` holds `IDLE` or the cache of this thread's
-    // active task, which lives until its exit guard, which stores `IDLE`
-    // first; the reference is used only before `leave_hit`.
+    // SAFETY: `Local::hot` holds `IDLE`, `HIT_MARK` (a signal handler's
+    // hit path interrupting another) or the cache of this thread's active
+    // task, which lives until its exit guard, which stores `IDLE` first;
+    // the reference is used only before `leave_hit`.
     unsafe { &*c }
 }
 
@@ -150,10 +177,10 @@ fn leave_hit(c: &TaskCache) {
     set_hot(c as *const TaskCache as *mut TaskCache);
 }
 
-/// Whether `c` is [`IDLE`].
+/// Whether `c` is [`IDLE`] or [`HIT_MARK`] (not a task's cache).
 #[inline(always)]
 fn is_idle(c: &TaskCache) -> bool {
-    std::ptr::eq(c, &IDLE)
+    std::ptr::eq(c, &IDLE) || std::ptr::eq(c, &HIT_MARK)
 }
 
 thread_local! {
@@ -239,12 +266,10 @@ fn enter_busy() -> bool {
 }
 
 /// Whether the thread is busy (inside memcg) now: the `BUSY` flag, or a
-/// hit path's mark ([`Local::hot`] is [`IDLE`] while the life is
-/// `ACTIVE`: it is the task's cache otherwise, outside busy sections).
+/// hit path's mark ([`Local::hot`] is [`HIT_MARK`]).
 #[inline(always)]
 fn is_busy() -> bool {
-    let f = flags();
-    f & BUSY != 0 || (life() == ACTIVE && hot() == idle())
+    flags() & BUSY != 0 || hot() == hit_mark()
 }
 
 /// [`is_busy`] for the fork handlers.
@@ -254,16 +279,16 @@ pub(crate) fn is_busy_now() -> bool {
 
 /// Whether the thread whose [`Local`] is at `addr` (registered with its
 /// task, `Task::set_owner`) is busy: its `BUSY` flag or a hit path's mark
-/// ([`Local::hot`] is [`IDLE`]; the thread's task is registered only while
-/// its life is `ACTIVE`, outside busy sections its hot cache is its
-/// task's). For the fork's prepare handler, on another thread.
+/// ([`Local::hot`] is [`HIT_MARK`]). For the fork's prepare handler, on
+/// another thread.
 ///
 /// # Safety
 /// `addr` is the registered address of a live thread's [`Local`].
 pub(crate) unsafe fn busy_at(addr: usize) -> bool {
     // SAFETY: the caller's guarantee; both fields are atomics.
     let local = unsafe { &*(addr as *const Local) };
-    local.flags.load(Ordering::Relaxed) & BUSY != 0 || local.hot.load(Ordering::Relaxed) == idle()
+    local.flags.load(Ordering::Relaxed) & BUSY != 0
+        || local.hot.load(Ordering::Relaxed) == hit_mark()
 }
 
 /// The address of this thread's task as registered with the engine
@@ -485,7 +510,7 @@ impl HitCharge<'_> {
 /// the charge `raw` of `bytes` back into its byte cache, else `false` with
 /// nothing done (the caller then takes [`uncharge_alloc`]). No call, as
 /// for [`charge_hit`]. A `raw` of 0 (a block not accounted) always
-/// misses, without a compare of its own: no task's `hit_addr` is 0.
+/// misses: no task's `hit_addr` is 0, and the foreign slot rejects 0 too.
 ///
 /// # Safety
 /// `raw` is a trailer word written by `charge_alloc` (or [`charge_hit`])
@@ -616,9 +641,18 @@ pub(crate) fn refresh_hit_cookie() {
         return;
     }
     if let Some(_gate) = fork_gate::try_enter(false) {
-        // SAFETY: the life is ACTIVE.
-        let task = unsafe { task_unchecked() };
-        task.cache().refresh_hit_cookie();
+        // Marked busy, as every slow write of the cache: a signal handler
+        // arriving between the refresh's read of the cached objcg and its
+        // write of the cookie would otherwise be free to switch or drain
+        // the cache, and the write would pair the new objcg with the old
+        // one's heap.
+        let nested = enter_busy();
+        if !nested {
+            // SAFETY: the life is ACTIVE.
+            let task = unsafe { task_unchecked() };
+            task.cache().refresh_hit_cookie();
+        }
+        leave_busy(nested);
     }
 }
 
@@ -641,10 +675,11 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
     note_engine_lock_alloc();
     let f = flags();
     // The fast path: an active task, not re-entered (nor interrupting a
-    // hit path: the hit cache is the task's). A fork being prepared clears
-    // every fast key after marking its start, so this path needs no check
-    // of its own (see `runtime::fork`).
-    if f == ACTIVE && hot() != idle() {
+    // hit path: no hit mark; `unmark_busy` then leaves the task's cache as
+    // the hit cache). A fork being prepared clears every fast key after
+    // marking its start, so this path needs no check of its own (see
+    // `runtime::fork`).
+    if f == ACTIVE && hot() != hit_mark() {
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
@@ -1013,6 +1048,72 @@ mod tests {
             assert!(first.same_task(&again), "a second task was made");
             assert_eq!(flags() & LIFE, ACTIVE, "flags repaired");
             uncharge_alloc(raw, 64);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    /// The hit cache pointer of this thread's task.
+    fn task_cache_ptr() -> *mut TaskCache {
+        assert_eq!(life(), ACTIVE);
+        // SAFETY: the life is ACTIVE.
+        let task = unsafe { task_unchecked() };
+        task.cache() as *const TaskCache as *mut TaskCache
+    }
+
+    #[test]
+    fn a_handler_inside_a_fresh_threads_hit_path_does_not_make_the_task() {
+        let _ = crate::controller();
+        std::thread::spawn(|| {
+            // A new thread's first hit path (it misses: no task)...
+            let c = enter_hit();
+            assert!(is_idle(c));
+            // ...is interrupted by a signal handler that allocates: the
+            // thread is busy, so the handler charges root and makes no task
+            // (it used to make one, and the hit path then put the idle
+            // cache back over the task's: the thread stayed busy for good,
+            // and every fork waited for it).
+            assert!(is_busy());
+            let raw = charge_alloc(64);
+            assert_eq!(life(), FRESH, "the handler made the task");
+            uncharge_alloc(raw, 64);
+            leave_hit(c);
+            assert!(!is_busy());
+            // The next allocation makes the task and leaves its cache as
+            // the hit cache.
+            let raw = charge_alloc(64);
+            assert_eq!(hot(), task_cache_ptr());
+            assert!(!is_busy());
+            uncharge_alloc(raw, 64);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_handler_just_before_a_fresh_threads_hit_mark_leaves_a_thread_that_recovers() {
+        let _ = crate::controller();
+        std::thread::spawn(|| {
+            // The hit path loads the idle cache...
+            let c = hot();
+            assert_eq!(c, idle());
+            // ...a signal handler makes the task before the mark...
+            let raw = charge_alloc(64);
+            assert_eq!(hot(), task_cache_ptr());
+            // ...then the hit path marks, misses and puts back what it
+            // loaded: the idle cache, over the task's.
+            set_hot(hit_mark());
+            // SAFETY: `c` is the idle cache.
+            leave_hit(unsafe { &*c });
+            assert_eq!(hot(), idle());
+            assert!(!is_busy(), "the thread is not left busy");
+            // The next allocation misses the hit path and its slow path
+            // restores the task's cache.
+            let raw2 = charge_alloc(64);
+            assert_eq!(hot(), task_cache_ptr());
+            assert!(!is_busy());
+            uncharge_alloc(raw, 64);
+            uncharge_alloc(raw2, 64);
         })
         .join()
         .expect("thread");

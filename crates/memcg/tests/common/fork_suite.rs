@@ -177,15 +177,15 @@ fn start_load(stop: &Arc<AtomicBool>, ops: &Arc<AtomicU64>) -> Vec<std::thread::
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let g = &groups[i % groups.len()];
-                if i % 64 == 0 {
+                if i.is_multiple_of(64) {
                     let _ = g.attach_current();
                 }
-                if i % 97 == 0 {
+                if i.is_multiple_of(97) {
                     if let Ok(_scope) = groups[(i + 1) % groups.len()].enter() {
                         keep.push(vec![3u8; 512].into_boxed_slice());
                     }
                 }
-                if i % 131 == 0 {
+                if i.is_multiple_of(131) {
                     if let Ok(mut r) = g.try_charge(8192) {
                         r.shrink(4096);
                     }

@@ -96,7 +96,7 @@ fn threads_allocating_across_groups_end_balanced() {
                 let _ = groups[k % groups.len()].attach(h);
             }
         }
-        if k % 64 == 0 {
+        if k.is_multiple_of(64) {
             parent.drain_stocks();
         }
         k += 1;
