@@ -340,6 +340,18 @@ pub struct Sample {
     pub process: String,
 }
 
+/// A `tracking-allocator` group for the calling worker. Registration is
+/// serialized: `AllocationGroupToken::register` (0.4) takes an id with one
+/// atomic and checks it against the highest one with another, so a
+/// thread that loses the race between the two gets `None` although ids
+/// remain (the workers register at once: a CI run's shoot-out panicked
+/// here, and the other workers then waited at the barrier for ever).
+fn register_tracking_group() -> AllocationGroupToken {
+    static REGISTER: Mutex<()> = Mutex::new(());
+    let _serial = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
+    AllocationGroupToken::register().expect("tracking-allocator group ids exhausted")
+}
+
 fn memcg_group() -> memcg::Group {
     let ctrl = memcg::controller();
     ctrl.group("bench")
@@ -368,7 +380,7 @@ fn measure_rep(
             let (group, barrier, stop, results) = (&group, &barrier, &stop, &results);
             s.spawn(move || {
                 group.attach_current().expect("memcg attach");
-                let mut token = AllocationGroupToken::register().expect("tracking group");
+                let mut token = register_tracking_group();
                 let _guard = token.enter();
                 warm(all, kinds, sizes);
                 for &size in sizes {
