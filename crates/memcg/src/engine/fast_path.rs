@@ -266,17 +266,15 @@ impl TaskCache {
         if !matches(cache.fast_key.load(Ordering::Relaxed)) {
             return false;
         }
+        let have = get_u64(&cache.bytes);
+        if have < bytes {
+            return false;
+        }
         // The object needs its reference before it is handed out: another
         // thread may free it, and put the reference, before this task's
         // next slow call (see `TaskCache::refs`). No credit: a miss, and
         // the slow path tops it up.
         if !spend_credit(cache) {
-            return false;
-        }
-        let have = get_u64(&cache.bytes);
-        if have < bytes {
-            // The credit back (off the hit path).
-            set_i64(&cache.refs, get_i64(&cache.refs) + 1);
             return false;
         }
         set_u64(&cache.bytes, have - bytes);

@@ -89,12 +89,6 @@ pub(crate) fn refresh_validated_map() {
     }
 }
 
-/// Whether the page map is read (see [`validated_map`]).
-#[inline(always)]
-pub(crate) fn map_agrees() -> bool {
-    !shared_map().is_null()
-}
-
 /// The page map's reading of `p`'s heap (null for the main heap).
 ///
 /// # Safety
@@ -187,7 +181,7 @@ pub(crate) fn validate(heap: *mut c_void) {
 
 /// Whether frees read the page map.
 pub(crate) fn page_map_in_use() -> bool {
-    map_agrees()
+    !shared_map().is_null()
 }
 
 #[cfg(test)]

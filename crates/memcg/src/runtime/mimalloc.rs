@@ -713,8 +713,14 @@ unsafe fn alloc_not_small(size: usize, align: usize, zeroed: bool) -> *mut u8 {
             // made.
             return unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) };
         }
-        // SAFETY: as above, and `heap` is a heap made by `mi_heap_new`.
-        unsafe { alloc_in_heap_aligned(hit.raw(), heap as *mut c_void, layout, zeroed) }
+        // SAFETY: FFI calls with a heap made by `mi_heap_new` and a valid
+        // size and power-of-two alignment (from `layout`).
+        let block = unsafe { heap_alloc(heap as *mut c_void, layout, zeroed) } as *mut u8;
+        if !block.is_null() {
+            return block;
+        }
+        // SAFETY: forwarded contract; `hit.raw()` is the charge just made.
+        unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) }
     });
     match hit {
         Some(block) => block,
@@ -738,31 +744,6 @@ const SMALL_ALIGN: usize = std::mem::size_of::<usize>();
 #[inline(always)]
 fn is_small(layout: Layout) -> bool {
     layout.size() <= SMALL_SIZE_MAX && layout.align() <= SMALL_ALIGN
-}
-
-/// The hit path's allocation of a layout that is not small
-/// ([`is_small`]) from `heap`, out of line (so that the hit path for small
-/// blocks keeps fewer registers across its call), with its own retry.
-///
-/// # Safety
-/// As [`alloc_charged`], with `raw` a charge of `charged_bytes(layout)`
-/// made by the hit path, and `heap` that charge's objcg's heap (made by
-/// `mi_heap_new`).
-#[inline(never)]
-unsafe fn alloc_in_heap_aligned(
-    raw: usize,
-    heap: *mut c_void,
-    layout: Layout,
-    zeroed: bool,
-) -> *mut u8 {
-    // SAFETY: FFI calls with a live heap and a valid size and power-of-two
-    // alignment (from `layout`).
-    let block = unsafe { heap_alloc(heap, layout, zeroed) } as *mut u8;
-    if !block.is_null() {
-        return block;
-    }
-    // SAFETY: forwarded contract.
-    unsafe { alloc_charged_cold(raw, layout, zeroed) }
 }
 
 /// A block of `layout` from `heap`: through mimalloc's small-object entry
