@@ -191,37 +191,62 @@ impl Task {
     pub(crate) fn cache(&self) -> &TaskCache {
         &self.shared.cache
     }
+
+    /// [`Task::cache`] as the allocator's thread-local pointer holds it:
+    /// with the provenance of its [`CacheSlot`], whose hit mark the
+    /// pointer names while a hit path runs.
+    ///
+    /// [`CacheSlot`]: crate::engine::task_shared::CacheSlot
+    #[cfg(not(memcg_loom))]
+    #[inline(always)]
+    pub(crate) fn cache_ptr(&self) -> *mut TaskCache {
+        self.shared.cache.cache_ptr()
+    }
 }
 
-/// Spends one reference of `cache`'s credit (the owner's hit path):
-/// `false`, with the credit unchanged, when it has none.
+/// Takes `bytes` and one reference of credit from `cache` (the owner's
+/// hit path): `false`, with both unchanged, when it holds fewer bytes or
+/// no credit.
 ///
-/// On x86-64 one subtraction from memory and a branch on its borrow (an
-/// `asm!` with a label): the compiler cannot branch on the flags of a
-/// read-modify-write of an atomic, so the same test in Rust is a load, a
-/// test and a branch besides the decrement (two instructions more per
-/// allocation, measured with callgrind).
+/// On x86-64 one subtraction from memory and a branch on its borrow for
+/// each (an `asm!` with labels): the compiler cannot branch on the flags of
+/// a read-modify-write of an atomic, so the same tests in Rust are a load,
+/// a compare and a store besides each subtraction (four instructions more
+/// per allocation, measured with callgrind). Between a borrow and its
+/// label's undo, the field holds the wrapped difference; only the owner
+/// acts on it, and the hit path runs marked busy, so no signal handler of
+/// the owner's sees it. Other threads' readers (the checkers) see a
+/// transient value, as they may under any concurrent charge.
 #[inline(always)]
-fn spend_credit(cache: &TaskCache) -> bool {
+fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
-        // SAFETY: `cache.refs` is a live `AtomicI64` (8 bytes, aligned) at
-        // that offset of `cache`. The subtraction is one unlocked
-        // read-modify-write of it, which is what a Relaxed load and a
-        // Relaxed store by its single writer, the owner's thread, compile
-        // to (`set_i64(get_i64(..) - 1)` is a `dec` of memory); other
-        // threads only read it, and see either value. The borrow is set
-        // exactly when the credit was 0 (it is never negative), and the
-        // label then adds the 1 back. No stack, and the flags are not
+        // SAFETY: `cache.bytes` and `cache.refs` are live 8-byte aligned
+        // atomics at those offsets of `cache`. Each subtraction is one
+        // unlocked read-modify-write, which is what a Relaxed load and a
+        // Relaxed store by their single writer, the owner's thread, compile
+        // to; other threads only read them, and see either value. A borrow
+        // is set exactly when the field was below the amount (`bytes` is
+        // the unsigned byte count, the credit is never negative), and each
+        // label adds back what was taken. No stack, and the flags are not
         // promised to be kept.
         unsafe {
             std::arch::asm!(
-                "sub qword ptr [{cache} + {refs}], 1",
-                "jb {none}",
+                "sub qword ptr [{cache} + {bytes_at}], {bytes}",
+                "jb {no_bytes}",
+                "sub qword ptr [{cache} + {refs_at}], 1",
+                "jb {no_credit}",
                 cache = in(reg) cache as *const TaskCache,
-                refs = const std::mem::offset_of!(TaskCache, refs),
-                none = label {
+                bytes = in(reg) bytes,
+                bytes_at = const std::mem::offset_of!(TaskCache, bytes),
+                refs_at = const std::mem::offset_of!(TaskCache, refs),
+                no_bytes = label {
+                    set_u64(&cache.bytes, get_u64(&cache.bytes).wrapping_add(bytes));
+                    return false;
+                },
+                no_credit = label {
                     set_i64(&cache.refs, get_i64(&cache.refs) + 1);
+                    set_u64(&cache.bytes, get_u64(&cache.bytes).wrapping_add(bytes));
                     return false;
                 },
                 options(nostack),
@@ -231,11 +256,94 @@ fn spend_credit(cache: &TaskCache) -> bool {
     }
     #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
     {
+        let have = get_u64(&cache.bytes);
         let credit = get_i64(&cache.refs);
-        if credit <= 0 {
+        if have < bytes || credit <= 0 {
             return false;
         }
         set_i64(&cache.refs, credit - 1);
+        set_u64(&cache.bytes, have - bytes);
+        true
+    }
+}
+
+/// Whether `cache`'s fast key is [`ONE_KEY`] (a Relaxed read).
+///
+/// On x86-64 one compare of memory with the constant and a branch (an
+/// `asm!` with a label): the compiler loads an atomic into a register
+/// before comparing it, one instruction more per allocation.
+#[inline(always)]
+fn armed_one(cache: &TaskCache) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
+    {
+        // SAFETY: `cache.fast_key` is a live 8-byte aligned atomic at that
+        // offset of `cache`; the compare reads it once (a Relaxed load: an
+        // attach on another thread may store it at any time, and an
+        // aligned 8-byte read sees either value). No stack, and the flags
+        // are not promised to be kept.
+        unsafe {
+            std::arch::asm!(
+                "cmp qword ptr [{cache} + {key_at}], {one}",
+                "jne {other}",
+                cache = in(reg) cache as *const TaskCache,
+                key_at = const std::mem::offset_of!(TaskCache, fast_key),
+                one = const ONE_KEY,
+                other = label {
+                    return false;
+                },
+                options(nostack, readonly),
+            );
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
+    {
+        cache.fast_key.load(Ordering::Relaxed) == ONE_KEY
+    }
+}
+
+/// Returns `bytes` to `cache` (the owner's hit path) when it then holds at
+/// most [`CACHE_MAX_BYTES`]: `false`, with the bytes unchanged, when it
+/// would hold more.
+///
+/// On x86-64 an addition to memory, a compare of memory and a branch (an
+/// `asm!` with a label), two instructions fewer than the same in Rust,
+/// for the reason [`take_bytes_and_credit`] gives.
+#[inline(always)]
+fn put_bytes(cache: &TaskCache, bytes: u64) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
+    {
+        // SAFETY: as in `take_bytes_and_credit`: one unlocked
+        // read-modify-write of the owner's `cache.bytes`, and a read. The
+        // sum does not wrap: the cache holds less than
+        // `TASK_CACHE_BOUND_BYTES` (a few pages; the checker verifies it)
+        // and `bytes` is the charge of a live object, below 2^63. The compare is unsigned, and the label takes back what
+        // was added.
+        unsafe {
+            std::arch::asm!(
+                "add qword ptr [{cache} + {bytes_at}], {bytes}",
+                "cmp qword ptr [{cache} + {bytes_at}], {max}",
+                "ja {over}",
+                cache = in(reg) cache as *const TaskCache,
+                bytes = in(reg) bytes,
+                bytes_at = const std::mem::offset_of!(TaskCache, bytes),
+                max = const CACHE_MAX_BYTES,
+                over = label {
+                    set_u64(&cache.bytes, get_u64(&cache.bytes).wrapping_sub(bytes));
+                    return false;
+                },
+                options(nostack),
+            );
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
+    {
+        let new_bytes = get_u64(&cache.bytes) + bytes;
+        if new_bytes > CACHE_MAX_BYTES {
+            return false;
+        }
+        set_u64(&cache.bytes, new_bytes);
         true
     }
 }
@@ -250,9 +358,16 @@ impl TaskCache {
     /// compare never lets a per-CPU key's task charge another node.
     #[inline(always)]
     pub(crate) fn charge_fast_here(&self, bytes: u64, cpu_key: impl FnOnce() -> u64) -> bool {
-        self.charge_fast_when(bytes, |armed| {
-            armed == ONE_KEY || (armed != 0 && armed == cpu_key())
-        })
+        // Relaxed: as in `charge_fast_when`. The key is read again for the
+        // per-CPU compare, after `armed_one`'s compare of memory with a
+        // constant (no register kept for the key); an attach disarming it
+        // in between is seen by either read or by the next charge, as in
+        // the seed.
+        let armed = armed_one(self) || {
+            let armed = self.fast_key.load(Ordering::Relaxed);
+            armed != 0 && armed == cpu_key()
+        };
+        armed && take_bytes_and_credit(self, bytes)
     }
     /// [`Task::charge_fast`] when `matches(armed key)`.
     #[inline(always)]
@@ -266,19 +381,11 @@ impl TaskCache {
         if !matches(cache.fast_key.load(Ordering::Relaxed)) {
             return false;
         }
-        let have = get_u64(&cache.bytes);
-        if have < bytes {
-            return false;
-        }
         // The object needs its reference before it is handed out: another
         // thread may free it, and put the reference, before this task's
         // next slow call (see `TaskCache::refs`). No credit: a miss, and
         // the slow path tops it up.
-        if !spend_credit(cache) {
-            return false;
-        }
-        set_u64(&cache.bytes, have - bytes);
-        true
+        take_bytes_and_credit(cache, bytes)
     }
     /// The allocator's fast path for a free: returns `bytes` of
     /// [`ChargeKind::Alloc`] named by the raw word `raw`
@@ -334,14 +441,12 @@ impl TaskCache {
     #[inline(always)]
     fn uncharge_into_cache(&self, bytes: u64) -> bool {
         let cache = self;
-        let new_bytes = get_u64(&cache.bytes) + bytes;
         // Only the bytes are bounded here: every object is at least 8
         // bytes, so the credit gained before the bytes overflow is at most
         // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
-        if new_bytes > CACHE_MAX_BYTES {
+        if !put_bytes(cache, bytes) {
             return false;
         }
-        set_u64(&cache.bytes, new_bytes);
         set_i64(&cache.refs, get_i64(&cache.refs) + 1);
         true
     }
@@ -670,5 +775,66 @@ mod fast_path_tests {
         assert_eq!(r.bytes(), 4096 - 1000);
         let _again = task.charge_keyed(1, 0, 64).expect("charge");
         assert_eq!(armed(&task), 1, "armed again once spending ended");
+    }
+
+    /// A cache holding `bytes` and `credit`, armed with `key`.
+    fn cache_with(bytes: u64, credit: i64, key: u64) -> TaskCache {
+        let c = TaskCache::new_empty();
+        set_u64(&c.bytes, bytes);
+        set_i64(&c.refs, credit);
+        c.fast_key.store(key, Ordering::Relaxed);
+        c
+    }
+
+    fn state(c: &TaskCache) -> (u64, i64) {
+        (get_u64(&c.bytes), get_i64(&c.refs))
+    }
+
+    // The hit path's memory read-modify-writes (an `asm!` on x86-64, Rust
+    // elsewhere): a hit takes exactly its bytes and one reference, and a
+    // miss leaves both as they were, whichever test missed.
+    #[test]
+    fn a_hit_takes_its_bytes_and_a_reference_and_a_miss_takes_nothing() {
+        let c = cache_with(100, 2, ONE_KEY);
+        assert!(take_bytes_and_credit(&c, 64));
+        assert_eq!(state(&c), (36, 1));
+        assert!(!take_bytes_and_credit(&c, 37), "too few bytes");
+        assert_eq!(state(&c), (36, 1));
+        assert!(take_bytes_and_credit(&c, 36), "exactly the bytes held");
+        assert_eq!(state(&c), (0, 0));
+        set_u64(&c.bytes, 500);
+        assert!(!take_bytes_and_credit(&c, 8), "no credit");
+        assert_eq!(state(&c), (500, 0));
+        assert!(!take_bytes_and_credit(&c, u64::MAX), "no wrap");
+        assert_eq!(state(&c), (500, 0));
+    }
+
+    #[test]
+    fn a_free_puts_its_bytes_back_up_to_the_bound_and_over_it_puts_nothing() {
+        let c = cache_with(CACHE_MAX_BYTES - 64, 0, 0);
+        assert!(!put_bytes(&c, 72), "one byte over");
+        assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES - 64);
+        assert!(put_bytes(&c, 64), "exactly at the bound");
+        assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES);
+        assert!(!put_bytes(&c, 8));
+        assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES);
+        // A whole free: the bytes and the object's reference.
+        let c = cache_with(0, 0, 0);
+        assert!(c.uncharge_into_cache(64));
+        assert_eq!(state(&c), (64, 1));
+    }
+
+    #[test]
+    fn only_the_one_key_passes_the_one_key_compare() {
+        for (key, hits) in [(ONE_KEY, true), (0, false), (2, false), (u64::MAX, false)] {
+            assert_eq!(armed_one(&cache_with(0, 0, key)), hits, "key {key}");
+        }
+        // And the whole hit: the one key without a CPU read, a per-CPU key
+        // only with its CPU, no key never.
+        let never = || -> u64 { panic!("the CPU was read for the one key") };
+        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here(64, never));
+        assert!(cache_with(64, 1, 7).charge_fast_here(64, || 7));
+        assert!(!cache_with(64, 1, 7).charge_fast_here(64, || 8));
+        assert!(!cache_with(64, 1, 0).charge_fast_here(64, || 0));
     }
 }

@@ -19,8 +19,8 @@ use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
-    get_i64, get_u64, set_cache_bytes, set_i64, set_u64, TaskCache, TaskCacheMode, TaskHandle,
-    TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
+    get_i64, get_u64, set_cache_bytes, set_i64, set_u64, CacheSlot, TaskCache, TaskCacheMode,
+    TaskHandle, TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
 };
 use crate::error::{Error, Result};
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering};
@@ -174,7 +174,7 @@ impl Task {
             mode,
             exempt: AtomicBool::new(exempt),
             group: Mutex::new(Some(Arc::clone(group))),
-            cache: crossbeam_utils::CachePadded::new(TaskCache::new_empty()),
+            cache: CacheSlot::new(TaskCache::new_empty()),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
             owner_state: AtomicUsize::new(0),

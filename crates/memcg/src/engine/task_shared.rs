@@ -171,6 +171,12 @@ impl TaskCache {
         empty_task_cache!(HITS_STOPPED)
     }
 
+    /// [`TaskCache::idle`] where loom builds need one too (a
+    /// [`CacheSlot`]'s mark).
+    fn new_mark() -> Self {
+        empty_task_cache!(HITS_STOPPED)
+    }
+
     /// [`TaskCache::hit_addr`] for a cache holding the objcg at `addr` (0
     /// for none).
     #[inline]
@@ -282,6 +288,85 @@ pub enum TaskCacheMode {
     Single,
 }
 
+/// The bit that turns the address of a [`CacheSlot`]'s cache into its
+/// hit mark's: the allocator's hit path marks its thread busy by setting
+/// it in the thread's cache pointer (one `or` of memory; see
+/// `runtime::thread`).
+#[cfg(not(memcg_loom))]
+pub(crate) const HIT_MARK_BIT: usize = 128;
+
+/// A [`TaskCache`] on 128 bytes of its own, so that the [`CacheSlot`]'s
+/// mark is [`HIT_MARK_BIT`] past its cache.
+#[derive(Debug)]
+#[repr(C, align(128))]
+pub(crate) struct Padded128(pub(crate) TaskCache);
+
+/// A task's byte cache and, [`HIT_MARK_BIT`] bytes past it, its *hit
+/// mark*: a cache on which every hit path misses ([`TaskCache::idle`]),
+/// never written. The allocator's hit path reaches the cache through a
+/// thread-local pointer and marks the thread busy by setting
+/// [`HIT_MARK_BIT`] in that pointer, which then names the mark: a signal
+/// handler's hit path arriving meanwhile misses on it, and its slow path
+/// sees the bit (`runtime::thread`). Aligned to twice the bit, so the
+/// cache's address never has it, and setting it again (a handler inside
+/// a handler) names the same mark.
+///
+/// Dereferences to the cache.
+#[derive(Debug)]
+#[repr(C, align(256))]
+pub(crate) struct CacheSlot {
+    cache: Padded128,
+    #[cfg_attr(memcg_loom, allow(dead_code))]
+    mark: Padded128,
+}
+
+// The mark is where the bit puts it (the cache fits 128 bytes). Loom's
+// atomics are larger, and loom builds have no allocator hit path.
+#[cfg(not(memcg_loom))]
+const _: () = {
+    assert!(std::mem::offset_of!(CacheSlot, mark) == HIT_MARK_BIT);
+    assert!(std::mem::align_of::<CacheSlot>() == 2 * HIT_MARK_BIT);
+};
+
+impl CacheSlot {
+    /// A slot holding `cache`, with its mark.
+    pub(crate) fn new(cache: TaskCache) -> Self {
+        CacheSlot {
+            cache: Padded128(cache),
+            mark: Padded128(TaskCache::new_mark()),
+        }
+    }
+
+    /// A slot whose cache is idle too (never written; see
+    /// [`TaskCache::idle`]).
+    #[cfg(not(memcg_loom))]
+    pub(crate) const fn idle() -> Self {
+        CacheSlot {
+            cache: Padded128(TaskCache::idle()),
+            mark: Padded128(TaskCache::idle()),
+        }
+    }
+
+    /// The cache's address with the provenance of the whole slot, as the
+    /// allocator's thread-local pointer holds it (so that the address with
+    /// [`HIT_MARK_BIT`] set, the mark's, may be read through it).
+    #[cfg(not(memcg_loom))]
+    #[inline(always)]
+    pub(crate) const fn cache_ptr(&self) -> *mut TaskCache {
+        // The cache is at offset 0 (`repr(C)`).
+        self as *const CacheSlot as *mut TaskCache
+    }
+}
+
+impl std::ops::Deref for CacheSlot {
+    type Target = TaskCache;
+
+    #[inline(always)]
+    fn deref(&self) -> &TaskCache {
+        &self.cache.0
+    }
+}
+
 /// The part of a task other threads may touch (attach, checkers).
 #[derive(Debug)]
 pub(crate) struct TaskShared {
@@ -296,7 +381,7 @@ pub(crate) struct TaskShared {
     pub(crate) group: Mutex<Option<Arc<MemCgroup>>>,
     /// Written on every charge: on cache lines of its own, so two tasks'
     /// caches never share a line.
-    pub(crate) cache: crossbeam_utils::CachePadded<TaskCache>,
+    pub(crate) cache: CacheSlot,
     pub(crate) refreshes: AtomicU64,
     pub(crate) ctrl_serial: u64,
     /// Where the runtime keeps this task, for its fork handlers: the

@@ -19,7 +19,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 
-use crate::engine::task_shared::TaskCache;
+use crate::engine::task_shared::{CacheSlot, TaskCache, HIT_MARK_BIT};
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
 use crate::runtime::global;
@@ -63,15 +63,16 @@ struct Local {
     /// The byte cache the allocator's hit paths use: the task's own while
     /// the life is `ACTIVE` and the thread is not inside memcg, else
     /// [`IDLE`], on which every hit path misses. So a hit path reads no
-    /// flags: it loads this pointer, stores [`HIT_MARK`] here for its
-    /// duration (its busy mark: a signal handler arriving meanwhile
-    /// misses, and its slow path sees the thread busy, [`is_busy`]) and
-    /// puts the pointer back. Slow paths set it to [`IDLE`] with the
+    /// flags: it loads this pointer, sets [`HIT_MARK_BIT`] in it for its
+    /// duration (its busy mark: the pointer then names its slot's mark,
+    /// [`CacheSlot`], on which a signal handler arriving meanwhile misses,
+    /// and whose slow path sees the thread busy, [`is_busy`]) and puts the
+    /// pointer back. Slow paths set it to [`IDLE`] with the
     /// `BUSY` flag and back when they leave ([`enter_busy`],
     /// [`leave_busy`]). Written only by this thread; the fork's prepare
     /// handler reads it ([`busy_at`]).
     ///
-    /// The hit path's mark is not [`IDLE`], so that a thread with no task
+    /// The hit path's mark is not [`IDLE`]'s cache, so that a thread with no task
     /// yet (its pointer is [`IDLE`]) is seen busy inside a hit path too: a
     /// signal handler arriving then takes the re-entrant path instead of
     /// making the task, whose cache pointer the hit path would overwrite
@@ -95,23 +96,22 @@ struct Local {
 }
 
 /// The cache of [`Local::hot`] while no hit path may hit (never written):
-/// no task, or a slow path running.
-static IDLE: TaskCache = TaskCache::idle();
+/// no task, or a slow path running. A slot, so that a hit path's mark
+/// (`HIT_MARK_BIT` set in the pointer) names a cache on which every hit
+/// misses here too.
+static IDLE: CacheSlot = CacheSlot::idle();
 
-/// The cache of [`Local::hot`] while a hit path runs, its busy mark: like
-/// [`IDLE`] (never written, every hit misses), at another address.
-static HIT_MARK: TaskCache = TaskCache::idle();
-
-/// [`IDLE`]'s address, as [`Local::hot`] holds it.
+/// [`IDLE`]'s cache's address, as [`Local::hot`] holds it.
 #[inline(always)]
 fn idle() -> *mut TaskCache {
-    &IDLE as *const TaskCache as *mut TaskCache
+    IDLE.cache_ptr()
 }
 
-/// [`HIT_MARK`]'s address, as [`Local::hot`] holds it.
+/// Whether the cache pointer `c` is a hit path's mark (`HIT_MARK_BIT`
+/// set; see [`CacheSlot`]).
 #[inline(always)]
-fn hit_mark() -> *mut TaskCache {
-    &HIT_MARK as *const TaskCache as *mut TaskCache
+fn is_hit_mark(c: *const TaskCache) -> bool {
+    c.addr() & HIT_MARK_BIT != 0
 }
 
 thread_local! {
@@ -120,7 +120,7 @@ thread_local! {
     static LOCAL: Local = const {
         Local {
             flags: AtomicU8::new(FRESH),
-            hot: AtomicPtr::new(&IDLE as *const TaskCache as *mut TaskCache),
+            hot: AtomicPtr::new(IDLE.cache_ptr()),
             task: UnsafeCell::new(MaybeUninit::uninit()),
             free_word: AtomicUsize::new(0),
         }
@@ -153,34 +153,55 @@ fn set_hot(c: *mut TaskCache) {
     LOCAL.with(|l| l.hot.store(c, Ordering::Relaxed));
 }
 
-/// Starts a hit path: returns the cache to use ([`IDLE`] or
-/// [`HIT_MARK`] when the thread may not hit, on which every hit path
-/// misses) and marks the thread busy by storing [`HIT_MARK`] in its
-/// place, then a compiler fence, so that no access of the engine that
-/// follows is moved before the mark.
+/// The cache a hit path uses, as [`enter_hit`] loaded it from
+/// [`Local::hot`]: [`IDLE`]'s, a hit mark (when the thread may not hit;
+/// every hit path misses on both), or the thread's task's. Kept as the
+/// pointer, with its slot's provenance, for [`leave_hit`] to put back.
+#[derive(Clone, Copy)]
+struct Hot(*mut TaskCache);
+
+impl std::ops::Deref for Hot {
+    type Target = TaskCache;
+
+    #[inline(always)]
+    fn deref(&self) -> &TaskCache {
+        // SAFETY: `Local::hot` holds `IDLE`'s cache, a hit mark (the mark
+        // of `IDLE`'s or of the task's slot: a signal handler's hit path
+        // interrupting another) or the cache of this thread's active task,
+        // which lives until its exit guard, which stores `IDLE` first; a
+        // `Hot` lives only from `enter_hit` to `leave_hit`.
+        unsafe { &*self.0 }
+    }
+}
+
+/// Starts a hit path: returns the cache to use and marks the thread busy
+/// by setting [`HIT_MARK_BIT`] in [`Local::hot`] (one `or` of memory),
+/// which then names its slot's mark (see [`CacheSlot`]), then a compiler
+/// fence, so that no access of the engine that follows is moved before
+/// the mark.
 #[inline(always)]
-fn enter_hit() -> &'static TaskCache {
+fn enter_hit() -> Hot {
     let c = hot();
-    set_hot(hit_mark());
+    // The pointer is read again for the mark, so that the compiler makes
+    // the mark one `or` of memory rather than a copy, an `or` and a store
+    // (callgrind); nothing can write it in between but a signal handler,
+    // which leaves it as it found it.
+    set_hot(hot().map_addr(|a| a | HIT_MARK_BIT));
     compiler_fence(Ordering::SeqCst);
-    // SAFETY: `Local::hot` holds `IDLE`, `HIT_MARK` (a signal handler's
-    // hit path interrupting another) or the cache of this thread's active
-    // task, which lives until its exit guard, which stores `IDLE` first;
-    // the reference is used only before `leave_hit`.
-    unsafe { &*c }
+    Hot(c)
 }
 
 /// Ends a hit path begun by [`enter_hit`], which returned `c`.
 #[inline(always)]
-fn leave_hit(c: &TaskCache) {
+fn leave_hit(c: Hot) {
     compiler_fence(Ordering::SeqCst);
-    set_hot(c as *const TaskCache as *mut TaskCache);
+    set_hot(c.0);
 }
 
-/// Whether `c` is [`IDLE`] or [`HIT_MARK`] (not a task's cache).
+/// Whether `c` is [`IDLE`]'s cache or a hit mark (not a task's cache).
 #[inline(always)]
-fn is_idle(c: &TaskCache) -> bool {
-    std::ptr::eq(c, &IDLE) || std::ptr::eq(c, &HIT_MARK)
+fn is_idle(c: Hot) -> bool {
+    c.0 == idle() || is_hit_mark(c.0)
 }
 
 thread_local! {
@@ -222,7 +243,7 @@ fn mark_busy(f: u8) {
 #[inline(always)]
 fn unmark_busy(f: u8, task: &Task) {
     compiler_fence(Ordering::SeqCst);
-    set_hot(task.cache() as *const TaskCache as *mut TaskCache);
+    set_hot(task.cache_ptr());
     set_flags(f);
 }
 
@@ -266,10 +287,10 @@ fn enter_busy() -> bool {
 }
 
 /// Whether the thread is busy (inside memcg) now: the `BUSY` flag, or a
-/// hit path's mark ([`Local::hot`] is [`HIT_MARK`]).
+/// hit path's mark ([`HIT_MARK_BIT`] set in [`Local::hot`]).
 #[inline(always)]
 fn is_busy() -> bool {
-    flags() & BUSY != 0 || hot() == hit_mark()
+    flags() & BUSY != 0 || is_hit_mark(hot())
 }
 
 /// [`is_busy`] for the fork handlers.
@@ -279,7 +300,7 @@ pub(crate) fn is_busy_now() -> bool {
 
 /// Whether the thread whose [`Local`] is at `addr` (registered with its
 /// task, `Task::set_owner`) is busy: its `BUSY` flag or a hit path's mark
-/// ([`Local::hot`] is [`HIT_MARK`]). For the fork's prepare handler, on
+/// ([`HIT_MARK_BIT`] set in [`Local::hot`]). For the fork's prepare handler, on
 /// another thread.
 ///
 /// # Safety
@@ -288,7 +309,7 @@ pub(crate) unsafe fn busy_at(addr: usize) -> bool {
     // SAFETY: the caller's guarantee; both fields are atomics.
     let local = unsafe { &*(addr as *const Local) };
     local.flags.load(Ordering::Relaxed) & BUSY != 0
-        || local.hot.load(Ordering::Relaxed) == hit_mark()
+        || is_hit_mark(local.hot.load(Ordering::Relaxed))
 }
 
 /// The address of this thread's task as registered with the engine
@@ -309,7 +330,7 @@ fn leave_busy(nested: bool) {
         if life() == ACTIVE {
             // SAFETY: the life is ACTIVE.
             let task = unsafe { task_unchecked() };
-            set_hot(task.cache() as *const TaskCache as *mut TaskCache);
+            set_hot(task.cache_ptr());
         }
         set_flags(flags() & !BUSY);
     }
@@ -473,7 +494,7 @@ pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(HitCharge<'_>) -> 
     let r = if cache.charge_fast_here(bytes, global::fast_key_of_cpu_inline) {
         // `then` loads the charge's word if it needs it (a Relaxed atomic
         // load is not removed when unused).
-        Some(then(HitCharge(cache)))
+        Some(then(HitCharge(&cache)))
     } else {
         None
     };
@@ -679,7 +700,7 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
     // the hit cache). A fork being prepared clears every fast key after
     // marking its start, so this path needs no check of its own (see
     // `runtime::fork`).
-    if f == ACTIVE && hot() != hit_mark() {
+    if f == ACTIVE && !is_hit_mark(hot()) {
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
@@ -1058,7 +1079,40 @@ mod tests {
         assert_eq!(life(), ACTIVE);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
-        task.cache() as *const TaskCache as *mut TaskCache
+        task.cache_ptr()
+    }
+
+    #[test]
+    fn a_hit_path_inside_a_hit_path_misses_on_the_mark_and_leaves_it_set() {
+        let _ = crate::controller();
+        std::thread::spawn(|| {
+            let raw = charge_alloc(64);
+            let task_cache = task_cache_ptr();
+            assert_eq!(hot(), task_cache);
+            // A hit path begins: the pointer names the slot's mark.
+            let outer = enter_hit();
+            assert_eq!(outer.0, task_cache);
+            assert!(!is_idle(outer) && is_busy());
+            assert_eq!(hot(), task_cache.map_addr(|a| a | HIT_MARK_BIT));
+            // A signal handler's hit path: it finds the mark, an idle
+            // cache on which every hit misses, and marking it again
+            // changes nothing.
+            let inner = enter_hit();
+            assert!(is_idle(inner));
+            assert_eq!(hot(), inner.0);
+            assert!(!inner.charge_fast_here(64, || panic!("no key is armed on the mark")));
+            // SAFETY: 64 bytes that nothing charged to the mark's objcg
+            // (it has none): the free misses, as the test asserts.
+            assert!(!unsafe { inner.uncharge_fast(raw, 64) });
+            leave_hit(inner);
+            assert!(is_busy(), "the outer hit path is still marked");
+            leave_hit(outer);
+            assert!(!is_busy());
+            assert_eq!(hot(), task_cache);
+            uncharge_alloc(raw, 64);
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]
@@ -1102,9 +1156,8 @@ mod tests {
             assert_eq!(hot(), task_cache_ptr());
             // ...then the hit path marks, misses and puts back what it
             // loaded: the idle cache, over the task's.
-            set_hot(hit_mark());
-            // SAFETY: `c` is the idle cache.
-            leave_hit(unsafe { &*c });
+            set_hot(c.map_addr(|a| a | HIT_MARK_BIT));
+            leave_hit(Hot(c));
             assert_eq!(hot(), idle());
             assert!(!is_busy(), "the thread is not left busy");
             // The next allocation misses the hit path and its slow path
