@@ -81,6 +81,59 @@ fn zeroed_and_over_aligned_blocks_keep_their_contents_and_alignment() {
     leave(&g);
 }
 
+/// Every alignment from 1 to 64, at sizes around a word's: the caller's
+/// bytes keep their alignment and contents through a growing and a
+/// shrinking `realloc`, and the charge follows the size exactly.
+#[test]
+fn every_alignment_keeps_its_bytes_alignment_and_charge_through_realloc() {
+    use std::alloc::{alloc, dealloc, realloc, Layout};
+    let g = group("basic-every-align");
+    let fill = |p: *mut u8, from: usize, to: usize| {
+        for i in from..to {
+            // SAFETY: `p` has at least `to` bytes (each caller's layout).
+            unsafe { p.add(i).write(i as u8 ^ 0x5a) };
+        }
+    };
+    let check = |p: *const u8, to: usize, what: &str| {
+        for i in 0..to {
+            // SAFETY: as in `fill`.
+            assert_eq!(unsafe { p.add(i).read() }, i as u8 ^ 0x5a, "{what}: byte {i}");
+        }
+    };
+    for align in [1usize, 2, 4, 8, 16, 32, 64] {
+        for size in [1usize, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000] {
+            let what = format!("align {align}, size {size}");
+            let layout = Layout::from_size_align(size, align).unwrap();
+            let before = alloc_bytes(&g);
+            // SAFETY: each layout has a non-zero size; every pointer is
+            // reallocated and freed with the layout it has then.
+            unsafe {
+                let p = alloc(layout);
+                assert!(!p.is_null(), "{what}");
+                assert_eq!(p as usize % align, 0, "{what}");
+                fill(p, 0, size);
+                assert_eq!(alloc_bytes(&g), before + charged(size), "{what}");
+                let grown = size * 3 + 5;
+                let q = realloc(p, layout, grown);
+                assert!(!q.is_null(), "{what}");
+                assert_eq!(q as usize % align, 0, "{what}: grown");
+                check(q, size, &what);
+                fill(q, size, grown);
+                assert_eq!(alloc_bytes(&g), before + charged(grown), "{what}: grown");
+                let shrunk = size.div_ceil(2);
+                let r = realloc(q, Layout::from_size_align(grown, align).unwrap(), shrunk);
+                assert!(!r.is_null(), "{what}");
+                assert_eq!(r as usize % align, 0, "{what}: shrunk");
+                check(r, shrunk, &what);
+                assert_eq!(alloc_bytes(&g), before + charged(shrunk), "{what}: shrunk");
+                dealloc(r, Layout::from_size_align(shrunk, align).unwrap());
+            }
+            assert_eq!(alloc_bytes(&g), before, "{what}: freed");
+        }
+    }
+    leave(&g);
+}
+
 #[test]
 fn try_reserve_over_max_fails_and_leaves_nothing_charged() {
     let g = group("basic-limit");
