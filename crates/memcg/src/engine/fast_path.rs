@@ -317,8 +317,8 @@ fn put_bytes(cache: &TaskCache, bytes: u64) -> bool {
         // read-modify-write of the owner's `cache.bytes`, and a read. The
         // sum does not wrap: the cache holds less than
         // `TASK_CACHE_BOUND_BYTES` (a few pages; the checker verifies it)
-        // and `bytes` is the charge of a live object, below 2^63. The compare is unsigned, and the label takes back what
-        // was added.
+        // and `bytes` is the charge of a live object, below 2^63. The
+        // compare is unsigned, and the label takes back what was added.
         unsafe {
             std::arch::asm!(
                 "add qword ptr [{cache} + {bytes_at}], {bytes}",
@@ -564,23 +564,36 @@ mod fast_path_tests {
     #[test]
     fn hits_past_the_credit_take_references_before_the_objects_are_freed_elsewhere() {
         let (ctrl, g, mut a) = setup("1x1");
-        let first = a.charge_keyed(1, 0, 16).expect("charge");
+        // A size whose `REF_BATCH` objects are not whole pages, so that the
+        // credit runs out while the cache still has bytes (asserted below;
+        // with a multiple of 4, both run out on the same page boundary).
+        const SIZE: u64 = 10;
+        let first = a.charge_keyed(1, 0, SIZE).expect("charge");
         let n = 3 * REF_BATCH as usize;
         let mut charges = vec![first];
+        let mut credit_misses = 0;
         for _ in 0..n {
-            let raw = match a.charge_fast(1, 16) {
+            let had_bytes = get_u64(&a.shared.cache.bytes) >= SIZE;
+            let raw = match a.charge_fast(1, SIZE) {
                 Some(raw) => raw,
-                // Out of credit: the slow path tops it up.
-                None => a.charge_keyed(1, 0, 16).expect("charge").into_raw(),
+                // Out of credit (or bytes): the slow path tops it up.
+                None => {
+                    credit_misses += usize::from(had_bytes);
+                    a.charge_keyed(1, 0, SIZE).expect("charge").into_raw()
+                }
             };
             assert!(
                 a.shared.cache.refs.load(Ordering::Relaxed) >= 0,
                 "the credit is never left below zero"
             );
-            // SAFETY: a raw word of a charge of 16 Alloc bytes of `ctrl`,
-            // rebuilt once.
-            charges.push(unsafe { Charge::from_raw(raw, 16, ChargeKind::Alloc, &ctrl) });
+            // SAFETY: a raw word of a charge of `SIZE` Alloc bytes of
+            // `ctrl`, rebuilt once.
+            charges.push(unsafe { Charge::from_raw(raw, SIZE, ChargeKind::Alloc, &ctrl) });
         }
+        assert!(
+            credit_misses > 0,
+            "the hits ran past the credit at least once"
+        );
         ctrl.check_invariants().expect("invariants after the hits");
         let mut b = ctrl.new_task(&g).expect("task");
         for c in charges {

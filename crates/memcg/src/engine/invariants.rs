@@ -137,7 +137,7 @@ impl Controller {
                 if s.id != 0 {
                     let h = held.entry(s.id).or_default();
                     h.refs += s.refs as i64 + 1;
-                    h.stock_bytes += s.bytes;
+                    h.stock_bytes = h.stock_bytes.saturating_add(s.bytes);
                 }
             }
             for slot in &stock.pages {
@@ -207,7 +207,9 @@ impl Controller {
                     }
                     let h = held.entry(foreign_id).or_default();
                     h.refs += refs;
-                    h.stock_bytes += foreign;
+                    // Saturating: another task's cache may have been read
+                    // with a miss's wrapped bytes (see `cached` above).
+                    h.stock_bytes = h.stock_bytes.saturating_add(foreign);
                     h.pending_bytes -= foreign as i64;
                     h.pending_objects -= refs;
                 }

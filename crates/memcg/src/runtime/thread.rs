@@ -72,8 +72,9 @@ struct Local {
     /// [`leave_busy`]). Written only by this thread; the fork's prepare
     /// handler reads it ([`busy_at`]).
     ///
-    /// The hit path's mark is not [`IDLE`]'s cache, so that a thread with no task
-    /// yet (its pointer is [`IDLE`]) is seen busy inside a hit path too: a
+    /// The hit path's mark is not [`IDLE`]'s cache (it is [`IDLE`]'s slot's
+    /// mark), so that a thread with no task yet (its pointer is [`IDLE`]'s
+    /// cache) is seen busy inside a hit path too: a
     /// signal handler arriving then takes the re-entrant path instead of
     /// making the task, whose cache pointer the hit path would overwrite
     /// with the [`IDLE`] it loaded. A handler arriving before the mark
@@ -1154,9 +1155,11 @@ mod tests {
             // ...a signal handler makes the task before the mark...
             let raw = charge_alloc(64);
             assert_eq!(hot(), task_cache_ptr());
-            // ...then the hit path marks, misses and puts back what it
-            // loaded: the idle cache, over the task's.
-            set_hot(c.map_addr(|a| a | HIT_MARK_BIT));
+            // ...then the hit path marks (the pointer read again: the
+            // task's cache, marked), misses and puts back what it loaded:
+            // the idle cache, over the task's.
+            set_hot(hot().map_addr(|a| a | HIT_MARK_BIT));
+            assert!(is_busy());
             leave_hit(Hot(c));
             assert_eq!(hot(), idle());
             assert!(!is_busy(), "the thread is not left busy");
