@@ -3,6 +3,8 @@
 #   docs/bench/machine.txt     lscpu, kernel, rustc
 #   docs/bench/shootout.txt    the allocator shoot-out tables
 #   docs/bench/*.svg           its plots
+#   docs/bench/hitpath-time.txt  64-byte pairs through each allocator used
+#                              as the global allocator, against bare mimalloc
 #   docs/bench/workloads.txt   the real programs under MemcgAlloc<mimalloc>:
 #                              wall time, peak RSS, accuracy against the
 #                              documented bound
@@ -22,6 +24,8 @@ mkdir -p "$out"
     echo "load:   $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$out/machine.txt"
 cargo run --release -q -p memcg-bench --bin shootout -- --svg-dir "$out" | tee "$out/shootout.txt"
+cargo build --release -q -p memcg-bench --bins
+./target/release/hitpath-time --rounds 9 | tee "$out/hitpath-time.txt"
 cargo run --release -q -p memcg-workloads --bin workloads -- --reps 9 | tee "$out/workloads.txt"
 cargo run --release -q -p memcg-workloads --bin workloads -- --reps 9 --memcg heaps | tee "$out/workloads-heaps.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"

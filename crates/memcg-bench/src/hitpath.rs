@@ -40,16 +40,42 @@ pub fn run_pairs(n: u64) {
     }
 }
 
+/// Pairs run before a timed run ([`TIME_FLAG`]), so that the first
+/// allocations (the task, the group's objcg, mimalloc's first page) and a
+/// cold cache are not timed.
+pub const WARM_UP_PAIRS: u64 = 1_000_000;
+
+/// The flag, after the pair count, that makes a binary time its pairs
+/// (after [`WARM_UP_PAIRS`]) and print the mean nanoseconds per pair on
+/// stdout (`hitpath-time` runs them so).
+pub const TIME_FLAG: &str = "--time";
+
 /// The binaries' `main`: `argv[1]` is the number of pairs (default
-/// 1,000,000); `memcg` says whether the global allocator is one of memcg's,
-/// whose thread is then attached to a group before the pairs.
+/// 1,000,000), `argv[2]` optionally [`TIME_FLAG`]; `memcg` says whether the
+/// global allocator is one of memcg's, whose thread is then attached to a
+/// group before the pairs.
 pub fn main(memcg: bool) {
-    let n: u64 = match std::env::args().nth(1) {
-        Some(s) => s.parse().unwrap_or_else(|_| {
-            eprintln!("hitpath: the argument is a number of pairs, not {s:?}");
-            std::process::exit(2)
-        }),
-        None => 1_000_000,
+    // The arguments are parsed and dropped before the pairs: a block left
+    // live in a size class changes the allocator's path (a page that never
+    // empties), and with it the instruction count.
+    let (n, timed) = {
+        let mut args = std::env::args().skip(1);
+        let n: u64 = match args.next() {
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                eprintln!("hitpath: the argument is a number of pairs, not {s:?}");
+                std::process::exit(2)
+            }),
+            None => 1_000_000,
+        };
+        let timed = match args.next() {
+            None => false,
+            Some(s) if s == TIME_FLAG => true,
+            Some(s) => {
+                eprintln!("hitpath: the second argument can only be {TIME_FLAG}, not {s:?}");
+                std::process::exit(2)
+            }
+        };
+        (n, timed)
     };
     if memcg {
         let group = memcg::controller()
@@ -57,5 +83,13 @@ pub fn main(memcg: bool) {
             .expect("create the group");
         group.attach_current().expect("attach");
     }
+    if !timed {
+        run_pairs(n);
+        return;
+    }
+    run_pairs(WARM_UP_PAIRS);
+    let start = std::time::Instant::now();
     run_pairs(n);
+    let ns = start.elapsed().as_nanos() as f64;
+    println!("{:.4}", ns / n.max(1) as f64);
 }
