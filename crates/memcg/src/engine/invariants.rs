@@ -114,7 +114,10 @@ impl Controller {
     ///   entries, and every released entry on it;
     /// - every task's byte cache and foreign slot together under
     ///   `TASK_CACHE_BOUND_BYTES` (part of the error bound), and a foreign
-    ///   slot in use holding at least one reference.
+    ///   slot in use holding at least one reference;
+    /// - every task's byte cache with a credit of zero or more, and its
+    ///   slot's hit mark as made (never written: the allocator's hit paths
+    ///   miss on it only while it is).
     ///
     /// # Errors
     /// [`InvariantViolations`] listing what is wrong.
@@ -178,6 +181,12 @@ impl Controller {
                     }
                 }
                 let c = &t.cache;
+                if !c.mark_is_idle() {
+                    v.push(
+                        "a task's hit mark was written: the allocator's hit paths could hit on it"
+                            .to_string(),
+                    );
+                }
                 let id = c.objcg.load(Ordering::Relaxed);
                 // Part of the error bound (`engine/bound.rs`): a charge
                 // refills the cache to at most `CACHE_MAX_BYTES` plus a
@@ -544,6 +553,17 @@ mod tests {
         assert!(v.contains("owes"), "{v}");
         cache.refs.store(refs, Ordering::Relaxed);
         cache.refs_base.store(base, Ordering::Relaxed);
+        assert_eq!(c.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn check_invariants_reports_a_written_hit_mark() {
+        let (c, _g, t, _ch) = setup();
+        let mark = t.shared.cache.mark_for_test();
+        mark.fast_key.store(1, Ordering::Relaxed);
+        let v = violations(&c);
+        assert!(v.contains("hit mark was written"), "{v}");
+        mark.fast_key.store(0, Ordering::Relaxed);
         assert_eq!(c.check_invariants(), Ok(()));
     }
 

@@ -358,6 +358,32 @@ impl CacheSlot {
     }
 }
 
+impl CacheSlot {
+    /// Whether the slot's mark is still as made: no key armed, frees
+    /// stopped, no cookie, no objcg, nothing cached. Every hit path misses
+    /// on it only while it stays so; nothing writes it (the checker
+    /// verifies this).
+    pub(crate) fn mark_is_idle(&self) -> bool {
+        let m = &self.mark.0;
+        m.fast_key.load(Ordering::Relaxed) == 0
+            && m.hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
+            && m.hit_cookie.load(Ordering::Relaxed) == NO_HIT_COOKIE
+            && m.objcg.load(Ordering::Relaxed) == 0
+            && m.objcg_addr.load(Ordering::Relaxed) == 0
+            && m.bytes.load(Ordering::Relaxed) == 0
+            && m.refs.load(Ordering::Relaxed) == 0
+            && m.foreign_addr.load(Ordering::Relaxed) == 0
+            && m.foreign_bytes.load(Ordering::Relaxed) == 0
+    }
+
+    /// The slot's mark, for a test that writes it to show the checker
+    /// catches that.
+    #[cfg(all(test, not(memcg_loom)))]
+    pub(crate) fn mark_for_test(&self) -> &TaskCache {
+        &self.mark.0
+    }
+}
+
 impl std::ops::Deref for CacheSlot {
     type Target = TaskCache;
 
