@@ -302,6 +302,61 @@ fn armed_one(cache: &TaskCache) -> bool {
     }
 }
 
+/// Whether the word at byte offset `AT` of `cache` equals `value` (a
+/// Relaxed read): `AT` is the offset of [`TaskCache::hit_addr`] or
+/// [`TaskCache::hit_cookie`], the words a free's hit compares a block's
+/// owner with.
+///
+/// On x86-64 one compare of memory with a register and a branch (an
+/// `asm!` with a label): the compiler loads an atomic into a register
+/// before comparing it, one instruction more per free.
+#[inline(always)]
+fn word_at_is<const AT: usize>(cache: &TaskCache, value: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
+    {
+        // The callers' offsets, checked when the function is instantiated.
+        const {
+            assert!(
+                AT == std::mem::offset_of!(TaskCache, hit_addr)
+                    || AT == std::mem::offset_of!(TaskCache, hit_cookie)
+            )
+        };
+        // SAFETY: `AT` is the offset of an 8-byte aligned `AtomicUsize` of
+        // `cache` (the assertion above), live for the borrow; the compare reads it once
+        // (a Relaxed load: a fork's handler may store it from another
+        // thread, and an aligned 8-byte read sees either value). No stack,
+        // and the flags are not promised to be kept.
+        unsafe {
+            std::arch::asm!(
+                "cmp qword ptr [{cache} + {at}], {value}",
+                "jne {other}",
+                cache = in(reg) cache as *const TaskCache,
+                value = in(reg) value,
+                at = const AT,
+                other = label {
+                    return false;
+                },
+                options(nostack, readonly),
+            );
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
+    {
+        let word = if AT == std::mem::offset_of!(TaskCache, hit_addr) {
+            &cache.hit_addr
+        } else {
+            &cache.hit_cookie
+        };
+        word.load(Ordering::Relaxed) == value
+    }
+}
+
+/// [`word_at_is`] of [`TaskCache::hit_addr`].
+const HIT_ADDR_AT: usize = std::mem::offset_of!(TaskCache, hit_addr);
+/// [`word_at_is`] of [`TaskCache::hit_cookie`].
+const HIT_COOKIE_AT: usize = std::mem::offset_of!(TaskCache, hit_cookie);
+
 /// Returns `bytes` to `cache` (the owner's hit path) when it then holds at
 /// most [`CACHE_MAX_BYTES`]: `false`, with the bytes unchanged, when it
 /// would hold more.
@@ -408,7 +463,7 @@ impl TaskCache {
         // and then waits for this thread's busy mark (see `runtime::fork`).
         // One compare rejects a stopped cache, an empty one, another
         // objcg and an unaccounted block (`raw` 0).
-        if cache.hit_addr.load(Ordering::Relaxed) != raw {
+        if !word_at_is::<HIT_ADDR_AT>(cache, raw) {
             return self.uncharge_foreign_fast(raw, bytes);
         }
         self.uncharge_into_cache(bytes)
@@ -431,7 +486,7 @@ impl TaskCache {
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     pub(crate) unsafe fn uncharge_fast_cookie(&self, bytes: u64, cookie: usize) -> bool {
         // Relaxed: as `hit_addr` in `uncharge_fast`.
-        if self.hit_cookie.load(Ordering::Relaxed) != cookie {
+        if !word_at_is::<HIT_COOKIE_AT>(self, cookie) {
             return false;
         }
         self.uncharge_into_cache(bytes)
@@ -487,6 +542,7 @@ mod fast_path_tests {
 
     use super::*;
     use crate::engine::byte_cache::{REF_BATCH, TASK_CACHE_BOUND_BYTES};
+    use crate::engine::task_shared::NO_HIT_COOKIE;
     use crate::engine::Group;
     use crate::{Controller, Topology};
 
@@ -849,5 +905,36 @@ mod fast_path_tests {
         assert!(cache_with(64, 1, 7).charge_fast_here(64, || 7));
         assert!(!cache_with(64, 1, 7).charge_fast_here(64, || 8));
         assert!(!cache_with(64, 1, 0).charge_fast_here(64, || 0));
+    }
+
+    #[test]
+    fn a_free_hits_only_on_its_own_word_and_value() {
+        let c = cache_with(0, 0, 0);
+        c.hit_addr.store(0x1000, Ordering::Relaxed);
+        c.hit_cookie.store(0x2000, Ordering::Relaxed);
+        assert!(word_at_is::<HIT_ADDR_AT>(&c, 0x1000));
+        assert!(word_at_is::<HIT_COOKIE_AT>(&c, 0x2000));
+        // The other word's value, a neighbour, 0 and a stopped cache's.
+        for v in [0x2000, 0x1008, 0, HITS_STOPPED] {
+            assert!(!word_at_is::<HIT_ADDR_AT>(&c, v), "hit_addr {v:#x}");
+        }
+        for v in [0x1000, 0x2008, 0, NO_HIT_COOKIE] {
+            assert!(!word_at_is::<HIT_COOKIE_AT>(&c, v), "hit_cookie {v:#x}");
+        }
+        // And through the two frees: a hit puts the bytes back, a miss
+        // leaves the cache as it was.
+        c.hit_addr.store(0x1000, Ordering::Relaxed);
+        // SAFETY: no block is freed; only the cache's fields move.
+        let hit = unsafe { c.uncharge_fast_cookie(64, 0x1000) };
+        assert!(!hit);
+        assert_eq!(state(&c), (0, 0));
+        // SAFETY: as above.
+        let hit = unsafe { c.uncharge_fast_cookie(64, 0x2000) };
+        assert!(hit);
+        assert_eq!(state(&c), (64, 1));
+        // SAFETY: as above.
+        let hit = unsafe { c.uncharge_fast(0x1000, 64) };
+        assert!(hit);
+        assert_eq!(state(&c), (128, 2));
     }
 }
