@@ -312,20 +312,21 @@ fn armed_one(cache: &TaskCache) -> bool {
 /// before comparing it, one instruction more per free.
 #[inline(always)]
 fn word_at_is<const AT: usize>(cache: &TaskCache, value: usize) -> bool {
+    // The callers' offsets, checked when the function is instantiated.
+    const {
+        assert!(
+            AT == std::mem::offset_of!(TaskCache, hit_addr)
+                || AT == std::mem::offset_of!(TaskCache, hit_cookie)
+        )
+    };
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
-        // The callers' offsets, checked when the function is instantiated.
-        const {
-            assert!(
-                AT == std::mem::offset_of!(TaskCache, hit_addr)
-                    || AT == std::mem::offset_of!(TaskCache, hit_cookie)
-            )
-        };
         // SAFETY: `AT` is the offset of an 8-byte aligned `AtomicUsize` of
-        // `cache` (the assertion above), live for the borrow; the compare reads it once
-        // (a Relaxed load: a fork's handler may store it from another
-        // thread, and an aligned 8-byte read sees either value). No stack,
-        // and the flags are not promised to be kept.
+        // `cache` (the assertion above), live for the borrow; the compare
+        // reads it once and writes no memory (a Relaxed load: a fork's
+        // handler may store it from another thread, and an aligned 8-byte
+        // read sees either value). No stack, and the flags are not
+        // promised to be kept.
         unsafe {
             std::arch::asm!(
                 "cmp qword ptr [{cache} + {at}], {value}",
@@ -915,15 +916,16 @@ mod fast_path_tests {
         assert!(word_at_is::<HIT_ADDR_AT>(&c, 0x1000));
         assert!(word_at_is::<HIT_COOKIE_AT>(&c, 0x2000));
         // The other word's value, a neighbour, 0 and a stopped cache's.
-        for v in [0x2000, 0x1008, 0, HITS_STOPPED] {
+        // The other word's value, a neighbour, the same low half, 0 and a
+        // stopped cache's.
+        for v in [0x2000, 0x1008, 0x1000 | 1 << 32, 0, HITS_STOPPED] {
             assert!(!word_at_is::<HIT_ADDR_AT>(&c, v), "hit_addr {v:#x}");
         }
-        for v in [0x1000, 0x2008, 0, NO_HIT_COOKIE] {
+        for v in [0x1000, 0x2008, 0x2000 | 1 << 32, 0, NO_HIT_COOKIE] {
             assert!(!word_at_is::<HIT_COOKIE_AT>(&c, v), "hit_cookie {v:#x}");
         }
         // And through the two frees: a hit puts the bytes back, a miss
         // leaves the cache as it was.
-        c.hit_addr.store(0x1000, Ordering::Relaxed);
         // SAFETY: no block is freed; only the cache's fields move.
         let hit = unsafe { c.uncharge_fast_cookie(64, 0x1000) };
         assert!(!hit);
@@ -931,6 +933,11 @@ mod fast_path_tests {
         // SAFETY: as above.
         let hit = unsafe { c.uncharge_fast_cookie(64, 0x2000) };
         assert!(hit);
+        assert_eq!(state(&c), (64, 1));
+        // SAFETY: as above (the foreign slot is empty, so a miss on the
+        // cache is a miss).
+        let hit = unsafe { c.uncharge_fast(0x2000, 64) };
+        assert!(!hit);
         assert_eq!(state(&c), (64, 1));
         // SAFETY: as above.
         let hit = unsafe { c.uncharge_fast(0x1000, 64) };

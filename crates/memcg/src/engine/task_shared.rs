@@ -359,21 +359,47 @@ impl CacheSlot {
 }
 
 impl CacheSlot {
-    /// Whether the slot's mark is still as made: no key armed, frees
-    /// stopped, no cookie, no objcg, nothing cached. Every hit path misses
-    /// on it only while it stays so; nothing writes it (the checker
-    /// verifies this).
+    /// Whether the slot's mark is still as made ([`TaskCache::idle`]'s
+    /// values: no key armed, frees stopped, no cookie, nothing cached or
+    /// pending). Every hit path misses on it only while it stays so;
+    /// nothing writes it (the checker verifies this). Every field is
+    /// named, so a field added to `TaskCache` must be added here.
+    #[cfg(not(memcg_loom))]
     pub(crate) fn mark_is_idle(&self) -> bool {
-        let m = &self.mark.0;
-        m.fast_key.load(Ordering::Relaxed) == 0
-            && m.hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
-            && m.hit_cookie.load(Ordering::Relaxed) == NO_HIT_COOKIE
-            && m.objcg.load(Ordering::Relaxed) == 0
-            && m.objcg_addr.load(Ordering::Relaxed) == 0
-            && m.bytes.load(Ordering::Relaxed) == 0
-            && m.refs.load(Ordering::Relaxed) == 0
-            && m.foreign_addr.load(Ordering::Relaxed) == 0
-            && m.foreign_bytes.load(Ordering::Relaxed) == 0
+        let TaskCache {
+            objcg,
+            objcg_addr,
+            bytes,
+            synced_bytes,
+            refs,
+            pending_bytes,
+            refs_base,
+            charges,
+            fast_key,
+            hit_addr,
+            hit_cookie,
+            foreign_objcg,
+            foreign_addr,
+            foreign_bytes,
+            foreign_refs,
+        } = &self.mark.0;
+        let zero_u64 = |a: &AtomicU64| a.load(Ordering::Relaxed) == 0;
+        let zero_i64 = |a: &AtomicI64| a.load(Ordering::Relaxed) == 0;
+        objcg.load(Ordering::Relaxed) == 0
+            && objcg_addr.load(Ordering::Relaxed) == 0
+            && zero_u64(bytes)
+            && zero_u64(synced_bytes)
+            && zero_i64(refs)
+            && pending_bytes.iter().all(zero_i64)
+            && zero_i64(refs_base)
+            && zero_u64(charges)
+            && zero_u64(fast_key)
+            && hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
+            && hit_cookie.load(Ordering::Relaxed) == NO_HIT_COOKIE
+            && foreign_objcg.load(Ordering::Relaxed) == 0
+            && foreign_addr.load(Ordering::Relaxed) == 0
+            && zero_u64(foreign_bytes)
+            && zero_u64(foreign_refs)
     }
 
     /// The slot's mark, for a test that writes it to show the checker
