@@ -915,7 +915,6 @@ mod fast_path_tests {
         c.hit_cookie.store(0x2000, Ordering::Relaxed);
         assert!(word_at_is::<HIT_ADDR_AT>(&c, 0x1000));
         assert!(word_at_is::<HIT_COOKIE_AT>(&c, 0x2000));
-        // The other word's value, a neighbour, 0 and a stopped cache's.
         // The other word's value, a neighbour, the same low half, 0 and a
         // stopped cache's.
         for v in [0x2000, 0x1008, 0x1000 | 1 << 32, 0, HITS_STOPPED] {
