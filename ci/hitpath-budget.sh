@@ -21,8 +21,9 @@
 # of the 73 it measured for bare mimalloc with an older build and harness;
 # this harness counts 81.2 for bare mimalloc, whose own loop and shims are
 # in every figure, so the same ratios are 105.6 and 121.8 here. Both forms
-# are printed. The code does not meet every one of them, so each budget is
-# the figure measured at the commit that set it plus about 3%, to catch
+# are printed. MemcgMimalloc meets its target, which is its budget (2.5%
+# above the measured figure); MemcgAlloc does not, so its budget is the
+# figure measured at the commit that set it plus about 3%, to catch
 # regressions. Lower a budget when a change cuts the hit path; raise one
 # only with the reason in the commit message.
 #
@@ -35,8 +36,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Budgets (instructions per pair; see above).
-# Measured when last set: 81.2, 121.8 and 112.3 (the free's owner
-# compare of memory with the block's word); before that 122.8 and 113.3
+# Measured when last set: 81.2, 121.8 and 107.3 (MemcgMimalloc's
+# allocation: the key armed with the objcg's heap, so no test of the
+# heap; its size and charge word kept in memory across mimalloc's call
+# and its mark cleared in place, so the call keeps one register, not
+# three); before that 112.3 (the free's owner compare of memory with the
+# block's word), 122.8 and 113.3
 # (the byte cache's bytes taken and put back with one read-modify-write
 # of memory each, the hit mark one `or` of memory, the one-key compare of
 # memory with a constant), 129.8 and 120.3 (no statistics per hit, one
@@ -47,7 +52,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # before issue 12's cuts 180.8 and 257.2.
 BUDGET_MIMALLOC=84          # bare mimalloc: guards the harness itself
 BUDGET_MEMCG_ALLOC=125      # target 95 (1.3x)
-BUDGET_MEMCG_MIMALLOC=116   # target 110 (1.5x)
+BUDGET_MEMCG_MIMALLOC=110   # target 110 (1.5x)
 TARGET_MEMCG_ALLOC=95
 TARGET_MEMCG_MIMALLOC=110
 TARGET_RATIO_MEMCG_ALLOC=1.30
@@ -115,11 +120,18 @@ row() {
         status=1
     fi
     if [ "$rtarget" != - ]; then
-        if awk -v r="$ratio" -v t="$rtarget" 'BEGIN { exit !(r <= t) }'; then
-            verdict="$verdict (ratio target met)"
+        local t r
+        if awk -v v="$v" -v t="$target" 'BEGIN { exit !(v <= t) }'; then
+            t="target met"
         else
-            verdict="$verdict (ratio target not met)"
+            t="target not met"
         fi
+        if awk -v r="$ratio" -v t="$rtarget" 'BEGIN { exit !(r <= t) }'; then
+            r="ratio target met"
+        else
+            r="ratio target not met"
+        fi
+        verdict="$verdict ($t, $r)"
     fi
     printf '%-24s %12s %8s %8s %8s %8s  %s\n' "$name" "$v" "$ratio" "$budget" "$target" "$rtarget" "$verdict"
 }

@@ -97,9 +97,15 @@ fn node_bound_heaps_account_as_before_and_never_fall_back() {
 
 const FULL_CHILD: &str = "MEMCG_TEST_NODE_FULL_CHILD";
 
+/// Small blocks past the full arena: 997 bytes (charged 1000), half of
+/// them zeroed. Allocated on the hit path, whose call of mimalloc then
+/// fails and reads the kept size and charge back for the fallback.
+const SMALL_PAST_FULL: usize = 10_000;
+
 /// With a 64 MiB node arena: allocations past it fall back (counted) and
-/// stay charged; a `realloc` the full arena cannot serve moves the block
-/// to the fallback heap with its contents and its objcg.
+/// stay charged, small ones from the hit path included; a `realloc` the
+/// full arena cannot serve moves the block to the fallback heap with its
+/// contents and its objcg.
 fn full_child() {
     let ctrl = memcg::controller();
     let group = ctrl.create("full").unwrap();
@@ -117,22 +123,36 @@ fn full_child() {
                 grown.iter().take(100).copied().eq(0..100u8),
                 "contents kept"
             );
+            let before_small = MemcgMimalloc::node_fallback_allocations();
+            let smalls: Vec<Vec<u8>> = (0..SMALL_PAST_FULL)
+                .map(|i| vec![(i % 2) as u8 * 7; 997])
+                .collect();
+            let small_fallbacks = MemcgMimalloc::node_fallback_allocations() - before_small;
+            assert!(
+                small_fallbacks >= SMALL_PAST_FULL as u64 / 2,
+                "the full arena's small blocks fell back: {small_fallbacks}"
+            );
+            for (i, v) in smalls.iter().enumerate() {
+                assert!(v.iter().all(|&b| b == (i % 2) as u8 * 7), "contents of {i}");
+            }
             memcg::flush_current();
-            (blocks, grown, before)
+            (blocks, grown, smalls, before)
         }
     });
-    let (blocks, grown, before_realloc) = worker.join().unwrap();
+    let (blocks, grown, smalls, before_realloc) = worker.join().unwrap();
     assert_eq!(MemcgMimalloc::node_arenas(), 1);
     let fallbacks = MemcgMimalloc::node_fallback_allocations();
     assert!(fallbacks > 0, "96 MiB in a 64 MiB arena: some fell back");
     assert!(fallbacks > before_realloc, "the grown block moved too");
     let charged = group.stats().stat.alloc_bytes;
-    let expected = 96 * (1 << 20) + grown.capacity() as u64;
+    // The small blocks and the vector holding them.
+    let smalls_bytes = SMALL_PAST_FULL * 1000 + smalls.capacity() * size_of::<Vec<u8>>();
+    let expected = 96 * (1 << 20) + grown.capacity() as u64 + smalls_bytes as u64;
     assert!(
         charged >= expected && charged < expected + (64 << 10),
         "charged {charged}, expected about {expected}"
     );
-    drop((blocks, grown));
+    drop((blocks, grown, smalls));
     memcg::flush_current();
     ctrl.drain_stocks();
     assert_eq!(

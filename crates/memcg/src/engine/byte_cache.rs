@@ -59,7 +59,7 @@ impl Task {
         }
         set_cache_bytes(cache, have - bytes);
         set_i64(&cache.refs, refs - 1);
-        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        set_u64(&self.shared.charges, get_u64(&self.shared.charges) + 1);
         self.pend(objcg, kind, bytes as i64);
         true
     }
@@ -123,6 +123,8 @@ impl Task {
         cache.objcg_addr.store(0, Ordering::Relaxed);
         cache.hit_addr.store(NO_HIT_ADDR, Ordering::Relaxed);
         cache.hit_cookie.store(NO_HIT_COOKIE, Ordering::Relaxed);
+        // No key is armed (cleared above), so no hit path reads it.
+        cache.alloc_heap.store(0, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
             None => {

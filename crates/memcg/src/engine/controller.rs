@@ -502,7 +502,7 @@ impl Controller {
             c.shared_atomics += k.shared_atomics.load(Ordering::Relaxed);
         }
         for t in self.core.tasks.lock().iter() {
-            c.task_charges += t.cache.charges.load(Ordering::Relaxed);
+            c.task_charges += t.charges.load(Ordering::Relaxed);
         }
         c
     }

@@ -12,7 +12,6 @@
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
-#[cfg(doc)]
 use crate::engine::task_shared::NO_HIT_COOKIE;
 use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
 use crate::engine::task_shared::{TaskCache, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
@@ -22,6 +21,17 @@ use crate::sync::Ordering;
 /// The fast-path key of every CPU when the key needs no CPU (a topology
 /// of one node, or the single cache); per-CPU keys are 2 and above.
 pub(crate) const ONE_KEY: u64 = 1;
+
+/// The bit [`Task::charge_keyed`] sets in the key it arms when the cached
+/// objcg has an allocator cookie (`MemcgMimalloc`'s heap), after copying
+/// the cookie into [`TaskCache::alloc_heap`]: a hit path that allocates
+/// from that heap compares the armed key with its own key and this bit
+/// ([`TaskCache::charge_fast_here`] with `HEAP`), and then reads the heap
+/// with no test of its own (two instructions fewer per allocation). Other
+/// hit paths accept a key with or without it. Above every key a caller
+/// passes (CPU ids plus 2, below 2^13), and below 2^31, so that a key
+/// with it is still compared with a 32-bit immediate.
+pub(crate) const HEAP_KEY: u64 = 1 << 30;
 
 impl Task {
     /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
@@ -43,7 +53,7 @@ impl Task {
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         let cache = &self.shared.cache;
         cache
-            .charge_fast_when(bytes, |armed| armed == key)
+            .charge_fast_when(bytes, |armed| armed & !HEAP_KEY == key)
             .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -51,16 +61,26 @@ impl Task {
     /// then arms the fast path for `key` when the byte cache holds the
     /// task's own objcg for `cpu`'s node (no override, clean word).
     ///
-    /// `key` is any non-zero value the caller uses to name a set of CPUs
-    /// of one node (the runtime uses the real CPU id plus 2, or 1 when the
-    /// topology has a single node): [`Task::charge_fast`] with the same key
-    /// then charges that node's objcg.
+    /// `key` is any non-zero value below [`HEAP_KEY`] the caller uses to
+    /// name a set of CPUs of one node (the runtime uses the real CPU id
+    /// plus 2, or 1 when the topology has a single node):
+    /// [`Task::charge_fast`] with the same key then charges that node's
+    /// objcg. When the objcg has an allocator cookie, the key is armed
+    /// with [`HEAP_KEY`] set and the cookie copied into
+    /// [`TaskCache::alloc_heap`] first.
     ///
     /// # Errors
     /// As [`Task::charge`].
     pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
-        if key != 0 && !self.has_active.get() && !self.spending.get() && !self.exited.get() {
+        // A key at or above `HEAP_KEY` (no CPU id the runtime reads) is
+        // never armed: the bit is the heap's.
+        if key != 0
+            && key < HEAP_KEY
+            && !self.has_active.get()
+            && !self.spending.get()
+            && !self.exited.get()
+        {
             // Relaxed: only decides whether to arm; `arm_fast_key`'s CAS
             // checks that the word is still `tagged`.
             let tagged = self.shared.objcgs.load(Ordering::Relaxed);
@@ -73,7 +93,20 @@ impl Task {
                 {
                     // A cookie the allocator set since the cache took the
                     // objcg (its heap, made on the first allocation).
-                    self.shared.cache.refresh_hit_cookie();
+                    let cache = &self.shared.cache;
+                    cache.refresh_hit_cookie();
+                    let key = match cache.hit_cookie.load(Ordering::Relaxed) {
+                        heap if heap > NO_HIT_COOKIE => {
+                            // Before the key: a key with `HEAP_KEY` means
+                            // the word holds the cached objcg's heap. The
+                            // owner's own word (no hit path runs while
+                            // its slow path does), read by its hit path
+                            // only, so Relaxed.
+                            cache.alloc_heap.store(heap, Ordering::Relaxed);
+                            key | HEAP_KEY
+                        }
+                        _ => key,
+                    };
                     self.arm_fast_key(key, tagged);
                 }
             }
@@ -163,14 +196,14 @@ impl Task {
     }
     /// [`TaskCache::charge_fast_here`] of this task's cache.
     #[inline(always)]
-    pub(crate) fn charge_fast_here(
+    pub(crate) fn charge_fast_here<const HEAP: bool>(
         &self,
         bytes: u64,
         cpu_key: impl FnOnce() -> u64,
     ) -> Option<usize> {
         let cache = &self.shared.cache;
         cache
-            .charge_fast_here(bytes, cpu_key)
+            .charge_fast_here::<HEAP>(bytes, cpu_key)
             .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -267,13 +300,16 @@ fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
     }
 }
 
-/// Whether `cache`'s fast key is [`ONE_KEY`] (a Relaxed read).
+/// Whether `cache`'s fast key is `KEY` (a Relaxed read): [`ONE_KEY`],
+/// with or without [`HEAP_KEY`].
 ///
 /// On x86-64 one compare of memory with the constant and a branch (an
 /// `asm!` with a label): the compiler loads an atomic into a register
 /// before comparing it, one instruction more per allocation.
 #[inline(always)]
-fn armed_one(cache: &TaskCache) -> bool {
+fn armed_is<const KEY: u64>(cache: &TaskCache) -> bool {
+    // A 32-bit immediate, sign-extended: the compare's encoding.
+    const { assert!(KEY == ONE_KEY || KEY == ONE_KEY | HEAP_KEY) };
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
         // SAFETY: `cache.fast_key` is a live 8-byte aligned atomic at that
@@ -287,7 +323,7 @@ fn armed_one(cache: &TaskCache) -> bool {
                 "jne {other}",
                 cache = in(reg) cache as *const TaskCache,
                 key_at = const std::mem::offset_of!(TaskCache, fast_key),
-                one = const ONE_KEY,
+                one = const KEY,
                 other = label {
                     return false;
                 },
@@ -298,7 +334,7 @@ fn armed_one(cache: &TaskCache) -> bool {
     }
     #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
     {
-        cache.fast_key.load(Ordering::Relaxed) == ONE_KEY
+        cache.fast_key.load(Ordering::Relaxed) == KEY
     }
 }
 
@@ -412,16 +448,37 @@ impl TaskCache {
     /// single cache), then with `cpu_key()`. A task armed with
     /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
     /// compare never lets a per-CPU key's task charge another node.
+    ///
+    /// With `HEAP`, only a key armed with [`HEAP_KEY`] hits (the caller
+    /// then allocates from [`TaskCache::alloc_heap`], which such a key
+    /// guarantees holds the cached objcg's heap); without it, a key armed
+    /// with or without the bit (the caller reads no heap).
     #[inline(always)]
-    pub(crate) fn charge_fast_here(&self, bytes: u64, cpu_key: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn charge_fast_here<const HEAP: bool>(
+        &self,
+        bytes: u64,
+        cpu_key: impl FnOnce() -> u64,
+    ) -> bool {
         // Relaxed: as in `charge_fast_when`. The key is read again for the
-        // per-CPU compare, after `armed_one`'s compare of memory with a
+        // per-CPU compare, after `armed_is`'s compare of memory with a
         // constant (no register kept for the key); an attach disarming it
         // in between is seen by either read or by the next charge, as in
         // the seed.
-        let armed = armed_one(self) || {
-            let armed = self.fast_key.load(Ordering::Relaxed);
-            armed != 0 && armed == cpu_key()
+        let armed = if HEAP {
+            armed_is::<{ ONE_KEY | HEAP_KEY }>(self) || {
+                // No CPU read when no key is armed, as below.
+                let armed = self.fast_key.load(Ordering::Relaxed);
+                armed != 0 && armed == cpu_key() | HEAP_KEY
+            }
+        } else {
+            armed_is::<ONE_KEY>(self) || {
+                let armed = self.fast_key.load(Ordering::Relaxed);
+                // The one key with the bit last: a process whose other
+                // allocator arms it (`MemcgMimalloc` beside a `MemcgAlloc`)
+                // reads the CPU for nothing, and the per-CPU hit gains
+                // only the mask.
+                armed != 0 && (armed & !HEAP_KEY == cpu_key() || armed == ONE_KEY | HEAP_KEY)
+            }
         };
         armed && take_bytes_and_credit(self, bytes)
     }
@@ -584,6 +641,69 @@ mod fast_path_tests {
         assert!(task.charge_fast(3, 64).is_none(), "another key misses");
         assert!(task.charge_fast(0, 64).is_none(), "key 0 never hits");
         assert_eq!(alloc_bytes(&task, &g), 128);
+    }
+
+    #[test]
+    fn a_key_is_armed_with_the_heap_bit_only_once_the_objcg_has_a_heap() {
+        for (spec, key, other) in [("1x1", ONE_KEY, 2), ("2x1", 2, 3)] {
+            let (ctrl, g, task) = setup(spec);
+            let cache = &task.shared.cache;
+            let heap_of = || cache.alloc_heap.load(Ordering::Relaxed);
+            let mut raws = Vec::new();
+            let first = task.charge_keyed(key, 0, 64).expect("charge");
+            assert_eq!(armed(&task), key, "{spec}: no cookie, the plain key");
+            assert_eq!(heap_of(), 0);
+            // The allocator makes the objcg's heap (its cookie): a hit path
+            // that reads no heap still hits, one that allocates from the
+            // heap misses until the next slow call...
+            let raw = first.objcg.as_ptr() as usize;
+            raws.push(first.into_raw());
+            // SAFETY: a live objcg's address (the charge holds it).
+            let cookie = unsafe { crate::engine::obj_cgroup::alloc_cookie(raw) };
+            cookie.store(0x7000, Ordering::Release);
+            raws.extend(task.charge_fast_here::<false>(64, || key));
+            assert_eq!(raws.len(), 2);
+            assert!(task.charge_fast_here::<true>(64, || key).is_none());
+            // ...which copies the heap, then arms the key with the bit.
+            raws.push(task.charge_keyed(key, 0, 64).expect("charge").into_raw());
+            assert_eq!(armed(&task), key | HEAP_KEY, "{spec}");
+            assert_eq!(heap_of(), 0x7000);
+            raws.extend(task.charge_fast_here::<true>(64, || key));
+            raws.extend(task.charge_fast_here::<false>(64, || key));
+            raws.extend(task.charge_fast(key, 64));
+            assert_eq!(raws.len(), 6, "{spec}: each hits (the bit is not the key)");
+            assert!(raws.iter().all(|&r| r == raw));
+            // Another CPU's key misses both ways.
+            if key != ONE_KEY {
+                assert!(task.charge_fast_here::<true>(64, || other).is_none());
+                assert!(task.charge_fast_here::<false>(64, || other).is_none());
+                assert!(task.charge_fast(other, 64).is_none());
+            }
+            // A drain disarms and forgets the heap.
+            task.drain_cache(None);
+            assert_eq!((armed(&task), heap_of()), (0, 0), "{spec}");
+            assert!(task.charge_fast_here::<true>(64, || key).is_none());
+            cookie.store(0, Ordering::Release);
+            for raw in raws {
+                // SAFETY: each a raw word of a charge of 64 Alloc bytes of
+                // `ctrl`, rebuilt once.
+                let c = unsafe { Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl) };
+                task.uncharge(0, c).expect("uncharge");
+            }
+            assert_eq!(alloc_bytes(&task, &g), 0);
+            ctrl.check_invariants().expect("invariants");
+        }
+    }
+
+    #[test]
+    fn a_key_with_the_heap_bit_is_never_armed_by_a_caller() {
+        let (ctrl, _g, task) = setup("1x1");
+        for key in [HEAP_KEY, HEAP_KEY | ONE_KEY, u64::MAX] {
+            let c = task.charge_keyed(key, 0, 64).expect("charge");
+            assert_eq!(armed(&task), 0, "key {key:#x}");
+            task.uncharge(0, c).expect("uncharge");
+        }
+        ctrl.check_invariants().expect("invariants");
     }
 
     #[test]
@@ -897,15 +1017,44 @@ mod fast_path_tests {
     #[test]
     fn only_the_one_key_passes_the_one_key_compare() {
         for (key, hits) in [(ONE_KEY, true), (0, false), (2, false), (u64::MAX, false)] {
-            assert_eq!(armed_one(&cache_with(0, 0, key)), hits, "key {key}");
+            assert_eq!(
+                armed_is::<ONE_KEY>(&cache_with(0, 0, key)),
+                hits,
+                "key {key}"
+            );
+        }
+        // With the heap bit: only the one key with it (a 32-bit immediate,
+        // sign-extended: a bit 31 or a high half would not be compared).
+        for (key, hits) in [
+            (ONE_KEY | HEAP_KEY, true),
+            (ONE_KEY, false),
+            (HEAP_KEY, false),
+            (ONE_KEY | HEAP_KEY | 1 << 32, false),
+            (ONE_KEY | HEAP_KEY | 1 << 31, false),
+        ] {
+            let c = cache_with(0, 0, key);
+            assert_eq!(armed_is::<{ ONE_KEY | HEAP_KEY }>(&c), hits, "key {key:#x}");
         }
         // And the whole hit: the one key without a CPU read, a per-CPU key
-        // only with its CPU, no key never.
+        // only with its CPU, no key never; with the heap bit, only a key
+        // armed with it.
         let never = || -> u64 { panic!("the CPU was read for the one key") };
-        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here(64, never));
-        assert!(cache_with(64, 1, 7).charge_fast_here(64, || 7));
-        assert!(!cache_with(64, 1, 7).charge_fast_here(64, || 8));
-        assert!(!cache_with(64, 1, 0).charge_fast_here(64, || 0));
+        assert!(cache_with(64, 1, ONE_KEY | HEAP_KEY).charge_fast_here::<true>(64, never));
+        // (Without it, the one key with the bit after a CPU read.)
+        for cpu_key in [2, 7, u64::MAX] {
+            let c = cache_with(64, 1, ONE_KEY | HEAP_KEY);
+            assert!(c.charge_fast_here::<false>(64, || cpu_key));
+        }
+        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<true>(64, || ONE_KEY));
+        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<true>(64, || 7));
+        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<false>(64, || 7));
+        assert!(!cache_with(64, 1, 7).charge_fast_here::<true>(64, || 7));
+        assert!(!cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<true>(64, || 8));
+        assert!(!cache_with(64, 1, 0).charge_fast_here::<true>(64, || 0));
+        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here::<false>(64, never));
+        assert!(cache_with(64, 1, 7).charge_fast_here::<false>(64, || 7));
+        assert!(!cache_with(64, 1, 7).charge_fast_here::<false>(64, || 8));
+        assert!(!cache_with(64, 1, 0).charge_fast_here::<false>(64, || 0));
     }
 
     #[test]

@@ -571,7 +571,7 @@ mod tests {
         mark.fast_key.store(0, Ordering::Relaxed);
         assert_eq!(c.check_invariants(), Ok(()));
         let addr = t.shared.cache.objcg_addr.load(Ordering::Relaxed);
-        for word in [&mark.hit_addr, &mark.hit_cookie] {
+        for word in [&mark.hit_addr, &mark.hit_cookie, &mark.alloc_heap] {
             let made = word.load(Ordering::Relaxed);
             word.store(addr, Ordering::Relaxed);
             let v = violations(&c);
@@ -580,9 +580,9 @@ mod tests {
             assert_eq!(c.check_invariants(), Ok(()));
         }
         // And a field no hit path reads.
-        mark.charges.store(1, Ordering::Relaxed);
+        mark.synced_bytes.store(1, Ordering::Relaxed);
         assert!(violations(&c).contains("hit mark was written"));
-        mark.charges.store(0, Ordering::Relaxed);
+        mark.synced_bytes.store(0, Ordering::Relaxed);
         assert_eq!(c.check_invariants(), Ok(()));
     }
 

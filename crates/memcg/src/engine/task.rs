@@ -175,6 +175,7 @@ impl Task {
             exempt: AtomicBool::new(exempt),
             group: Mutex::new(Some(Arc::clone(group))),
             cache: CacheSlot::new(TaskCache::new_empty()),
+            charges: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             ctrl_serial: core.serial,
             owner_state: AtomicUsize::new(0),
@@ -365,7 +366,7 @@ impl Task {
         if let Some(s) = core.stock(cpu) {
             s.counters.slow_charges.fetch_add(1, Ordering::Relaxed);
         }
-        set_u64(&cache.charges, get_u64(&cache.charges) + 1);
+        set_u64(&self.shared.charges, get_u64(&self.shared.charges) + 1);
         if self.exited.get() {
             core.obj_cgroup_charge(self.ctx(Some(cpu)), objcg, bytes, kind)?;
             return Ok(Charge::new(objcg, bytes, kind));
@@ -742,7 +743,7 @@ impl Task {
             tasks.retain(|t| !SysArc::ptr_eq(t, &self.shared));
             self.core
                 .exited_charges
-                .fetch_add(get_u64(&shared.cache.charges), Ordering::Relaxed);
+                .fetch_add(get_u64(&shared.charges), Ordering::Relaxed);
         }
         if let Some(g) = shared.group.lock().take() {
             g.unpin_task();

@@ -54,10 +54,6 @@ pub(crate) struct TaskCache {
     /// gives one back, so `refs_base - refs` is the net number of objects
     /// charged since the flush (not yet in the objcg's `live_objects`).
     pub(crate) refs_base: AtomicI64,
-    /// Charges the task made through its slow entry ([`Task::charge`] and
-    /// the allocator's misses); the allocator's hit path does not count
-    /// (an instruction per allocation saved).
-    pub(crate) charges: AtomicU64,
     /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
     /// none: while it is set, the cached objcg is the one the task charges
     /// for that key's node, with no override active. Cleared by everything
@@ -88,6 +84,18 @@ pub(crate) struct TaskCache {
     /// with the gate closed. An objcg keeps its cookie while a cache holds
     /// it (only the reuse of an entry for another node resets it).
     pub(crate) hit_cookie: AtomicUsize,
+    /// The heap `MemcgMimalloc`'s allocation hit path allocates from: the
+    /// cached objcg's allocator cookie when the fast key was last armed
+    /// with [`HEAP_KEY`] (a key so armed means this word holds the cached
+    /// objcg's cookie, which names a heap), so that the hit path needs no
+    /// test of its own. Written only by the owner's slow path, before it
+    /// arms such a key (`Task::charge_keyed`), and cleared when the cache
+    /// drains; never by the fork handlers, which stop `hit_cookie` (an
+    /// allocation that read its key before a handler's stop may read this
+    /// word after it, and still finds the heap). 0 when never armed so.
+    ///
+    /// [`HEAP_KEY`]: crate::engine::fast_path::HEAP_KEY
+    pub(crate) alloc_heap: AtomicUsize,
     /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
     /// other than the cached one, not yet returned. Its objcg's id (0 for
     /// none) and address; the bytes freed, pre-charged and not yet given
@@ -144,10 +152,10 @@ macro_rules! empty_task_cache {
             refs: AtomicI64::new(0),
             pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
             refs_base: AtomicI64::new(0),
-            charges: AtomicU64::new(0),
             fast_key: AtomicU64::new(0),
             hit_addr: AtomicUsize::new($hit_addr),
             hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
+            alloc_heap: AtomicUsize::new(0),
             foreign_objcg: AtomicU32::new(0),
             foreign_addr: AtomicUsize::new(0),
             foreign_bytes: AtomicU64::new(0),
@@ -374,10 +382,10 @@ impl CacheSlot {
             refs,
             pending_bytes,
             refs_base,
-            charges,
             fast_key,
             hit_addr,
             hit_cookie,
+            alloc_heap,
             foreign_objcg,
             foreign_addr,
             foreign_bytes,
@@ -392,10 +400,10 @@ impl CacheSlot {
             && zero_i64(refs)
             && pending_bytes.iter().all(zero_i64)
             && zero_i64(refs_base)
-            && zero_u64(charges)
             && zero_u64(fast_key)
             && hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
             && hit_cookie.load(Ordering::Relaxed) == NO_HIT_COOKIE
+            && alloc_heap.load(Ordering::Relaxed) == 0
             && foreign_objcg.load(Ordering::Relaxed) == 0
             && foreign_addr.load(Ordering::Relaxed) == 0
             && zero_u64(foreign_bytes)
@@ -434,6 +442,13 @@ pub(crate) struct TaskShared {
     /// Written on every charge: on cache lines of its own, so two tasks'
     /// caches never share a line.
     pub(crate) cache: CacheSlot,
+    /// Charges the task made through its slow entry ([`Task::charge`] and
+    /// the allocator's misses); the allocator's hit path does not count
+    /// (an instruction per allocation saved). Written by the owner only,
+    /// outside the byte cache's 128 bytes, which the hit path's words fill.
+    ///
+    /// [`Task::charge`]: crate::engine::task::Task::charge
+    pub(crate) charges: AtomicU64,
     pub(crate) refreshes: AtomicU64,
     pub(crate) ctrl_serial: u64,
     /// Where the runtime keeps this task, for its fork handlers: the

@@ -78,7 +78,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::ffi::c_void;
 
-use crate::engine::task_shared::NO_HIT_COOKIE;
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
 use crate::runtime::thread::{self, REFUSED};
@@ -638,44 +637,57 @@ impl MemcgMimalloc {
             // SAFETY: as above.
             return unsafe { alloc_not_small(layout.size(), layout.align(), zeroed) };
         }
-        let size = layout.size();
+        // The block is asked for with the size it is charged, the
+        // caller's rounded up to a word: mimalloc's small size classes are
+        // whole words (it rounds the same way), so the block is the one
+        // the caller's size gets, and one register holds the size for the
+        // charge, the call and a miss (one instruction fewer). Still at
+        // most `SMALL_SIZE_MAX`, a multiple of 8.
+        let size = charged_size(layout.size()) as usize;
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        let hit = thread::charge_hit_and(charged_size(size), |hit| {
-            // The objcg's heap as the cache saw it (one load; the charge's
-            // word itself is read only off this path, `hit.raw()`). The
-            // cache picked it up from the objcg's cookie after the heap
-            // was made (which published it with an AcqRel exchange, read
-            // with Acquire there), and before this thread allocated from
-            // the heap.
-            let heap = hit.cookie();
-            if heap > NO_HIT_COOKIE {
-                // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
-                // size the small entry points serve.
-                let block = unsafe {
-                    if zeroed {
-                        mi_heap_zalloc_small(heap as *mut c_void, size)
-                    } else {
-                        mi_heap_malloc_small(heap as *mut c_void, size)
-                    }
-                } as *mut u8;
-                if !block.is_null() {
-                    return block;
+        let hit = thread::charge_hit_and::<true, _>(size as u64, |hit| {
+            // The objcg's heap, which the key's arming copied from its
+            // cookie (one load and no test: a key armed so means the heap
+            // was made; the charge's word itself is read only off this
+            // path, `hit.raw()`). The slow path picked the cookie up after
+            // the heap was made (which published it with an AcqRel
+            // exchange, read with Acquire there), before this thread
+            // allocated from the heap.
+            // Kept in memory across the call, read back only if it fails
+            // (`thread::keep_hit_size`), as the charge's word is
+            // (`hit.raw_again()`): the call then keeps no register.
+            thread::keep_hit_size(size);
+            let heap = hit.heap();
+            // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
+            // size the small entry points serve.
+            let block = unsafe {
+                if zeroed {
+                    mi_heap_zalloc_small(heap as *mut c_void, size)
+                } else {
+                    mi_heap_malloc_small(heap as *mut c_void, size)
                 }
+            } as *mut u8;
+            if !block.is_null() {
+                return block;
             }
-            // No heap seen yet (the cold path reads the objcg's own cookie
-            // and makes the heap if it has none), or mimalloc refused: the
-            // cold path with the charge's word read again (`hit.raw()`),
-            // so that only the size stays in a register across the call.
-            // SAFETY: forwarded contract; `hit.raw()` is the charge just
-            // made, of `charged_size(size)` bytes, which is
-            // `charged_bytes` of this layout too.
-            unsafe { alloc_charged_cold(hit.raw(), small_layout(size), zeroed) }
+            // Mimalloc refused: the cold path, with the size and the
+            // charge's word read back.
+            let size = thread::kept_hit_size();
+            // SAFETY: forwarded contract; `hit.raw_again()` is the charge
+            // just made, of `size` bytes, which is `charged_bytes` of this
+            // layout too (`size` is a multiple of 8); its block serves the
+            // caller's layout (as many bytes or more, aligned to
+            // `SMALL_ALIGN`), and its free, with the caller's layout,
+            // uncharges the same bytes.
+            unsafe { alloc_charged_cold(hit.raw_again(), small_layout(size), zeroed) }
         });
         match hit {
             Some(block) => block,
-            // SAFETY: forwarded contract; `SMALL_ALIGN` serves the caller's
-            // alignment (at most `SMALL_ALIGN`).
+            // SAFETY: forwarded contract; a block of `size` bytes aligned
+            // to `SMALL_ALIGN` serves the caller's layout (at most that
+            // alignment, at most `size` bytes), and is charged what the
+            // caller's layout's free uncharges.
             None => unsafe { alloc_cold(size, SMALL_ALIGN, zeroed) },
         }
     }
@@ -704,15 +716,9 @@ fn small_layout(size: usize) -> Layout {
 unsafe fn alloc_not_small(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     // SAFETY: the caller's guarantee.
     let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
-    let hit = thread::charge_hit_and(charged_bytes(layout), |hit| {
-        let heap = hit.cookie();
-        if heap <= NO_HIT_COOKIE {
-            // No heap seen yet: the cold path reads the objcg's own
-            // cookie (and makes the heap if it has none).
-            // SAFETY: forwarded contract; `hit.raw()` is the charge just
-            // made.
-            return unsafe { alloc_charged_cold(hit.raw(), layout, zeroed) };
-        }
+    let hit = thread::charge_hit_and::<true, _>(charged_bytes(layout), |hit| {
+        // As in `alloc_with`: a key armed with the heap.
+        let heap = hit.heap();
         // SAFETY: FFI calls with a heap made by `mi_heap_new` and a valid
         // size and power-of-two alignment (from `layout`).
         let block = unsafe { heap_alloc(heap as *mut c_void, layout, zeroed) } as *mut u8;
@@ -790,7 +796,7 @@ unsafe fn alloc_cold(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     let bytes = charged_bytes(layout);
     // mimalloc is called with the thread still busy (see
     // `thread::charge_alloc_and`: a fork waits for it).
-    thread::charge_alloc_and(bytes, |raw| {
+    thread::charge_alloc_and::<true, _>(bytes, |raw| {
         // SAFETY: forwarded contract.
         unsafe { alloc_charged(raw, bytes, layout, zeroed) }
     })

@@ -94,6 +94,17 @@ struct Local {
     /// single store; a signal handler reads either value.
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     free_word: AtomicUsize,
+    /// The byte count a hit path's `then` keeps across its call
+    /// (`MemcgMimalloc`'s call of mimalloc, [`keep_hit_size`]), read back
+    /// only when the call fails: a store here rather than a callee-saved
+    /// register kept across the call (whose saving, restoring and the
+    /// stack's alignment cost three instructions more per allocation).
+    /// Written only inside a hit (the thread marked busy, its key armed),
+    /// which no signal handler's hit path can be (it finds the mark and
+    /// misses), so a handler never overwrites it between the store and
+    /// the read.
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    hit_size: AtomicUsize,
 }
 
 /// The cache of [`Local::hot`] while no hit path may hit (never written):
@@ -124,8 +135,24 @@ thread_local! {
             hot: AtomicPtr::new(IDLE.cache_ptr()),
             task: UnsafeCell::new(MaybeUninit::uninit()),
             free_word: AtomicUsize::new(0),
+            hit_size: AtomicUsize::new(0),
         }
     };
+}
+
+/// Keeps `size` in this thread's [`Local::hit_size`] (inside a hit's
+/// `then`, before its call).
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn keep_hit_size(size: usize) {
+    LOCAL.with(|l| l.hit_size.store(size, Ordering::Relaxed));
+}
+
+/// What [`keep_hit_size`] kept (the same hit's `then`, after its call).
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn kept_hit_size() -> usize {
+    LOCAL.with(|l| l.hit_size.load(Ordering::Relaxed))
 }
 
 /// This thread's [`Local::free_word`].
@@ -197,6 +224,20 @@ fn enter_hit() -> Hot {
 fn leave_hit(c: Hot) {
     compiler_fence(Ordering::SeqCst);
     set_hot(c.0);
+}
+
+/// Ends a hit path begun by [`enter_hit`] that hit: clears
+/// [`HIT_MARK_BIT`] in [`Local::hot`] (one `and` of memory). A hit path
+/// hits only on a task's cache, which `enter_hit` loaded unmarked (every
+/// hit path misses on a mark and on [`IDLE`]), so this puts back what
+/// [`leave_hit`] would, with no register kept for it across the hit's
+/// call; a signal handler's hit path meanwhile found the mark, missed and
+/// put the mark back.
+#[inline(always)]
+fn unmark_hit() {
+    compiler_fence(Ordering::SeqCst);
+    // Read again, as in `enter_hit`: one `and` of memory.
+    set_hot(hot().map_addr(|a| a & !HIT_MARK_BIT));
 }
 
 /// Whether `c` is [`IDLE`]'s cache or a hit mark (not a task's cache).
@@ -473,34 +514,40 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// its start; see `runtime::fork`).
 #[inline(always)]
 pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
-    charge_hit_and(bytes, |hit| hit.raw())
+    charge_hit_and::<false, _>(bytes, |hit| hit.raw())
 }
 
 /// [`charge_hit`], then `then(hit)` with the thread still marked busy, as
 /// [`charge_alloc_and`] does (`MemcgMimalloc` calls mimalloc there); `None`
 /// with nothing done on a miss.
-#[inline(always)]
 ///
 /// `then` also gets the thread's charge word source, [`HitCharge`]: after
 /// a call it makes, the charge's word can be read again from it rather
 /// than kept in a register across the call (the thread is still marked
-/// busy, so the cache has not changed).
-pub(crate) fn charge_hit_and<R>(bytes: u64, then: impl FnOnce(HitCharge<'_>) -> R) -> Option<R> {
+/// busy, so the cache has not changed). With `HEAP`, only a key armed
+/// with the objcg's heap hits (`fast_path::HEAP_KEY`), and
+/// [`HitCharge::heap`] is that heap.
+#[inline(always)]
+pub(crate) fn charge_hit_and<const HEAP: bool, R>(
+    bytes: u64,
+    then: impl FnOnce(HitCharge<'_>) -> R,
+) -> Option<R> {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     // No flags: the hit cache is `IDLE` (no key armed) unless the thread
     // has an active task and is not busy.
     let cache = enter_hit();
     // The key needs the CPU only when the armed key is not `ONE_KEY`.
-    let r = if cache.charge_fast_here(bytes, global::fast_key_of_cpu_inline) {
+    if cache.charge_fast_here::<HEAP>(bytes, global::fast_key_of_cpu_inline) {
         // `then` loads the charge's word if it needs it (a Relaxed atomic
         // load is not removed when unused).
-        Some(then(HitCharge(&cache)))
+        let r = then(HitCharge(&cache));
+        unmark_hit();
+        Some(r)
     } else {
+        leave_hit(cache);
         None
-    };
-    leave_hit(cache);
-    r
+    }
 }
 
 /// The cache a hit of [`charge_hit_and`] charged, while the thread is
@@ -517,14 +564,29 @@ impl HitCharge<'_> {
         self.0.objcg_addr.load(Ordering::Relaxed)
     }
 
-    /// The charged objcg's allocator cookie as the cache last saw it
-    /// (`TaskCache::hit_cookie`): the cookie, or a value at most
-    /// `task_shared::NO_HIT_COOKIE` when the cache has not seen one (then
-    /// read the objcg's own, through [`HitCharge::raw`]).
+    /// [`HitCharge::raw`] through [`Local::hot`] rather than the cache
+    /// this holds, for a `then` after its call: the hit's cache is the
+    /// marked pointer's with [`HIT_MARK_BIT`] cleared (see
+    /// [`unmark_hit`]), so no register keeps it across the call.
     #[inline(always)]
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
-    pub(crate) fn cookie(self) -> usize {
-        self.0.hit_cookie.load(Ordering::Relaxed)
+    pub(crate) fn raw_again(self) -> usize {
+        let c = hot().map_addr(|a| a & !HIT_MARK_BIT);
+        // SAFETY: inside a hit the pointer is the hit's cache, marked
+        // (nothing but a signal handler writes it, and a handler puts
+        // back what it found), and the cache lives while its task's
+        // thread runs; the same field `raw` reads.
+        unsafe { &*c }.objcg_addr.load(Ordering::Relaxed)
+    }
+
+    /// The charged objcg's heap (`TaskCache::alloc_heap`), for a hit of
+    /// [`charge_hit_and`] with `HEAP`: its key was armed with the heap, so
+    /// this is the cached objcg's allocator cookie, which names a heap.
+    /// (For a hit without `HEAP`, any value: do not use it.)
+    #[inline(always)]
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    pub(crate) fn heap(self) -> usize {
+        self.0.alloc_heap.load(Ordering::Relaxed)
     }
 }
 
@@ -682,7 +744,7 @@ pub(crate) fn refresh_hit_cookie() {
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
 pub(crate) fn charge_alloc(bytes: u64) -> usize {
-    charge_alloc_and(bytes, |raw| raw)
+    charge_alloc_and::<false, _>(bytes, |raw| raw)
 }
 
 /// [`charge_alloc`], then `then(raw)` with the thread still marked busy
@@ -691,8 +753,16 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
 /// through making a heap or a thread's part of one for a thread that
 /// memcg knows (the fork waits for busy threads; see `runtime::fork`). An
 /// allocation inside `then` takes the re-entrant path.
+///
+/// `HEAP` as in [`charge_hit_and`]: an allocator whose hit path needs the
+/// key armed with the objcg's heap passes `true`, so that a key armed
+/// without it misses here too and the slow path arms it again, with the
+/// heap once the objcg has one (else its hit path would miss for ever).
 #[inline(always)]
-pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
+pub(crate) fn charge_alloc_and<const HEAP: bool, R>(
+    bytes: u64,
+    then: impl FnOnce(usize) -> R,
+) -> R {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
@@ -705,7 +775,7 @@ pub(crate) fn charge_alloc_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> 
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
-        let raw = match task.charge_fast_here(bytes, global::fast_key_of_cpu) {
+        let raw = match task.charge_fast_here::<HEAP>(bytes, global::fast_key_of_cpu) {
             Some(raw) => raw,
             None => charge_task_slow_busy(task, bytes, f),
         };
@@ -1101,7 +1171,8 @@ mod tests {
             let inner = enter_hit();
             assert!(is_idle(inner));
             assert_eq!(hot(), inner.0);
-            assert!(!inner.charge_fast_here(64, || panic!("no key is armed on the mark")));
+            assert!(!inner.charge_fast_here::<false>(64, || panic!("no key is armed on the mark")));
+            assert!(!inner.charge_fast_here::<true>(64, || panic!("no key is armed on the mark")));
             // SAFETY: 64 bytes that nothing charged to the mark's objcg
             // (it has none): the free misses, as the test asserts.
             assert!(!unsafe { inner.uncharge_fast(raw, 64) });
@@ -1110,6 +1181,36 @@ mod tests {
             leave_hit(outer);
             assert!(!is_busy());
             assert_eq!(hot(), task_cache);
+            uncharge_alloc(raw, 64);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_hits_end_clears_the_mark_and_reads_back_what_it_kept_after_a_handler() {
+        let _ = crate::controller();
+        std::thread::spawn(|| {
+            let raw = charge_alloc(64);
+            assert_ne!(raw, 0);
+            let task_cache = task_cache_ptr();
+            // A hit's `then` keeps its size, then calls out...
+            let outer = enter_hit();
+            assert_eq!(outer.0, task_cache);
+            keep_hit_size(72);
+            // ...and a signal handler's hit path runs meanwhile: it misses
+            // on the mark, puts the mark back, and keeps nothing.
+            let inner = enter_hit();
+            assert!(!inner.charge_fast_here::<true>(64, || 1));
+            leave_hit(inner);
+            // After the call: the size and the charge's word read back
+            // through the marked pointer, then the mark cleared in place.
+            assert_eq!(kept_hit_size(), 72);
+            assert_eq!(HitCharge(&outer).raw_again(), raw);
+            assert!(is_busy());
+            unmark_hit();
+            assert!(!is_busy());
+            assert_eq!(hot(), task_cache, "the pointer the hit began with");
             uncharge_alloc(raw, 64);
         })
         .join()
