@@ -89,6 +89,51 @@ fn objcgs_past_the_heap_limit_are_charged_through_the_fallback_heap() {
     common::assert_invariants_settle();
 }
 
+/// A group past the heap limit still charges from its thread's byte
+/// cache: the slow path arms the thread's key with the objcg's no-heap
+/// cookie (`NO_HEAP_KEY`), which the allocation's slow entry accepts, so
+/// its allocations do not all take the slow charge (they did when the key
+/// was armed only for a heap).
+#[test]
+fn a_group_without_a_heap_charges_from_the_byte_cache() {
+    const PAIRS: u64 = 20_000;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let g = group("fallback-hits");
+    let base = MemcgMimalloc::objcg_heaps();
+    assert_eq!(MemcgMimalloc::set_max_heaps(base), base);
+    let (slow, fallbacks) = std::thread::spawn({
+        let g = g.clone();
+        move || {
+            g.attach_current().expect("attach");
+            // The objcg's first allocations: its cookie is set (no heap).
+            drop(black_box(vec![1u8; 64]));
+            drop(black_box(vec![1u8; 64]));
+            let ctrl = memcg::controller();
+            let before = ctrl.counters().task_charges;
+            let fallbacks = MemcgMimalloc::fallback_allocations();
+            for i in 0..PAIRS {
+                drop(black_box(vec![i as u8; 64]));
+            }
+            (
+                ctrl.counters().task_charges - before,
+                MemcgMimalloc::fallback_allocations() - fallbacks,
+            )
+        }
+    })
+    .join()
+    .expect("allocating thread");
+    MemcgMimalloc::set_max_heaps(MAX_OBJCG_HEAPS);
+    assert_eq!(MemcgMimalloc::objcg_heaps(), base, "the group got no heap");
+    assert_eq!(fallbacks, PAIRS, "every block from the fallback heap");
+    // Other threads of the harness may charge meanwhile: a bound, not 0.
+    assert!(
+        slow < PAIRS / 4,
+        "{slow} slow charges for {PAIRS} allocations of a group without a heap"
+    );
+    assert_empty(&g);
+    common::assert_invariants_settle();
+}
+
 #[test]
 fn fallback_blocks_keep_contents_alignment_and_their_group_through_realloc() {
     #[repr(align(4096))]

@@ -123,8 +123,6 @@ impl Task {
         cache.objcg_addr.store(0, Ordering::Relaxed);
         cache.hit_addr.store(NO_HIT_ADDR, Ordering::Relaxed);
         cache.hit_cookie.store(NO_HIT_COOKIE, Ordering::Relaxed);
-        // No key is armed (cleared above), so no hit path reads it.
-        cache.alloc_heap.store(0, Ordering::Relaxed);
         match cpu {
             Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
             None => {

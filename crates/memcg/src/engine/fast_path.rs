@@ -23,19 +23,46 @@ use crate::sync::Ordering;
 pub(crate) const ONE_KEY: u64 = 1;
 
 /// The bit [`Task::charge_keyed`] sets in the key it arms when the cached
-/// objcg has an allocator cookie (`MemcgMimalloc`'s heap), after copying
-/// the cookie into [`TaskCache::alloc_heap`]: a hit path that allocates
-/// from that heap compares the armed key with its own key and this bit
-/// ([`TaskCache::charge_fast_here`] with `HEAP`), and then reads the heap
-/// with no test of its own (two instructions fewer per allocation). Other
-/// hit paths accept a key with or without it. Above every key a caller
+/// objcg's allocator cookie names a heap (`MemcgMimalloc`'s), after
+/// copying the cookie into [`TaskCache::alloc_heap`]: a hit path that
+/// allocates from that heap accepts only a key with it
+/// ([`HEAP_KEY_HITS`]), and then reads the heap with no test of its own
+/// (two instructions fewer per allocation). Above every key a caller
 /// passes (CPU ids plus 2, below 2^13), and below 2^31, so that a key
 /// with it is still compared with a 32-bit immediate.
 pub(crate) const HEAP_KEY: u64 = 1 << 30;
 
+/// The bit [`Task::charge_keyed`] sets instead of [`HEAP_KEY`] when the
+/// cached objcg's cookie was set but names no heap (`MemcgMimalloc`'s
+/// latch for an objcg past its heap limit, whose blocks come from the
+/// fallback heap): that allocator's slow entry accepts it
+/// ([`COOKIE_KEY_HITS`]), so such an objcg's charges still hit there,
+/// while a key armed before the cookie was set (neither bit) misses until
+/// the slow path arms it again with the cookie.
+pub(crate) const NO_HEAP_KEY: u64 = 1 << 29;
+
+/// [`HEAP_KEY`] and [`NO_HEAP_KEY`]: the bits of an armed key that say
+/// what the cached objcg's cookie was; a key compare of a caller that
+/// reads no cookie ignores them.
+pub(crate) const COOKIE_KEY_BITS: u64 = HEAP_KEY | NO_HEAP_KEY;
+
+/// [`TaskCache::charge_fast_here`]'s `KEYS`: any armed key hits (a caller
+/// that reads no cookie: `MemcgAlloc`).
+pub(crate) const ANY_KEY_HITS: u8 = 0;
+/// [`TaskCache::charge_fast_here`]'s `KEYS`: only a key armed with
+/// [`HEAP_KEY`] hits (`MemcgMimalloc`'s hit path, which then allocates
+/// from [`TaskCache::alloc_heap`]).
+pub(crate) const HEAP_KEY_HITS: u8 = 1;
+/// [`TaskCache::charge_fast_here`]'s `KEYS`: a key armed with either
+/// cookie bit hits (`MemcgMimalloc`'s slow entry, which finds the heap,
+/// or the fallback, itself); one armed before the cookie was set misses,
+/// so that the slow path arms it again.
+pub(crate) const COOKIE_KEY_HITS: u8 = 2;
+
 impl Task {
     /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
-    /// from the byte cache when `key` is the cache's fast key (armed by
+    /// from the byte cache when `key` is the cache's fast key, its cookie
+    /// bits ([`COOKIE_KEY_BITS`]) aside (armed by
     /// [`Task::charge_keyed`], cleared by anything that could change the
     /// objcg charged, an attach included) and the cache holds enough;
     /// returns the charge as a raw word ([`Charge::into_raw`]). `None`
@@ -53,7 +80,7 @@ impl Task {
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         let cache = &self.shared.cache;
         cache
-            .charge_fast_when(bytes, |armed| armed & !HEAP_KEY == key)
+            .charge_fast_when(bytes, |armed| armed & !COOKIE_KEY_BITS == key)
             .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -65,18 +92,18 @@ impl Task {
     /// name a set of CPUs of one node (the runtime uses the real CPU id
     /// plus 2, or 1 when the topology has a single node):
     /// [`Task::charge_fast`] with the same key then charges that node's
-    /// objcg. When the objcg has an allocator cookie, the key is armed
-    /// with [`HEAP_KEY`] set and the cookie copied into
-    /// [`TaskCache::alloc_heap`] first.
+    /// objcg. When the objcg's allocator cookie is set, the key is armed
+    /// with [`HEAP_KEY`] (the cookie, a heap, copied into
+    /// [`TaskCache::alloc_heap`] first) or [`NO_HEAP_KEY`] set.
     ///
     /// # Errors
     /// As [`Task::charge`].
     pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
-        // A key at or above `HEAP_KEY` (no CPU id the runtime reads) is
-        // never armed: the bit is the heap's.
+        // A key at or above `NO_HEAP_KEY` (no CPU id the runtime reads)
+        // is never armed: the bits are the cookie's.
         if key != 0
-            && key < HEAP_KEY
+            && key < NO_HEAP_KEY
             && !self.has_active.get()
             && !self.spending.get()
             && !self.exited.get()
@@ -95,7 +122,13 @@ impl Task {
                     // objcg (its heap, made on the first allocation).
                     let cache = &self.shared.cache;
                     cache.refresh_hit_cookie();
-                    let key = match cache.hit_cookie.load(Ordering::Relaxed) {
+                    // SAFETY: the cached objcg is a live entry of the
+                    // type-stable table (the cache holds a reference).
+                    // Acquire: as in `refresh_hit_cookie`.
+                    let cookie = unsafe { crate::engine::obj_cgroup::alloc_cookie(cached) }
+                        .load(Ordering::Acquire);
+                    let key = match cookie {
+                        0 => key,
                         heap if heap > NO_HIT_COOKIE => {
                             // Before the key: a key with `HEAP_KEY` means
                             // the word holds the cached objcg's heap. The
@@ -105,7 +138,7 @@ impl Task {
                             cache.alloc_heap.store(heap, Ordering::Relaxed);
                             key | HEAP_KEY
                         }
-                        _ => key,
+                        _ => key | NO_HEAP_KEY,
                     };
                     self.arm_fast_key(key, tagged);
                 }
@@ -196,14 +229,14 @@ impl Task {
     }
     /// [`TaskCache::charge_fast_here`] of this task's cache.
     #[inline(always)]
-    pub(crate) fn charge_fast_here<const HEAP: bool>(
+    pub(crate) fn charge_fast_here<const KEYS: u8>(
         &self,
         bytes: u64,
         cpu_key: impl FnOnce() -> u64,
     ) -> Option<usize> {
         let cache = &self.shared.cache;
         cache
-            .charge_fast_here::<HEAP>(bytes, cpu_key)
+            .charge_fast_here::<KEYS>(bytes, cpu_key)
             .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -449,12 +482,14 @@ impl TaskCache {
     /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
     /// compare never lets a per-CPU key's task charge another node.
     ///
-    /// With `HEAP`, only a key armed with [`HEAP_KEY`] hits (the caller
-    /// then allocates from [`TaskCache::alloc_heap`], which such a key
-    /// guarantees holds the cached objcg's heap); without it, a key armed
-    /// with or without the bit (the caller reads no heap).
+    /// `KEYS` says which armed keys hit: [`ANY_KEY_HITS`] (with or
+    /// without a cookie bit: the caller reads no cookie),
+    /// [`HEAP_KEY_HITS`] (only with [`HEAP_KEY`]: the caller then
+    /// allocates from [`TaskCache::alloc_heap`], which such a key
+    /// guarantees holds the cached objcg's heap) or [`COOKIE_KEY_HITS`]
+    /// (with either cookie bit).
     #[inline(always)]
-    pub(crate) fn charge_fast_here<const HEAP: bool>(
+    pub(crate) fn charge_fast_here<const KEYS: u8>(
         &self,
         bytes: u64,
         cpu_key: impl FnOnce() -> u64,
@@ -463,21 +498,26 @@ impl TaskCache {
         // per-CPU compare, after `armed_is`'s compare of memory with a
         // constant (no register kept for the key); an attach disarming it
         // in between is seen by either read or by the next charge, as in
-        // the seed.
-        let armed = if HEAP {
+        // the seed. No CPU read when no key is armed.
+        let armed = if KEYS == HEAP_KEY_HITS {
             armed_is::<{ ONE_KEY | HEAP_KEY }>(self) || {
-                // No CPU read when no key is armed, as below.
                 let armed = self.fast_key.load(Ordering::Relaxed);
                 armed != 0 && armed == cpu_key() | HEAP_KEY
             }
+        } else if KEYS == COOKIE_KEY_HITS {
+            // A slow entry's: no `asm!` compare.
+            let armed = self.fast_key.load(Ordering::Relaxed);
+            let key = armed & !COOKIE_KEY_BITS;
+            armed & COOKIE_KEY_BITS != 0 && (key == ONE_KEY || key == cpu_key())
         } else {
             armed_is::<ONE_KEY>(self) || {
                 let armed = self.fast_key.load(Ordering::Relaxed);
-                // The one key with the bit last: a process whose other
-                // allocator arms it (`MemcgMimalloc` beside a `MemcgAlloc`)
-                // reads the CPU for nothing, and the per-CPU hit gains
-                // only the mask.
-                armed != 0 && (armed & !HEAP_KEY == cpu_key() || armed == ONE_KEY | HEAP_KEY)
+                // The one key with a cookie bit last: a process whose
+                // other allocator arms it (`MemcgMimalloc` beside a
+                // `MemcgAlloc`) reads the CPU for nothing, and the
+                // per-CPU hit gains only the mask.
+                let key = armed & !COOKIE_KEY_BITS;
+                armed != 0 && (key == cpu_key() || key == ONE_KEY)
             }
         };
         armed && take_bytes_and_credit(self, bytes)
@@ -644,61 +684,85 @@ mod fast_path_tests {
     }
 
     #[test]
-    fn a_key_is_armed_with_the_heap_bit_only_once_the_objcg_has_a_heap() {
-        for (spec, key, other) in [("1x1", ONE_KEY, 2), ("2x1", 2, 3)] {
-            let (ctrl, g, task) = setup(spec);
-            let cache = &task.shared.cache;
-            let heap_of = || cache.alloc_heap.load(Ordering::Relaxed);
-            let mut raws = Vec::new();
-            let first = task.charge_keyed(key, 0, 64).expect("charge");
-            assert_eq!(armed(&task), key, "{spec}: no cookie, the plain key");
-            assert_eq!(heap_of(), 0);
-            // The allocator makes the objcg's heap (its cookie): a hit path
-            // that reads no heap still hits, one that allocates from the
-            // heap misses until the next slow call...
-            let raw = first.objcg.as_ptr() as usize;
-            raws.push(first.into_raw());
-            // SAFETY: a live objcg's address (the charge holds it).
-            let cookie = unsafe { crate::engine::obj_cgroup::alloc_cookie(raw) };
-            cookie.store(0x7000, Ordering::Release);
-            raws.extend(task.charge_fast_here::<false>(64, || key));
-            assert_eq!(raws.len(), 2);
-            assert!(task.charge_fast_here::<true>(64, || key).is_none());
-            // ...which copies the heap, then arms the key with the bit.
-            raws.push(task.charge_keyed(key, 0, 64).expect("charge").into_raw());
-            assert_eq!(armed(&task), key | HEAP_KEY, "{spec}");
-            assert_eq!(heap_of(), 0x7000);
-            raws.extend(task.charge_fast_here::<true>(64, || key));
-            raws.extend(task.charge_fast_here::<false>(64, || key));
-            raws.extend(task.charge_fast(key, 64));
-            assert_eq!(raws.len(), 6, "{spec}: each hits (the bit is not the key)");
-            assert!(raws.iter().all(|&r| r == raw));
-            // Another CPU's key misses both ways.
-            if key != ONE_KEY {
-                assert!(task.charge_fast_here::<true>(64, || other).is_none());
-                assert!(task.charge_fast_here::<false>(64, || other).is_none());
-                assert!(task.charge_fast(other, 64).is_none());
+    fn a_key_is_armed_with_a_cookie_bit_only_once_the_objcg_has_a_cookie() {
+        // A heap (`HEAP_KEY`, the heap copied) and the latch of an objcg
+        // with no heap (`NO_HEAP_KEY`, nothing copied), on the one key
+        // and on per-CPU keys.
+        for (cookie, bit) in [(0x7000, HEAP_KEY), (1, NO_HEAP_KEY)] {
+            for (spec, key, other) in [("1x1", ONE_KEY, 2), ("2x1", 2, 3)] {
+                let at = format!("{spec}, cookie {cookie:#x}");
+                let (ctrl, g, task) = setup(spec);
+                let cache = &task.shared.cache;
+                let heap_of = || cache.alloc_heap.load(Ordering::Relaxed);
+                let hits = |keys: u8| match keys {
+                    ANY_KEY_HITS => task.charge_fast_here::<ANY_KEY_HITS>(64, || key),
+                    HEAP_KEY_HITS => task.charge_fast_here::<HEAP_KEY_HITS>(64, || key),
+                    _ => task.charge_fast_here::<COOKIE_KEY_HITS>(64, || key),
+                };
+                let mut raws = Vec::new();
+                let first = task.charge_keyed(key, 0, 64).expect("charge");
+                assert_eq!(armed(&task), key, "{at}: no cookie, the plain key");
+                // The allocator sets the objcg's cookie: a hit path that
+                // reads no cookie still hits, the others miss until the
+                // next slow call...
+                let raw = first.objcg.as_ptr() as usize;
+                raws.push(first.into_raw());
+                // SAFETY: a live objcg's address (the charge holds it).
+                let word = unsafe { crate::engine::obj_cgroup::alloc_cookie(raw) };
+                word.store(cookie, Ordering::Release);
+                raws.extend(hits(ANY_KEY_HITS));
+                assert_eq!(raws.len(), 2, "{at}");
+                assert!(hits(HEAP_KEY_HITS).is_none(), "{at}");
+                assert!(hits(COOKIE_KEY_HITS).is_none(), "{at}");
+                // ...which arms the key with the cookie's bit (the heap
+                // copied first).
+                raws.push(task.charge_keyed(key, 0, 64).expect("charge").into_raw());
+                assert_eq!(armed(&task), key | bit, "{at}");
+                let heap = if bit == HEAP_KEY { cookie } else { 0 };
+                assert_eq!(heap_of(), heap, "{at}");
+                raws.extend(hits(ANY_KEY_HITS));
+                raws.extend(hits(COOKIE_KEY_HITS));
+                raws.extend(task.charge_fast(key, 64));
+                assert_eq!(raws.len(), 6, "{at}: each hits (the bit is not the key)");
+                let heap_hit = hits(HEAP_KEY_HITS);
+                assert_eq!(heap_hit.is_some(), bit == HEAP_KEY, "{at}");
+                raws.extend(heap_hit);
+                assert!(raws.iter().all(|&r| r == raw));
+                // Another CPU's key misses every way.
+                if key != ONE_KEY {
+                    assert!(task
+                        .charge_fast_here::<ANY_KEY_HITS>(64, || other)
+                        .is_none());
+                    assert!(task
+                        .charge_fast_here::<HEAP_KEY_HITS>(64, || other)
+                        .is_none());
+                    assert!(task
+                        .charge_fast_here::<COOKIE_KEY_HITS>(64, || other)
+                        .is_none());
+                    assert!(task.charge_fast(other, 64).is_none());
+                }
+                // A drain disarms (the heap word, read only under a key
+                // with `HEAP_KEY`, may stay).
+                task.drain_cache(None);
+                assert_eq!(armed(&task), 0, "{at}");
+                assert!(hits(HEAP_KEY_HITS).is_none());
+                word.store(0, Ordering::Release);
+                for raw in raws {
+                    // SAFETY: each a raw word of a charge of 64 Alloc bytes
+                    // of `ctrl`, rebuilt once.
+                    let c = unsafe { Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl) };
+                    task.uncharge(0, c).expect("uncharge");
+                }
+                assert_eq!(alloc_bytes(&task, &g), 0);
+                ctrl.check_invariants().expect("invariants");
             }
-            // A drain disarms and forgets the heap.
-            task.drain_cache(None);
-            assert_eq!((armed(&task), heap_of()), (0, 0), "{spec}");
-            assert!(task.charge_fast_here::<true>(64, || key).is_none());
-            cookie.store(0, Ordering::Release);
-            for raw in raws {
-                // SAFETY: each a raw word of a charge of 64 Alloc bytes of
-                // `ctrl`, rebuilt once.
-                let c = unsafe { Charge::from_raw(raw, 64, ChargeKind::Alloc, &ctrl) };
-                task.uncharge(0, c).expect("uncharge");
-            }
-            assert_eq!(alloc_bytes(&task, &g), 0);
-            ctrl.check_invariants().expect("invariants");
         }
     }
 
     #[test]
-    fn a_key_with_the_heap_bit_is_never_armed_by_a_caller() {
+    fn a_key_with_a_cookie_bit_is_never_armed_by_a_caller() {
         let (ctrl, _g, task) = setup("1x1");
-        for key in [HEAP_KEY, HEAP_KEY | ONE_KEY, u64::MAX] {
+        for key in [HEAP_KEY, NO_HEAP_KEY, HEAP_KEY | ONE_KEY, u64::MAX] {
             let c = task.charge_keyed(key, 0, 64).expect("charge");
             assert_eq!(armed(&task), 0, "key {key:#x}");
             task.uncharge(0, c).expect("uncharge");
@@ -1039,22 +1103,35 @@ mod fast_path_tests {
         // only with its CPU, no key never; with the heap bit, only a key
         // armed with it.
         let never = || -> u64 { panic!("the CPU was read for the one key") };
-        assert!(cache_with(64, 1, ONE_KEY | HEAP_KEY).charge_fast_here::<true>(64, never));
+        assert!(cache_with(64, 1, ONE_KEY | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, never));
         // (Without it, the one key with the bit after a CPU read.)
         for cpu_key in [2, 7, u64::MAX] {
             let c = cache_with(64, 1, ONE_KEY | HEAP_KEY);
-            assert!(c.charge_fast_here::<false>(64, || cpu_key));
+            assert!(c.charge_fast_here::<ANY_KEY_HITS>(64, || cpu_key));
         }
-        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<true>(64, || ONE_KEY));
-        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<true>(64, || 7));
-        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<false>(64, || 7));
-        assert!(!cache_with(64, 1, 7).charge_fast_here::<true>(64, || 7));
-        assert!(!cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<true>(64, || 8));
-        assert!(!cache_with(64, 1, 0).charge_fast_here::<true>(64, || 0));
-        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here::<false>(64, never));
-        assert!(cache_with(64, 1, 7).charge_fast_here::<false>(64, || 7));
-        assert!(!cache_with(64, 1, 7).charge_fast_here::<false>(64, || 8));
-        assert!(!cache_with(64, 1, 0).charge_fast_here::<false>(64, || 0));
+        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || ONE_KEY));
+        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
+        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
+        assert!(!cache_with(64, 1, 7).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
+        assert!(!cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 8));
+        assert!(!cache_with(64, 1, 0).charge_fast_here::<HEAP_KEY_HITS>(64, || 0));
+        // A slow entry's: either cookie bit, the one key without a CPU
+        // read; no bit never.
+        for key in [ONE_KEY | HEAP_KEY, ONE_KEY | NO_HEAP_KEY] {
+            assert!(cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, never));
+        }
+        for key in [7 | HEAP_KEY, 7 | NO_HEAP_KEY] {
+            assert!(cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, || 7));
+            assert!(!cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, || 8));
+            assert!(cache_with(64, 1, key).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
+        }
+        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<COOKIE_KEY_HITS>(64, || 1));
+        assert!(!cache_with(64, 1, 7).charge_fast_here::<COOKIE_KEY_HITS>(64, || 7));
+        assert!(!cache_with(64, 1, 7 | NO_HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
+        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here::<ANY_KEY_HITS>(64, never));
+        assert!(cache_with(64, 1, 7).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
+        assert!(!cache_with(64, 1, 7).charge_fast_here::<ANY_KEY_HITS>(64, || 8));
+        assert!(!cache_with(64, 1, 0).charge_fast_here::<ANY_KEY_HITS>(64, || 0));
     }
 
     #[test]

@@ -563,7 +563,8 @@ mod tests {
     fn check_invariants_reports_a_written_hit_mark() {
         let (c, _g, t, _ch) = setup();
         let mark = t.shared.cache.mark_for_test();
-        // Each word a hit path reads before it misses on the mark, written
+        // Each word a hit path reads before it misses on the mark, and the
+        // heap one reads after a hit (defensive: it misses before), written
         // with a value that could hit, then put back.
         mark.fast_key.store(1, Ordering::Relaxed);
         let v = violations(&c);

@@ -59,7 +59,10 @@ pub(crate) struct TaskCache {
     /// for that key's node, with no override active. Cleared by everything
     /// that could change that: a refresh, a drain or switch of the cache,
     /// an override, exemption, and an attach from any thread (after it sets
-    /// the update flag; see `Task::arm_fast_key`).
+    /// the update flag; see `Task::arm_fast_key`). The armed value may
+    /// carry a cookie bit (`fast_path::HEAP_KEY`, `NO_HEAP_KEY`), which
+    /// says what the cached objcg's allocator cookie was when armed; key
+    /// compares that read no cookie ignore it.
     pub(crate) fast_key: AtomicU64,
     /// What the allocator's hit path for frees and resizes compares a
     /// block's charge word with: the cached objcg's address
@@ -89,10 +92,13 @@ pub(crate) struct TaskCache {
     /// with [`HEAP_KEY`] (a key so armed means this word holds the cached
     /// objcg's cookie, which names a heap), so that the hit path needs no
     /// test of its own. Written only by the owner's slow path, before it
-    /// arms such a key (`Task::charge_keyed`), and cleared when the cache
-    /// drains; never by the fork handlers, which stop `hit_cookie` (an
-    /// allocation that read its key before a handler's stop may read this
-    /// word after it, and still finds the heap). 0 when never armed so.
+    /// arms such a key (`Task::charge_keyed`); never by the fork handlers,
+    /// which stop `hit_cookie` (an allocation that read its key before a
+    /// handler's stop may read this word after it, and still finds the
+    /// heap). Not cleared when the cache drains (the drain disarms the
+    /// key): under any other key it may hold a heap of an objcg the task
+    /// cached before (heaps live as long as the process), or 0, and is
+    /// not read.
     ///
     /// [`HEAP_KEY`]: crate::engine::fast_path::HEAP_KEY
     pub(crate) alloc_heap: AtomicUsize,

@@ -45,14 +45,16 @@
 //! (fallback heap), and only then, out of line, is the heap compared with
 //! the fallback heap and the trailer read.
 //!
-//! The path of blocks with a heap of their own runs the same instructions
-//! as before the fallback existed (callgrind: 226.4 per 64-byte
-//! alloc + free pair before and after; a growing `realloc` 4 fewer): the
-//! allocation's existing "no heap" branch calls the cold
-//! [`alloc_fallback`], and a free or `realloc` looks at the fallback only
-//! when the table lookup found no objcg ([`dealloc_without_objcg`],
-//! [`realloc_fallback`]). A fallback pair costs about 76 instructions more
-//! (the table probe that misses, the trailer, a shared counter).
+//! The path of blocks with a heap of their own does nothing for the
+//! fallback: the allocation's hit path runs only under a key armed with
+//! the objcg's heap (`fast_path::HEAP_KEY`); an objcg with no heap arms
+//! its task's key with `fast_path::NO_HEAP_KEY` instead, whose
+//! allocations miss the hit path and charge from the byte cache in the
+//! cold one, which calls [`alloc_fallback`]; a free or `realloc` looks at
+//! the fallback only when the table lookup found no objcg
+//! ([`dealloc_without_objcg`], [`realloc_fallback`]). A fallback pair
+//! costs more (the cold allocation, the table probe that misses, the
+//! trailer, a shared counter).
 //!
 //! Fallback blocks are charged what a block with a heap is
 //! (`round_up(size, 8)`; the trailer is allocator overhead, as mimalloc's
@@ -78,6 +80,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::ffi::c_void;
 
+use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS};
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
 use crate::runtime::thread::{self, REFUSED};
@@ -614,9 +617,10 @@ impl MemcgMimalloc {
     }
 
     /// The hit path of `alloc`: a charge served by the thread's byte cache
-    /// ([`thread::charge_hit_and`]), then the objcg's heap (its table
-    /// entry's cookie) and the allocation in it, the thread still marked
-    /// busy. Every miss goes whole to a cold function, so that the hit
+    /// ([`thread::charge_hit_and`]) under a key armed with the objcg's
+    /// heap, then the heap (the cache's copy of the objcg's cookie,
+    /// `TaskCache::alloc_heap`) and the allocation in it, the thread still
+    /// marked busy. Every miss goes whole to a cold function, so that the hit
     /// path keeps little across its one call (mimalloc's).
     ///
     /// The layouts of mimalloc's small-object entry point ([`is_small`]:
@@ -646,18 +650,17 @@ impl MemcgMimalloc {
         let size = charged_size(layout.size()) as usize;
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
-        let hit = thread::charge_hit_and::<true, _>(size as u64, |hit| {
+        let hit = thread::charge_hit_and::<HEAP_KEY_HITS, _>(size as u64, |hit| {
+            // The size is kept in memory across the call, read back only
+            // if it fails (`thread::keep_hit_size`), as the charge's word
+            // is (`hit.raw_again()`): the call then keeps no register.
+            thread::keep_hit_size(size);
             // The objcg's heap, which the key's arming copied from its
             // cookie (one load and no test: a key armed so means the heap
-            // was made; the charge's word itself is read only off this
-            // path, `hit.raw()`). The slow path picked the cookie up after
-            // the heap was made (which published it with an AcqRel
-            // exchange, read with Acquire there), before this thread
-            // allocated from the heap.
-            // Kept in memory across the call, read back only if it fails
-            // (`thread::keep_hit_size`), as the charge's word is
-            // (`hit.raw_again()`): the call then keeps no register.
-            thread::keep_hit_size(size);
+            // was made). The slow path picked the cookie up after the heap
+            // was made (which published it with an AcqRel exchange, read
+            // with Acquire there), before this thread allocated from the
+            // heap.
             let heap = hit.heap();
             // SAFETY: FFI calls with a heap made by `mi_heap_new` and a
             // size the small entry points serve.
@@ -716,7 +719,7 @@ fn small_layout(size: usize) -> Layout {
 unsafe fn alloc_not_small(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     // SAFETY: the caller's guarantee.
     let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
-    let hit = thread::charge_hit_and::<true, _>(charged_bytes(layout), |hit| {
+    let hit = thread::charge_hit_and::<HEAP_KEY_HITS, _>(charged_bytes(layout), |hit| {
         // As in `alloc_with`: a key armed with the heap.
         let heap = hit.heap();
         // SAFETY: FFI calls with a heap made by `mi_heap_new` and a valid
@@ -796,14 +799,14 @@ unsafe fn alloc_cold(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     let bytes = charged_bytes(layout);
     // mimalloc is called with the thread still busy (see
     // `thread::charge_alloc_and`: a fork waits for it).
-    thread::charge_alloc_and::<true, _>(bytes, |raw| {
+    thread::charge_alloc_and::<COOKIE_KEY_HITS, _>(bytes, |raw| {
         // SAFETY: forwarded contract.
         unsafe { alloc_charged(raw, bytes, layout, zeroed) }
     })
 }
 
 /// [`alloc_charged`] out of line, for the hit path's misses after its
-/// charge (the objcg has no heap yet, or its heap refused). Takes no
+/// charge (its heap refused: a full node arena). Takes no
 /// byte count (it is [`charged_bytes`] of `layout`): the hit path then
 /// keeps one register less across its call.
 ///

@@ -19,6 +19,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 
+use crate::engine::fast_path::ANY_KEY_HITS;
 use crate::engine::task_shared::{CacheSlot, TaskCache, HIT_MARK_BIT};
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
 use crate::error::{Error, Result};
@@ -184,7 +185,8 @@ fn set_hot(c: *mut TaskCache) {
 /// The cache a hit path uses, as [`enter_hit`] loaded it from
 /// [`Local::hot`]: [`IDLE`]'s, a hit mark (when the thread may not hit;
 /// every hit path misses on both), or the thread's task's. Kept as the
-/// pointer, with its slot's provenance, for [`leave_hit`] to put back.
+/// pointer, with its slot's provenance, for [`leave_hit`] to put back
+/// after a miss (a hit clears the mark in place, [`unmark_hit`]).
 #[derive(Clone, Copy)]
 struct Hot(*mut TaskCache);
 
@@ -514,7 +516,7 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&Task) -> R) -> Option<R> {
 /// its start; see `runtime::fork`).
 #[inline(always)]
 pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
-    charge_hit_and::<false, _>(bytes, |hit| hit.raw())
+    charge_hit_and::<ANY_KEY_HITS, _>(bytes, |hit| hit.raw())
 }
 
 /// [`charge_hit`], then `then(hit)` with the thread still marked busy, as
@@ -522,13 +524,17 @@ pub(crate) fn charge_hit(bytes: u64) -> Option<usize> {
 /// with nothing done on a miss.
 ///
 /// `then` also gets the thread's charge word source, [`HitCharge`]: after
-/// a call it makes, the charge's word can be read again from it rather
+/// a call it makes, the charge's word can be read again
+/// ([`HitCharge::raw_again`], through the thread's cache pointer) rather
 /// than kept in a register across the call (the thread is still marked
-/// busy, so the cache has not changed). With `HEAP`, only a key armed
-/// with the objcg's heap hits (`fast_path::HEAP_KEY`), and
-/// [`HitCharge::heap`] is that heap.
+/// busy, so the cache has not changed). A hit ends with the mark cleared
+/// in place ([`unmark_hit`]), a miss with the pointer put back
+/// ([`leave_hit`]). `KEYS` says which armed keys hit
+/// (`TaskCache::charge_fast_here`): with `fast_path::HEAP_KEY_HITS`, only
+/// a key armed with the objcg's heap, and [`HitCharge::heap`] is that
+/// heap.
 #[inline(always)]
-pub(crate) fn charge_hit_and<const HEAP: bool, R>(
+pub(crate) fn charge_hit_and<const KEYS: u8, R>(
     bytes: u64,
     then: impl FnOnce(HitCharge<'_>) -> R,
 ) -> Option<R> {
@@ -538,7 +544,7 @@ pub(crate) fn charge_hit_and<const HEAP: bool, R>(
     // has an active task and is not busy.
     let cache = enter_hit();
     // The key needs the CPU only when the armed key is not `ONE_KEY`.
-    if cache.charge_fast_here::<HEAP>(bytes, global::fast_key_of_cpu_inline) {
+    if cache.charge_fast_here::<KEYS>(bytes, global::fast_key_of_cpu_inline) {
         // `then` loads the charge's word if it needs it (a Relaxed atomic
         // load is not removed when unused).
         let r = then(HitCharge(&cache));
@@ -580,9 +586,10 @@ impl HitCharge<'_> {
     }
 
     /// The charged objcg's heap (`TaskCache::alloc_heap`), for a hit of
-    /// [`charge_hit_and`] with `HEAP`: its key was armed with the heap, so
-    /// this is the cached objcg's allocator cookie, which names a heap.
-    /// (For a hit without `HEAP`, any value: do not use it.)
+    /// [`charge_hit_and`] with `fast_path::HEAP_KEY_HITS`: its key was
+    /// armed with the heap, so this is the cached objcg's allocator
+    /// cookie, which names a heap. (For another hit, any value: do not
+    /// use it.)
     #[inline(always)]
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     pub(crate) fn heap(self) -> usize {
@@ -744,7 +751,7 @@ pub(crate) fn refresh_hit_cookie() {
 /// word (the charge's raw word, 0 when not accounted, [`REFUSED`]).
 #[inline(always)]
 pub(crate) fn charge_alloc(bytes: u64) -> usize {
-    charge_alloc_and::<false, _>(bytes, |raw| raw)
+    charge_alloc_and::<ANY_KEY_HITS, _>(bytes, |raw| raw)
 }
 
 /// [`charge_alloc`], then `then(raw)` with the thread still marked busy
@@ -754,15 +761,14 @@ pub(crate) fn charge_alloc(bytes: u64) -> usize {
 /// memcg knows (the fork waits for busy threads; see `runtime::fork`). An
 /// allocation inside `then` takes the re-entrant path.
 ///
-/// `HEAP` as in [`charge_hit_and`]: an allocator whose hit path needs the
-/// key armed with the objcg's heap passes `true`, so that a key armed
-/// without it misses here too and the slow path arms it again, with the
-/// heap once the objcg has one (else its hit path would miss for ever).
+/// `KEYS` as in [`charge_hit_and`]: an allocator whose hit path needs
+/// the key armed with the objcg's heap passes
+/// `fast_path::COOKIE_KEY_HITS`, so that a key armed before the objcg's
+/// cookie was set misses here too and the slow path arms it again, with
+/// the heap once the objcg has one (else its hit path would miss for
+/// ever), while an objcg with no heap (the fallback's) still hits here.
 #[inline(always)]
-pub(crate) fn charge_alloc_and<const HEAP: bool, R>(
-    bytes: u64,
-    then: impl FnOnce(usize) -> R,
-) -> R {
+pub(crate) fn charge_alloc_and<const KEYS: u8, R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let f = flags();
@@ -775,7 +781,7 @@ pub(crate) fn charge_alloc_and<const HEAP: bool, R>(
         mark_busy(f);
         // SAFETY: the life is ACTIVE.
         let task = unsafe { task_unchecked() };
-        let raw = match task.charge_fast_here::<HEAP>(bytes, global::fast_key_of_cpu) {
+        let raw = match task.charge_fast_here::<KEYS>(bytes, global::fast_key_of_cpu) {
             Some(raw) => raw,
             None => charge_task_slow_busy(task, bytes, f),
         };
@@ -1115,6 +1121,7 @@ impl BuilderExt for std::thread::Builder {
 #[cfg(all(test, not(memcg_loom)))]
 mod tests {
     use super::*;
+    use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS};
 
     #[test]
     fn a_stale_busy_write_over_a_fresh_life_does_not_make_a_second_task() {
@@ -1171,8 +1178,10 @@ mod tests {
             let inner = enter_hit();
             assert!(is_idle(inner));
             assert_eq!(hot(), inner.0);
-            assert!(!inner.charge_fast_here::<false>(64, || panic!("no key is armed on the mark")));
-            assert!(!inner.charge_fast_here::<true>(64, || panic!("no key is armed on the mark")));
+            let no_cpu = || -> u64 { panic!("no key is armed on the mark") };
+            assert!(!inner.charge_fast_here::<ANY_KEY_HITS>(64, no_cpu));
+            assert!(!inner.charge_fast_here::<HEAP_KEY_HITS>(64, no_cpu));
+            assert!(!inner.charge_fast_here::<COOKIE_KEY_HITS>(64, no_cpu));
             // SAFETY: 64 bytes that nothing charged to the mark's objcg
             // (it has none): the free misses, as the test asserts.
             assert!(!unsafe { inner.uncharge_fast(raw, 64) });
@@ -1201,7 +1210,10 @@ mod tests {
             // ...and a signal handler's hit path runs meanwhile: it misses
             // on the mark, puts the mark back, and keeps nothing.
             let inner = enter_hit();
-            assert!(!inner.charge_fast_here::<true>(64, || 1));
+            assert!(is_idle(inner));
+            let no_cpu = || -> u64 { panic!("no key is armed on the mark") };
+            assert!(!inner.charge_fast_here::<HEAP_KEY_HITS>(64, no_cpu));
+            assert!(!inner.charge_fast_here::<ANY_KEY_HITS>(64, no_cpu));
             leave_hit(inner);
             // After the call: the size and the charge's word read back
             // through the marked pointer, then the mark cleared in place.
