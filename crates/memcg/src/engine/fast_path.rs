@@ -22,29 +22,47 @@ use crate::sync::Ordering;
 /// of one node, or the single cache); per-CPU keys are 2 and above.
 pub(crate) const ONE_KEY: u64 = 1;
 
-/// The bit [`Task::charge_keyed`] sets in the key it arms when the cached
+/// How an armed key is held in [`TaskCache::fast_key`]: the key shifted
+/// up by a byte, the low byte holding its cookie bits ([`HEAP_KEY`],
+/// [`NO_HEAP_KEY`]), so that a hit path that reads no cookie compares the
+/// key alone with one compare of the word's bytes 1 to 4 (the one key:
+/// [`key_is_one`]) and one that needs the heap compares the whole word
+/// ([`armed_is`]): in a process using both allocators, neither misses on
+/// the other's arming nor reads the CPU for it.
+pub(crate) const KEY_SHIFT: u32 = 8;
+
+/// Keys a caller may arm are below this (CPU ids plus 2 are below
+/// 2^13): an armed word then fits 32 bits, so that its bytes 1 to 4 are
+/// the whole key and the whole word is compared with a 32-bit immediate.
+pub(crate) const KEY_LIMIT: u64 = 1 << 24;
+
+/// The cookie bit [`Task::charge_keyed`] arms a key with when the cached
 /// objcg's allocator cookie names a heap (`MemcgMimalloc`'s), after
 /// copying the cookie into [`TaskCache::alloc_heap`]: a hit path that
 /// allocates from that heap accepts only a key with it
 /// ([`HEAP_KEY_HITS`]), and then reads the heap with no test of its own
-/// (two instructions fewer per allocation). Above every key a caller
-/// passes (CPU ids plus 2, below 2^13), and below 2^31, so that a key
-/// with it is still compared with a 32-bit immediate.
-pub(crate) const HEAP_KEY: u64 = 1 << 30;
+/// (two instructions fewer per allocation).
+pub(crate) const HEAP_KEY: u64 = 1;
 
-/// The bit [`Task::charge_keyed`] sets instead of [`HEAP_KEY`] when the
-/// cached objcg's cookie was set but names no heap (`MemcgMimalloc`'s
-/// latch for an objcg past its heap limit, whose blocks come from the
-/// fallback heap): that allocator's slow entry accepts it
-/// ([`COOKIE_KEY_HITS`]), so such an objcg's charges still hit there,
-/// while a key armed before the cookie was set (neither bit) misses until
-/// the slow path arms it again with the cookie.
-pub(crate) const NO_HEAP_KEY: u64 = 1 << 29;
+/// The cookie bit [`Task::charge_keyed`] arms a key with instead of
+/// [`HEAP_KEY`] when the cached objcg's cookie was set but names no heap
+/// (`MemcgMimalloc`'s latch for an objcg past its heap limit, whose
+/// blocks come from the fallback heap): that allocator's slow entry
+/// accepts it ([`COOKIE_KEY_HITS`]), so such an objcg's charges still hit
+/// there, while a key armed before the cookie was set (no bit) misses
+/// until the slow path arms it again with the cookie.
+pub(crate) const NO_HEAP_KEY: u64 = 2;
 
-/// [`HEAP_KEY`] and [`NO_HEAP_KEY`]: the bits of an armed key that say
-/// what the cached objcg's cookie was; a key compare of a caller that
-/// reads no cookie ignores them.
+/// [`HEAP_KEY`] and [`NO_HEAP_KEY`]: the bits of an armed word that say
+/// what the cached objcg's cookie was when the key was armed.
 pub(crate) const COOKIE_KEY_BITS: u64 = HEAP_KEY | NO_HEAP_KEY;
+
+/// The word [`TaskCache::fast_key`] holds for `key` armed with the cookie
+/// bits `bits` (see [`KEY_SHIFT`]).
+#[inline(always)]
+pub(crate) const fn armed_word(key: u64, bits: u64) -> u64 {
+    key << KEY_SHIFT | bits
+}
 
 /// [`TaskCache::charge_fast_here`]'s `KEYS`: any armed key hits (a caller
 /// that reads no cookie: `MemcgAlloc`).
@@ -61,8 +79,8 @@ pub(crate) const COOKIE_KEY_HITS: u8 = 2;
 
 impl Task {
     /// The allocator's fast path: charges `bytes` of [`ChargeKind::Alloc`]
-    /// from the byte cache when `key` is the cache's fast key, its cookie
-    /// bits ([`COOKIE_KEY_BITS`]) aside (armed by
+    /// from the byte cache when `key` is the cache's fast key, whatever
+    /// its cookie bits ([`KEY_SHIFT`]; armed by
     /// [`Task::charge_keyed`], cleared by anything that could change the
     /// objcg charged, an attach included) and the cache holds enough;
     /// returns the charge as a raw word ([`Charge::into_raw`]). `None`
@@ -80,7 +98,7 @@ impl Task {
     pub(crate) fn charge_fast(&self, key: u64, bytes: u64) -> Option<usize> {
         let cache = &self.shared.cache;
         cache
-            .charge_fast_when(bytes, |armed| armed & !COOKIE_KEY_BITS == key)
+            .charge_fast_when(bytes, |armed| armed != 0 && armed >> KEY_SHIFT == key)
             .then(|| cache.objcg_addr.load(Ordering::Relaxed))
     }
 
@@ -88,22 +106,22 @@ impl Task {
     /// then arms the fast path for `key` when the byte cache holds the
     /// task's own objcg for `cpu`'s node (no override, clean word).
     ///
-    /// `key` is any non-zero value below [`HEAP_KEY`] the caller uses to
+    /// `key` is any non-zero value below [`KEY_LIMIT`] the caller uses to
     /// name a set of CPUs of one node (the runtime uses the real CPU id
     /// plus 2, or 1 when the topology has a single node):
     /// [`Task::charge_fast`] with the same key then charges that node's
     /// objcg. When the objcg's allocator cookie is set, the key is armed
-    /// with [`HEAP_KEY`] (the cookie, a heap, copied into
-    /// [`TaskCache::alloc_heap`] first) or [`NO_HEAP_KEY`] set.
+    /// with the cookie bit [`HEAP_KEY`] (the cookie, a heap, copied into
+    /// [`TaskCache::alloc_heap`] first) or [`NO_HEAP_KEY`].
     ///
     /// # Errors
     /// As [`Task::charge`].
     pub(crate) fn charge_keyed(&self, key: u64, cpu: usize, bytes: u64) -> Result<Charge> {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
-        // A key at or above `NO_HEAP_KEY` (no CPU id the runtime reads)
-        // is never armed: the bits are the cookie's.
+        // A key at or above `KEY_LIMIT` (no CPU id the runtime reads) is
+        // never armed: its word would not fit the compares.
         if key != 0
-            && key < NO_HEAP_KEY
+            && key < KEY_LIMIT
             && !self.has_active.get()
             && !self.spending.get()
             && !self.exited.get()
@@ -127,8 +145,8 @@ impl Task {
                     // Acquire: as in `refresh_hit_cookie`.
                     let cookie = unsafe { crate::engine::obj_cgroup::alloc_cookie(cached) }
                         .load(Ordering::Acquire);
-                    let key = match cookie {
-                        0 => key,
+                    let armed = match cookie {
+                        0 => armed_word(key, 0),
                         heap if heap > NO_HIT_COOKIE => {
                             // Before the key: a key with `HEAP_KEY` means
                             // the word holds the cached objcg's heap. The
@@ -136,20 +154,21 @@ impl Task {
                             // its slow path does), read by its hit path
                             // only, so Relaxed.
                             cache.alloc_heap.store(heap, Ordering::Relaxed);
-                            key | HEAP_KEY
+                            armed_word(key, HEAP_KEY)
                         }
-                        _ => key | NO_HEAP_KEY,
+                        _ => armed_word(key, NO_HEAP_KEY),
                     };
-                    self.arm_fast_key(key, tagged);
+                    self.arm_fast_key(armed, tagged);
                 }
             }
         }
         Ok(charge)
     }
 
-    /// Arms the fast path for `key` while the tagged word is still the
-    /// clean `tagged`; an attach clears the key after setting the update
-    /// flag, so the fast path need not read the word.
+    /// Arms the fast path with the word `armed` ([`armed_word`]) while the
+    /// tagged word is still the clean `tagged`; an attach clears the key
+    /// after setting the update flag, so the fast path need not read the
+    /// word.
     ///
     /// The key is stored, then the word is compared-and-exchanged with
     /// itself. If that RMW comes first in the word's modification order,
@@ -159,12 +178,12 @@ impl Task {
     /// the key is cleared here. Either way no key stays armed with the flag
     /// set (loom: `loom_task::arming_racing_attach_leaves_no_stale_key`).
     #[cold]
-    pub(crate) fn arm_fast_key(&self, key: u64, tagged: usize) {
+    pub(crate) fn arm_fast_key(&self, armed: u64, tagged: usize) {
         let shared = &*self.shared;
-        if shared.cache.fast_key.load(Ordering::Relaxed) == key {
+        if shared.cache.fast_key.load(Ordering::Relaxed) == armed {
             return;
         }
-        shared.cache.fast_key.store(key, Ordering::Relaxed);
+        shared.cache.fast_key.store(armed, Ordering::Relaxed);
         if shared
             .objcgs
             // Release: the key store above happens before an attach whose
@@ -333,16 +352,16 @@ fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
     }
 }
 
-/// Whether `cache`'s fast key is `KEY` (a Relaxed read): [`ONE_KEY`],
-/// with or without [`HEAP_KEY`].
+/// Whether `cache`'s armed word is `WORD` (a Relaxed read): the one key
+/// armed with [`HEAP_KEY`].
 ///
 /// On x86-64 one compare of memory with the constant and a branch (an
 /// `asm!` with a label): the compiler loads an atomic into a register
 /// before comparing it, one instruction more per allocation.
 #[inline(always)]
-fn armed_is<const KEY: u64>(cache: &TaskCache) -> bool {
+fn armed_is<const WORD: u64>(cache: &TaskCache) -> bool {
     // A 32-bit immediate, sign-extended: the compare's encoding.
-    const { assert!(KEY == ONE_KEY || KEY == ONE_KEY | HEAP_KEY) };
+    const { assert!(WORD == armed_word(ONE_KEY, HEAP_KEY)) };
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
         // SAFETY: `cache.fast_key` is a live 8-byte aligned atomic at that
@@ -352,11 +371,11 @@ fn armed_is<const KEY: u64>(cache: &TaskCache) -> bool {
         // are not promised to be kept.
         unsafe {
             std::arch::asm!(
-                "cmp qword ptr [{cache} + {key_at}], {one}",
+                "cmp qword ptr [{cache} + {key_at}], {word}",
                 "jne {other}",
                 cache = in(reg) cache as *const TaskCache,
                 key_at = const std::mem::offset_of!(TaskCache, fast_key),
-                one = const KEY,
+                word = const WORD,
                 other = label {
                     return false;
                 },
@@ -367,9 +386,55 @@ fn armed_is<const KEY: u64>(cache: &TaskCache) -> bool {
     }
     #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
     {
-        cache.fast_key.load(Ordering::Relaxed) == KEY
+        cache.fast_key.load(Ordering::Relaxed) == WORD
     }
 }
+
+/// Whether `cache`'s armed key is [`ONE_KEY`], whatever its cookie bits (a
+/// Relaxed read).
+///
+/// On x86-64 one compare of the word's bytes 1 to 4 (its key: armed words
+/// fit 32 bits, [`KEY_LIMIT`]) with the constant, and a branch (an `asm!`
+/// with a label).
+#[inline(always)]
+fn key_is_one(cache: &TaskCache) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
+    {
+        // SAFETY: bytes 1 to 4 of `cache.fast_key`, a live 8-byte aligned
+        // atomic at that offset of `cache`. The compare reads them once:
+        // an attach on another thread may store the word at any time, and
+        // a 4-byte read inside an aligned 8-byte word is atomic on x86-64
+        // (Intel SDM vol. 3 §9.1.1, AMD APM vol. 2 §7.3.2), so it sees the
+        // bytes of one value or the other, as a Relaxed load would. Bytes
+        // 5 to 7 of an armed word are 0 (`KEY_LIMIT`), so these are the
+        // key. No stack, and the flags are not promised to be kept.
+        unsafe {
+            std::arch::asm!(
+                "cmp dword ptr [{cache} + {key_at}], {one}",
+                "jne {other}",
+                cache = in(reg) cache as *const TaskCache,
+                key_at = const std::mem::offset_of!(TaskCache, fast_key) + 1,
+                one = const ONE_KEY,
+                other = label {
+                    return false;
+                },
+                options(nostack, readonly),
+            );
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
+    {
+        cache.fast_key.load(Ordering::Relaxed) >> KEY_SHIFT == ONE_KEY
+    }
+}
+
+// `key_is_one` reads bytes 1 to 4 as the key: a byte of shift, and armed
+// words within 32 bits.
+const _: () = {
+    assert!(KEY_SHIFT == 8);
+    assert!(armed_word(KEY_LIMIT - 1, COOKIE_KEY_BITS) < 1 << 32);
+};
 
 /// Whether the word at byte offset `AT` of `cache` equals `value` (a
 /// Relaxed read): `AT` is the offset of [`TaskCache::hit_addr`] or
@@ -482,8 +547,8 @@ impl TaskCache {
     /// [`ONE_KEY`] is one whose keys never need the CPU, so the first
     /// compare never lets a per-CPU key's task charge another node.
     ///
-    /// `KEYS` says which armed keys hit: [`ANY_KEY_HITS`] (with or
-    /// without a cookie bit: the caller reads no cookie),
+    /// `KEYS` says which armed keys hit: [`ANY_KEY_HITS`] (whatever its
+    /// cookie bits: the caller reads no cookie),
     /// [`HEAP_KEY_HITS`] (only with [`HEAP_KEY`]: the caller then
     /// allocates from [`TaskCache::alloc_heap`], which such a key
     /// guarantees holds the cached objcg's heap) or [`COOKIE_KEY_HITS`]
@@ -500,24 +565,19 @@ impl TaskCache {
         // in between is seen by either read or by the next charge, as in
         // the seed. No CPU read when no key is armed.
         let armed = if KEYS == HEAP_KEY_HITS {
-            armed_is::<{ ONE_KEY | HEAP_KEY }>(self) || {
+            armed_is::<{ armed_word(ONE_KEY, HEAP_KEY) }>(self) || {
                 let armed = self.fast_key.load(Ordering::Relaxed);
-                armed != 0 && armed == cpu_key() | HEAP_KEY
+                armed != 0 && armed == armed_word(cpu_key(), HEAP_KEY)
             }
         } else if KEYS == COOKIE_KEY_HITS {
             // A slow entry's: no `asm!` compare.
             let armed = self.fast_key.load(Ordering::Relaxed);
-            let key = armed & !COOKIE_KEY_BITS;
+            let key = armed >> KEY_SHIFT;
             armed & COOKIE_KEY_BITS != 0 && (key == ONE_KEY || key == cpu_key())
         } else {
-            armed_is::<ONE_KEY>(self) || {
+            key_is_one(self) || {
                 let armed = self.fast_key.load(Ordering::Relaxed);
-                // The one key with a cookie bit last: a process whose
-                // other allocator arms it (`MemcgMimalloc` beside a
-                // `MemcgAlloc`) reads the CPU for nothing, and the
-                // per-CPU hit gains only the mask.
-                let key = armed & !COOKIE_KEY_BITS;
-                armed != 0 && (key == cpu_key() || key == ONE_KEY)
+                armed != 0 && armed >> KEY_SHIFT == cpu_key()
             }
         };
         armed && take_bytes_and_credit(self, bytes)
@@ -661,9 +721,14 @@ mod fast_path_tests {
         }
     }
 
-    /// The armed key (0 for none).
+    /// The armed key (0 for none), without its cookie bits.
     fn armed(task: &Task) -> u64 {
-        task.shared.cache.fast_key.load(Ordering::Relaxed)
+        task.shared.cache.fast_key.load(Ordering::Relaxed) >> KEY_SHIFT
+    }
+
+    /// The armed key's cookie bits.
+    fn armed_bits(task: &Task) -> u64 {
+        task.shared.cache.fast_key.load(Ordering::Relaxed) & COOKIE_KEY_BITS
     }
 
     fn alloc_bytes(task: &Task, g: &Group) -> u64 {
@@ -701,7 +766,11 @@ mod fast_path_tests {
                 };
                 let mut raws = Vec::new();
                 let first = task.charge_keyed(key, 0, 64).expect("charge");
-                assert_eq!(armed(&task), key, "{at}: no cookie, the plain key");
+                assert_eq!(
+                    (armed(&task), armed_bits(&task)),
+                    (key, 0),
+                    "{at}: no cookie"
+                );
                 // The allocator sets the objcg's cookie: a hit path that
                 // reads no cookie still hits, the others miss until the
                 // next slow call...
@@ -717,7 +786,7 @@ mod fast_path_tests {
                 // ...which arms the key with the cookie's bit (the heap
                 // copied first).
                 raws.push(task.charge_keyed(key, 0, 64).expect("charge").into_raw());
-                assert_eq!(armed(&task), key | bit, "{at}");
+                assert_eq!((armed(&task), armed_bits(&task)), (key, bit), "{at}");
                 let heap = if bit == HEAP_KEY { cookie } else { 0 };
                 assert_eq!(heap_of(), heap, "{at}");
                 raws.extend(hits(ANY_KEY_HITS));
@@ -760,9 +829,9 @@ mod fast_path_tests {
     }
 
     #[test]
-    fn a_key_with_a_cookie_bit_is_never_armed_by_a_caller() {
+    fn a_key_past_the_limit_is_never_armed() {
         let (ctrl, _g, task) = setup("1x1");
-        for key in [HEAP_KEY, NO_HEAP_KEY, HEAP_KEY | ONE_KEY, u64::MAX] {
+        for key in [KEY_LIMIT, KEY_LIMIT | ONE_KEY, 1 << 32 | ONE_KEY, u64::MAX] {
             let c = task.charge_keyed(key, 0, 64).expect("charge");
             assert_eq!(armed(&task), 0, "key {key:#x}");
             task.uncharge(0, c).expect("uncharge");
@@ -1080,58 +1149,73 @@ mod fast_path_tests {
 
     #[test]
     fn only_the_one_key_passes_the_one_key_compare() {
-        for (key, hits) in [(ONE_KEY, true), (0, false), (2, false), (u64::MAX, false)] {
+        let w = armed_word;
+        // The key alone, whatever the cookie bits (bytes 1 to 4: a key
+        // in byte 4 or a bit 31 is compared).
+        for (word, hits) in [
+            (w(ONE_KEY, 0), true),
+            (w(ONE_KEY, HEAP_KEY), true),
+            (w(ONE_KEY, NO_HEAP_KEY), true),
+            (0, false),
+            (HEAP_KEY, false),
+            (w(2, 0), false),
+            (w(2, HEAP_KEY), false),
+            (w(ONE_KEY | 1 << 8, 0), false),
+            (w(ONE_KEY, 0) | 1 << 31, false),
+            (w(ONE_KEY, 0) | 1 << 32, false),
+            (u64::MAX, false),
+        ] {
+            assert_eq!(key_is_one(&cache_with(0, 0, word)), hits, "word {word:#x}");
+        }
+        // The whole word: only the one key with the heap bit (a 32-bit
+        // immediate, sign-extended: a bit 31 or a high half is compared).
+        for (word, hits) in [
+            (w(ONE_KEY, HEAP_KEY), true),
+            (w(ONE_KEY, 0), false),
+            (w(ONE_KEY, NO_HEAP_KEY), false),
+            (HEAP_KEY, false),
+            (w(ONE_KEY, HEAP_KEY) | 1 << 32, false),
+            (w(ONE_KEY, HEAP_KEY) | 1 << 31, false),
+        ] {
+            let c = cache_with(0, 0, word);
             assert_eq!(
-                armed_is::<ONE_KEY>(&cache_with(0, 0, key)),
+                armed_is::<{ armed_word(ONE_KEY, HEAP_KEY) }>(&c),
                 hits,
-                "key {key}"
+                "word {word:#x}"
             );
         }
-        // With the heap bit: only the one key with it (a 32-bit immediate,
-        // sign-extended: a bit 31 or a high half would not be compared).
-        for (key, hits) in [
-            (ONE_KEY | HEAP_KEY, true),
-            (ONE_KEY, false),
-            (HEAP_KEY, false),
-            (ONE_KEY | HEAP_KEY | 1 << 32, false),
-            (ONE_KEY | HEAP_KEY | 1 << 31, false),
-        ] {
-            let c = cache_with(0, 0, key);
-            assert_eq!(armed_is::<{ ONE_KEY | HEAP_KEY }>(&c), hits, "key {key:#x}");
-        }
-        // And the whole hit: the one key without a CPU read, a per-CPU key
-        // only with its CPU, no key never; with the heap bit, only a key
-        // armed with it.
+        // And the whole hit: the one key without a CPU read, whatever its
+        // bits; a per-CPU key only with its CPU; no key never. With
+        // `HEAP_KEY_HITS` only a key armed with the heap bit, with
+        // `COOKIE_KEY_HITS` one with either bit.
         let never = || -> u64 { panic!("the CPU was read for the one key") };
-        assert!(cache_with(64, 1, ONE_KEY | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, never));
-        // (Without it, the one key with the bit after a CPU read.)
-        for cpu_key in [2, 7, u64::MAX] {
-            let c = cache_with(64, 1, ONE_KEY | HEAP_KEY);
-            assert!(c.charge_fast_here::<ANY_KEY_HITS>(64, || cpu_key));
+        let hits = |word: u64, keys: u8, cpu_key: &dyn Fn() -> u64| {
+            let c = cache_with(64, 1, word);
+            match keys {
+                ANY_KEY_HITS => c.charge_fast_here::<ANY_KEY_HITS>(64, cpu_key),
+                HEAP_KEY_HITS => c.charge_fast_here::<HEAP_KEY_HITS>(64, cpu_key),
+                _ => c.charge_fast_here::<COOKIE_KEY_HITS>(64, cpu_key),
+            }
+        };
+        for bits in [0, HEAP_KEY, NO_HEAP_KEY] {
+            assert!(hits(w(ONE_KEY, bits), ANY_KEY_HITS, &never), "bits {bits}");
+            assert!(hits(w(7, bits), ANY_KEY_HITS, &|| 7));
+            assert!(!hits(w(7, bits), ANY_KEY_HITS, &|| 8));
+            let heap = bits == HEAP_KEY;
+            assert_eq!(hits(w(ONE_KEY, bits), HEAP_KEY_HITS, &|| ONE_KEY), heap);
+            assert_eq!(hits(w(7, bits), HEAP_KEY_HITS, &|| 7), heap);
+            assert!(!hits(w(7, bits), HEAP_KEY_HITS, &|| 8));
+            let cookie = bits != 0;
+            assert_eq!(hits(w(ONE_KEY, bits), COOKIE_KEY_HITS, &|| 5), cookie);
+            assert_eq!(hits(w(7, bits), COOKIE_KEY_HITS, &|| 7), cookie);
+            assert!(!hits(w(7, bits), COOKIE_KEY_HITS, &|| 8));
         }
-        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || ONE_KEY));
-        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
-        assert!(cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
-        assert!(!cache_with(64, 1, 7).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
-        assert!(!cache_with(64, 1, 7 | HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 8));
-        assert!(!cache_with(64, 1, 0).charge_fast_here::<HEAP_KEY_HITS>(64, || 0));
-        // A slow entry's: either cookie bit, the one key without a CPU
-        // read; no bit never.
-        for key in [ONE_KEY | HEAP_KEY, ONE_KEY | NO_HEAP_KEY] {
-            assert!(cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, never));
+        assert!(hits(w(ONE_KEY, HEAP_KEY), HEAP_KEY_HITS, &never));
+        assert!(hits(w(ONE_KEY, NO_HEAP_KEY), COOKIE_KEY_HITS, &never));
+        for keys in [ANY_KEY_HITS, HEAP_KEY_HITS, COOKIE_KEY_HITS] {
+            assert!(!hits(0, keys, &never), "no key never");
+            assert!(!hits(w(7, HEAP_KEY), keys, &|| u64::MAX), "no CPU read");
         }
-        for key in [7 | HEAP_KEY, 7 | NO_HEAP_KEY] {
-            assert!(cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, || 7));
-            assert!(!cache_with(64, 1, key).charge_fast_here::<COOKIE_KEY_HITS>(64, || 8));
-            assert!(cache_with(64, 1, key).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
-        }
-        assert!(!cache_with(64, 1, ONE_KEY).charge_fast_here::<COOKIE_KEY_HITS>(64, || 1));
-        assert!(!cache_with(64, 1, 7).charge_fast_here::<COOKIE_KEY_HITS>(64, || 7));
-        assert!(!cache_with(64, 1, 7 | NO_HEAP_KEY).charge_fast_here::<HEAP_KEY_HITS>(64, || 7));
-        assert!(cache_with(64, 1, ONE_KEY).charge_fast_here::<ANY_KEY_HITS>(64, never));
-        assert!(cache_with(64, 1, 7).charge_fast_here::<ANY_KEY_HITS>(64, || 7));
-        assert!(!cache_with(64, 1, 7).charge_fast_here::<ANY_KEY_HITS>(64, || 8));
-        assert!(!cache_with(64, 1, 0).charge_fast_here::<ANY_KEY_HITS>(64, || 0));
     }
 
     #[test]

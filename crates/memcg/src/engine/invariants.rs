@@ -566,7 +566,8 @@ mod tests {
         // Each word a hit path reads before it misses on the mark, and the
         // heap one reads after a hit (defensive: it misses before), written
         // with a value that could hit, then put back.
-        mark.fast_key.store(1, Ordering::Relaxed);
+        let one = crate::engine::fast_path::armed_word(crate::engine::fast_path::ONE_KEY, 0);
+        mark.fast_key.store(one, Ordering::Relaxed);
         let v = violations(&c);
         assert!(v.contains("hit mark was written"), "{v}");
         mark.fast_key.store(0, Ordering::Relaxed);
