@@ -27,7 +27,7 @@ pub(crate) const ONE_KEY: u64 = 1;
 /// [`NO_HEAP_KEY`]), so that a hit path that reads no cookie compares the
 /// key alone with one compare of the word's bytes 1 to 4 (the one key:
 /// [`key_is_one`]) and one that needs the heap compares the whole word
-/// ([`armed_is`]): in a process using both allocators, neither misses on
+/// ([`heap_key_is_one`]): in a process using both allocators, neither misses on
 /// the other's arming nor reads the CPU for it.
 pub(crate) const KEY_SHIFT: u32 = 8;
 
@@ -139,13 +139,7 @@ impl Task {
                     // A cookie the allocator set since the cache took the
                     // objcg (its heap, made on the first allocation).
                     let cache = &self.shared.cache;
-                    cache.refresh_hit_cookie();
-                    // SAFETY: the cached objcg is a live entry of the
-                    // type-stable table (the cache holds a reference).
-                    // Acquire: as in `refresh_hit_cookie`.
-                    let cookie = unsafe { crate::engine::obj_cgroup::alloc_cookie(cached) }
-                        .load(Ordering::Acquire);
-                    let armed = match cookie {
+                    let armed = match cache.refresh_hit_cookie() {
                         0 => armed_word(key, 0),
                         heap if heap > NO_HIT_COOKIE => {
                             // Before the key: a key with `HEAP_KEY` means
@@ -352,16 +346,16 @@ fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
     }
 }
 
-/// Whether `cache`'s armed word is `WORD` (a Relaxed read): the one key
-/// armed with [`HEAP_KEY`].
+/// Whether `cache`'s armed word is the one key armed with [`HEAP_KEY`]
+/// (a Relaxed read).
 ///
-/// On x86-64 one compare of memory with the constant and a branch (an
-/// `asm!` with a label): the compiler loads an atomic into a register
-/// before comparing it, one instruction more per allocation.
+/// On x86-64 one compare of memory with the constant (a 32-bit immediate,
+/// sign-extended: the word fits 31 bits) and a branch (an `asm!` with a
+/// label): the compiler loads an atomic into a register before comparing
+/// it, one instruction more per allocation.
 #[inline(always)]
-fn armed_is<const WORD: u64>(cache: &TaskCache) -> bool {
-    // A 32-bit immediate, sign-extended: the compare's encoding.
-    const { assert!(WORD == armed_word(ONE_KEY, HEAP_KEY)) };
+fn heap_key_is_one(cache: &TaskCache) -> bool {
+    const WORD: u64 = armed_word(ONE_KEY, HEAP_KEY);
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
         // SAFETY: `cache.fast_key` is a live 8-byte aligned atomic at that
@@ -560,12 +554,12 @@ impl TaskCache {
         cpu_key: impl FnOnce() -> u64,
     ) -> bool {
         // Relaxed: as in `charge_fast_when`. The key is read again for the
-        // per-CPU compare, after `armed_is`'s compare of memory with a
+        // per-CPU compare, after the one-key compare of memory with a
         // constant (no register kept for the key); an attach disarming it
         // in between is seen by either read or by the next charge, as in
         // the seed. No CPU read when no key is armed.
         let armed = if KEYS == HEAP_KEY_HITS {
-            armed_is::<{ armed_word(ONE_KEY, HEAP_KEY) }>(self) || {
+            heap_key_is_one(self) || {
                 let armed = self.fast_key.load(Ordering::Relaxed);
                 armed != 0 && armed == armed_word(cpu_key(), HEAP_KEY)
             }
@@ -1178,11 +1172,7 @@ mod fast_path_tests {
             (w(ONE_KEY, HEAP_KEY) | 1 << 31, false),
         ] {
             let c = cache_with(0, 0, word);
-            assert_eq!(
-                armed_is::<{ armed_word(ONE_KEY, HEAP_KEY) }>(&c),
-                hits,
-                "word {word:#x}"
-            );
+            assert_eq!(heap_key_is_one(&c), hits, "word {word:#x}");
         }
         // And the whole hit: the one key without a CPU read, whatever its
         // bits; a per-CPU key only with its CPU; no key never. With

@@ -219,23 +219,25 @@ impl TaskCache {
     }
 
     /// Sets [`TaskCache::hit_cookie`] from the cached objcg's cookie (the
-    /// owner's slow path, or the fork handlers with the gate closed).
-    pub(crate) fn refresh_hit_cookie(&self) {
+    /// owner's slow path, or the fork handlers with the gate closed), and
+    /// returns the cookie as read (0 when the cache holds no objcg), for
+    /// the fast key's arming (`Task::charge_keyed`).
+    pub(crate) fn refresh_hit_cookie(&self) -> usize {
         let addr = self.objcg_addr.load(Ordering::Relaxed);
         let cookie = if addr == 0 {
-            NO_HIT_COOKIE
+            0
         } else {
             // SAFETY: a cached objcg's address is that of a live entry of
             // the type-stable table (the cache holds a reference).
             // Acquire: pairs with the allocator's publication of the
             // cookie (`MemcgMimalloc::new_heap`'s AcqRel exchange).
-            hit_cookie_of(
-                unsafe { crate::engine::obj_cgroup::alloc_cookie(addr) }.load(Ordering::Acquire),
-            )
+            unsafe { crate::engine::obj_cgroup::alloc_cookie(addr) }.load(Ordering::Acquire)
         };
-        if self.hit_cookie.load(Ordering::Relaxed) != cookie {
-            self.hit_cookie.store(cookie, Ordering::Relaxed);
+        let hit = hit_cookie_of(cookie);
+        if self.hit_cookie.load(Ordering::Relaxed) != hit {
+            self.hit_cookie.store(hit, Ordering::Relaxed);
         }
+        cookie
     }
 }
 
