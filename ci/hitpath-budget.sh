@@ -36,7 +36,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Budgets (instructions per pair; see above).
-# Measured when last set: 81.2, 121.8 and 107.3 (MemcgMimalloc's
+# Measured when last set: 81.2, 119.8 and 107.3 (MemcgAlloc's free
+# reads its trailer at the inner size minus 8 from the block laundered in
+# place: no address computed apart); before that 121.8 and 107.3 (MemcgMimalloc's
 # allocation: the key armed with the objcg's heap, so no test of the
 # heap; its size and charge word kept in memory across mimalloc's call
 # and its mark cleared in place, so the call keeps one register, not
@@ -51,7 +53,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # instruction, MemcgMimalloc's small layouts apart), 167.8 and 168.3, and
 # before issue 12's cuts 180.8 and 257.2.
 BUDGET_MIMALLOC=84          # bare mimalloc: guards the harness itself
-BUDGET_MEMCG_ALLOC=125      # target 95 (1.3x)
+BUDGET_MEMCG_ALLOC=123      # target 95 (1.3x)
 BUDGET_MEMCG_MIMALLOC=110   # target 110 (1.5x)
 TARGET_MEMCG_ALLOC=95
 TARGET_MEMCG_MIMALLOC=110
