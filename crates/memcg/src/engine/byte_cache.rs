@@ -1,5 +1,6 @@
 //! The task's byte cache (DESIGN §4.4 level 1): for one objcg,
-//! pre-charged bytes, reference credit and pending statistics.
+//! pre-charged bytes (each carrying its reference on the objcg; see
+//! `obj_cgroup.rs`) and pending statistics.
 //!
 //! A hit (charge or uncharge of an object of the cached objcg) touches only
 //! the task's own fields: no atomic read-modify-write, no shared cache
@@ -12,23 +13,11 @@ use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
 use crate::engine::task_shared::{
-    add_pending, fold_hits, get_i64, get_u64, set_cache_bytes, set_i64, set_u64, NO_HIT_ADDR,
-    NO_HIT_COOKIE,
+    add_pending, fold_hits, get_u64, set_cache_bytes, set_u64, NO_HIT_ADDR, NO_HIT_COOKIE,
 };
 use crate::limit::PAGE_SIZE;
 use crate::sync::Ordering;
 
-/// References a task cache takes from its objcg at once (one atomic add,
-/// whatever the number), and keeps when it trims a surplus (a refill
-/// from the stock tops the credit up to twice as many, and a free trims
-/// above that). An allocation's hit needs a reference of credit as
-/// well as the bytes, so a task allocating objects that live on or are
-/// freed elsewhere comes back to the slow path once per batch: 1024
-/// rather than 64 took the real programs' slow entries from 165k to 104k
-/// (json), 42k to 19k (maps) and 76k to 32k (rayon), the rate the bytes
-/// alone set (`memcg-workloads`). Credit only delays its objcg's release
-/// until the cache drains or switches, as the cache's own reference does.
-pub(crate) const REF_BATCH: u64 = 1024;
 /// Bytes a task cache keeps before handing the rest to the CPU stock: 4
 /// pages, so that alternating charges and frees of objects up to about 3
 /// pages stay in the cache.
@@ -46,19 +35,16 @@ pub const TASK_CACHE_BOUND_BYTES: u64 = CACHE_MAX_BYTES + PAGE_SIZE + FOREIGN_MA
 
 impl Task {
     /// Serves a charge of `bytes` of the cached objcg from the byte cache
-    /// (bytes and one reference of credit) if it holds enough; the caller
+    /// (the bytes with their references) if it holds enough; the caller
     /// checked that the cache holds `objcg`.
     #[inline(always)]
     pub(crate) fn take_cached(&self, objcg: &ObjCgroup, bytes: u64, kind: ChargeKind) -> bool {
         let cache = &self.shared.cache;
         let have = get_u64(&cache.bytes);
-        let refs = get_i64(&cache.refs);
-        // No credit: the slow path tops it up.
-        if have < bytes || refs <= 0 {
+        if have < bytes {
             return false;
         }
         set_cache_bytes(cache, have - bytes);
-        set_i64(&cache.refs, refs - 1);
         set_u64(&self.shared.charges, get_u64(&self.shared.charges) + 1);
         self.pend(objcg, kind, bytes as i64);
         true
@@ -73,14 +59,6 @@ impl Task {
         }
     }
 
-    /// Credit changed by `delta` without an object: keep
-    /// `refs_base - refs` equal to the objects charged since the flush.
-    #[inline]
-    pub(crate) fn rebase_refs(&self, delta: i64) {
-        let base = &self.shared.cache.refs_base;
-        base.store(base.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
-    }
-
     /// Moves pending statistics (with the hit path's, folded in first) to
     /// the objcg and its owner's counters.
     pub(crate) fn flush_stats(&self, objcg: &ObjCgroup) {
@@ -89,21 +67,14 @@ impl Task {
         for kind in ChargeKind::ALL {
             let bytes = cache.pending_bytes[kind.index()].swap(0, Ordering::Relaxed);
             if bytes != 0 {
-                self.core.account(None, objcg, kind, bytes, 0);
+                self.core.account(None, objcg, kind, bytes);
             }
-        }
-        let refs = get_i64(&cache.refs);
-        let objects = cache.refs_base.load(Ordering::Relaxed) - refs;
-        cache.refs_base.store(refs, Ordering::Relaxed);
-        if objects != 0 {
-            self.core
-                .account(None, objcg, ChargeKind::Alloc, 0, objects);
         }
     }
 
-    /// Empties the byte cache: bytes and references go to `cpu`'s stock
-    /// (or, with no CPU, straight back to the objcg), statistics are
-    /// flushed, and the cache's own reference is dropped.
+    /// Empties the byte cache: its bytes, with their references, go to
+    /// `cpu`'s stock (or, with no CPU, straight back to the objcg),
+    /// statistics are flushed, and the cache's own reference is dropped.
     pub(crate) fn drain_cache(&self, cpu: Option<usize>) {
         self.clear_fast_key();
         self.flush_foreign(cpu);
@@ -114,24 +85,17 @@ impl Task {
         };
         self.flush_stats(old);
         let bytes = get_u64(&cache.bytes);
-        // Never negative (see `TaskCache::refs`).
-        let refs = get_i64(&cache.refs).max(0) as u64;
         set_cache_bytes(cache, 0);
-        set_i64(&cache.refs, 0);
-        cache.refs_base.store(0, Ordering::Relaxed);
         cache.objcg.store(0, Ordering::Relaxed);
         cache.objcg_addr.store(0, Ordering::Relaxed);
         cache.hit_addr.store(NO_HIT_ADDR, Ordering::Relaxed);
         cache.hit_cookie.store(NO_HIT_COOKIE, Ordering::Relaxed);
         match cpu {
-            Some(_) => self.core.refill_obj_stock(cpu, old, bytes, refs + 1, true),
-            None => {
-                let pages = bytes / PAGE_SIZE;
-                self.core.obj_cgroup_uncharge_pages(old, pages);
-                self.core.uncharge_to_pool(old, bytes % PAGE_SIZE);
-                self.core.objcg_put(old, refs + 1);
-            }
+            Some(_) => self.core.refill_obj_stock(cpu, old, bytes, true),
+            None => self.core.uncharge_bytes(old, bytes),
         }
+        // Last: the cache's own reference keeps `old` through the above.
+        self.core.objcg_put(old, 1);
     }
 
     pub(crate) fn switch_cache(&self, cpu: Option<usize>, new: &ObjCgroup) {
@@ -145,30 +109,21 @@ impl Task {
         cache.refresh_hit_cookie();
     }
 
-    /// Hands bytes above a page fraction and surplus references to the CPU
-    /// stock (which returns whole pages above one page to the counters).
+    /// Hands the bytes above a page fraction, with their references, to the
+    /// CPU stock (which returns whole pages above one page to the
+    /// counters).
     #[cold]
     pub(crate) fn trim_cache(&self, cpu: usize, objcg: &ObjCgroup) {
         let cache = &self.shared.cache;
         let bytes = get_u64(&cache.bytes);
-        let refs = get_i64(&cache.refs);
         let keep_bytes = if bytes > CACHE_MAX_BYTES {
             bytes % PAGE_SIZE
         } else {
             bytes
         };
-        // Only a surplus leaves.
-        let keep_refs = refs.min(REF_BATCH as i64);
         set_cache_bytes(cache, keep_bytes);
-        set_i64(&cache.refs, keep_refs);
-        self.rebase_refs(keep_refs - refs);
-        self.core.refill_obj_stock(
-            Some(cpu),
-            objcg,
-            bytes - keep_bytes,
-            (refs - keep_refs) as u64,
-            true,
-        );
+        self.core
+            .refill_obj_stock(Some(cpu), objcg, bytes - keep_bytes, true);
     }
 
     /// The slow path of a free of `bytes` of [`ChargeKind::Alloc`] of
@@ -193,14 +148,13 @@ impl Task {
         }
         let total = get_u64(&cache.foreign_bytes) + bytes;
         set_u64(&cache.foreign_bytes, total);
-        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
         if total > FOREIGN_MAX_BYTES {
             self.flush_foreign(Some(cpu));
         }
     }
 
     /// Returns what the foreign slot holds: the objects leave their
-    /// objcg's live bytes and objects, and the bytes and references go to
+    /// objcg's live bytes, and the bytes, with their references, go to
     /// `cpu`'s stock (with no CPU, straight back to the objcg).
     pub(crate) fn flush_foreign(&self, cpu: Option<usize>) {
         let cache = &self.shared.cache;
@@ -209,23 +163,17 @@ impl Task {
             return;
         }
         let bytes = get_u64(&cache.foreign_bytes);
-        let refs = get_u64(&cache.foreign_refs);
         cache.foreign_objcg.store(0, Ordering::Relaxed);
         cache.foreign_addr.store(0, Ordering::Relaxed);
         set_u64(&cache.foreign_bytes, 0);
-        set_u64(&cache.foreign_refs, 0);
-        // The slot's references keep the entry on this objcg.
+        // The slot's bytes (at least one object's while it is in use) keep
+        // the entry on this objcg with their references.
         let Some(objcg) = self.core.table.get(id) else {
             return;
         };
-        self.core.account(
-            cpu,
-            objcg,
-            ChargeKind::Alloc,
-            -(bytes as i64),
-            -(refs as i64),
-        );
+        self.core
+            .account(cpu, objcg, ChargeKind::Alloc, -(bytes as i64));
         // With no CPU, `refill_obj_stock` returns them to the objcg's pool.
-        self.core.refill_obj_stock(cpu, objcg, bytes, refs, true);
+        self.core.refill_obj_stock(cpu, objcg, bytes, true);
     }
 }

@@ -350,7 +350,7 @@ impl Controller {
     }
 
     /// Uncharges a charge on `cpu` without a task (a free on a thread that
-    /// has none): the bytes and the object's reference go to `cpu`'s stock.
+    /// has none): the bytes, with their references, go to `cpu`'s stock.
     ///
     /// # Errors
     /// [`Error::UnknownCpu`], [`Error::ForeignController`].
@@ -402,12 +402,12 @@ impl Controller {
             let delta = new_bytes - old_bytes;
             self.core.charge_bytes(ctx, objcg, delta)?;
             self.core
-                .account(Some(cpu), objcg, charge.kind(), delta as i64, 0);
+                .account(Some(cpu), objcg, charge.kind(), delta as i64);
         } else if new_bytes < old_bytes {
             let delta = old_bytes - new_bytes;
             self.core
-                .account(Some(cpu), objcg, charge.kind(), -(delta as i64), 0);
-            self.core.refill_obj_stock(Some(cpu), objcg, delta, 0, true);
+                .account(Some(cpu), objcg, charge.kind(), -(delta as i64));
+            self.core.refill_obj_stock(Some(cpu), objcg, delta, true);
         }
         charge.set_bytes(new_bytes);
         Ok(())

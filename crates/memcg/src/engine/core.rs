@@ -430,56 +430,72 @@ impl Core {
         self.count_shared(None, 2);
     }
 
-    /// `refill_obj_stock`: deposits `bytes` and `refs` reference credit of
-    /// `objcg` in `cpu`'s byte stock (with no stock: into the pool).
+    /// `refill_obj_stock`: deposits `bytes` of `objcg`, with their
+    /// references, in `cpu`'s byte stock (with no stock: into the pool,
+    /// their references put). A slot installed for `objcg` adopts its pool
+    /// ([`Core::adopt_pool`]).
     pub(crate) fn refill_obj_stock(
         &self,
         cpu: Option<usize>,
         objcg: &ObjCgroup,
         bytes: u64,
-        refs: u64,
         allow_uncharge: bool,
     ) {
+        if bytes == 0 {
+            return;
+        }
         let Some(stock) = cpu.and_then(|c| self.stock(c)) else {
-            self.uncharge_to_pool(objcg, bytes);
-            self.objcg_put(objcg, refs);
+            self.bytes_to_pool(objcg, bytes);
             return;
         };
-        // A deposit always carries a reference, so an installed slot can
-        // keep one as its own.
-        let refs = if refs == 0 {
-            objcg.get(1);
-            self.count_shared(cpu, 1);
-            1
-        } else {
-            refs
-        };
-        let out = stock.refill_obj(
-            objcg.id(),
-            bytes,
-            refs,
-            allow_uncharge,
-            &objcg.nr_charged_bytes,
-        );
+        let out = stock.refill_obj(objcg.id(), bytes, allow_uncharge, || self.adopt_pool(objcg));
         if out.uncharge_pages > 0 {
+            // Their bytes left the slot with their references, which keep
+            // the objcg until they are put, after the uncharge.
             self.obj_cgroup_uncharge_pages(objcg, out.uncharge_pages);
-        }
-        if out.excess_refs > 0 {
-            self.objcg_put(objcg, out.excess_refs);
+            self.objcg_put(objcg, out.uncharge_pages * PAGE_SIZE);
         }
         if let Some(word) = out.evicted {
             self.drain_obj_word(word);
         }
     }
 
+    /// Empties `objcg`'s pool for a byte-stock slot being installed, taking
+    /// the references of the bytes adopted (the caller's own bytes, not yet
+    /// in the slot, keep the objcg meanwhile); the pool is read first, so
+    /// that an empty one's shared line is not dirtied.
+    fn adopt_pool(&self, objcg: &ObjCgroup) -> u64 {
+        // Relaxed: the bytes carry no data; the swap, a read-modify-write,
+        // takes the latest value.
+        if objcg.nr_charged_bytes.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let adopted = objcg.nr_charged_bytes.swap(0, Ordering::Relaxed);
+        objcg.get(adopted);
+        self.count_shared(None, 2);
+        adopted
+    }
+
     /// `drain_obj_stock` for one slot word taken out of a stock.
     pub(crate) fn drain_obj_word(&self, word: u64) {
         let s = ObjSlot::unpack(word);
+        if s.bytes == 0 {
+            // Pins nothing; its id may be a released entry's.
+            return;
+        }
         let Some(objcg) = self.table.get(s.id) else {
             return;
         };
-        let pages = s.bytes / PAGE_SIZE;
-        let rem = s.bytes % PAGE_SIZE;
+        self.uncharge_bytes(objcg, s.bytes);
+    }
+
+    /// Returns `bytes` of `objcg` held outside its pool and the page
+    /// counters (with their references, which keep the objcg until this
+    /// puts them last): whole pages to the counters, the remainder to the
+    /// pool.
+    pub(crate) fn uncharge_bytes(&self, objcg: &ObjCgroup, bytes: u64) {
+        let pages = bytes / PAGE_SIZE;
+        let rem = bytes % PAGE_SIZE;
         if pages > 0 {
             self.obj_cgroup_uncharge_pages(objcg, pages);
         }
@@ -489,7 +505,14 @@ impl Core {
             // limit pressure frees everything stocks and pools hold.
             self.uncharge_to_pool(objcg, rem);
         }
-        self.objcg_put(objcg, s.refs + 1);
+        self.objcg_put(objcg, bytes);
+    }
+
+    /// [`Core::uncharge_to_pool`] of bytes that carry references, which
+    /// are then put.
+    pub(crate) fn bytes_to_pool(&self, objcg: &ObjCgroup, bytes: u64) {
+        self.uncharge_to_pool(objcg, bytes);
+        self.objcg_put(objcg, bytes);
     }
 
     /// The task-less uncharge fallback: bytes go to the central pool, and
@@ -527,8 +550,8 @@ impl Core {
 
     /// `obj_cgroup_charge` for a charge not served by a task cache: the
     /// byte stock of `ctx.cpu`, else whole pages with the remainder put in
-    /// the stock. Takes one reference for the object and updates the
-    /// statistics directly.
+    /// the stock. The object's bytes come with their references; the
+    /// statistics are updated directly.
     pub(crate) fn obj_cgroup_charge(
         &self,
         ctx: ChargeCtx,
@@ -536,31 +559,15 @@ impl Core {
         bytes: u64,
         kind: ChargeKind,
     ) -> Result<(), ChargeError> {
-        let stock = ctx.cpu.and_then(|c| self.stock(c));
-        let consumed = stock.and_then(|s| s.consume_obj(objcg.id(), bytes, 1));
-        match consumed {
-            Some(c) => {
-                if c.refs == 0 {
-                    objcg.get(1);
-                    self.count_shared(ctx.cpu, 1);
-                }
-            }
-            None => {
-                let remainder = self.charge_pages_for_bytes(ctx, objcg, bytes)?;
-                objcg.get(1);
-                self.count_shared(ctx.cpu, 1);
-                if remainder > 0 {
-                    self.refill_obj_stock(ctx.cpu, objcg, remainder, 0, false);
-                }
-            }
-        }
-        self.account(ctx.cpu, objcg, kind, bytes as i64, 1);
+        self.charge_bytes(ctx, objcg, bytes)?;
+        self.account(ctx.cpu, objcg, kind, bytes as i64);
         Ok(())
     }
 
-    /// Charges `bytes` to `objcg` without an object reference or
-    /// statistics (a size change of a live object): from `ctx.cpu`'s byte
-    /// stock, else whole pages with the remainder deposited.
+    /// Charges `bytes` to `objcg`, with their references, without
+    /// statistics (a size change of a live object, or an object's charge
+    /// before its statistics): from `ctx.cpu`'s byte stock, else whole
+    /// pages with the remainder deposited.
     pub(crate) fn charge_bytes(
         &self,
         ctx: ChargeCtx,
@@ -568,21 +575,17 @@ impl Core {
         bytes: u64,
     ) -> Result<(), ChargeError> {
         let stock = ctx.cpu.and_then(|c| self.stock(c));
-        if stock
-            .and_then(|s| s.consume_obj(objcg.id(), bytes, 0))
-            .is_some()
-        {
+        if stock.is_some_and(|s| s.consume_obj(objcg.id(), bytes)) {
             return Ok(());
         }
         let remainder = self.charge_pages_for_bytes(ctx, objcg, bytes)?;
-        if remainder > 0 {
-            self.refill_obj_stock(ctx.cpu, objcg, remainder, 0, false);
-        }
+        self.refill_obj_stock(ctx.cpu, objcg, remainder, false);
         Ok(())
     }
 
-    /// Charges `ceil(bytes / PAGE_SIZE)` pages and deposits the remainder in
-    /// the byte stock without handing pages back (`allow_uncharge = false`).
+    /// Charges `ceil(bytes / PAGE_SIZE)` pages and takes the references of
+    /// all their bytes; returns the remainder (the pages' bytes beyond
+    /// `bytes`), which the caller deposits with its references.
     pub(crate) fn charge_pages_for_bytes(
         &self,
         ctx: ChargeCtx,
@@ -591,12 +594,14 @@ impl Core {
     ) -> Result<u64, ChargeError> {
         let nr_pages = bytes.div_ceil(PAGE_SIZE);
         self.obj_cgroup_charge_pages(ctx, objcg, nr_pages)?;
+        objcg.get(nr_pages * PAGE_SIZE);
+        self.count_shared(ctx.cpu, 1);
         let remainder = nr_pages * PAGE_SIZE - bytes;
         Ok(remainder)
     }
 
     /// `obj_cgroup_uncharge` for an object not returned to a task cache:
-    /// its bytes and its reference go to `cpu`'s byte stock.
+    /// its bytes, with their references, go to `cpu`'s byte stock.
     pub(crate) fn obj_cgroup_uncharge(
         &self,
         cpu: Option<usize>,
@@ -604,28 +609,24 @@ impl Core {
         bytes: u64,
         kind: ChargeKind,
     ) {
-        self.account(cpu, objcg, kind, -(bytes as i64), -1);
-        self.refill_obj_stock(cpu, objcg, bytes, 1, true);
+        self.account(cpu, objcg, kind, -(bytes as i64));
+        self.refill_obj_stock(cpu, objcg, bytes, true);
     }
 
-    /// Applies live-byte and object-count deltas to the objcg and to its
-    /// owner's per-node statistics.
+    /// Applies a live-byte delta to the objcg and to its owner's per-node
+    /// statistics.
     pub(crate) fn account(
         &self,
         cpu: Option<usize>,
         objcg: &ObjCgroup,
         kind: ChargeKind,
         bytes: i64,
-        objects: i64,
     ) {
         if bytes != 0 {
             objcg.live_bytes.fetch_add(bytes, Ordering::Relaxed);
             objcg.memcg().mod_live_bytes(objcg.nid(), kind, bytes);
+            self.count_shared(cpu, 2);
         }
-        if objects != 0 {
-            objcg.live_objects.fetch_add(objects, Ordering::Relaxed);
-        }
-        self.count_shared(cpu, 3);
     }
 
     /// `drain_all_stock`: empties the matching slots of every CPU's stocks.

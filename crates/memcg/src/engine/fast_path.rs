@@ -13,7 +13,7 @@ use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
 use crate::engine::task::{Charge, Task};
 use crate::engine::task_shared::NO_HIT_COOKIE;
-use crate::engine::task_shared::{get_i64, get_u64, set_i64, set_u64};
+use crate::engine::task_shared::{get_u64, set_u64};
 use crate::engine::task_shared::{TaskCache, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
 use crate::error::Result;
 use crate::sync::Ordering;
@@ -86,10 +86,10 @@ impl Task {
     /// returns the charge as a raw word ([`Charge::into_raw`]). `None`
     /// means "take `charge_keyed`".
     ///
-    /// A hit reads the key and the bytes and writes the bytes and the
-    /// reference credit: plain loads and stores of the task's own cache
-    /// line and no atomic read-modify-write. A hit needs a reference of
-    /// credit as well as the bytes (see `TaskCache::refs`). No statistics
+    /// A hit reads the key and writes the bytes: plain loads and stores of
+    /// the task's own cache line and no atomic read-modify-write. The
+    /// bytes carry their references on the objcg (`obj_cgroup.rs`), so the
+    /// object has its references with no count of its own. No statistics
     /// are written: the bytes the hit path took since the slow
     /// path last wrote them are its statistics (`fold_hits`), folded in by
     /// the next slow call; they stay within `TASK_CACHE_BOUND_BYTES` of
@@ -283,48 +283,38 @@ impl Task {
     }
 }
 
-/// Takes `bytes` and one reference of credit from `cache` (the owner's
-/// hit path): `false`, with both unchanged, when it holds fewer bytes or
-/// no credit.
+/// Takes `bytes` from `cache` (the owner's hit path), with their
+/// references: `false`, with the bytes unchanged, when it holds fewer.
 ///
-/// On x86-64 one subtraction from memory and a branch on its borrow for
-/// each (an `asm!` with labels): the compiler cannot branch on the flags of
-/// a read-modify-write of an atomic, so the same tests in Rust are a load,
-/// a compare and a store besides each subtraction (four instructions more
-/// per allocation, measured with callgrind). Between a borrow and its
+/// On x86-64 one subtraction from memory and a branch on its borrow (an
+/// `asm!` with a label): the compiler cannot branch on the flags of a
+/// read-modify-write of an atomic, so the same test in Rust is a load, a
+/// compare and a store besides the subtraction (two instructions more per
+/// allocation, measured with callgrind). Between the borrow and its
 /// label's undo, the field holds the wrapped difference; only the owner
 /// acts on it, and the hit path runs marked busy, so no signal handler of
 /// the owner's sees it. Other threads' readers (the checkers) see a
 /// transient value, as they may under any concurrent charge.
 #[inline(always)]
-fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
+fn take_bytes(cache: &TaskCache, bytes: u64) -> bool {
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
-        // SAFETY: `cache.bytes` and `cache.refs` are live 8-byte aligned
-        // atomics at those offsets of `cache`. Each subtraction is one
-        // unlocked read-modify-write, which is what a Relaxed load and a
-        // Relaxed store by their single writer, the owner's thread, compile
-        // to; other threads only read them, and see either value. A borrow
-        // is set exactly when the field was below the amount (`bytes` is
-        // the unsigned byte count, the credit is never negative), and each
+        // SAFETY: `cache.bytes` is a live 8-byte aligned atomic at that
+        // offset of `cache`. The subtraction is one unlocked
+        // read-modify-write, which is what a Relaxed load and a Relaxed
+        // store by its single writer, the owner's thread, compile to; other
+        // threads only read it, and see either value. A borrow is set
+        // exactly when the field was below `bytes` (both unsigned), and the
         // label adds back what was taken. No stack, and the flags are not
         // promised to be kept.
         unsafe {
             std::arch::asm!(
                 "sub qword ptr [{cache} + {bytes_at}], {bytes}",
                 "jb {no_bytes}",
-                "sub qword ptr [{cache} + {refs_at}], 1",
-                "jb {no_credit}",
                 cache = in(reg) cache as *const TaskCache,
                 bytes = in(reg) bytes,
                 bytes_at = const std::mem::offset_of!(TaskCache, bytes),
-                refs_at = const std::mem::offset_of!(TaskCache, refs),
                 no_bytes = label {
-                    set_u64(&cache.bytes, get_u64(&cache.bytes).wrapping_add(bytes));
-                    return false;
-                },
-                no_credit = label {
-                    set_i64(&cache.refs, get_i64(&cache.refs) + 1);
                     set_u64(&cache.bytes, get_u64(&cache.bytes).wrapping_add(bytes));
                     return false;
                 },
@@ -336,11 +326,9 @@ fn take_bytes_and_credit(cache: &TaskCache, bytes: u64) -> bool {
     #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
     {
         let have = get_u64(&cache.bytes);
-        let credit = get_i64(&cache.refs);
-        if have < bytes || credit <= 0 {
+        if have < bytes {
             return false;
         }
-        set_i64(&cache.refs, credit - 1);
         set_u64(&cache.bytes, have - bytes);
         true
     }
@@ -492,12 +480,12 @@ const HIT_COOKIE_AT: usize = std::mem::offset_of!(TaskCache, hit_cookie);
 ///
 /// On x86-64 an addition to memory, a compare of memory and a branch (an
 /// `asm!` with a label), two instructions fewer than the same in Rust,
-/// for the reason [`take_bytes_and_credit`] gives.
+/// for the reason [`take_bytes`] gives.
 #[inline(always)]
 fn put_bytes(cache: &TaskCache, bytes: u64) -> bool {
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
-        // SAFETY: as in `take_bytes_and_credit`: one unlocked
+        // SAFETY: as in `take_bytes`: one unlocked
         // read-modify-write of the owner's `cache.bytes`, and a read. The
         // sum does not wrap: the cache holds less than
         // `TASK_CACHE_BOUND_BYTES` (a few pages; the checker verifies it)
@@ -574,7 +562,7 @@ impl TaskCache {
                 armed != 0 && armed >> KEY_SHIFT == cpu_key()
             }
         };
-        armed && take_bytes_and_credit(self, bytes)
+        armed && take_bytes(self, bytes)
     }
     /// [`Task::charge_fast`] when `matches(armed key)`.
     #[inline(always)]
@@ -588,11 +576,9 @@ impl TaskCache {
         if !matches(cache.fast_key.load(Ordering::Relaxed)) {
             return false;
         }
-        // The object needs its reference before it is handed out: another
-        // thread may free it, and put the reference, before this task's
-        // next slow call (see `TaskCache::refs`). No credit: a miss, and
-        // the slow path tops it up.
-        take_bytes_and_credit(cache, bytes)
+        // The bytes carry the object's references: another thread may free
+        // it, and put them, before this task's next slow call.
+        take_bytes(cache, bytes)
     }
     /// The allocator's fast path for a free: returns `bytes` of
     /// [`ChargeKind::Alloc`] named by the raw word `raw`
@@ -644,18 +630,10 @@ impl TaskCache {
         self.uncharge_into_cache(bytes)
     }
     /// The end of a free's hit: `bytes` of the cached objcg back into the
-    /// byte cache, with the object's reference, if the cache has room.
+    /// byte cache, with their references, if the cache has room.
     #[inline(always)]
     fn uncharge_into_cache(&self, bytes: u64) -> bool {
-        let cache = self;
-        // Only the bytes are bounded here: every object is at least 8
-        // bytes, so the credit gained before the bytes overflow is at most
-        // `CACHE_MAX_BYTES / 8`; the slow path trims it to `REF_BATCH`.
-        if !put_bytes(cache, bytes) {
-            return false;
-        }
-        set_i64(&cache.refs, get_i64(&cache.refs) + 1);
-        true
+        put_bytes(self, bytes)
     }
     /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
     /// holds (`byte_cache.rs`): gathered there while the slot has room.
@@ -676,11 +654,6 @@ impl TaskCache {
         if total > FOREIGN_MAX_BYTES {
             return false;
         }
-        // The count before the bytes: the same two stores in the other
-        // order than the cache's hit (above) keep the compiler from
-        // merging the two paths' stores into one with a computed offset,
-        // which cost the cache's hit two instructions (callgrind).
-        set_u64(&cache.foreign_refs, get_u64(&cache.foreign_refs) + 1);
         set_u64(&cache.foreign_bytes, total);
         true
     }
@@ -693,7 +666,7 @@ mod fast_path_tests {
     //! objcg the task charges disarms it.
 
     use super::*;
-    use crate::engine::byte_cache::{REF_BATCH, TASK_CACHE_BOUND_BYTES};
+    use crate::engine::byte_cache::TASK_CACHE_BOUND_BYTES;
     use crate::engine::task_shared::NO_HIT_COOKIE;
     use crate::engine::Group;
     use crate::{Controller, Topology};
@@ -859,45 +832,32 @@ mod fast_path_tests {
         assert_eq!(alloc_bytes(&task, &g), 0);
     }
 
-    /// Hits stop at the cache's reference credit (the slow path tops it
-    /// up): objects charged on one task and freed on another, which puts
-    /// their references, never release the objcg the first task still
-    /// caches. (With the credit spent below zero and paid only at the next
-    /// slow call, the other task's puts brought the count to zero here and
-    /// released the entry under the cache; the checker reported it.)
+    /// Objects charged on one task's hits and freed on another task put
+    /// their bytes' references there, and never release the objcg the
+    /// first task still caches: the bytes a hit hands out carry their
+    /// references, whatever the sizes (no count of objects to run out).
     #[test]
-    fn hits_past_the_credit_take_references_before_the_objects_are_freed_elsewhere() {
+    fn objects_charged_on_hits_and_freed_elsewhere_keep_the_cached_objcg() {
         let (ctrl, g, mut a) = setup("1x1");
-        // A size whose `REF_BATCH` objects are not whole pages, so that the
-        // credit runs out while the cache still has bytes (asserted below;
-        // with a multiple of 4, both run out on the same page boundary).
+        // A size that is not a divisor of a page, so that the cache's
+        // refills leave remainders.
         const SIZE: u64 = 10;
         let first = a.charge_keyed(1, 0, SIZE).expect("charge");
-        let n = 3 * REF_BATCH as usize;
         let mut charges = vec![first];
-        let mut credit_misses = 0;
-        for _ in 0..n {
-            let had_bytes = get_u64(&a.shared.cache.bytes) >= SIZE;
+        let mut hits = 0;
+        for _ in 0..3000 {
             let raw = match a.charge_fast(1, SIZE) {
-                Some(raw) => raw,
-                // Out of credit (or bytes): the slow path tops it up.
-                None => {
-                    credit_misses += usize::from(had_bytes);
-                    a.charge_keyed(1, 0, SIZE).expect("charge").into_raw()
+                Some(raw) => {
+                    hits += 1;
+                    raw
                 }
+                None => a.charge_keyed(1, 0, SIZE).expect("charge").into_raw(),
             };
-            assert!(
-                a.shared.cache.refs.load(Ordering::Relaxed) >= 0,
-                "the credit is never left below zero"
-            );
             // SAFETY: a raw word of a charge of `SIZE` Alloc bytes of
             // `ctrl`, rebuilt once.
             charges.push(unsafe { Charge::from_raw(raw, SIZE, ChargeKind::Alloc, &ctrl) });
         }
-        assert!(
-            credit_misses > 0,
-            "the hits ran past the credit at least once"
-        );
+        assert!(hits > 2900, "the hits served nearly all ({hits})");
         ctrl.check_invariants().expect("invariants after the hits");
         let mut b = ctrl.new_task(&g).expect("task");
         for c in charges {
@@ -1094,51 +1054,46 @@ mod fast_path_tests {
         assert_eq!(armed(&task), 1, "armed again once spending ended");
     }
 
-    /// A cache holding `bytes` and `credit`, armed with `key`.
-    fn cache_with(bytes: u64, credit: i64, key: u64) -> TaskCache {
+    /// A cache holding `bytes`, armed with `key`.
+    fn cache_with(bytes: u64, key: u64) -> TaskCache {
         let c = TaskCache::new_empty();
         set_u64(&c.bytes, bytes);
-        set_i64(&c.refs, credit);
         c.fast_key.store(key, Ordering::Relaxed);
         c
     }
 
-    fn state(c: &TaskCache) -> (u64, i64) {
-        (get_u64(&c.bytes), get_i64(&c.refs))
-    }
-
-    // The hit path's memory read-modify-writes (an `asm!` on x86-64, Rust
-    // elsewhere): a hit takes exactly its bytes and one reference, and a
-    // miss leaves both as they were, whichever test missed.
+    // The hit path's memory read-modify-write (an `asm!` on x86-64, Rust
+    // elsewhere): a hit takes exactly its bytes, and a miss leaves them as
+    // they were.
     #[test]
-    fn a_hit_takes_its_bytes_and_a_reference_and_a_miss_takes_nothing() {
-        let c = cache_with(100, 2, ONE_KEY);
-        assert!(take_bytes_and_credit(&c, 64));
-        assert_eq!(state(&c), (36, 1));
-        assert!(!take_bytes_and_credit(&c, 37), "too few bytes");
-        assert_eq!(state(&c), (36, 1));
-        assert!(take_bytes_and_credit(&c, 36), "exactly the bytes held");
-        assert_eq!(state(&c), (0, 0));
+    fn a_hit_takes_its_bytes_and_a_miss_takes_nothing() {
+        let c = cache_with(100, ONE_KEY);
+        assert!(take_bytes(&c, 64));
+        assert_eq!(get_u64(&c.bytes), 36);
+        assert!(!take_bytes(&c, 37), "too few bytes");
+        assert_eq!(get_u64(&c.bytes), 36);
+        assert!(take_bytes(&c, 36), "exactly the bytes held");
+        assert_eq!(get_u64(&c.bytes), 0);
+        assert!(!take_bytes(&c, 8), "none left");
+        assert_eq!(get_u64(&c.bytes), 0);
         set_u64(&c.bytes, 500);
-        assert!(!take_bytes_and_credit(&c, 8), "no credit");
-        assert_eq!(state(&c), (500, 0));
-        assert!(!take_bytes_and_credit(&c, u64::MAX), "no wrap");
-        assert_eq!(state(&c), (500, 0));
+        assert!(!take_bytes(&c, u64::MAX), "no wrap");
+        assert_eq!(get_u64(&c.bytes), 500);
     }
 
     #[test]
     fn a_free_puts_its_bytes_back_up_to_the_bound_and_over_it_puts_nothing() {
-        let c = cache_with(CACHE_MAX_BYTES - 64, 0, 0);
+        let c = cache_with(CACHE_MAX_BYTES - 64, 0);
         assert!(!put_bytes(&c, 72), "one byte over");
         assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES - 64);
         assert!(put_bytes(&c, 64), "exactly at the bound");
         assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES);
         assert!(!put_bytes(&c, 8));
         assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES);
-        // A whole free: the bytes and the object's reference.
-        let c = cache_with(0, 0, 0);
+        // A whole free: the bytes, with their references.
+        let c = cache_with(0, 0);
         assert!(c.uncharge_into_cache(64));
-        assert_eq!(state(&c), (64, 1));
+        assert_eq!(get_u64(&c.bytes), 64);
     }
 
     #[test]
@@ -1159,7 +1114,7 @@ mod fast_path_tests {
             (w(ONE_KEY, 0) | 1 << 32, false),
             (u64::MAX, false),
         ] {
-            assert_eq!(key_is_one(&cache_with(0, 0, word)), hits, "word {word:#x}");
+            assert_eq!(key_is_one(&cache_with(0, word)), hits, "word {word:#x}");
         }
         // The whole word: only the one key with the heap bit (a 32-bit
         // immediate, sign-extended: a bit 31 or a high half is compared).
@@ -1171,7 +1126,7 @@ mod fast_path_tests {
             (w(ONE_KEY, HEAP_KEY) | 1 << 32, false),
             (w(ONE_KEY, HEAP_KEY) | 1 << 31, false),
         ] {
-            let c = cache_with(0, 0, word);
+            let c = cache_with(0, word);
             assert_eq!(heap_key_is_one(&c), hits, "word {word:#x}");
         }
         // And the whole hit: the one key without a CPU read, whatever its
@@ -1180,7 +1135,7 @@ mod fast_path_tests {
         // `COOKIE_KEY_HITS` one with either bit.
         let never = || -> u64 { panic!("the CPU was read for the one key") };
         let hits = |word: u64, keys: u8, cpu_key: &dyn Fn() -> u64| {
-            let c = cache_with(64, 1, word);
+            let c = cache_with(64, word);
             match keys {
                 ANY_KEY_HITS => c.charge_fast_here::<ANY_KEY_HITS>(64, cpu_key),
                 HEAP_KEY_HITS => c.charge_fast_here::<HEAP_KEY_HITS>(64, cpu_key),
@@ -1210,7 +1165,7 @@ mod fast_path_tests {
 
     #[test]
     fn a_free_hits_only_on_its_own_word_and_value() {
-        let c = cache_with(0, 0, 0);
+        let c = cache_with(0, 0);
         c.hit_addr.store(0x1000, Ordering::Relaxed);
         c.hit_cookie.store(0x2000, Ordering::Relaxed);
         assert!(word_at_is::<HIT_ADDR_AT>(&c, 0x1000));
@@ -1228,19 +1183,19 @@ mod fast_path_tests {
         // SAFETY: no block is freed; only the cache's fields move.
         let hit = unsafe { c.uncharge_fast_cookie(64, 0x1000) };
         assert!(!hit);
-        assert_eq!(state(&c), (0, 0));
+        assert_eq!(get_u64(&c.bytes), 0);
         // SAFETY: as above.
         let hit = unsafe { c.uncharge_fast_cookie(64, 0x2000) };
         assert!(hit);
-        assert_eq!(state(&c), (64, 1));
+        assert_eq!(get_u64(&c.bytes), 64);
         // SAFETY: as above (the foreign slot is empty, so a miss on the
         // cache is a miss).
         let hit = unsafe { c.uncharge_fast(0x2000, 64) };
         assert!(!hit);
-        assert_eq!(state(&c), (64, 1));
+        assert_eq!(get_u64(&c.bytes), 64);
         // SAFETY: as above.
         let hit = unsafe { c.uncharge_fast(0x1000, 64) };
         assert!(hit);
-        assert_eq!(state(&c), (128, 2));
+        assert_eq!(get_u64(&c.bytes), 128);
     }
 }

@@ -40,7 +40,6 @@ struct Held {
     stock_bytes: u64,
     stock_pages: u64,
     pending_bytes: i64,
-    pending_objects: i64,
 }
 
 /// A deliberate bug, for showing that the checkers catch bugs.
@@ -101,9 +100,10 @@ impl Controller {
     /// Checked:
     /// - per objcg: `charged pages × 4096 == live bytes + bytes held in
     ///   stocks and task caches + nr_charged_bytes` (conservation);
-    /// - per objcg: reference count == live reference + task entries +
-    ///   task caches and stock slots (1 each plus their credit) + live
-    ///   objects and reservations;
+    /// - per objcg: reference count == holders (the live reference, task
+    ///   entries, task caches, page-stock slots, reservations: 1 each) +
+    ///   the bytes of its charge outside its pool and the page counters
+    ///   (live bytes, and bytes held in stocks and task caches);
     /// - per online group: usage == pages charged through the objcgs it
     ///   owns (with descendants) + pages in page stocks for them;
     /// - per online group and node: `kernel` == pages charged through its
@@ -114,10 +114,9 @@ impl Controller {
     ///   entries, and every released entry on it;
     /// - every task's byte cache and foreign slot together under
     ///   `TASK_CACHE_BOUND_BYTES` (part of the error bound), and a foreign
-    ///   slot in use holding at least one reference;
-    /// - every task's byte cache with a credit of zero or more, and its
-    ///   slot's hit mark as made (never written: the allocator's hit paths
-    ///   miss on it only while it is).
+    ///   slot in use holding bytes (which keep its objcg);
+    /// - every task's cache slot's hit mark as made (never written: the
+    ///   allocator's hit paths miss on it only while it is).
     ///
     /// # Errors
     /// [`InvariantViolations`] listing what is wrong.
@@ -137,9 +136,10 @@ impl Controller {
         for stock in core.stocks.iter() {
             for slot in &stock.obj {
                 let s = ObjSlot::unpack(slot.load(Ordering::Relaxed));
-                if s.id != 0 {
+                // A slot with no bytes holds nothing (its id may be a
+                // released entry's).
+                if s.id != 0 && s.bytes != 0 {
                     let h = held.entry(s.id).or_default();
-                    h.refs += s.refs as i64 + 1;
                     h.stock_bytes = h.stock_bytes.saturating_add(s.bytes);
                 }
             }
@@ -209,35 +209,22 @@ impl Controller {
                 }
                 if foreign_id != 0 {
                     // The slot's objects are still in the objcg's live
-                    // bytes and objects; their references and pre-charged
-                    // bytes are the slot's.
-                    let refs = c.foreign_refs.load(Ordering::Relaxed) as i64;
-                    if refs == 0 {
+                    // bytes; their pre-charged bytes, with their
+                    // references, are the slot's.
+                    if foreign == 0 {
                         v.push(format!(
-                            "a task's foreign slot holds objcg {foreign_id} without a reference"
+                            "a task's foreign slot holds objcg {foreign_id} without bytes, which alone keep it"
                         ));
                     }
                     let h = held.entry(foreign_id).or_default();
-                    h.refs += refs;
                     // Saturating: another task's cache may have been read
                     // with a miss's wrapped bytes (see `cached` above).
                     h.stock_bytes = h.stock_bytes.saturating_add(foreign);
                     h.pending_bytes -= foreign as i64;
-                    h.pending_objects -= refs;
                 }
                 if id != 0 {
-                    let credit = c.refs.load(Ordering::Relaxed);
-                    // Never negative (a hit needs credit): a negative
-                    // credit means objects without references, whose frees
-                    // elsewhere could release the objcg.
-                    if credit < 0 {
-                        v.push(format!(
-                            "a task's byte cache owes {} references to objcg {id}: its objects lack them",
-                            -credit
-                        ));
-                    }
                     let h = held.entry(id).or_default();
-                    h.refs += 1 + credit;
+                    h.refs += 1;
                     h.stock_bytes = h.stock_bytes.saturating_add(cached);
                     // The hit path's bytes not yet folded are pending
                     // statistics too.
@@ -247,7 +234,6 @@ impl Controller {
                         .map(|p| p.load(Ordering::Relaxed))
                         .sum::<i64>()
                         + unfolded_hit_bytes(c);
-                    h.pending_objects += c.refs_base.load(Ordering::Relaxed) - credit;
                 }
             }
         }
@@ -305,7 +291,7 @@ impl Controller {
             };
             let charged = objcg.charged_pages.load(Ordering::Relaxed);
             let live = objcg.live_bytes.load(Ordering::Relaxed) + h.pending_bytes;
-            let objects = objcg.live_objects.load(Ordering::Relaxed) + h.pending_objects;
+            let reservations = objcg.live_reservations.load(Ordering::Relaxed);
             let pool = objcg.nr_charged_bytes.load(Ordering::Relaxed);
             let lhs = i128::from(charged) * i128::from(PAGE_SIZE);
             let rhs = i128::from(live) + i128::from(h.stock_bytes) + i128::from(pool);
@@ -316,20 +302,25 @@ impl Controller {
                     h.stock_bytes
                 ));
             }
-            if live < 0 || objects < 0 {
+            if live < 0 || reservations < 0 {
                 v.push(format!(
-                    "{}: negative live bytes {live} or objects {objects}",
+                    "{}: negative live bytes {live} or reservations {reservations}",
                     name()
                 ));
             }
             if !objcg.is_root() {
-                // `refcnt` was read before the `tryget` above.
-                let expected = h.refs + objects;
-                if refcnt != expected {
+                // `refcnt` was read before the `tryget` above. In i128: a
+                // racing read may see a miss's wrapped bytes.
+                let expected = i128::from(h.refs)
+                    + i128::from(reservations)
+                    + i128::from(live)
+                    + i128::from(h.stock_bytes);
+                if i128::from(refcnt) != expected {
                     v.push(format!(
-                        "{}: reference count {refcnt} != holders {} + live objects {objects}",
+                        "{}: reference count {refcnt} != holders {} + reservations {reservations} + live bytes {live} + bytes in stocks and caches {}",
                         name(),
-                        h.refs
+                        h.refs,
+                        h.stock_bytes
                     ));
                 }
             }
@@ -541,21 +532,23 @@ mod tests {
     }
 
     #[test]
-    fn check_invariants_reports_a_reference_debt() {
+    fn check_invariants_counts_a_caches_bytes_as_references() {
         let (c, _g, t, _ch) = setup();
         let cache = &t.shared.cache;
-        let refs = cache.refs.load(Ordering::Relaxed);
-        let base = cache.refs_base.load(Ordering::Relaxed);
-        // The debt alone (the base moved with it, so the objects count is
-        // unchanged): the reference count then disagrees too, but the
-        // debt's own message must be there. One reference owed is enough.
-        let debt = -1;
-        cache.refs.store(debt, Ordering::Relaxed);
-        cache.refs_base.store(base + debt - refs, Ordering::Relaxed);
+        let id = cache.objcg.load(Ordering::Relaxed);
+        let objcg = c.core().table.get(id).expect("the cached objcg");
+        // A byte of the cache handed back to the pool without its
+        // reference put: conservation holds, the reference count is one
+        // above what the bytes outside the pool account for.
+        let bytes = cache.bytes.load(Ordering::Relaxed);
+        assert!(bytes > 0, "the charge left bytes in the cache");
+        crate::engine::task_shared::set_cache_bytes(cache, bytes - 1);
+        objcg.nr_charged_bytes.fetch_add(1, Ordering::Relaxed);
         let v = violations(&c);
-        assert!(v.contains("owes"), "{v}");
-        cache.refs.store(refs, Ordering::Relaxed);
-        cache.refs_base.store(base, Ordering::Relaxed);
+        assert!(v.contains("reference count"), "{v}");
+        assert!(!v.contains("conservation"), "{v}");
+        objcg.nr_charged_bytes.fetch_sub(1, Ordering::Relaxed);
+        crate::engine::task_shared::set_cache_bytes(cache, bytes);
         assert_eq!(c.check_invariants(), Ok(()));
     }
 
@@ -628,13 +621,11 @@ mod tests {
             assert_eq!(c.check_invariants(), Ok(()));
         }
         assert_eq!(cache.foreign_bytes.load(Ordering::Relaxed), 20 * 64);
-        assert_eq!(cache.foreign_refs.load(Ordering::Relaxed), 20);
         // Still counted live until the slot returns them.
         assert_eq!(a.stats().stat.alloc_bytes, 20 * 64);
 
-        cache.foreign_refs.store(0, Ordering::Relaxed);
-        assert!(violations(&c).contains("without a reference"));
-        cache.foreign_refs.store(20, Ordering::Relaxed);
+        cache.foreign_bytes.store(0, Ordering::Relaxed);
+        assert!(violations(&c).contains("without bytes"));
         cache
             .foreign_bytes
             .store(crate::engine::TASK_CACHE_BOUND_BYTES, Ordering::Relaxed);

@@ -25,12 +25,23 @@
 //! from a group's slot can `tryget` it without RCU: the memory is always an
 //! objcg, and the generation tells whether it is still the one meant.
 //!
-//! # References (`percpu_ref`)
-//! `refcnt` counts holders: the group's slot (the live reference, dropped at
-//! offline, `percpu_ref_kill`), task cache entries, stock slots, and one per
-//! charged object or reservation. [`ObjCgroup::tryget`] succeeds while the
-//! count is above zero, even after the live reference was dropped. The last
-//! `put` releases: `nr_charged_bytes` must then be a whole number of pages,
+//! # References (`percpu_ref`), counted in bytes
+//! `refcnt` counts holders and charged bytes: one reference per holder (the
+//! group's slot, the live reference, dropped at offline as by
+//! `percpu_ref_kill`; task cache entries and a task's byte cache; page
+//! stock slots; a reservation) and one per byte of its charge held outside
+//! its pool and the page counters: the bytes of live objects and
+//! reservations, and the pre-charged bytes of task caches, foreign slots
+//! and byte-stock slots. The kernel takes one reference per slab object;
+//! here a byte carries its reference wherever it goes, so that handing a
+//! cache's bytes to an object, and an object's back, moves references
+//! without counting objects: the allocator's hit path touches no
+//! reference count (issue 12). References are taken when bytes leave the
+//! page counters (a page charge: all its bytes, the object's and the
+//! remainder's) or the pool (a stock slot adopting it), and put when bytes
+//! go back to either. [`ObjCgroup::tryget`] succeeds while the count is
+//! above zero, even after the live reference was dropped. The last `put`
+//! releases: `nr_charged_bytes` must then be a whole number of pages,
 //! which are uncharged from the current owner (`obj_cgroup_release`).
 //! Root objcgs are never released; their get and put do nothing.
 
@@ -79,14 +90,15 @@ pub(crate) struct ObjCgroup {
     pub(crate) charged_pages: AtomicI64,
     /// Bytes of live charged objects and reservations (flushed values).
     pub(crate) live_bytes: AtomicI64,
-    /// Number of live charged objects and reservations (flushed values).
-    pub(crate) live_objects: AtomicI64,
+    /// Number of live reservations, each holding a reference of its own
+    /// (for the invariants: the checker cannot enumerate them).
+    pub(crate) live_reservations: AtomicI64,
     /// Next free id while on the free list.
     next_free: AtomicU32,
     /// An opaque word owned by the runtime's allocator (the mimalloc heap
     /// of `MemcgMimalloc`), 0 until it sets one. It survives the reuse of
     /// the entry for the same node: every object of an incarnation is gone
-    /// before the entry is freed (each holds a reference), so the next one
+    /// before the entry is freed (each of its bytes holds a reference), so the next one
     /// can reuse it. Reuse for another node resets it to 0 (the heap may be
     /// bound to the old node's memory).
     pub(crate) alloc_cookie: AtomicUsize,
@@ -128,7 +140,7 @@ impl ObjCgroup {
             nr_charged_bytes: AtomicU64::new(0),
             charged_pages: AtomicI64::new(0),
             live_bytes: AtomicI64::new(0),
-            live_objects: AtomicI64::new(0),
+            live_reservations: AtomicI64::new(0),
             next_free: AtomicU32::new(0),
             alloc_cookie: AtomicUsize::new(0),
         }
@@ -441,7 +453,7 @@ impl ObjcgTable {
         objcg.nr_charged_bytes.store(0, Ordering::Relaxed);
         objcg.charged_pages.store(0, Ordering::Relaxed);
         objcg.live_bytes.store(0, Ordering::Relaxed);
-        objcg.live_objects.store(0, Ordering::Relaxed);
+        objcg.live_reservations.store(0, Ordering::Relaxed);
         let raw = Arc::into_raw(Arc::clone(origin)) as *mut MemCgroup;
         // AcqRel: the Release half pairs with `origin()`'s Acquire, the
         // Acquire half with `release`'s read of the previous pointer. No

@@ -122,8 +122,8 @@ impl Reserved {
 
     fn move_bytes(&self, from: ChargeKind, to: ChargeKind, bytes: u64) {
         let objcg = self.objcg();
-        self.core.account(None, objcg, from, -(bytes as i64), 0);
-        self.core.account(None, objcg, to, bytes as i64, 0);
+        self.core.account(None, objcg, from, -(bytes as i64));
+        self.core.account(None, objcg, to, bytes as i64);
     }
 }
 
@@ -137,17 +137,18 @@ impl Reservation {
     ) -> Result<Reservation> {
         check_size_or_zero(bytes)?;
         let _gate = crate::sync::fork_gate_enter();
-        // The reservation's own reference and object, taken first so that
-        // dropping `inner` on a refused charge undoes them exactly.
+        // The reservation's own reference (and its count, for the
+        // invariants), taken first so that dropping `inner` on a refused
+        // charge undoes them exactly.
         objcg.get(1);
-        core.account(None, objcg, ChargeKind::Reservation, 0, 1);
+        count_reservation(objcg, 1);
         let made = SysArc::try_new(Reserved {
             objcg: NonNull::from(objcg),
             core: Arc::clone(&core),
             bytes: AtomicU64::new(0),
         });
         let Some(inner) = made else {
-            core.account(None, objcg, ChargeKind::Reservation, 0, -1);
+            count_reservation(objcg, -1);
             core.objcg_put(objcg, 1);
             return Err(crate::error::Error::OutOfMemory {
                 what: "a reservation",
@@ -208,22 +209,32 @@ fn take_at_most(bytes: &AtomicU64, n: u64) -> u64 {
     }
 }
 
+/// Adds `delta` to `objcg`'s count of live reservations.
+fn count_reservation(objcg: &ObjCgroup, delta: i64) {
+    // Relaxed: a statistic for the invariants, which read it exactly only
+    // when nothing runs concurrently.
+    objcg.live_reservations.fetch_add(delta, Ordering::Relaxed);
+}
+
+/// Charges `bytes` (with their references) to the reservation; the pages'
+/// remainder goes to the pool, its references put.
 fn charge(core: &Core, objcg: &ObjCgroup, bytes: u64, ctx: ChargeCtx) -> Result<()> {
     if bytes == 0 {
         return Ok(());
     }
     let remainder = core.charge_pages_for_bytes(ctx, objcg, bytes)?;
-    core.account(None, objcg, ChargeKind::Reservation, bytes as i64, 0);
-    core.uncharge_to_pool(objcg, remainder);
+    core.account(None, objcg, ChargeKind::Reservation, bytes as i64);
+    core.bytes_to_pool(objcg, remainder);
     Ok(())
 }
 
+/// Returns `bytes` of the reservation to the pool, their references put.
 fn uncharge(core: &Core, objcg: &ObjCgroup, bytes: u64) {
     if bytes == 0 {
         return;
     }
-    core.account(None, objcg, ChargeKind::Reservation, -(bytes as i64), 0);
-    core.uncharge_to_pool(objcg, bytes);
+    core.account(None, objcg, ChargeKind::Reservation, -(bytes as i64));
+    core.bytes_to_pool(objcg, bytes);
 }
 
 impl Drop for Reserved {
@@ -234,8 +245,7 @@ impl Drop for Reserved {
         let bytes = self.bytes.load(Ordering::Relaxed);
         let objcg = self.objcg();
         uncharge(&self.core, objcg, bytes);
-        self.core
-            .account(None, objcg, ChargeKind::Reservation, 0, -1);
+        count_reservation(objcg, -1);
         self.core.objcg_put(objcg, 1);
     }
 }

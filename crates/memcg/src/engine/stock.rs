@@ -3,11 +3,14 @@
 //!
 //! # Byte stock (`consume_obj_stock`, `refill_obj_stock`, `drain_obj_stock`)
 //! Each CPU has [`NR_OBJ_STOCK`] slots. A slot is one atomic word
-//! `objcg id:32 | bytes:16 | reference credit:16`, 0 when empty. The bytes
-//! are pre-charged to the objcg (whole pages were charged and the remainder
-//! sits here); the credit is references taken from the objcg in bulk, handed
-//! to charged objects without touching the objcg's shared counter. A slot
-//! that caches an objcg also holds one reference of its own.
+//! `objcg id:32 | bytes:16 | 0:16`, 0 when empty. The bytes are pre-charged
+//! to the objcg (whole pages were charged and the remainder sits here), and
+//! each carries one reference on it (the objcg's references are counted in
+//! bytes; see `obj_cgroup.rs`), so that handing bytes to an object or a
+//! task cache moves their references with them and touches no shared
+//! counter. A slot holds no reference of its own: one with no bytes pins
+//! nothing, and its id may name a later incarnation of the entry, whose
+//! deposits may then merge into it (the bytes are the same entry's).
 //!
 //! In the kernel the stock is protected by a per-CPU lock with preemption
 //! off. Userspace cannot disable preemption: a thread may migrate between
@@ -55,15 +58,12 @@ pub const MEMCG_CHARGE_BATCH: u64 = 64;
 
 /// Largest byte count a byte-stock slot holds.
 pub(crate) const SLOT_MAX_BYTES: u64 = 0xffff;
-/// Largest reference credit a byte-stock slot holds.
-pub(crate) const SLOT_MAX_REFS: u64 = 0xffff;
 
 /// Contents of a byte-stock slot word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ObjSlot {
     pub(crate) id: u32,
     pub(crate) bytes: u64,
-    pub(crate) refs: u64,
 }
 
 impl ObjSlot {
@@ -72,14 +72,13 @@ impl ObjSlot {
         ObjSlot {
             id: (word >> 32) as u32,
             bytes: (word >> 16) & 0xffff,
-            refs: word & 0xffff,
         }
     }
 
     #[inline]
     pub(crate) fn pack(self) -> u64 {
-        debug_assert!(self.bytes <= SLOT_MAX_BYTES && self.refs <= SLOT_MAX_REFS);
-        (u64::from(self.id) << 32) | ((self.bytes & 0xffff) << 16) | (self.refs & 0xffff)
+        debug_assert!(self.bytes <= SLOT_MAX_BYTES);
+        (u64::from(self.id) << 32) | ((self.bytes & 0xffff) << 16)
     }
 }
 
@@ -137,34 +136,21 @@ pub(crate) struct CpuStock {
     pub(crate) counters: CpuCounters,
 }
 
-/// What a byte-stock consume got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Consumed {
-    /// References handed over with the bytes (at most what was asked).
-    pub(crate) refs: u64,
-}
-
 /// What [`Stock::take_obj`] took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Taken {
-    /// Bytes taken.
+    /// Bytes taken, with their references.
     pub(crate) bytes: u64,
-    /// References handed over with the bytes (at most what was asked).
-    pub(crate) refs: u64,
 }
 
 /// Result of a byte-stock refill: work the caller finishes outside.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RefillOutcome {
-    /// Whole pages to uncharge from the refilled objcg.
+    /// Whole pages to uncharge from the refilled objcg (and then the
+    /// references of their bytes to put).
     pub(crate) uncharge_pages: u64,
-    /// References the slot could not hold, to put on the refilled objcg.
-    pub(crate) excess_refs: u64,
     /// A word that was swapped out of the slot (replacement), to drain.
     pub(crate) evicted: Option<u64>,
-    /// The slot was newly installed and needs its own reference taken from
-    /// the deposit (already subtracted from the slot's credit).
-    pub(crate) installed: bool,
 }
 
 impl CpuStock {
@@ -193,29 +179,25 @@ impl CpuStock {
         self.obj.get(..self.nr_obj).unwrap_or(&self.obj)
     }
 
-    /// `consume_obj_stock`: takes `bytes` (and up to `want_refs` reference
-    /// credit) from the slot caching objcg `id`.
+    /// `consume_obj_stock`: takes `bytes` (with their references) from the
+    /// slot caching objcg `id`; `false` when no slot holds that many.
     #[inline]
-    pub(crate) fn consume_obj(&self, id: u32, bytes: u64, want_refs: u64) -> Option<Consumed> {
-        self.take_obj(id, bytes, bytes, want_refs)
-            .map(|t| Consumed { refs: t.refs })
+    pub(crate) fn consume_obj(&self, id: u32, bytes: u64) -> bool {
+        self.take_obj(id, bytes, bytes).is_some()
     }
 
-    /// Takes at least `min_bytes` and at most `max_bytes` (as much as the
-    /// slot holds up to that) and up to `want_refs` reference credit from
-    /// the slot caching objcg `id`, in one CAS: how a task cache refills
-    /// itself from its CPU's stock.
+    /// Takes at least `min_bytes` (at least 1) and at most `max_bytes` (as
+    /// much as the slot holds up to that), with their references, from the
+    /// slot caching objcg `id`, in one CAS: how a task cache refills itself
+    /// from its CPU's stock.
     #[inline]
-    pub(crate) fn take_obj(
-        &self,
-        id: u32,
-        min_bytes: u64,
-        max_bytes: u64,
-        want_refs: u64,
-    ) -> Option<Taken> {
+    pub(crate) fn take_obj(&self, id: u32, min_bytes: u64, max_bytes: u64) -> Option<Taken> {
+        // A slot with no bytes pins nothing (its id may be a released
+        // entry's): only bytes, which carry references, may be taken.
+        let min_bytes = min_bytes.max(1);
         for slot in self.obj_slots() {
             // Relaxed: the CAS below validates the value; the bytes and
-            // credit carry no data that needs ordering.
+            // their references carry no data that needs ordering.
             let mut word = slot.load(Ordering::Relaxed);
             loop {
                 let s = ObjSlot::unpack(word);
@@ -223,11 +205,9 @@ impl CpuStock {
                     break;
                 }
                 let bytes = s.bytes.min(max_bytes.max(min_bytes));
-                let refs = s.refs.min(want_refs);
                 let new = ObjSlot {
                     id,
                     bytes: s.bytes - bytes,
-                    refs: s.refs - refs,
                 };
                 match slot.compare_exchange_weak(
                     word,
@@ -235,7 +215,7 @@ impl CpuStock {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Some(Taken { bytes, refs }),
+                    Ok(_) => return Some(Taken { bytes }),
                     Err(actual) => word = actual,
                 }
             }
@@ -243,18 +223,18 @@ impl CpuStock {
         None
     }
 
-    /// `refill_obj_stock`: deposits `bytes` and `refs` reference credit for
-    /// objcg `id` (whose `nr_charged_bytes` pool `pool` is adopted when a
-    /// slot is installed). With `allow_uncharge`, whole pages above one page
-    /// are handed back. A deposit needs `refs >= 1` so that an installed
-    /// slot can keep one as its own reference.
+    /// `refill_obj_stock`: deposits `bytes` of objcg `id`, with their
+    /// references. When a slot is installed for it, `adopt()` is called
+    /// first and its bytes are deposited too: the caller empties the
+    /// objcg's `nr_charged_bytes` pool there and takes those bytes'
+    /// references, before the word that holds them is visible. With
+    /// `allow_uncharge`, whole pages above one page are handed back.
     pub(crate) fn refill_obj(
         &self,
         id: u32,
         bytes: u64,
-        refs: u64,
         allow_uncharge: bool,
-        pool: &AtomicU64,
+        adopt: impl FnOnce() -> u64,
     ) -> RefillOutcome {
         // 1. A slot already caching `id`.
         for slot in self.obj_slots() {
@@ -264,7 +244,7 @@ impl CpuStock {
                 if s.id != id {
                     break;
                 }
-                let (new, out) = merge(s, bytes, refs, allow_uncharge);
+                let (new, out) = merge(s, bytes, allow_uncharge);
                 match slot.compare_exchange_weak(
                     word,
                     new.pack(),
@@ -276,25 +256,11 @@ impl CpuStock {
                 }
             }
         }
-        // 2. Install: adopt the central pool (read first to avoid dirtying
-        // the shared line when it is empty), keep one reference for the
-        // slot itself, and always allow handing back whole pages.
-        let mut adopted = 0;
-        if pool.load(Ordering::Relaxed) != 0 {
-            adopted = pool.swap(0, Ordering::Relaxed);
-        }
-        let empty = ObjSlot {
-            id,
-            bytes: 0,
-            refs: 0,
-        };
-        let (new, mut out) = merge(
-            empty,
-            bytes.saturating_add(adopted),
-            refs.saturating_sub(1),
-            true,
-        );
-        out.installed = true;
+        // 2. Install: adopt the central pool, and always allow handing back
+        // whole pages.
+        let adopted = adopt();
+        let empty = ObjSlot { id, bytes: 0 };
+        let (new, mut out) = merge(empty, bytes.saturating_add(adopted), true);
         let new_word = new.pack();
         for slot in self.obj_slots() {
             // AcqRel: see the module doc (orderings and loom).
@@ -483,25 +449,19 @@ pub(crate) struct PageRefill {
     pub(crate) installed: bool,
 }
 
-/// Adds a deposit to a slot's contents, trimming what the 16-bit fields
+/// Adds a deposit to a slot's contents, trimming what the 16-bit field
 /// cannot hold and, with `allow_uncharge`, whole pages above one page.
-fn merge(s: ObjSlot, bytes: u64, refs: u64, allow_uncharge: bool) -> (ObjSlot, RefillOutcome) {
+fn merge(s: ObjSlot, bytes: u64, allow_uncharge: bool) -> (ObjSlot, RefillOutcome) {
     let mut out = RefillOutcome::default();
     let mut total_bytes = s.bytes.saturating_add(bytes);
     if (allow_uncharge && total_bytes > PAGE_SIZE) || total_bytes > SLOT_MAX_BYTES {
         out.uncharge_pages = total_bytes / PAGE_SIZE;
         total_bytes %= PAGE_SIZE;
     }
-    let mut total_refs = s.refs.saturating_add(refs);
-    if total_refs > SLOT_MAX_REFS {
-        out.excess_refs = total_refs - SLOT_MAX_REFS;
-        total_refs = SLOT_MAX_REFS;
-    }
     (
         ObjSlot {
             id: s.id,
             bytes: total_bytes,
-            refs: total_refs,
         },
         out,
     )
@@ -511,14 +471,19 @@ fn merge(s: ObjSlot, bytes: u64, refs: u64, allow_uncharge: bool) -> (ObjSlot, R
 mod tests {
     use super::*;
 
+    /// An `adopt` for a stock refill: empties `pool`.
+    fn adopt(pool: &AtomicU64) -> impl FnOnce() -> u64 + '_ {
+        || pool.swap(0, Ordering::Relaxed)
+    }
+
     #[test]
     fn obj_slot_pack_roundtrip_keeps_fields() {
         let s = ObjSlot {
             id: 0xdead_beef,
             bytes: 4095,
-            refs: 77,
         };
         assert_eq!(ObjSlot::unpack(s.pack()), s);
+        assert_eq!(s.pack() & 0xffff, 0, "the low 16 bits stay 0");
         let p = PageSlot {
             id: 9,
             tag: 0xab_cdef,
@@ -528,47 +493,34 @@ mod tests {
     }
 
     #[test]
-    fn consume_obj_with_enough_bytes_takes_bytes_and_refs() {
+    fn consume_obj_with_enough_bytes_takes_bytes() {
         let st = CpuStock::new();
         let pool = AtomicU64::new(0);
-        let out = st.refill_obj(3, 1000, 5, false, &pool);
-        assert!(out.installed);
-        assert_eq!(st.consume_obj(3, 600, 2), Some(Consumed { refs: 2 }));
-        assert_eq!(st.consume_obj(3, 600, 2), None);
-        assert_eq!(st.consume_obj(4, 1, 1), None);
+        st.refill_obj(3, 1000, false, adopt(&pool));
+        assert!(st.consume_obj(3, 600));
+        assert!(!st.consume_obj(3, 600));
+        assert!(!st.consume_obj(4, 1));
         let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
-        assert_eq!((s.bytes, s.refs), (400, 2));
+        assert_eq!(s.bytes, 400);
     }
 
     #[test]
     fn take_obj_takes_between_min_and_max_or_nothing() {
         let st = CpuStock::new();
         let pool = AtomicU64::new(0);
-        st.refill_obj(3, 1000, 5, false, &pool);
+        st.refill_obj(3, 1000, false, adopt(&pool));
         // Up to `max`, and all the slot has when that is less.
-        assert_eq!(
-            st.take_obj(3, 100, 300, 0),
-            Some(Taken {
-                bytes: 300,
-                refs: 0
-            })
-        );
-        assert_eq!(
-            st.take_obj(3, 100, 5000, 1),
-            Some(Taken {
-                bytes: 700,
-                refs: 1
-            })
-        );
+        assert_eq!(st.take_obj(3, 100, 300), Some(Taken { bytes: 300 }));
+        assert_eq!(st.take_obj(3, 100, 5000), Some(Taken { bytes: 700 }));
+        // An emptied slot gives nothing, not even with a minimum of 0: its
+        // id pins no entry.
+        assert_eq!(st.take_obj(3, 0, 5000), None);
         // Less than `min` left: nothing is taken.
-        st.refill_obj(3, 50, 1, false, &pool);
-        assert_eq!(st.take_obj(3, 51, 5000, 0), None);
-        assert_eq!(st.take_obj(4, 1, 5000, 0), None, "another objcg");
+        st.refill_obj(3, 50, false, adopt(&pool));
+        assert_eq!(st.take_obj(3, 51, 5000), None);
+        assert_eq!(st.take_obj(4, 1, 5000), None, "another objcg");
         // `max` below `min` takes `min`.
-        assert_eq!(
-            st.take_obj(3, 20, 10, 0),
-            Some(Taken { bytes: 20, refs: 0 })
-        );
+        assert_eq!(st.take_obj(3, 20, 10), Some(Taken { bytes: 20 }));
         let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
         assert_eq!(s.bytes, 30);
     }
@@ -577,7 +529,7 @@ mod tests {
     fn refill_obj_above_a_page_with_uncharge_returns_whole_pages() {
         let st = CpuStock::new();
         let pool = AtomicU64::new(100);
-        let out = st.refill_obj(3, 4000, 1, true, &pool);
+        let out = st.refill_obj(3, 4000, true, adopt(&pool));
         assert_eq!(out.uncharge_pages, 1);
         let s = ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed));
         assert_eq!(s.bytes, 4100 - 4096);
@@ -585,11 +537,24 @@ mod tests {
     }
 
     #[test]
+    fn refill_obj_adopts_only_when_it_installs() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        st.refill_obj(3, 100, true, adopt(&pool));
+        let mut called = false;
+        st.refill_obj(3, 10, true, || {
+            called = true;
+            0
+        });
+        assert!(!called, "a merge into the slot adopts nothing");
+    }
+
+    #[test]
     fn refill_obj_without_uncharge_keeps_more_than_a_page() {
         let st = CpuStock::new();
         let pool = AtomicU64::new(0);
-        st.refill_obj(3, 100, 1, true, &pool);
-        let out = st.refill_obj(3, 4090, 0, false, &pool);
+        st.refill_obj(3, 100, true, adopt(&pool));
+        let out = st.refill_obj(3, 4090, false, adopt(&pool));
         assert_eq!(out.uncharge_pages, 0);
         assert_eq!(
             ObjSlot::unpack(st.obj[0].load(Ordering::Relaxed)).bytes,
@@ -602,9 +567,9 @@ mod tests {
         let st = CpuStock::new();
         let pool = AtomicU64::new(0);
         for id in 1..=NR_OBJ_STOCK as u32 {
-            assert!(st.refill_obj(id, 10, 1, false, &pool).evicted.is_none());
+            assert!(st.refill_obj(id, 10, false, adopt(&pool)).evicted.is_none());
         }
-        let out = st.refill_obj(99, 10, 1, false, &pool);
+        let out = st.refill_obj(99, 10, false, adopt(&pool));
         assert_eq!(out.evicted.map(|w| ObjSlot::unpack(w).id), Some(1));
         assert_eq!(st.counters.obj_replacements.load(Ordering::Relaxed), 1);
     }

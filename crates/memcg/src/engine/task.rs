@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::engine::byte_cache::{CACHE_MAX_BYTES, REF_BATCH};
+use crate::engine::byte_cache::CACHE_MAX_BYTES;
 use crate::engine::core::{check_size, ChargeCtx, Core};
 use crate::engine::group::Group;
 use crate::engine::locked_vec;
@@ -19,8 +19,8 @@ use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::reservation::{Reservation, Reserved};
 use crate::engine::sys_alloc::{SysArc, SysSlice};
 use crate::engine::task_shared::{
-    get_i64, get_u64, set_cache_bytes, set_i64, set_u64, CacheSlot, TaskCache, TaskCacheMode,
-    TaskHandle, TaskShared, CURRENT_OBJCG_UPDATE_FLAG,
+    get_u64, set_cache_bytes, set_u64, CacheSlot, TaskCache, TaskCacheMode, TaskHandle, TaskShared,
+    CURRENT_OBJCG_UPDATE_FLAG,
 };
 use crate::error::{Error, Result};
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering};
@@ -344,11 +344,9 @@ impl Task {
                 r.give_back(taken);
                 return Some(Err(e.into()));
             }
-            self.core.account(None, objcg, kind, rest as i64, 0);
+            self.core.account(None, objcg, kind, rest as i64);
         }
-        // The object's own reference, and its count.
-        objcg.get(1);
-        self.core.account(None, objcg, kind, 0, 1);
+        // The reservation's bytes came with their references.
         Some(Ok(Charge::new(objcg, bytes, kind)))
     }
 
@@ -374,44 +372,19 @@ impl Task {
         if cache.objcg.load(Ordering::Relaxed) != objcg.id() {
             self.switch_cache(Some(cpu), objcg);
         }
-        // Reference credit: from the CPU stock if it has some, else in bulk.
-        if get_i64(&cache.refs) <= 0 {
-            let got = core
-                .stock(cpu)
-                .and_then(|s| s.consume_obj(objcg.id(), 0, REF_BATCH))
-                .map_or(0, |c| c.refs);
-            let got = if got == 0 {
-                objcg.get(REF_BATCH);
-                REF_BATCH
-            } else {
-                got
-            };
-            set_i64(&cache.refs, got as i64);
-            self.rebase_refs(got as i64);
-        }
         let have = get_u64(&cache.bytes);
         // A short cache refills from the CPU's stock in one take, keeping up
         // to `CACHE_MAX_BYTES` after this charge, so that a task allocating
         // what others free (a producer) does not come back for every
         // object.
-        // It takes reference credit along, up to `2 * REF_BATCH`.
         let taken = || {
-            let want_refs = (2 * REF_BATCH as i64 - get_i64(&cache.refs)).max(0) as u64;
-            core.stock(cpu).and_then(|s| {
-                s.take_obj(
-                    objcg.id(),
-                    bytes - have,
-                    bytes - have + CACHE_MAX_BYTES,
-                    want_refs,
-                )
-            })
+            core.stock(cpu)
+                .and_then(|s| s.take_obj(objcg.id(), bytes - have, bytes - have + CACHE_MAX_BYTES))
         };
         if have >= bytes {
             set_cache_bytes(cache, have - bytes);
         } else if let Some(t) = taken() {
             set_cache_bytes(cache, have + t.bytes - bytes);
-            set_i64(&cache.refs, get_i64(&cache.refs) + t.refs as i64);
-            self.rebase_refs(t.refs as i64);
         } else {
             // A reference of our own across the page charge, which may
             // drain stocks and wait for the reclaimer (the cache's entry
@@ -434,16 +407,15 @@ impl Task {
                 if cached > CACHE_MAX_BYTES {
                     self.trim_cache(cpu, objcg);
                 }
-            } else if remainder > 0 {
-                core.refill_obj_stock(Some(cpu), objcg, remainder, 0, false);
+            } else {
+                core.refill_obj_stock(Some(cpu), objcg, remainder, false);
             }
         }
-        if cache.objcg.load(Ordering::Relaxed) == objcg.id() && get_i64(&cache.refs) > 0 {
-            set_i64(&cache.refs, get_i64(&cache.refs) - 1);
+        // The object's bytes came with their references.
+        if cache.objcg.load(Ordering::Relaxed) == objcg.id() {
             self.pend(objcg, kind, bytes as i64);
         } else {
-            objcg.get(1);
-            core.account(Some(cpu), objcg, kind, bytes as i64, 1);
+            core.account(Some(cpu), objcg, kind, bytes as i64);
         }
         Ok(Charge::new(objcg, bytes, kind))
     }
@@ -472,11 +444,9 @@ impl Task {
         let cache = &self.shared.cache;
         if !self.exited.get() && cache.objcg.load(Ordering::Relaxed) == objcg.id() {
             let bytes = get_u64(&cache.bytes) + charge.bytes;
-            let refs = get_i64(&cache.refs) + 1;
             set_cache_bytes(cache, bytes);
-            set_i64(&cache.refs, refs);
             self.pend(objcg, charge.kind, -(charge.bytes as i64));
-            if bytes > CACHE_MAX_BYTES || refs > 2 * REF_BATCH as i64 {
+            if bytes > CACHE_MAX_BYTES {
                 self.trim_cache(cpu, objcg);
             }
             return Ok(());
@@ -492,8 +462,8 @@ impl Task {
 
     /// Changes the size of a live charge to `new_bytes` (a `realloc`): only
     /// the difference is charged or uncharged, to the charge's own objcg,
-    /// whichever group the task is in now. The object count and the
-    /// object's reference do not change.
+    /// whichever group the task is in now, the bytes with their
+    /// references.
     ///
     /// # Errors
     /// [`Error::UnknownCpu`], [`Error::InvalidSize`],
@@ -532,7 +502,7 @@ impl Task {
                     self.trim_cache(cpu, objcg);
                 }
             } else {
-                self.core.refill_obj_stock(Some(cpu), objcg, delta, 0, true);
+                self.core.refill_obj_stock(Some(cpu), objcg, delta, true);
             }
         }
         charge.bytes = new_bytes;
@@ -544,7 +514,7 @@ impl Task {
         if !self.exited.get() && self.shared.cache.objcg.load(Ordering::Relaxed) == objcg.id() {
             self.pend(objcg, kind, bytes);
         } else {
-            self.core.account(None, objcg, kind, bytes, 0);
+            self.core.account(None, objcg, kind, bytes);
         }
     }
 
@@ -574,7 +544,7 @@ impl Task {
                 r.give_back(taken);
                 return Some(Err(e.into()));
             }
-            self.core.account(None, objcg, kind, rest as i64, 0);
+            self.core.account(None, objcg, kind, rest as i64);
         }
         Some(Ok(()))
     }

@@ -38,22 +38,8 @@ pub(crate) struct TaskCache {
     pub(crate) bytes: AtomicU64,
     /// `bytes` as the slow path last wrote it (see `bytes`).
     pub(crate) synced_bytes: AtomicU64,
-    /// Reference credit: references to the cached objcg the cache holds
-    /// beyond its own one, taken in batches; every object charged from the
-    /// cache spends one and every object freed into it gives one back.
-    /// Never below zero: the allocator's hit path misses when there is
-    /// none (the slow path tops it up), since another thread may free the
-    /// object, and put its reference, before this task's next slow call.
-    /// (A credit spent below zero would let such puts release an objcg the
-    /// cache still holds; `check_invariants` reports one.)
-    pub(crate) refs: AtomicI64,
+    /// Statistics of the cached objcg not yet flushed, per kind.
     pub(crate) pending_bytes: [AtomicI64; NR_KINDS],
-    /// Reference credit at the last statistics flush, adjusted whenever
-    /// credit changes for a reason other than an object: every object
-    /// charged from the cache takes one credit and every object returned
-    /// gives one back, so `refs_base - refs` is the net number of objects
-    /// charged since the flush (not yet in the objcg's `live_objects`).
-    pub(crate) refs_base: AtomicI64,
     /// The key of the allocator's fast path ([`Task::charge_fast`]), 0 for
     /// none: while it is set, the cached objcg is the one the task charges
     /// for that key's node, with no override active. Cleared by everything
@@ -105,14 +91,12 @@ pub(crate) struct TaskCache {
     /// The foreign slot (`byte_cache.rs`): frees of objects of one objcg
     /// other than the cached one, not yet returned. Its objcg's id (0 for
     /// none) and address; the bytes freed, pre-charged and not yet given
-    /// to a stock; and the references of the objects freed (at least one
-    /// while the slot is in use, which keeps the objcg alive). The
-    /// objcg's live bytes and objects still count them until the slot is
-    /// flushed.
+    /// to a stock (with their references: at least one object's while the
+    /// slot is in use, which keeps the objcg alive). The objcg's live
+    /// bytes still count them until the slot is flushed.
     pub(crate) foreign_objcg: AtomicU32,
     pub(crate) foreign_addr: AtomicUsize,
     pub(crate) foreign_bytes: AtomicU64,
-    pub(crate) foreign_refs: AtomicU64,
 }
 
 /// Adds `bytes` to the pending statistics of `kind` (single writer) and
@@ -155,9 +139,7 @@ macro_rules! empty_task_cache {
             objcg_addr: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             synced_bytes: AtomicU64::new(0),
-            refs: AtomicI64::new(0),
             pending_bytes: [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)],
-            refs_base: AtomicI64::new(0),
             fast_key: AtomicU64::new(0),
             hit_addr: AtomicUsize::new($hit_addr),
             hit_cookie: AtomicUsize::new(NO_HIT_COOKIE),
@@ -165,7 +147,6 @@ macro_rules! empty_task_cache {
             foreign_objcg: AtomicU32::new(0),
             foreign_addr: AtomicUsize::new(0),
             foreign_bytes: AtomicU64::new(0),
-            foreign_refs: AtomicU64::new(0),
         }
     };
 }
@@ -269,16 +250,6 @@ pub(crate) fn set_cache_bytes(cache: &TaskCache, bytes: u64) {
 /// on another thread (the checkers), which sees the owner at rest.
 pub(crate) fn unfolded_hit_bytes(cache: &TaskCache) -> i64 {
     get_u64(&cache.synced_bytes).wrapping_sub(get_u64(&cache.bytes)) as i64
-}
-
-/// [`set_u64`] of a signed counter.
-#[inline(always)]
-pub(crate) fn set_i64(a: &AtomicI64, v: i64) {
-    a.store(v, Ordering::Relaxed)
-}
-#[inline(always)]
-pub(crate) fn get_i64(a: &AtomicI64) -> i64 {
-    a.load(Ordering::Relaxed)
 }
 
 /// Plain read-modify-write by the single writer.
@@ -387,9 +358,7 @@ impl CacheSlot {
             objcg_addr,
             bytes,
             synced_bytes,
-            refs,
             pending_bytes,
-            refs_base,
             fast_key,
             hit_addr,
             hit_cookie,
@@ -397,7 +366,6 @@ impl CacheSlot {
             foreign_objcg,
             foreign_addr,
             foreign_bytes,
-            foreign_refs,
         } = &self.mark.0;
         let zero_u64 = |a: &AtomicU64| a.load(Ordering::Relaxed) == 0;
         let zero_i64 = |a: &AtomicI64| a.load(Ordering::Relaxed) == 0;
@@ -405,9 +373,7 @@ impl CacheSlot {
             && objcg_addr.load(Ordering::Relaxed) == 0
             && zero_u64(bytes)
             && zero_u64(synced_bytes)
-            && zero_i64(refs)
             && pending_bytes.iter().all(zero_i64)
-            && zero_i64(refs_base)
             && zero_u64(fast_key)
             && hit_addr.load(Ordering::Relaxed) == HITS_STOPPED
             && hit_cookie.load(Ordering::Relaxed) == NO_HIT_COOKIE
@@ -415,7 +381,6 @@ impl CacheSlot {
             && foreign_objcg.load(Ordering::Relaxed) == 0
             && foreign_addr.load(Ordering::Relaxed) == 0
             && zero_u64(foreign_bytes)
-            && zero_u64(foreign_refs)
     }
 
     /// The slot's mark, for a test that writes it to show the checker

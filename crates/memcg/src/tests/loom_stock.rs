@@ -21,7 +21,7 @@ const CHARGE_BYTES: u64 = 1000;
 
 /// A controller on one node with one CPU, a group `g` and a task in `g`
 /// that charged once and flushed its byte cache, so that CPU 0's byte
-/// stock holds `g`'s remainder and reference credit and its page stock
+/// stock holds `g`'s remainder (with its bytes' references) and its page stock
 /// holds the rest of the first batch.
 fn setup() -> (Controller, Group, Task, Charge) {
     let ctrl = Controller::new(Topology::from_spec("1x1").expect("topology"));
@@ -48,8 +48,8 @@ fn finish(ctrl: &Controller, g: &Group, task: Task, charges: Vec<Charge>) {
     assert_invariants(ctrl);
 }
 
-/// Thread 1 charges through an empty byte cache (taking reference credit
-/// and bytes from the byte stock, else pages from the page stock, else the
+/// Thread 1 charges through an empty byte cache (taking bytes, with their
+/// references, from the byte stock, else pages from the page stock, else the
 /// page counters) and gives the object back task-less
 /// (`Controller::uncharge` refills the byte stock), while the main thread
 /// drains every stock.
@@ -101,7 +101,7 @@ fn refill_racing_group_drain_conserves_bytes() {
 /// Three threads on the one CPU's stocks (in userspace a thread can be
 /// preempted or migrate between reading its CPU id and touching a slot,
 /// so two threads may work on one CPU's stock at once): the task charges
-/// (consuming credit and bytes), a task-less uncharge refills the same
+/// (consuming bytes and their references), a task-less uncharge refills the same
 /// slot, and the main thread drains every stock.
 #[test]
 fn consume_racing_refill_on_same_cpu_and_drain_conserves_bytes() {

@@ -3,8 +3,8 @@
 //! task-less uncharges that refill both stocks, under loom.
 //!
 //! A removed group's objcg lives on while stock slots, charged objects or
-//! reservations hold references; each CPU's slot holds one of its own plus
-//! reference credit. The objcg must be released exactly once, by whoever
+//! reservations hold references (one per byte they hold; see
+//! `obj_cgroup.rs`). The objcg must be released exactly once, by whoever
 //! drops the last reference, whichever CPU's slot that was, and its entry
 //! then sits on the free list once.
 //!
