@@ -133,7 +133,7 @@ impl Task {
     ///
     /// Frees that cross groups (a batch made by one tenant's thread and
     /// freed by another's) so cost the shared atomic updates of a return
-    /// (the objcg's live bytes and objects, its group's statistics, the
+    /// (the objcg's live bytes, its group's statistics, the
     /// stock) once per slot, not once per object; the kernel batches the
     /// same updates in its per-CPU object stock. The slot is the task's
     /// own, like the byte cache: plain loads and stores.

@@ -268,10 +268,10 @@ impl Controller {
             let refcnt = objcg.refcnt();
             let h = held.remove(&id).unwrap_or_default();
             if refcnt <= 0 {
-                if h.refs != 0 {
+                if h.refs != 0 || h.stock_bytes != 0 {
                     v.push(format!(
-                        "objcg {id}: free but {} holder reference(s) remain",
-                        h.refs
+                        "objcg {id}: free but {} holder reference(s) and {} byte(s) in stocks and caches remain",
+                        h.refs, h.stock_bytes
                     ));
                 }
                 continue;
@@ -532,6 +532,36 @@ mod tests {
     }
 
     #[test]
+    fn check_invariants_reports_bytes_held_for_a_released_objcg() {
+        let c = Controller::new(Topology::from_spec("1x1").unwrap());
+        let g = c.create("g").unwrap();
+        let t = c.new_task(&g).unwrap();
+        let ch = t.charge(0, 100, ChargeKind::Alloc).unwrap();
+        let id = t.shared.cache.objcg.load(Ordering::Relaxed);
+        t.uncharge(0, ch).unwrap();
+        drop(t);
+        c.remove("g").unwrap();
+        c.drain_stocks();
+        assert_eq!(c.check_invariants(), Ok(()));
+        let objcg = c.core().table.get(id).expect("the entry");
+        assert_eq!(objcg.refcnt(), 0, "released");
+        // A byte-stock slot that still held bytes of the released objcg.
+        let slot = &c.core().stock(0).expect("CPU 0").obj[0];
+        let made = slot.load(Ordering::Relaxed);
+        slot.store(
+            crate::engine::stock::ObjSlot { id, bytes: 64 }.pack(),
+            Ordering::Relaxed,
+        );
+        let v = violations(&c);
+        assert!(
+            v.contains("free but 0 holder reference(s) and 64 byte(s)"),
+            "{v}"
+        );
+        slot.store(made, Ordering::Relaxed);
+        assert_eq!(c.check_invariants(), Ok(()));
+    }
+
+    #[test]
     fn check_invariants_counts_a_caches_bytes_as_references() {
         let (c, _g, t, _ch) = setup();
         let cache = &t.shared.cache;
@@ -598,11 +628,10 @@ mod tests {
     /// Frees of another group's objects gather in the freeing task's
     /// foreign slot; the checker counts the slot (exact while it holds
     /// them, and after it returns them), and catches a slot in use with no
-    /// reference or over the bound. (A slot's bytes and references are on
-    /// both sides of the conservation and reference equations, as they
-    /// are still the objcg's live bytes and objects: a miscount there
-    /// shows once the slot is returned, as a byte or object no object
-    /// holds.)
+    /// bytes or over the bound. (A slot's bytes are on both sides of the
+    /// conservation and reference equations, as they are still the objcg's
+    /// live bytes: a miscount there shows once the slot is returned, as a
+    /// byte no object holds.)
     #[test]
     fn check_invariants_counts_the_foreign_slot_and_catches_its_faults() {
         let c = Controller::new(Topology::from_spec("1x1").unwrap());

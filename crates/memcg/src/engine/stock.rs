@@ -42,9 +42,15 @@
 //! order, so it cannot exhibit that, and no model fails with one of these
 //! weakened (`scripts/loom-mutations.py`; the taker's lookup of a new table
 //! chunk, the one plain datum behind a word, is ordered by the table's own
-//! pairing, see `ObjcgTable::get`). Consume and refill merge into a slot
-//! with Relaxed CASes: they move counts between the slot and the caller's
-//! own references and publish nothing.
+//! pairing, see `ObjcgTable::get`). The same holds for a refill that
+//! merges into a slot and a consume that takes from one: a merge's bytes
+//! carry references the depositor has just taken (a page charge takes all
+//! its pages' bytes' references with a Relaxed add), and a drainer that
+//! takes the word after the merge puts them, so the merge's CAS is a
+//! release (AcqRel: a merge that overflows takes bytes out, whose
+//! references it puts) and a consume's an acquire (its taker puts the
+//! references later); the page stock's merge and consume likewise for its
+//! page-counter charges. No instruction changes on x86-64.
 
 use crate::limit::PAGE_SIZE;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -196,8 +202,8 @@ impl CpuStock {
         // entry's): only bytes, which carry references, may be taken.
         let min_bytes = min_bytes.max(1);
         for slot in self.obj_slots() {
-            // Relaxed: the CAS below validates the value; the bytes and
-            // their references carry no data that needs ordering.
+            // Relaxed: the CAS below validates the value, and is the
+            // acquire (module doc).
             let mut word = slot.load(Ordering::Relaxed);
             loop {
                 let s = ObjSlot::unpack(word);
@@ -212,7 +218,7 @@ impl CpuStock {
                 match slot.compare_exchange_weak(
                     word,
                     new.pack(),
-                    Ordering::Relaxed,
+                    Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => return Some(Taken { bytes }),
@@ -248,7 +254,7 @@ impl CpuStock {
                 match slot.compare_exchange_weak(
                     word,
                     new.pack(),
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => return out,
@@ -295,7 +301,20 @@ impl CpuStock {
     ) {
         for slot in self.obj_slots() {
             let word = slot.load(Ordering::Relaxed);
-            if word == 0 || !matches(ObjSlot::unpack(word).id) {
+            if word == 0 {
+                continue;
+            }
+            let s = ObjSlot::unpack(word);
+            if s.bytes == 0 {
+                // Holds nothing (its id may be a released entry's): cleared
+                // whatever its id, without asking `matches` (which would
+                // take a reference on the entry) and with nothing to drain.
+                // Relaxed: no bytes, no references; a deposit racing with
+                // this retries or installs anew.
+                let _ = slot.compare_exchange(word, 0, Ordering::Relaxed, Ordering::Relaxed);
+                continue;
+            }
+            if !matches(s.id) {
                 continue;
             }
             // AcqRel: this thread drains the word (module doc).
@@ -328,7 +347,7 @@ impl CpuStock {
                 match slot.compare_exchange_weak(
                     word,
                     new.pack(),
-                    Ordering::Relaxed,
+                    Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => return true,
@@ -378,7 +397,7 @@ impl CpuStock {
                 match slot.compare_exchange_weak(
                     word,
                     new.pack(),
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => return PageRefill::default(),
@@ -572,6 +591,31 @@ mod tests {
         let out = st.refill_obj(99, 10, false, adopt(&pool));
         assert_eq!(out.evicted.map(|w| ObjSlot::unpack(w).id), Some(1));
         assert_eq!(st.counters.obj_replacements.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn take_obj_slots_clears_empty_slots_unasked_and_drains_matching_ones() {
+        let st = CpuStock::new();
+        let pool = AtomicU64::new(0);
+        st.refill_obj(3, 100, false, adopt(&pool));
+        st.refill_obj(4, 100, false, adopt(&pool));
+        st.refill_obj(5, 100, false, adopt(&pool));
+        assert!(st.consume_obj(3, 100), "slot 3 emptied");
+        let mut asked = Vec::new();
+        let mut drained = Vec::new();
+        st.take_obj_slots(
+            |id| {
+                asked.push(id);
+                id == 4
+            },
+            |w| drained.push(ObjSlot::unpack(w)),
+        );
+        assert_eq!(asked, [4, 5], "the empty slot's id is not asked about");
+        assert_eq!(drained, [ObjSlot { id: 4, bytes: 100 }]);
+        let left: Vec<u64> = st.obj.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        assert_eq!(left[0], 0, "the empty slot was cleared");
+        assert_eq!(left[1], 0, "the matching slot was drained");
+        assert_eq!(ObjSlot::unpack(left[2]), ObjSlot { id: 5, bytes: 100 });
     }
 
     #[test]

@@ -108,7 +108,8 @@ fn assert_invariants(ctrl: &Controller) {
 }
 
 /// Reference count of the live objcg of `group` on `nid` (the group's slot
-/// holds one reference; every other holder adds one).
+/// holds one reference, every other holder one more, and every byte of
+/// its charge outside its pool and the page counters one).
 fn live_objcg_refcnt(ctrl: &Controller, group: &Group, nid: usize) -> i64 {
     let word = group.memcg().nodeinfo[nid]
         .objcg
