@@ -996,6 +996,21 @@ mod fast_path_tests {
         assert_eq!(alloc_bytes(&task, &other), 0);
     }
 
+    /// `n` charges of 64 bytes on CPU 0, asserted to be all served by the
+    /// task's byte cache (no slow charge).
+    fn charges_of_64_from_the_cache(ctrl: &Controller, t: &Task, n: u64) -> Vec<Charge> {
+        let slow = ctrl.counters().slow_charges;
+        let charges = (0..n)
+            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
+            .collect();
+        assert_eq!(
+            ctrl.counters().slow_charges,
+            slow,
+            "all served by the cache"
+        );
+        charges
+    }
+
     #[test]
     fn a_short_cache_refills_from_the_stock_in_one_take() {
         // A task whose byte cache is empty takes all the bytes CPU 0's
@@ -1028,15 +1043,7 @@ mod fast_path_tests {
             left - 64,
             "one take brought the stock's bytes into the cache"
         );
-        let slow = ctrl.counters().slow_charges;
-        let rest: Vec<Charge> = (0..(left - 64) / 64)
-            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
-            .collect();
-        assert_eq!(
-            ctrl.counters().slow_charges,
-            slow,
-            "all served by the cache"
-        );
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, (left - 64) / 64);
         for c in rest.into_iter().chain([first, second]) {
             t.uncharge(0, c).expect("uncharge");
         }
@@ -1065,15 +1072,7 @@ mod fast_path_tests {
             MEMCG_CHARGE_BATCH * PAGE_SIZE,
             "one batch charged"
         );
-        let slow = ctrl.counters().slow_charges;
-        let rest: Vec<Charge> = (0..cached / 64)
-            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
-            .collect();
-        assert_eq!(
-            ctrl.counters().slow_charges,
-            slow,
-            "all served by the cache"
-        );
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, cached / 64);
         ctrl.check_invariants().expect("invariants");
         for c in rest.into_iter().chain([first]) {
             t.uncharge(0, c).expect("uncharge");
