@@ -23,7 +23,6 @@ use crate::engine::task_shared::{
     CURRENT_OBJCG_UPDATE_FLAG,
 };
 use crate::error::{Error, Result};
-use crate::limit::PAGE_SIZE;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// A charge of one object: which objcg it was charged to and how many
@@ -398,17 +397,7 @@ impl Task {
             // `objcg`; checked all the same, since a stale remainder in the
             // cache would be charged to the wrong objcg.
             if cache.objcg.load(Ordering::Relaxed) == objcg.id() {
-                let mut cached = get_u64(&cache.bytes) + remainder;
-                // Topped up to `CACHE_MAX_BYTES` with whole pages from the
-                // CPU's page stock when it has them: pages its batch
-                // already charged (no limit applies to them), so that a
-                // task whose memory grows comes back once per few pages,
-                // not once per page (`memcg-workloads` json: 99,504 slow
-                // entries, 24,914 topped up).
-                let room_pages = CACHE_MAX_BYTES.saturating_sub(cached) / PAGE_SIZE;
-                if core.charge_pages_from_stock(cpu, objcg, room_pages) {
-                    cached += room_pages * PAGE_SIZE;
-                }
+                let cached = get_u64(&cache.bytes) + remainder;
                 set_cache_bytes(cache, cached);
                 // The cache held up to `CACHE_MAX_BYTES` before (it is
                 // short of this charge, not empty): two page charges in a
