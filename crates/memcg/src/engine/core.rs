@@ -445,7 +445,7 @@ impl Core {
             return;
         }
         let Some(stock) = cpu.and_then(|c| self.stock(c)) else {
-            self.bytes_to_pool(objcg, bytes);
+            self.uncharge_bytes(objcg, bytes);
             return;
         };
         let out = stock.refill_obj(objcg.id(), bytes, allow_uncharge, || self.adopt_pool(objcg));
@@ -505,13 +505,6 @@ impl Core {
             // limit pressure frees everything stocks and pools hold.
             self.uncharge_to_pool(objcg, rem);
         }
-        self.objcg_put(objcg, bytes);
-    }
-
-    /// [`Core::uncharge_to_pool`] of bytes that carry references, which
-    /// are then put.
-    pub(crate) fn bytes_to_pool(&self, objcg: &ObjCgroup, bytes: u64) {
-        self.uncharge_to_pool(objcg, bytes);
         self.objcg_put(objcg, bytes);
     }
 

@@ -604,7 +604,8 @@ impl TaskCache {
         if !word_at_is::<HIT_ADDR_AT>(cache, raw) {
             return self.uncharge_foreign_fast(raw, bytes);
         }
-        self.uncharge_into_cache(bytes)
+        // The bytes go back with their references, if the cache has room.
+        put_bytes(cache, bytes)
     }
     /// [`TaskCache::uncharge_fast`] for an allocator that knows a block's
     /// objcg by its allocator cookie (`MemcgMimalloc`: the block's heap is
@@ -627,12 +628,6 @@ impl TaskCache {
         if !word_at_is::<HIT_COOKIE_AT>(self, cookie) {
             return false;
         }
-        self.uncharge_into_cache(bytes)
-    }
-    /// The end of a free's hit: `bytes` of the cached objcg back into the
-    /// byte cache, with their references, if the cache has room.
-    #[inline(always)]
-    fn uncharge_into_cache(&self, bytes: u64) -> bool {
         put_bytes(self, bytes)
     }
     /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
@@ -1092,7 +1087,7 @@ mod fast_path_tests {
         assert_eq!(get_u64(&c.bytes), CACHE_MAX_BYTES);
         // A whole free: the bytes, with their references.
         let c = cache_with(0, 0);
-        assert!(c.uncharge_into_cache(64));
+        assert!(put_bytes(&c, 64));
         assert_eq!(get_u64(&c.bytes), 64);
     }
 

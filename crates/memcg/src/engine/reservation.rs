@@ -217,24 +217,25 @@ fn count_reservation(objcg: &ObjCgroup, delta: i64) {
 }
 
 /// Charges `bytes` (with their references) to the reservation; the pages'
-/// remainder goes to the pool, its references put.
+/// remainder goes back (to the pool, under a page), its references put.
 fn charge(core: &Core, objcg: &ObjCgroup, bytes: u64, ctx: ChargeCtx) -> Result<()> {
     if bytes == 0 {
         return Ok(());
     }
     let remainder = core.charge_pages_for_bytes(ctx, objcg, bytes)?;
     core.account(None, objcg, ChargeKind::Reservation, bytes as i64);
-    core.bytes_to_pool(objcg, remainder);
+    core.uncharge_bytes(objcg, remainder);
     Ok(())
 }
 
-/// Returns `bytes` of the reservation to the pool, their references put.
+/// Returns `bytes` of the reservation (whole pages to the counters, the
+/// rest to the pool), their references put.
 fn uncharge(core: &Core, objcg: &ObjCgroup, bytes: u64) {
     if bytes == 0 {
         return;
     }
     core.account(None, objcg, ChargeKind::Reservation, -(bytes as i64));
-    core.bytes_to_pool(objcg, bytes);
+    core.uncharge_bytes(objcg, bytes);
 }
 
 impl Drop for Reserved {

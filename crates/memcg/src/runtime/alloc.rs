@@ -76,8 +76,8 @@ fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
     if layout.size() > (isize::MAX as usize - 15).saturating_sub(layout.align()) {
         return None;
     }
-    let offset = (layout.size() + 7) & !7;
-    let size = offset + TRAILER_BYTES;
+    let size = inner_bytes(layout);
+    let offset = size - TRAILER_BYTES;
     // SAFETY: the alignment comes from a valid `Layout` (a power of two)
     // and the size, rounded up to it, does not overflow `isize` (checked).
     let inner = unsafe { Layout::from_size_align_unchecked(size, layout.align()) };
