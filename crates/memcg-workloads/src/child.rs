@@ -69,6 +69,12 @@ pub struct ChildArgs {
     /// Threads of the rayon pool (default: available parallelism).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// memcg children: run each workload in its group and report its time
+    /// only, with no snapshot, walk of the held data or check (their
+    /// instructions would count in `scripts/workloads-instructions.sh`,
+    /// which runs the children under callgrind).
+    #[arg(long, conflicts_with = "sample")]
+    pub time_only: bool,
 }
 
 impl ChildArgs {
@@ -205,6 +211,9 @@ pub fn main(flavor: Flavor) -> i32 {
     for w in workloads {
         let report = match flavor {
             Flavor::Mimalloc => run_plain(w, scale, threads),
+            Flavor::Memcg | Flavor::MemcgHeaps if args.time_only => {
+                run_memcg_time_only(w, scale, threads)
+            }
             Flavor::Memcg | Flavor::MemcgHeaps => run_memcg(w, scale, threads, args.sample),
         };
         if !report.pass() {
@@ -242,6 +251,43 @@ fn run_plain(w: Workload, scale: f64, threads: usize) -> ChildReport {
     ChildReport {
         workload: w.name().to_string(),
         allocator: "mimalloc".to_string(),
+        scale,
+        wall_ns,
+        memcg: None,
+    }
+}
+
+/// The memcg child's run without its checks (`--time-only`): the same
+/// group, attach and pool as [`run_memcg`], nothing measured but the time.
+fn run_memcg_time_only(w: Workload, scale: f64, threads: usize) -> ChildReport {
+    let ctrl = memcg::controller();
+    let group: Group = ctrl
+        .create(&format!("wl-{}", w.name()))
+        .expect("a fresh group name");
+    group
+        .attach_current()
+        .expect("the main thread attaches to its group");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .spawn_handler(|thread| {
+            std::thread::Builder::new()
+                .spawn_in_current_group(move || thread.run())
+                .map(drop)
+        })
+        .build()
+        .expect("rayon builds its pool");
+    pool.broadcast(|_| ());
+    let t0 = Instant::now();
+    let held = w.run(scale, &pool);
+    let wall_ns = t0.elapsed().as_nanos() as u64;
+    drop(held);
+    drop(pool);
+    ctrl.root()
+        .attach_current()
+        .expect("the main thread moves back to root");
+    ChildReport {
+        workload: w.name().to_string(),
+        allocator: "memcg".to_string(),
         scale,
         wall_ns,
         memcg: None,
