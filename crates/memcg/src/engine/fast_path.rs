@@ -470,9 +470,9 @@ fn word_at_is<const AT: usize>(cache: &TaskCache, value: usize) -> bool {
 }
 
 /// [`word_at_is`] of [`TaskCache::hit_addr`].
-const HIT_ADDR_AT: usize = std::mem::offset_of!(TaskCache, hit_addr);
+pub(crate) const HIT_ADDR_AT: usize = std::mem::offset_of!(TaskCache, hit_addr);
 /// [`word_at_is`] of [`TaskCache::hit_cookie`].
-const HIT_COOKIE_AT: usize = std::mem::offset_of!(TaskCache, hit_cookie);
+pub(crate) const HIT_COOKIE_AT: usize = std::mem::offset_of!(TaskCache, hit_cookie);
 
 /// Returns `bytes` to `cache` (the owner's hit path) when it then holds at
 /// most [`CACHE_MAX_BYTES`]: `false`, with the bytes unchanged, when it
@@ -629,6 +629,42 @@ impl TaskCache {
             return false;
         }
         put_bytes(self, bytes)
+    }
+    /// The allocator's fast path for a block that grows by `bytes` of
+    /// charge (`realloc`): takes them from the byte cache when `word` is
+    /// the cached objcg's word at `AT` ([`TaskCache::hit_addr`] for the
+    /// block's charge word, [`TaskCache::hit_cookie`] for its allocator
+    /// cookie), a key is armed and the cache holds them. `false`, with
+    /// nothing taken, means "take [`Task::resize`]".
+    ///
+    /// The growth is charged to the block's own objcg, as
+    /// [`Task::resize_fast`] charges it. An armed key stands for "no
+    /// reservation is spent" (`Task::swap_spend` clears the key and
+    /// [`Task::charge_keyed`] arms none while one is), whose reservation
+    /// would otherwise pay for the growth: one compare of this cache's
+    /// word, no read of the task.
+    ///
+    /// # Safety
+    /// `word` is the charge word (`AT` = `hit_addr`) or the allocator
+    /// cookie (`AT` = `hit_cookie`) of the objcg of a live charge of
+    /// `ChargeKind::Alloc` of this controller of the block being grown, or
+    /// a value no objcg has, such as 0; if this returns `true`, that charge
+    /// is now `bytes` bytes larger.
+    #[inline(always)]
+    pub(crate) unsafe fn grow_fast_at<const AT: usize>(&self, bytes: u64, word: usize) -> bool {
+        // Relaxed: as `hit_addr` in `uncharge_fast` (a stopped hit path
+        // matches no block's word or cookie).
+        if !word_at_is::<AT>(self, word) {
+            return false;
+        }
+        // Relaxed: the owner's own word; an attach clearing it from
+        // another thread does not matter here (the growth is the block's
+        // objcg's, not the task's current one).
+        if self.fast_key.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        // The bytes carry their references to the block, as a hit's.
+        take_bytes(self, bytes)
     }
     /// [`Task::uncharge_fast`] of an object of the objcg the foreign slot
     /// holds (`byte_cache.rs`): gathered there while the slot has room.
@@ -1047,6 +1083,47 @@ mod fast_path_tests {
         assert_eq!(r.bytes(), 4096 - 1000);
         let _again = task.charge_keyed(1, 0, 64).expect("charge");
         assert_eq!(armed(&task), 1, "armed again once spending ended");
+    }
+
+    #[test]
+    fn a_fast_growth_needs_the_blocks_word_an_armed_key_and_the_bytes() {
+        let (ctrl, g, task) = setup("1x1");
+        let raw = task.charge_keyed(1, 0, 100).expect("charge").into_raw();
+        assert_eq!(armed(&task), 1);
+        let cache = &task.shared.cache;
+        let grow = |bytes: u64, word: usize| {
+            // SAFETY: `raw` is the live 100-byte charge as grown by the
+            // calls that returned `true`; the other words are no objcg's.
+            unsafe { cache.grow_fast_at::<HIT_ADDR_AT>(bytes, word) }
+        };
+        let held = get_u64(&cache.bytes);
+        assert!(grow(50, raw));
+        assert_eq!(get_u64(&cache.bytes), held - 50, "exactly the growth");
+        assert!(!grow(8, 0), "an unaccounted block's word");
+        assert!(!grow(8, raw + 8), "another objcg's word");
+        assert!(!grow(held, raw), "more than the cache holds");
+        assert_eq!(get_u64(&cache.bytes), held - 50, "misses take nothing");
+        // The cookie form compares the cookie word instead.
+        cache.hit_cookie.store(0x5000, Ordering::Relaxed);
+        let grow_cookie = |bytes: u64, word: usize| {
+            // SAFETY: as in `grow`; 0x5000 stands for the objcg's cookie.
+            unsafe { cache.grow_fast_at::<HIT_COOKIE_AT>(bytes, word) }
+        };
+        assert!(!grow_cookie(8, raw), "the charge word is not the cookie");
+        assert!(grow_cookie(8, 0x5000));
+        // A spent reservation pays for growth: its disarmed key misses.
+        let mut r = g.try_charge(4096).expect("reservation");
+        {
+            let _spend = task.spend(&mut r).expect("spend");
+            assert!(!grow(8, raw), "spending disarms the growth too");
+            assert!(!grow_cookie(8, 0x5000));
+        }
+        drop(r);
+        // SAFETY: the charge as grown: 100 + 50 + 8 bytes.
+        let c = unsafe { Charge::from_raw(raw, 158, ChargeKind::Alloc, &ctrl) };
+        task.uncharge(0, c).expect("uncharge");
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(alloc_bytes(&task, &g), 0);
     }
 
     /// A cache holding `bytes`, armed with `key`.

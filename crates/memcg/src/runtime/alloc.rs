@@ -2,7 +2,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-use crate::runtime::thread::{self, REFUSED};
+use crate::runtime::thread::{self, HIT_ADDR_AT, REFUSED};
 
 /// Bytes of the trailer that records each block's objcg.
 pub const TRAILER_BYTES: usize = 8;
@@ -335,23 +335,34 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some((old_inner, old_offset)) = with_trailer(layout) else {
-            return std::ptr::null_mut();
-        };
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return std::ptr::null_mut();
-        };
+        let old_offset = inner_bytes(layout) - TRAILER_BYTES;
+        // SAFETY: the block's inner layout: `alloc` accepted `layout`, so
+        // `with_trailer` found this size valid for the alignment.
+        let old_inner =
+            unsafe { Layout::from_size_align_unchecked(inner_bytes(layout), layout.align()) };
+        // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size`, rounded up
+        // to `layout.align()` (a power of two), does not overflow `isize`
+        // (the default `realloc` builds its layout the same way).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         let Some((new_inner, new_offset)) = with_trailer(new_layout) else {
             return std::ptr::null_mut();
         };
         let (old_bytes, new_bytes) = (old_inner.size() as u64, new_inner.size() as u64);
         // SAFETY: `ptr` was returned by `alloc` with `layout`.
         let mut raw = unsafe { read_trailer(ptr, old_offset) };
-        // Grow: charge first, so a refusal leaves the block untouched.
+        // Grow: charge first, so a refusal leaves the block untouched. The
+        // hit path first: the growth of a block of the cached objcg paid
+        // from the task's byte cache.
         if raw != 0 && new_bytes > old_bytes {
-            match thread::resize_alloc(raw, old_bytes, new_bytes) {
-                Some(r) => raw = r,
-                None => return std::ptr::null_mut(),
+            // SAFETY: `raw` is the block's charge word (not 0), of the
+            // global controller; on a hit the block is charged
+            // `new_bytes`, as the trailer written below says.
+            let hit = unsafe { thread::grow_hit::<HIT_ADDR_AT>(new_bytes - old_bytes, raw) };
+            if !hit {
+                match thread::resize_alloc_slow(raw, old_bytes, new_bytes) {
+                    Some(r) => raw = r,
+                    None => return std::ptr::null_mut(),
+                }
             }
         }
         // SAFETY: `ptr` came from the inner allocator with `old_inner`;
@@ -364,10 +375,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
             }
             return block;
         }
-        // Shrink: uncharge once the block really shrank.
+        // Shrink: uncharge once the block really shrank; the hit path
+        // first, which puts the difference back in the byte cache.
         if raw != 0 && new_bytes < old_bytes {
-            if let Some(r) = thread::resize_alloc(raw, old_bytes, new_bytes) {
-                raw = r;
+            // SAFETY: `raw` is the block's charge word (not 0), of the
+            // global controller, for `old_bytes`; on a hit `old_bytes -
+            // new_bytes` of them are uncharged and the block keeps
+            // `new_bytes`.
+            let hit = unsafe { thread::uncharge_hit(raw, old_bytes - new_bytes) };
+            if !hit {
+                if let Some(r) = thread::resize_alloc_slow(raw, old_bytes, new_bytes) {
+                    raw = r;
+                }
             }
         }
         // SAFETY: the new block has `new_inner.size() = new_offset + 8` bytes.

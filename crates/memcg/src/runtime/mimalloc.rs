@@ -80,7 +80,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::ffi::c_void;
 
-use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS};
+use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS, HIT_COOKIE_AT};
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
 use crate::runtime::thread::{self, REFUSED};
@@ -1074,6 +1074,93 @@ unsafe fn dealloc_unmapped(ptr: *mut u8, layout: Layout) {
     unsafe { dealloc_with_heap(ptr, layout, mi_page_map::heap_of_block(ptr)) }
 }
 
+/// `realloc` off its hit path: finds the block's heap and objcg, charges a
+/// growth first (so a refusal leaves the block untouched), reallocates in
+/// the block's heap and uncharges a shrink after. Out of line, so that
+/// `realloc`'s hit path saves no registers for it.
+///
+/// # Safety
+/// `ptr` is a live block of this allocator allocated with `layout`;
+/// `new_layout` has its alignment.
+#[inline(never)]
+unsafe fn realloc_resolved(ptr: *mut u8, layout: Layout, new_layout: Layout) -> *mut u8 {
+    let (heap, raw) = heap_and_objcg_of_block(ptr);
+    if raw == 0 {
+        if is_fallback_heap(heap) {
+            // SAFETY: a block of the fallback heap, allocated with
+            // `layout` (the caller's contract).
+            return unsafe { realloc_fallback(heap, ptr, layout, new_layout) };
+        }
+        // SAFETY: `ptr` came from mimalloc (an unaccounted block of
+        // the main heap).
+        return unsafe { mi_realloc_aligned(ptr as *mut c_void, new_layout.size(), layout.align()) }
+            as *mut u8;
+    }
+    let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
+    // Grow: charge first, so a refusal leaves the block untouched.
+    if new_bytes > old_bytes && thread::resize_alloc(raw, old_bytes, new_bytes).is_none() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `ptr` came from mimalloc; the heap is the block's own, so
+    // a moved block stays with its objcg.
+    let block = unsafe {
+        mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_layout.size(), layout.align())
+    };
+    if block.is_null() {
+        // SAFETY: the block is unchanged, charged `max(old, new)` bytes
+        // of `raw`.
+        return unsafe { realloc_failed(ptr, layout, new_layout, raw) };
+    }
+    if new_bytes < old_bytes {
+        let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+    }
+    block as *mut u8
+}
+
+/// [`realloc_failed`] after `realloc`'s hit path charged the growth: finds
+/// the block's objcg again (from the block, so that the hit path keeps no
+/// register across mimalloc's call for this rare case).
+///
+/// # Safety
+/// As [`realloc_failed`], the block charged to its heap's objcg.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_failed_after_hit(ptr: *mut u8, layout: Layout, new_layout: Layout) -> *mut u8 {
+    let (_, raw) = heap_and_objcg_of_block(ptr);
+    // SAFETY: the caller's guarantee; `raw` is the objcg of the block's
+    // heap, which the hit path matched with the cached objcg's cookie.
+    unsafe { realloc_failed(ptr, layout, new_layout, raw) }
+}
+
+/// A `realloc` whose `mi_heap_realloc_aligned` failed, the block unchanged
+/// and charged to `raw` the larger of its old and new bytes: if the
+/// thread's node arena is full, the block moves to the fallback heap
+/// keeping its objcg (and its new size's charge); otherwise a growth's
+/// charge is taken back and the `realloc` fails (null).
+///
+/// # Safety
+/// `ptr` is a live block of an objcg heap allocated with `layout`, charged
+/// to `raw` as said; `new_layout` has its alignment.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_failed(ptr: *mut u8, layout: Layout, new_layout: Layout, raw: usize) -> *mut u8 {
+    let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
+    if node_arena::is_bound() {
+        // SAFETY: the caller's guarantee.
+        let moved = unsafe { realloc_to_fallback(ptr, layout, new_layout, raw) };
+        if !moved.is_null() {
+            if new_bytes < old_bytes {
+                let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+            }
+            return moved;
+        }
+    }
+    if new_bytes > old_bytes {
+        let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
+    }
+    std::ptr::null_mut()
+}
+
 // SAFETY: see the type's `# Safety` section.
 unsafe impl GlobalAlloc for MemcgMimalloc {
     #[inline]
@@ -1104,53 +1191,40 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return std::ptr::null_mut();
-        };
-        let (heap, raw) = heap_and_objcg_of_block(ptr);
-        if raw == 0 {
-            if is_fallback_heap(heap) {
-                // SAFETY: a block of the fallback heap, allocated with
-                // `layout` (the caller's contract).
-                return unsafe { realloc_fallback(heap, ptr, layout, new_layout) };
-            }
-            // SAFETY: `ptr` came from mimalloc (an unaccounted block of
-            // the main heap).
-            return unsafe { mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) }
-                as *mut u8;
-        }
+        // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size`, rounded up
+        // to `layout.align()` (a power of two), does not overflow `isize`
+        // (the default `realloc` builds its layout the same way).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
-        // Grow: charge first, so a refusal leaves the block untouched.
-        if new_bytes > old_bytes && thread::resize_alloc(raw, old_bytes, new_bytes).is_none() {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: `ptr` came from mimalloc; the heap is the block's own, so
-        // a moved block stays with its objcg.
-        let block =
-            unsafe { mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align()) };
-        if block.is_null() && node_arena::is_bound() {
-            // The node's arena is full: the block moves to the fallback
-            // heap, keeping its objcg (and the charge of its new size).
-            // SAFETY: `ptr` is a live block of an objcg heap allocated with
-            // `layout` (the caller's contract), charged to `raw`.
-            let moved = unsafe { realloc_to_fallback(ptr, layout, new_layout, raw) };
-            if !moved.is_null() {
-                if new_bytes < old_bytes {
-                    let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
+        let map = mi_page_map::validated_map();
+        // The hit path: a growing block of the cached objcg's heap, its
+        // growth paid from the task's byte cache (a `Vec` or `String` that
+        // grows on the thread that made it). Shrinks, other heaps and
+        // misses take `realloc_resolved`.
+        if new_bytes > old_bytes && !map.is_null() {
+            // SAFETY: `ptr` is a live block from mimalloc, whose page map
+            // was validated.
+            let heap = unsafe { mi_page_map::heap_from_map(map, ptr) };
+            // SAFETY: as in `dealloc_with_heap`: the block's heap is the
+            // cookie of the objcg it is charged to (the main heap's null
+            // and the fallback heap are no objcg's cookie), so a match
+            // charges the growth to the block's objcg.
+            if unsafe { thread::grow_hit::<HIT_COOKIE_AT>(new_bytes - old_bytes, heap as usize) } {
+                // SAFETY: `ptr` came from mimalloc; the heap is the
+                // block's own, so a moved block stays with its objcg.
+                let block = unsafe {
+                    mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
+                };
+                if !block.is_null() {
+                    return block as *mut u8;
                 }
-                return moved;
+                // SAFETY: the block is unchanged, charged `new_bytes` to
+                // its heap's objcg.
+                return unsafe { realloc_failed_after_hit(ptr, layout, new_layout) };
             }
         }
-        if block.is_null() {
-            if new_bytes > old_bytes {
-                let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
-            }
-            return std::ptr::null_mut();
-        }
-        if new_bytes < old_bytes {
-            let _ = thread::resize_alloc(raw, old_bytes, new_bytes);
-        }
-        block as *mut u8
+        // SAFETY: forwarded contract.
+        unsafe { realloc_resolved(ptr, layout, new_layout) }
     }
 }
 

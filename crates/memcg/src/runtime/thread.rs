@@ -19,6 +19,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
 
+pub(crate) use crate::engine::fast_path::HIT_ADDR_AT;
 use crate::engine::fast_path::{ANY_KEY_HITS, HEAP_KEY_HITS};
 use crate::engine::task_shared::{CacheSlot, TaskCache, HIT_MARK_BIT};
 use crate::engine::{Charge, ChargeKind, Group, Task, TaskHandle};
@@ -726,6 +727,27 @@ pub(crate) unsafe fn uncharge_hit_cached_or(
     r
 }
 
+/// The allocator's hit path for a block that grows by `bytes` of charge
+/// (`realloc`): `true` when the task's byte cache paid for the growth
+/// (`TaskCache::grow_fast_at`), all inside one busy mark; `word` is the
+/// block's charge word (`AT` = [`HIT_ADDR_AT`]) or its objcg's allocator
+/// cookie (`AT` =
+/// [`HIT_COOKIE_AT`](crate::engine::fast_path::HIT_COOKIE_AT)). `false`
+/// with nothing charged: the caller takes [`resize_alloc_slow`].
+///
+/// # Safety
+/// As `TaskCache::grow_fast_at`, for a charge of the global controller;
+/// on `true` the caller's block is charged `bytes` more.
+#[inline(always)]
+pub(crate) unsafe fn grow_hit<const AT: usize>(bytes: u64, word: usize) -> bool {
+    let cache = enter_hit();
+    // SAFETY: the caller's guarantee. A mark's and `IDLE`'s words and
+    // cookies are no block's, so the call misses on them.
+    let done = unsafe { cache.grow_fast_at::<AT>(bytes, word) };
+    leave_hit(cache);
+    done
+}
+
 /// What [`uncharge_hit_cached_or`] returns when it did uncharge the block,
 /// through the cached objcg's address rather than its cookie: the caller
 /// then calls [`refresh_hit_cookie`]. No charge word is this value.
@@ -987,9 +1009,11 @@ pub(crate) fn resize_alloc(raw: usize, old_bytes: u64, new_bytes: u64) -> Option
     resize_alloc_slow(raw, old_bytes, new_bytes)
 }
 
+/// [`resize_alloc`] off its hit path (for a caller that tried its own hit
+/// path first, such as [`grow_hit`]).
 #[cold]
 #[inline(never)]
-fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
+pub(crate) fn resize_alloc_slow(raw: usize, old_bytes: u64, new_bytes: u64) -> Option<usize> {
     let ctrl = global::try_controller()?;
     // SAFETY: as in `uncharge_alloc`; the charge is rebuilt once and turned
     // back into a raw word for the new trailer.

@@ -66,6 +66,36 @@ fn realloc_moves_the_charge_with_the_block() {
     leave(&other);
 }
 
+/// A block that grows on the thread that made it (the `realloc` hit path:
+/// its growth from the task's byte cache) while a reservation is spent is
+/// paid from the reservation, not charged again; once spending ends, the
+/// next growth is the byte cache's again, and a shrink goes back to it.
+#[test]
+fn a_block_grown_while_a_reservation_is_spent_is_paid_from_it() {
+    let g = group("basic-realloc-spend");
+    let mut v: Vec<u8> = black_box(Vec::with_capacity(64));
+    // A second small block: the hit path is armed and the cache holds bytes.
+    let w: Vec<u8> = black_box(Vec::with_capacity(64));
+    let mut r = g.try_charge(64 << 10).expect("reservation");
+    let reserved = r.bytes();
+    {
+        let _spend = r.spend().expect("spend");
+        // A growth the byte cache could pay for (it holds the rest of the
+        // page the first two blocks charged).
+        v.reserve_exact(512);
+    }
+    let growth = charged(v.capacity()) - charged(64);
+    assert_eq!(r.bytes(), reserved - growth, "the growth came from the reservation");
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()) + charged(64));
+    v.reserve_exact(64 << 10);
+    assert_eq!(r.bytes(), reserved - growth, "not spending: the reservation is left alone");
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()) + charged(64));
+    v.shrink_to(100);
+    assert_eq!(alloc_bytes(&g), charged(v.capacity()) + charged(64));
+    drop((v, w, r));
+    leave(&g);
+}
+
 #[test]
 fn zeroed_and_over_aligned_blocks_keep_their_contents_and_alignment() {
     #[repr(align(4096))]
