@@ -324,11 +324,12 @@ fn a_bound_without_its_page_stock_term_is_exceeded_when_every_page_stock_slot_is
         .iter()
         .map(|g| ctrl.new_task(g).expect("task"))
         .collect();
-    // One charge per (group, CPU), each larger than what the task's byte
-    // cache keeps from the previous one: every charge takes a batch of
-    // pages, and each CPU's page stock keeps the rest, one slot per
-    // (group, node) objcg: all 7 slots of all 4 CPUs.
-    let bytes = 5000;
+    // One charge per (group, CPU), each larger than a task's byte cache
+    // ever keeps (4 pages, topped up from the page stock after a page
+    // charge): every charge takes a batch of pages, and each CPU's page
+    // stock keeps the rest (less the cache's top-up), one slot per (group,
+    // node) objcg: all 7 slots of all 4 CPUs.
+    let bytes = 4 * 4096 + 5000;
     let mut charges = Vec::new();
     for cpu in 0..4 {
         for task in &tasks {
@@ -343,8 +344,10 @@ fn a_bound_without_its_page_stock_term_is_exceeded_when_every_page_stock_slot_is
     let gap = current - live;
     let bound = t.error_bound();
     assert!(gap <= bound.current_bytes, "gap {gap} within {bound:?}");
+    // Most: each slot's batch less the charge's pages and its first
+    // top-up of the cache (about 89 % measured).
     assert!(
-        gap * 10 >= bound.page_stocks_bytes * 9,
+        gap * 10 >= bound.page_stocks_bytes * 8,
         "the page stocks hold most of their bound: gap {gap}, term {}",
         bound.page_stocks_bytes
     );

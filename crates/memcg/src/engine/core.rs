@@ -226,6 +226,32 @@ impl Core {
         Ok(())
     }
 
+    /// Takes `nr_pages` pages already charged to `objcg`'s owner chain from
+    /// `cpu`'s page stock, with their bytes' references, if the stock holds
+    /// that many for it: no page counter is touched, so no limit, reclaim
+    /// or OOM outcome applies (the pages were charged with the stock's
+    /// batch). `false`, with nothing done, otherwise.
+    pub(crate) fn charge_pages_from_stock(
+        &self,
+        cpu: usize,
+        objcg: &ObjCgroup,
+        nr_pages: u64,
+    ) -> bool {
+        let Some(stock) = self.stock(cpu) else {
+            return false;
+        };
+        if nr_pages == 0 || !stock.consume_pages(objcg.id(), nr_pages) {
+            return false;
+        }
+        objcg.memcg().mod_kernel_pages(objcg.nid(), nr_pages as i64);
+        objcg
+            .charged_pages
+            .fetch_add(nr_pages as i64, Ordering::Relaxed);
+        objcg.get(nr_pages * PAGE_SIZE);
+        self.count_shared(Some(cpu), 3);
+        true
+    }
+
     /// `obj_cgroup_uncharge_pages` (direct to the counters, as since 6.15).
     pub(crate) fn obj_cgroup_uncharge_pages(&self, objcg: &ObjCgroup, nr_pages: u64) {
         if nr_pages == 0 {

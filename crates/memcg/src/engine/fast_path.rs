@@ -698,8 +698,10 @@ mod fast_path_tests {
 
     use super::*;
     use crate::engine::byte_cache::TASK_CACHE_BOUND_BYTES;
+    use crate::engine::stock::MEMCG_CHARGE_BATCH;
     use crate::engine::task_shared::NO_HIT_COOKIE;
     use crate::engine::Group;
+    use crate::limit::PAGE_SIZE;
     use crate::{Controller, Topology};
 
     fn setup(spec: &str) -> (Controller, Group, Task) {
@@ -1025,6 +1027,21 @@ mod fast_path_tests {
         assert_eq!(alloc_bytes(&task, &other), 0);
     }
 
+    /// `n` charges of 64 bytes on CPU 0, asserted to be all served by the
+    /// task's byte cache (no slow charge).
+    fn charges_of_64_from_the_cache(ctrl: &Controller, t: &Task, n: u64) -> Vec<Charge> {
+        let slow = ctrl.counters().slow_charges;
+        let charges = (0..n)
+            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
+            .collect();
+        assert_eq!(
+            ctrl.counters().slow_charges,
+            slow,
+            "all served by the cache"
+        );
+        charges
+    }
+
     #[test]
     fn a_short_cache_refills_from_the_stock_in_one_take() {
         // A task whose byte cache is empty takes all the bytes CPU 0's
@@ -1033,30 +1050,107 @@ mod fast_path_tests {
         // misses once per batch instead of once per object.
         let (ctrl, g, t) = setup("1x1");
         let first = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
-        let left = get_u64(&t.shared.cache.bytes);
-        assert!(
-            left >= 64 * 2,
-            "the page charge left {left} bytes in the cache"
-        );
+        let id = t.shared.cache.objcg.load(Ordering::Relaxed);
         t.flush(0)
             .expect("flush: the cache's bytes go to CPU 0's stock");
         assert_eq!(get_u64(&t.shared.cache.bytes), 0);
+        // What CPU 0's byte stock holds for the objcg (a page's remainder
+        // at most: the flush handed whole pages back).
+        let in_stock: u64 = ctrl
+            .core()
+            .stock(0)
+            .expect("CPU 0")
+            .obj_slots()
+            .iter()
+            .map(|w| crate::engine::stock::ObjSlot::unpack(w.load(Ordering::Relaxed)))
+            .filter(|s| s.id == id)
+            .map(|s| s.bytes)
+            .sum();
+        assert!(in_stock >= 64 * 2, "the stock holds {in_stock} bytes");
+        let left = in_stock;
         let second = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
         assert_eq!(
             get_u64(&t.shared.cache.bytes),
             left - 64,
             "one take brought the stock's bytes into the cache"
         );
-        let slow = ctrl.counters().slow_charges;
-        let rest: Vec<Charge> = (0..(left - 64) / 64)
-            .map(|_| t.charge(0, 64, ChargeKind::Alloc).expect("charge"))
-            .collect();
-        assert_eq!(
-            ctrl.counters().slow_charges,
-            slow,
-            "all served by the cache"
-        );
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, (left - 64) / 64);
         for c in rest.into_iter().chain([first, second]) {
+            t.uncharge(0, c).expect("uncharge");
+        }
+        drop(t);
+        ctrl.drain_stocks();
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(g.current_bytes(), 0);
+    }
+
+    #[test]
+    fn a_page_charge_tops_the_cache_up_from_the_page_stock_under_no_limit() {
+        // An empty cache's page charge takes the object's page and, from
+        // CPU 0's page stock (the rest of the batch the charge made), as
+        // many more whole pages as keep the cache within
+        // `CACHE_MAX_BYTES`: the next charges up to that are hits.
+        let (ctrl, g, t) = setup("1x1");
+        let first = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        let cached = get_u64(&t.shared.cache.bytes);
+        assert_eq!(
+            cached,
+            CACHE_MAX_BYTES - 64,
+            "one page's remainder and three pages"
+        );
+        assert_eq!(
+            g.current_bytes(),
+            MEMCG_CHARGE_BATCH * PAGE_SIZE,
+            "one batch charged"
+        );
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, cached / 64);
+        ctrl.check_invariants().expect("invariants");
+        for c in rest.into_iter().chain([first]) {
+            t.uncharge(0, c).expect("uncharge");
+        }
+        drop(t);
+        ctrl.drain_stocks();
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(g.current_bytes(), 0);
+
+        // Under a `max` of two pages the charge makes no batch, so the
+        // page stock has nothing to give: the cache keeps the page's
+        // remainder only, and no limit event is counted.
+        let h = ctrl.create("h").expect("group");
+        h.set_max(crate::Limit::Bytes(2 * PAGE_SIZE)).expect("max");
+        let t = ctrl.new_task(&h).expect("task");
+        let c = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        assert_eq!(get_u64(&t.shared.cache.bytes), PAGE_SIZE - 64);
+        assert_eq!(h.current_bytes(), PAGE_SIZE);
+        assert_eq!(h.events().max, 0, "no charge went over max");
+        t.uncharge(0, c).expect("uncharge");
+        drop(t);
+        ctrl.drain_stocks();
+        ctrl.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_page_charge_for_an_object_of_a_page_or_more_is_not_topped_up() {
+        // An object of a page and 100 bytes takes two pages; the cache
+        // keeps the second page's remainder only, though the page stock
+        // holds the rest of the batch (a task that allocates and frees
+        // large blocks in turn would move topped-up pages to its cache and
+        // back to the counters on each block).
+        let (ctrl, g, t) = setup("1x1");
+        let big = t
+            .charge(0, PAGE_SIZE + 100, ChargeKind::Alloc)
+            .expect("charge");
+        assert_eq!(get_u64(&t.shared.cache.bytes), PAGE_SIZE - 100);
+        assert_eq!(g.current_bytes(), MEMCG_CHARGE_BATCH * PAGE_SIZE);
+        // A small object's page charge afterwards is topped up.
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, (PAGE_SIZE - 100) / 64);
+        let small = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        assert!(
+            get_u64(&t.shared.cache.bytes) > 2 * PAGE_SIZE,
+            "topped up: {} bytes",
+            get_u64(&t.shared.cache.bytes)
+        );
+        for c in rest.into_iter().chain([big, small]) {
             t.uncharge(0, c).expect("uncharge");
         }
         drop(t);
