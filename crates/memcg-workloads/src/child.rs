@@ -238,16 +238,23 @@ pub fn main(flavor: Flavor) -> i32 {
     code
 }
 
+/// Starts the pool's workers, then runs the workload and drops what it
+/// holds; returns the run's wall time (the drop not included).
+fn timed_run(w: Workload, scale: f64, pool: &rayon::ThreadPool) -> u64 {
+    pool.broadcast(|_| ());
+    let t0 = Instant::now();
+    let held = w.run(scale, pool);
+    let wall_ns = t0.elapsed().as_nanos() as u64;
+    drop(held);
+    wall_ns
+}
+
 fn run_plain(w: Workload, scale: f64, threads: usize) -> ChildReport {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("rayon builds its pool");
-    pool.broadcast(|_| ());
-    let t0 = Instant::now();
-    let held = w.run(scale, &pool);
-    let wall_ns = t0.elapsed().as_nanos() as u64;
-    drop(held);
+    let wall_ns = timed_run(w, scale, &pool);
     ChildReport {
         workload: w.name().to_string(),
         allocator: "mimalloc".to_string(),
@@ -276,11 +283,7 @@ fn run_memcg_time_only(w: Workload, scale: f64, threads: usize) -> ChildReport {
         })
         .build()
         .expect("rayon builds its pool");
-    pool.broadcast(|_| ());
-    let t0 = Instant::now();
-    let held = w.run(scale, &pool);
-    let wall_ns = t0.elapsed().as_nanos() as u64;
-    drop(held);
+    let wall_ns = timed_run(w, scale, &pool);
     drop(pool);
     ctrl.root()
         .attach_current()

@@ -1027,6 +1027,23 @@ mod fast_path_tests {
         assert_eq!(alloc_bytes(&task, &other), 0);
     }
 
+    /// Uncharges `charges` on CPU 0, drops the task, drains the stocks and
+    /// checks that the controller is consistent and `g` holds nothing.
+    fn release_all(
+        ctrl: &Controller,
+        g: &Group,
+        t: Task,
+        charges: impl IntoIterator<Item = Charge>,
+    ) {
+        for c in charges {
+            t.uncharge(0, c).expect("uncharge");
+        }
+        drop(t);
+        ctrl.drain_stocks();
+        ctrl.check_invariants().expect("invariants");
+        assert_eq!(g.current_bytes(), 0);
+    }
+
     /// `n` charges of 64 bytes on CPU 0, asserted to be all served by the
     /// task's byte cache (no slow charge).
     fn charges_of_64_from_the_cache(ctrl: &Controller, t: &Task, n: u64) -> Vec<Charge> {
@@ -1075,13 +1092,7 @@ mod fast_path_tests {
             "one take brought the stock's bytes into the cache"
         );
         let rest = charges_of_64_from_the_cache(&ctrl, &t, (left - 64) / 64);
-        for c in rest.into_iter().chain([first, second]) {
-            t.uncharge(0, c).expect("uncharge");
-        }
-        drop(t);
-        ctrl.drain_stocks();
-        ctrl.check_invariants().expect("invariants");
-        assert_eq!(g.current_bytes(), 0);
+        release_all(&ctrl, &g, t, rest.into_iter().chain([first, second]));
     }
 
     #[test]
@@ -1105,13 +1116,7 @@ mod fast_path_tests {
         );
         let rest = charges_of_64_from_the_cache(&ctrl, &t, cached / 64);
         ctrl.check_invariants().expect("invariants");
-        for c in rest.into_iter().chain([first]) {
-            t.uncharge(0, c).expect("uncharge");
-        }
-        drop(t);
-        ctrl.drain_stocks();
-        ctrl.check_invariants().expect("invariants");
-        assert_eq!(g.current_bytes(), 0);
+        release_all(&ctrl, &g, t, rest.into_iter().chain([first]));
 
         // Under a `max` of two pages the charge makes no batch, so the
         // page stock has nothing to give: the cache keeps the page's
@@ -1150,13 +1155,7 @@ mod fast_path_tests {
             "topped up: {} bytes",
             get_u64(&t.shared.cache.bytes)
         );
-        for c in rest.into_iter().chain([big, small]) {
-            t.uncharge(0, c).expect("uncharge");
-        }
-        drop(t);
-        ctrl.drain_stocks();
-        ctrl.check_invariants().expect("invariants");
-        assert_eq!(g.current_bytes(), 0);
+        release_all(&ctrl, &g, t, rest.into_iter().chain([big, small]));
     }
 
     #[test]
