@@ -240,7 +240,13 @@ impl Core {
         let Some(stock) = self.stock(cpu) else {
             return false;
         };
-        if nr_pages == 0 || !stock.consume_pages(objcg.id(), nr_pages) {
+        // Not within a batch of a `max` anywhere up the chain: a charge
+        // over the limit drains the CPU stocks (`drain_all_stock`) but not
+        // the tasks' caches, so near a limit the pages stay in the stock.
+        if nr_pages == 0 || page_counter::margin_below(objcg.memcg(), MEMCG_CHARGE_BATCH) {
+            return false;
+        }
+        if !stock.consume_pages(objcg.id(), nr_pages) {
             return false;
         }
         objcg.memcg().mod_kernel_pages(objcg.nid(), nr_pages as i64);

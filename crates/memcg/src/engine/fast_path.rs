@@ -1131,6 +1131,29 @@ mod fast_path_tests {
         t.uncharge(0, c).expect("uncharge");
         drop(t);
         ctrl.drain_stocks();
+
+        // Under a `max` two pages above a batch the charge makes its
+        // batch, but the group is then within a batch of its limit: the
+        // pages stay in the stock, which a charge over the limit drains,
+        // not in the task's cache, which it cannot.
+        let n = ctrl.create("n").expect("group");
+        n.set_max(crate::Limit::Bytes((MEMCG_CHARGE_BATCH + 2) * PAGE_SIZE))
+            .expect("max");
+        let t = ctrl.new_task(&n).expect("task");
+        let c = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
+        assert_eq!(
+            n.current_bytes(),
+            MEMCG_CHARGE_BATCH * PAGE_SIZE,
+            "the batch"
+        );
+        assert_eq!(
+            get_u64(&t.shared.cache.bytes),
+            PAGE_SIZE - 64,
+            "near the limit: not topped up"
+        );
+        t.uncharge(0, c).expect("uncharge");
+        drop(t);
+        ctrl.drain_stocks();
         ctrl.check_invariants().expect("invariants");
     }
 

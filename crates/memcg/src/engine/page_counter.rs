@@ -200,6 +200,21 @@ pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(),
     Ok(())
 }
 
+/// Whether some level of the chain from `leaf` up has fewer than
+/// `nr_pages` pages left before its `max` (Relaxed reads: a heuristic for
+/// what to keep where, never a limit check).
+pub(crate) fn margin_below<C: CounterChain>(leaf: &C, nr_pages: u64) -> bool {
+    let mut level = Some(leaf);
+    while let Some(c) = level {
+        let counter = c.counter();
+        if counter.max_pages().saturating_sub(counter.usage_pages()) < nr_pages {
+            return true;
+        }
+        level = c.parent_level();
+    }
+    false
+}
+
 /// `page_counter_charge`: charge `nr_pages` at every level, ignoring `max`.
 pub(crate) fn charge<C: CounterChain>(leaf: &C, nr_pages: u64) {
     let mut level = Some(leaf);

@@ -410,7 +410,8 @@ impl Task {
                 // each block (`scripts/workloads-instructions.sh`, regex
                 // under `MemcgMimalloc`: 1.026x bare mimalloc with the
                 // top-up for every size, 1.003x without it or with it for
-                // small objects only).
+                // small objects only). Nor near a limit
+                // (`Core::charge_pages_from_stock`).
                 let room_pages = CACHE_MAX_BYTES.saturating_sub(cached) / PAGE_SIZE;
                 if bytes < PAGE_SIZE && core.charge_pages_from_stock(cpu, objcg, room_pages) {
                     cached += room_pages * PAGE_SIZE;

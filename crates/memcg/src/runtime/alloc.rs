@@ -354,6 +354,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
         // hit path first: the growth of a block of the cached objcg paid
         // from the task's byte cache.
         if raw != 0 && new_bytes > old_bytes {
+            // Counted as `resize_alloc` counts a growth (debug builds):
+            // the hit path misses under an engine lock (the thread is
+            // busy), and the slow call below does not count.
+            #[cfg(debug_assertions)]
+            thread::note_engine_lock_alloc();
             // SAFETY: `raw` is the block's charge word (not 0), of the
             // global controller; on a hit the block is charged
             // `new_bytes`, as the trailer written below says.

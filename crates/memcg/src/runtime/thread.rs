@@ -851,9 +851,11 @@ fn charge_alloc_other_and<R>(bytes: u64, then: impl FnOnce(usize) -> R) -> R {
 #[cfg(debug_assertions)]
 static ENGINE_LOCK_ALLOCS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
 
+/// Counts an allocation (or a growth) made while this thread holds an
+/// engine lock, unless accounting is suspended (debug builds).
 #[cfg(debug_assertions)]
 #[inline(always)]
-fn note_engine_lock_alloc() {
+pub(crate) fn note_engine_lock_alloc() {
     if crate::sync::engine_locks_held() > 0 && !SUSPENDED.get() {
         ENGINE_LOCK_ALLOCS.fetch_add(1, crate::sync::Ordering::Relaxed);
     }
