@@ -45,8 +45,7 @@ pub(crate) trait CounterChain {
 }
 
 impl PageCounter {
-    /// Pages that can still be charged before `max` (tests).
-    #[cfg(test)]
+    /// Pages that can still be charged before `max` (Relaxed reads).
     pub(crate) fn margin_pages(&self) -> u64 {
         self.max_pages().saturating_sub(self.usage_pages())
     }
@@ -206,8 +205,7 @@ pub(crate) fn try_charge<C: CounterChain>(leaf: &C, nr_pages: u64) -> Result<(),
 pub(crate) fn margin_below<C: CounterChain>(leaf: &C, nr_pages: u64) -> bool {
     let mut level = Some(leaf);
     while let Some(c) = level {
-        let counter = c.counter();
-        if counter.max_pages().saturating_sub(counter.usage_pages()) < nr_pages {
+        if c.counter().margin_pages() < nr_pages {
             return true;
         }
         level = c.parent_level();

@@ -92,6 +92,19 @@ fn inner_bytes(layout: Layout) -> usize {
     (layout.size() + 7 + TRAILER_BYTES) & !7
 }
 
+/// The inner layout of a block that `alloc` made for `layout`: its
+/// [`inner_bytes`] with the caller's alignment, without `with_trailer`'s
+/// check.
+///
+/// # Safety
+/// `alloc` accepted `layout` (so `with_trailer(layout)` is `Some`, and
+/// this size is valid for the alignment).
+#[inline(always)]
+unsafe fn inner_layout_of_allocated(layout: Layout) -> Layout {
+    // SAFETY: the caller's guarantee.
+    unsafe { Layout::from_size_align_unchecked(inner_bytes(layout), layout.align()) }
+}
+
 /// # Safety
 /// `block` starts a block of at least `offset + 8` bytes.
 #[inline(always)]
@@ -309,11 +322,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let bytes = inner_bytes(layout);
-        // SAFETY: `alloc` accepted `layout` (the caller's contract), so
-        // `with_trailer` returned `Some` for it: `bytes` with the caller's
-        // alignment is the valid layout the inner allocator was given.
-        let inner = unsafe { Layout::from_size_align_unchecked(bytes, layout.align()) };
+        // SAFETY: `alloc` accepted `layout` (the caller's contract).
+        let inner = unsafe { inner_layout_of_allocated(layout) };
+        let bytes = inner.size();
         // SAFETY: `ptr` was returned by `alloc` with `layout`, which wrote
         // the trailer in the last 8 bytes of the inner block of `bytes`.
         let (ptr, raw) = unsafe { read_trailer_at_end(ptr, bytes) };
@@ -335,11 +346,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let old_offset = inner_bytes(layout) - TRAILER_BYTES;
-        // SAFETY: the block's inner layout: `alloc` accepted `layout`, so
-        // `with_trailer` found this size valid for the alignment.
-        let old_inner =
-            unsafe { Layout::from_size_align_unchecked(inner_bytes(layout), layout.align()) };
+        // SAFETY: `alloc` accepted `layout` (the caller's contract).
+        let old_inner = unsafe { inner_layout_of_allocated(layout) };
+        let old_offset = old_inner.size() - TRAILER_BYTES;
         // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size`, rounded up
         // to `layout.align()` (a power of two), does not overflow `isize`
         // (the default `realloc` builds its layout the same way).
@@ -354,11 +363,6 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
         // hit path first: the growth of a block of the cached objcg paid
         // from the task's byte cache.
         if raw != 0 && new_bytes > old_bytes {
-            // Counted as `resize_alloc` counts a growth (debug builds):
-            // the hit path misses under an engine lock (the thread is
-            // busy), and the slow call below does not count.
-            #[cfg(debug_assertions)]
-            thread::note_engine_lock_alloc();
             // SAFETY: `raw` is the block's charge word (not 0), of the
             // global controller; on a hit the block is charged
             // `new_bytes`, as the trailer written below says.

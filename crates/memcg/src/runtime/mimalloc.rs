@@ -1077,13 +1077,20 @@ unsafe fn dealloc_unmapped(ptr: *mut u8, layout: Layout) {
 /// `realloc` off its hit path: finds the block's heap and objcg, charges a
 /// growth first (so a refusal leaves the block untouched), reallocates in
 /// the block's heap and uncharges a shrink after. Out of line, so that
-/// `realloc`'s hit path saves no registers for it.
+/// `realloc`'s hit path saves no registers for it. `grow_missed`: the
+/// growth already missed [`thread::grow_hit`], so it is charged by the slow
+/// path directly (not tried again on the cache, nor counted again).
 ///
 /// # Safety
 /// `ptr` is a live block of this allocator allocated with `layout`;
 /// `new_layout` has its alignment.
 #[inline(never)]
-unsafe fn realloc_resolved(ptr: *mut u8, layout: Layout, new_layout: Layout) -> *mut u8 {
+unsafe fn realloc_resolved(
+    ptr: *mut u8,
+    layout: Layout,
+    new_layout: Layout,
+    grow_missed: bool,
+) -> *mut u8 {
     let (heap, raw) = heap_and_objcg_of_block(ptr);
     if raw == 0 {
         if is_fallback_heap(heap) {
@@ -1098,8 +1105,15 @@ unsafe fn realloc_resolved(ptr: *mut u8, layout: Layout, new_layout: Layout) -> 
     }
     let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
     // Grow: charge first, so a refusal leaves the block untouched.
-    if new_bytes > old_bytes && thread::resize_alloc(raw, old_bytes, new_bytes).is_none() {
-        return std::ptr::null_mut();
+    if new_bytes > old_bytes {
+        let grown = if grow_missed {
+            thread::resize_alloc_slow(raw, old_bytes, new_bytes)
+        } else {
+            thread::resize_alloc(raw, old_bytes, new_bytes)
+        };
+        if grown.is_none() {
+            return std::ptr::null_mut();
+        }
     }
     // SAFETY: `ptr` came from mimalloc; the heap is the block's own, so
     // a moved block stays with its objcg.
@@ -1201,7 +1215,8 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
         // growth paid from the task's byte cache (a `Vec` or `String` that
         // grows on the thread that made it). Shrinks, other heaps and
         // misses take `realloc_resolved`.
-        if new_bytes > old_bytes && !map.is_null() {
+        let grow_tried = new_bytes > old_bytes && !map.is_null();
+        if grow_tried {
             // SAFETY: `ptr` is a live block from mimalloc, whose page map
             // was validated.
             let heap = unsafe { mi_page_map::heap_from_map(map, ptr) };
@@ -1224,7 +1239,7 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
             }
         }
         // SAFETY: forwarded contract.
-        unsafe { realloc_resolved(ptr, layout, new_layout) }
+        unsafe { realloc_resolved(ptr, layout, new_layout, grow_tried) }
     }
 }
 

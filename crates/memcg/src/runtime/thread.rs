@@ -740,6 +740,10 @@ pub(crate) unsafe fn uncharge_hit_cached_or(
 /// on `true` the caller's block is charged `bytes` more.
 #[inline(always)]
 pub(crate) unsafe fn grow_hit<const AT: usize>(bytes: u64, word: usize) -> bool {
+    // Counted here, as `resize_alloc` counts a growth: the callers take
+    // `resize_alloc_slow` on a miss, which does not count.
+    #[cfg(debug_assertions)]
+    note_engine_lock_alloc();
     let cache = enter_hit();
     // SAFETY: the caller's guarantee. A mark's and `IDLE`'s words and
     // cookies are no block's, so the call misses on them.
@@ -855,7 +859,7 @@ static ENGINE_LOCK_ALLOCS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(
 /// engine lock, unless accounting is suspended (debug builds).
 #[cfg(debug_assertions)]
 #[inline(always)]
-pub(crate) fn note_engine_lock_alloc() {
+fn note_engine_lock_alloc() {
     if crate::sync::engine_locks_held() > 0 && !SUSPENDED.get() {
         ENGINE_LOCK_ALLOCS.fetch_add(1, crate::sync::Ordering::Relaxed);
     }
