@@ -218,12 +218,25 @@ impl Core {
         // The group charged: the objcg's owner, read again after any wait
         // (the group may have been removed meanwhile).
         let memcg = self.try_charge_memcg(ctx, objcg, nr_pages)?;
+        self.note_charged_pages(ctx.cpu, memcg, objcg, nr_pages);
+        Ok(())
+    }
+
+    /// Records `nr_pages` pages just charged to `memcg` (the owner of
+    /// `objcg`) for `objcg`: its owner's kernel pages on `objcg`'s node
+    /// and the objcg's charged pages.
+    fn note_charged_pages(
+        &self,
+        cpu: Option<usize>,
+        memcg: &MemCgroup,
+        objcg: &ObjCgroup,
+        nr_pages: u64,
+    ) {
         memcg.mod_kernel_pages(objcg.nid(), nr_pages as i64);
         objcg
             .charged_pages
             .fetch_add(nr_pages as i64, Ordering::Relaxed);
-        self.count_shared(ctx.cpu, 2);
-        Ok(())
+        self.count_shared(cpu, 2);
     }
 
     /// Takes `nr_pages` pages already charged to `objcg`'s owner chain from
@@ -249,12 +262,9 @@ impl Core {
         if !stock.consume_pages(objcg.id(), nr_pages) {
             return false;
         }
-        objcg.memcg().mod_kernel_pages(objcg.nid(), nr_pages as i64);
-        objcg
-            .charged_pages
-            .fetch_add(nr_pages as i64, Ordering::Relaxed);
+        self.note_charged_pages(Some(cpu), objcg.memcg(), objcg, nr_pages);
         objcg.get(nr_pages * PAGE_SIZE);
-        self.count_shared(Some(cpu), 3);
+        self.count_shared(Some(cpu), 1);
         true
     }
 
