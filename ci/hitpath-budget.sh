@@ -36,8 +36,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Budgets (instructions per pair; see above).
-# Measured when last set: 81.2, 116.8 and 102.3 (MemcgMimalloc's small
-# size rounded into the call's size register: no moves); before that 116.8
+# Measured when last set: 81.2, 114.8 and 99.3 (a block charged its
+# layout's size, MemcgAlloc's trailer right after it, unaligned: no
+# rounding to 8 on either half of a pair); before that 116.8 and 102.3
+# (MemcgMimalloc's small size rounded into the call's size register: no moves); before that 116.8
 # and 104.3 (an objcg's references counted in bytes, which carry them: no
 # reference credit per hit, its check on allocation and its increment on a
 # free); before that 119.8 and 107.3 (MemcgAlloc's free reads its trailer
@@ -56,8 +58,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # again in one instruction, MemcgMimalloc's small layouts apart), 167.8
 # and 168.3, and before issue 12's cuts 180.8 and 257.2.
 BUDGET_MIMALLOC=84          # bare mimalloc: guards the harness itself
-BUDGET_MEMCG_ALLOC=120      # target 95 (1.3x)
-BUDGET_MEMCG_MIMALLOC=105   # target 110 (1.5x)
+BUDGET_MEMCG_ALLOC=118      # target 95 (1.3x)
+BUDGET_MEMCG_MIMALLOC=102   # target 110 (1.5x)
 TARGET_MEMCG_ALLOC=95
 TARGET_MEMCG_MIMALLOC=110
 TARGET_RATIO_MEMCG_ALLOC=1.30

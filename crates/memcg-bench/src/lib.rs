@@ -528,7 +528,7 @@ fn summarize(samples: &[Sample], sizes: &[usize], threads: &[usize]) -> Vec<Summ
 
 /// Bytes `MemcgAlloc` asks of the inner allocator (and charges) for `size`.
 pub fn memcg_charged_bytes(size: usize) -> usize {
-    size.div_ceil(8) * 8 + memcg::TRAILER_BYTES
+    size + memcg::TRAILER_BYTES
 }
 
 fn print_overhead(sizes: &[usize]) {
@@ -536,17 +536,14 @@ fn print_overhead(sizes: &[usize]) {
         "\nMemory overhead per allocation (MemcgAlloc): a {}-byte trailer (memcg::TRAILER_BYTES)",
         memcg::TRAILER_BYTES
     );
-    println!("at round_up(size, 8); the inner request and the charge are round_up(size, 8) + 8.");
-    println!(
-        "{:>8}  {:>18}  {:>14}",
-        "size", "round_up(s,8)+8", "extra bytes"
-    );
+    println!("right after the caller's bytes; the inner request and the charge are size + 8.");
+    println!("{:>8}  {:>18}  {:>14}", "size", "size+8", "extra bytes");
     for &s in sizes {
         let c = memcg_charged_bytes(s);
         println!("{:>8}  {:>18}  {:>14}", s, c, c - s);
     }
     println!("MemcgMimalloc adds no bytes: the block comes from its objcg's mimalloc heap and is");
-    println!("charged round_up(size, 8).");
+    println!("charged its size.");
     println!("(tracking-allocator adds an 8-byte header per block too; cap, stats_alloc and the");
     println!(" batched counter add none, but cannot charge a free to the allocating group.)");
 }

@@ -9,10 +9,11 @@ use std::ptr::NonNull;
 /// time: one binary each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
-    /// `memcg::MemcgAlloc<System>`: each block charged `round_up(size, 8)`
-    /// plus the 8-byte trailer.
+    /// `memcg::MemcgAlloc<System>`: each block charged its size plus
+    /// the 8-byte trailer.
     Alloc,
-    /// `memcg::MemcgMimalloc`: each block charged `round_up(max(size, 1), 8)`.
+    /// `memcg::MemcgMimalloc`: each block charged its size (at
+    /// least 1).
     Heaps,
 }
 
@@ -30,8 +31,8 @@ impl Flavor {
     /// use the same formulas.
     pub fn charged_bytes(self, size_bytes: usize) -> u64 {
         match self {
-            Flavor::Alloc => (size_bytes.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64,
-            Flavor::Heaps => (size_bytes.max(1).div_ceil(8) * 8) as u64,
+            Flavor::Alloc => (size_bytes + memcg::TRAILER_BYTES) as u64,
+            Flavor::Heaps => size_bytes.max(1) as u64,
         }
     }
 }
@@ -132,11 +133,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn charged_bytes_pad_to_8_and_add_the_trailer_for_alloc_only() {
-        assert_eq!(Flavor::Alloc.charged_bytes(1), 16);
+    fn charged_bytes_are_the_size_plus_the_trailer_for_alloc_only() {
+        assert_eq!(Flavor::Alloc.charged_bytes(1), 9);
         assert_eq!(Flavor::Alloc.charged_bytes(16), 24);
-        assert_eq!(Flavor::Heaps.charged_bytes(1), 8);
-        assert_eq!(Flavor::Heaps.charged_bytes(17), 24);
+        assert_eq!(Flavor::Heaps.charged_bytes(1), 1);
+        assert_eq!(Flavor::Heaps.charged_bytes(17), 17);
     }
 
     #[test]

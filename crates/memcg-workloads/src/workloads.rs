@@ -29,14 +29,14 @@ pub fn per_block_overhead_bytes() -> usize {
 }
 
 /// Bytes the memcg allocator charges for an allocation of `size_bytes`:
-/// the size rounded up to 8 plus the per-block overhead (the 8-byte
+/// the size plus the per-block overhead (the 8-byte
 /// trailer of `memcg::MemcgAlloc`, nothing for `memcg::MemcgMimalloc`); 0
 /// for no allocation.
 pub fn charged_bytes(size_bytes: usize) -> u64 {
     if size_bytes == 0 {
         0
     } else {
-        (size_bytes.div_ceil(8) * 8 + per_block_overhead_bytes()) as u64
+        (size_bytes + per_block_overhead_bytes()) as u64
     }
 }
 
@@ -463,11 +463,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn charged_bytes_rounds_and_adds_trailer() {
+    fn charged_bytes_adds_the_trailer_to_the_size() {
         assert_eq!(charged_bytes(0), 0);
-        assert_eq!(charged_bytes(1), 16);
+        assert_eq!(charged_bytes(1), 9);
         assert_eq!(charged_bytes(8), 16);
-        assert_eq!(charged_bytes(9), 24);
+        assert_eq!(charged_bytes(9), 17);
     }
 
     #[test]

@@ -24,9 +24,9 @@ mod common;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Bytes a block of `size` bytes is charged, with a heap or without: its
-/// size padded to 8 (a fallback block's trailer is not charged).
+/// size (a fallback block's trailer is not charged).
 fn charged(size: usize) -> u64 {
-    (size.max(1).div_ceil(8) * 8) as u64
+    size.max(1) as u64
 }
 
 /// A fresh group, made from root (the calling thread stays in root).

@@ -8,9 +8,9 @@ use memcg::MemcgMimalloc;
 #[global_allocator]
 static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
 
-/// Bytes a block of `size` bytes is charged: padded to 8.
+/// Bytes a block of `size` bytes is charged: its size.
 fn charged(size: usize) -> u64 {
-    (size.max(1).div_ceil(8) * 8) as u64
+    size.max(1) as u64
 }
 
 include!("common/numa_suite.rs");

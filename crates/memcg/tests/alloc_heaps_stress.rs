@@ -10,9 +10,9 @@ static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
 
 mod common;
 
-/// Bytes a block of `bytes` is charged (padding to 8).
+/// Bytes a block of `bytes` is charged (its size).
 fn charged(bytes: usize) -> u64 {
-    (bytes.max(1).div_ceil(8) * 8) as u64
+    bytes.max(1) as u64
 }
 
 include!("common/stress_suite.rs");

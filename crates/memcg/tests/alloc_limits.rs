@@ -26,9 +26,9 @@ static ALLOC: MemcgAlloc = MemcgAlloc::new(std::alloc::System);
 /// How long a hang guard waits before it calls the run a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-/// Bytes a block of `size` bytes is charged: padded to 8, plus the trailer.
+/// Bytes a block of `size` bytes is charged: its size plus the trailer.
 fn charged(size: usize) -> u64 {
-    (size.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
+    (size + memcg::TRAILER_BYTES) as u64
 }
 
 /// A fresh group under a per-test name, made from root (so the group's

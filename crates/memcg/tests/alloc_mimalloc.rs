@@ -7,7 +7,7 @@ use mimalloc::MiMalloc;
 static ALLOC: MemcgAlloc<MiMalloc> = MemcgAlloc::new(MiMalloc);
 
 fn charged(size: usize) -> u64 {
-    (size.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
+    (size + memcg::TRAILER_BYTES) as u64
 }
 
 #[test]

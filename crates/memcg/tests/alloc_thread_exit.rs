@@ -9,9 +9,9 @@ static ALLOC: MemcgAlloc = MemcgAlloc::new(std::alloc::System);
 
 mod common;
 
-/// Bytes a block of `size` bytes is charged: padded to 8, plus the trailer.
+/// Bytes a block of `size` bytes is charged: its size plus the trailer.
 fn charged(size: usize) -> u64 {
-    (size.div_ceil(8) * 8 + memcg::TRAILER_BYTES) as u64
+    (size + memcg::TRAILER_BYTES) as u64
 }
 
 include!("common/thread_exit_suite.rs");

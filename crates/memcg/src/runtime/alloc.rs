@@ -18,11 +18,11 @@ pub const TRAILER_BYTES: usize = 8;
 /// (The line above is what a program writes; it is not compiled here
 /// because a doc test cannot replace its own global allocator.)
 ///
-/// Each block carries its objcg in an 8-byte trailer at
-/// `round_up(size, 8)`, so a free on any thread uncharges the group that
-/// was charged, and the charge includes the trailer (`round_up(size, 8) +
-/// 8` bytes, the way the kernel charges a slab object plus its objcg
-/// pointer). `realloc` moves the trailer and charges or uncharges only the
+/// Each block carries its objcg in an 8-byte trailer right after the
+/// caller's bytes (at offset `size`, unaligned when `size` is not a
+/// multiple of 8), so a free on any thread uncharges the group that was
+/// charged, and the charge includes the trailer (`size + 8` bytes, the way
+/// the kernel charges a slab object plus its objcg pointer). `realloc` moves the trailer and charges or uncharges only the
 /// difference, to the block's own group.
 ///
 /// When a charge would exceed a group's `max`, the allocation drains the
@@ -64,12 +64,12 @@ impl<A> MemcgAlloc<A> {
     }
 }
 
-/// The inner layout (caller's bytes, padding to 8, trailer) and the
-/// trailer's offset.
+/// The inner layout (caller's bytes, then the trailer) and the trailer's
+/// offset.
 #[inline(always)]
 fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
-    // One compare: with `size <= isize::MAX - 15 - align`, the padded size
-    // plus the trailer, rounded up to the alignment, fits `isize`
+    // One compare: with `size <= isize::MAX - 15 - align`, the size plus
+    // the trailer, rounded up to the alignment, fits `isize`
     // (`Layout`'s rule). The few larger sizes this refuses could never be
     // allocated anyway. `align <= isize::MAX` (a `Layout` rule), so the
     // subtraction does not wrap below 0 for the largest alignments.
@@ -84,12 +84,17 @@ fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
     Some((inner, offset))
 }
 
-/// The inner size (`round_up(size, 8) + 8`) of the block of a layout that
-/// `alloc` accepted, in two instructions (no overflow: `size <=
-/// isize::MAX`).
+/// The inner size (`size + 8`) of the block of a layout that `alloc`
+/// accepted, in one instruction (no overflow: `size <= isize::MAX`).
+///
+/// The trailer is not aligned to 8 (it was at `round_up(size, 8)`, as
+/// `DESIGN.md` §4.9 has it): the rounding cost an `and` on both halves of
+/// a pair, and an unaligned 8-byte access costs nothing more on x86-64 and
+/// aarch64 unless it crosses a cache line. The inner allocators round the
+/// block's size up themselves, so the block is as large as before.
 #[inline(always)]
 fn inner_bytes(layout: Layout) -> usize {
-    (layout.size() + 7 + TRAILER_BYTES) & !7
+    layout.size() + TRAILER_BYTES
 }
 
 /// The inner layout of a block that `alloc` made for `layout`: its
@@ -109,8 +114,8 @@ unsafe fn inner_layout_of_allocated(layout: Layout) -> Layout {
 /// `block` starts a block of at least `offset + 8` bytes.
 #[inline(always)]
 pub(crate) unsafe fn write_trailer(block: *mut u8, offset: usize, raw: usize) {
-    // SAFETY: in bounds by the caller's guarantee; the trailer may be
-    // unaligned when the caller's alignment is below 8.
+    // SAFETY: in bounds by the caller's guarantee; the trailer is
+    // unaligned when the caller's size is not a multiple of 8.
     unsafe { (block.add(offset) as *mut usize).write_unaligned(raw) }
 }
 
@@ -134,10 +139,9 @@ pub(crate) unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
 /// The free's form of [`read_trailer`]: the block is laundered in place,
 /// so that it stays in its register for the free that follows, and the
 /// trailer is read at `block + bytes - 8` with the inner size the free
-/// needs anyway (`add`, `and` and one load with no address computed
-/// apart; `read_trailer` at `round_up(size, 8)` took two instructions
-/// more). The returned pointer is the block's, with its exposed
-/// provenance, for the inner free.
+/// needs anyway (one load, no address computed apart). The returned
+/// pointer is the block's, with its exposed provenance, for the inner
+/// free.
 ///
 /// # Safety
 /// `block` starts a block of `bytes >= 8` bytes whose last 8 are its
@@ -146,10 +150,27 @@ pub(crate) unsafe fn read_trailer(block: *const u8, offset: usize) -> usize {
 unsafe fn read_trailer_at_end(block: *mut u8, bytes: usize) -> (*mut u8, usize) {
     let block = launder(block).cast_mut();
     // SAFETY: in bounds by the caller's guarantee; unaligned when the
-    // caller's alignment is below 8, as in `write_trailer`.
+    // caller's size is not a multiple of 8, as in `write_trailer`.
     let raw =
         unsafe { (block.wrapping_add(bytes - TRAILER_BYTES) as *const usize).read_unaligned() };
     (block, raw)
+}
+
+/// `x`, which the optimizer can no longer relate to what it was computed
+/// from (an empty `asm!`, no instruction).
+#[inline(always)]
+fn opaque(mut x: usize) -> usize {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    // SAFETY: an empty instruction sequence that only passes a register
+    // through; it touches no memory, stack or flags.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        x = std::hint::black_box(x);
+    }
+    x
 }
 
 /// Hides where `p` came from from the optimizer.
@@ -158,7 +179,7 @@ unsafe fn read_trailer_at_end(block: *mut u8, bytes: usize) -> (*mut u8, usize) 
 /// fresh object of exactly the requested size (`__rust_alloc` carries
 /// `allocsize`). When the allocator's code is inlined next to the
 /// allocation (the global allocator defined in the same crate, or LTO),
-/// the trailer read at `round_up(size, 8)` would look out of bounds and
+/// the trailer read at the caller's size would look out of bounds and
 /// the optimizer may treat the path as unreachable (seen: a release build
 /// of a test compiled a `ud2` after the free). An empty `asm!` that
 /// returns the pointer makes its origin unknown, so the read is an
@@ -168,18 +189,7 @@ unsafe fn read_trailer_at_end(block: *mut u8, bytes: usize) -> (*mut u8, usize) 
 fn launder(p: *const u8) -> *const u8 {
     // The address leaves through an exposed-provenance integer and comes
     // back from one the optimizer cannot follow.
-    let mut addr = p.expose_provenance();
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    // SAFETY: an empty instruction sequence that only passes a register
-    // through; it touches no memory, stack or flags.
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        addr = std::hint::black_box(addr);
-    }
-    std::ptr::with_exposed_provenance(addr)
+    std::ptr::with_exposed_provenance(opaque(p.expose_provenance()))
 }
 
 impl<A: GlobalAlloc> MemcgAlloc<A> {
@@ -189,8 +199,8 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
     /// makes one call (the inner allocator's) and keeps only the charge
     /// and the trailer's offset across it.
     ///
-    /// The layout is not checked before the charge: `round_up(size, 8) +
-    /// 8` cannot overflow (`size <= isize::MAX`), and a hit means the
+    /// The layout is not checked before the charge: `size + 8` cannot
+    /// overflow (`size <= isize::MAX`), and a hit means the
     /// byte cache held that many bytes, which is less than
     /// [`crate::TASK_CACHE_BOUND_BYTES`] (an invariant the checker
     /// verifies); every larger layout misses and takes the cold path,
@@ -203,6 +213,10 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
             // `Layout`).
             return unsafe { Self::alloc_cold(layout.size(), layout.align(), zeroed, self) };
         };
+        // The inner size is made opaque to the optimizer (no instruction):
+        // it would otherwise see that the trailer's offset is the caller's
+        // size and keep that in a register of its own across the call.
+        let bytes = opaque(bytes as usize) as u64;
         let offset = bytes as usize - TRAILER_BYTES;
         // SAFETY: the size is at most the byte cache's bound (a hit), so
         // below 2^32. The alignment is a power of two, and at most 2^62:
@@ -409,9 +423,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn with_trailer_pads_to_8_and_adds_8() {
+    fn with_trailer_adds_8_after_the_callers_bytes() {
         let (l, off) = with_trailer(Layout::from_size_align(13, 1).unwrap()).unwrap();
-        assert_eq!((l.size(), l.align(), off), (24, 1, 16));
+        assert_eq!((l.size(), l.align(), off), (21, 1, 13));
         let (l, off) = with_trailer(Layout::from_size_align(64, 64).unwrap()).unwrap();
         assert_eq!((l.size(), l.align(), off), (72, 64, 64));
         assert!(

@@ -56,8 +56,8 @@
 //! costs more (the cold allocation, the table probe that misses, the
 //! trailer, a shared counter).
 //!
-//! Fallback blocks are charged what a block with a heap is
-//! (`round_up(size, 8)`; the trailer is allocator overhead, as mimalloc's
+//! Fallback blocks are charged what a block with a heap is (the caller's
+//! size; the trailer is allocator overhead, as mimalloc's
 //! page metadata is), so a group's usage does not depend on whether its
 //! objcgs got heaps. They are counted
 //! ([`MemcgMimalloc::fallback_allocations`]); if even the fallback heap
@@ -271,54 +271,52 @@ fn is_fallback_heap(heap: *mut c_void) -> bool {
     heap as usize == FALLBACK.load(Ordering::Relaxed)
 }
 
-/// Bytes charged for a block of `layout`: its size rounded up to 8 (no
-/// trailer: the objcg is found from the block's heap; a fallback block's
+/// Bytes charged for a block of `layout`: its size (no trailer: the objcg is found from the block's heap; a fallback block's
 /// trailer is not charged either).
 #[inline(always)]
 fn charged_bytes(layout: Layout) -> u64 {
     charged_size(layout.size())
 }
 
-/// [`charged_bytes`] of a layout of `size` bytes, in two instructions
-/// (`size <= isize::MAX`, so the sum does not overflow). A size of 0,
+/// [`charged_bytes`] of a layout of `size` bytes: the size itself, with
+/// no instruction (it was rounded up to 8, two instructions on each half
+/// of a pair and four in a `realloc`; mimalloc rounds the block up to
+/// its size class anyway, so neither figure is the block's). A size of 0,
 /// which the `GlobalAlloc` contract excludes, would make a charge of 0
 /// bytes, which the slow path refuses (the allocation then returns null).
 #[inline(always)]
 fn charged_size(size: usize) -> u64 {
-    ((size + 7) & !7) as u64
+    size as u64
 }
 
-/// [`charged_size`] of a small size (at most [`SMALL_SIZE_MAX`]), computed
-/// on x86-64 into the register of a call's second argument, where the hit
-/// path passes it to mimalloc's `mi_heap_malloc_small(heap, size)`: the
-/// compiler rounds in the register the size arrived in (the first
-/// argument's) and then moves it, and the heap, to the call's registers,
-/// two moves (callgrind). The same two instructions, `lea` and `and`, in
-/// 32 bits (a small size fits).
+/// A small size (at most [`SMALL_SIZE_MAX`]) placed, on x86-64, in the
+/// register of a call's second argument, where the hit path passes it to
+/// mimalloc's `mi_heap_malloc_small(heap, size)` and charges it: left to
+/// itself, the compiler keeps the size in the register it arrived in (the
+/// first argument's) and moves it, and the heap, to the call's registers
+/// before the call (one instruction more per allocation, callgrind).
 #[inline(always)]
-fn small_charged_size(size: usize) -> usize {
+fn small_size_in_call_register(size: usize) -> usize {
     debug_assert!(size <= SMALL_SIZE_MAX);
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
     {
-        let charged: usize;
-        // SAFETY: register arithmetic only: no memory, no stack; the
-        // flags are clobbered (no `preserves_flags`). `size` is at most
-        // `SMALL_SIZE_MAX`, so `size + 7` fits 32 bits, and a 32-bit
-        // result zero-extends into the whole register.
+        let placed: usize;
+        // SAFETY: one register move: no memory, no stack, no flags. `size`
+        // is at most `SMALL_SIZE_MAX`, so it fits 32 bits, and the 32-bit
+        // move zero-extends into the whole register.
         unsafe {
             std::arch::asm!(
-                "lea esi, [{size:e} + 7]",
-                "and esi, -8",
+                "mov esi, {size:e}",
                 size = in(reg) size,
-                out("rsi") charged,
-                options(pure, nomem, nostack),
+                out("rsi") placed,
+                options(pure, nomem, nostack, preserves_flags),
             );
         }
-        charged
+        placed
     }
     #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
     {
-        charged_size(size) as usize
+        size
     }
 }
 
@@ -534,7 +532,7 @@ unsafe fn realloc_to_fallback(
 /// (Not compiled here: a doc test cannot replace its own global
 /// allocator.)
 ///
-/// A block is charged `round_up(size, 8)` bytes. Limits, reclaim, scopes,
+/// A block is charged its layout's size. Limits, reclaim, scopes,
 /// `realloc` (the difference is charged to the block's own objcg, and a
 /// moved block stays in its heap) and the re-entrancy rules are those of
 /// `MemcgAlloc`.
@@ -675,13 +673,10 @@ impl MemcgMimalloc {
             // SAFETY: as above.
             return unsafe { alloc_not_small(layout.size(), layout.align(), zeroed) };
         }
-        // The block is asked for with the size it is charged, the
-        // caller's rounded up to a word: mimalloc's small size classes are
-        // whole words (it rounds the same way), so the block is the one
-        // the caller's size gets, and one register holds the size for the
-        // charge, the call and a miss (one instruction fewer). Still at
-        // most `SMALL_SIZE_MAX`, a multiple of 8.
-        let size = small_charged_size(layout.size());
+        // One register holds the size for the charge, the call and a miss
+        // (the size charged is the caller's, which mimalloc rounds up to
+        // its size class itself). At most `SMALL_SIZE_MAX`.
+        let size = small_size_in_call_register(layout.size());
         // mimalloc is called with the thread still busy (see
         // `thread::charge_alloc_and`: a fork waits for it).
         let hit = thread::charge_hit_and::<HEAP_KEY_HITS, _>(size as u64, |hit| {
@@ -713,7 +708,7 @@ impl MemcgMimalloc {
             let size = thread::kept_hit_size();
             // SAFETY: forwarded contract; `hit.raw_again()` is the charge
             // just made, of `size` bytes, which is `charged_bytes` of this
-            // layout too (`size` is a multiple of 8); its block serves the
+            // layout too (the caller's size); its block serves the
             // caller's layout (as many bytes or more, aligned to
             // `SMALL_ALIGN`), and its free, with the caller's layout,
             // uncharges the same bytes.
@@ -1247,13 +1242,14 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
 mod tests {
     use super::*;
 
-    /// The hit path's rounding (an `asm!` on x86-64) is `charged_size` for
-    /// every small size (fails with the `and`'s mask off by one bit).
+    /// The hit path's placement of the size (an `asm!` on x86-64) keeps
+    /// every small size as it is (fails with the move made 8 bits wide).
     #[test]
-    fn small_charged_size_rounds_every_small_size_as_charged_size() {
+    fn small_size_in_call_register_keeps_every_small_size() {
         for size in 1..=SMALL_SIZE_MAX {
-            let got = std::hint::black_box(small_charged_size(std::hint::black_box(size)));
-            assert_eq!(got as u64, charged_size(size), "size {size}");
+            let got = std::hint::black_box(small_size_in_call_register(std::hint::black_box(size)));
+            assert_eq!(got, size);
+            assert_eq!(charged_size(got), size as u64, "size {size}");
         }
     }
 
