@@ -102,10 +102,17 @@ const FULL_CHILD: &str = "MEMCG_TEST_NODE_FULL_CHILD";
 /// fails and reads the kept size and charge back for the fallback.
 const SMALL_PAST_FULL: usize = 10_000;
 
+/// Blocks made before the arena fills, then each grown by a few bytes
+/// into a size class with no page (1,000 bytes to 1,100: mimalloc's
+/// 1,024-byte class to its 1,280-byte one).
+const EARLY_BLOCKS: usize = 16;
+const EARLY_BYTES: usize = 1000;
+const GROWTH_IN_FULL_ARENA: usize = 100;
+
 /// With a 64 MiB node arena: allocations past it fall back (counted) and
 /// stay charged, small ones from the hit path included; a `realloc` the
-/// full arena cannot serve moves the block to the fallback heap with its
-/// contents and its objcg.
+/// full arena cannot serve, on its hit path or off it, moves the block to
+/// the fallback heap with its contents and its objcg.
 fn full_child() {
     let ctrl = memcg::controller();
     let group = ctrl.create("full").unwrap();
@@ -114,6 +121,9 @@ fn full_child() {
         move || {
             group.attach_current().unwrap();
             let small: Vec<u8> = (0..100u8).collect();
+            let mut early: Vec<Vec<u8>> = (0..EARLY_BLOCKS)
+                .map(|i| vec![i as u8; EARLY_BYTES])
+                .collect();
             let blocks: Vec<Vec<u8>> = (0..96).map(|i| vec![i as u8; 1 << 20]).collect();
             let before = MemcgMimalloc::node_fallback_allocations();
             let mut grown = small;
@@ -135,11 +145,31 @@ fn full_child() {
             for (i, v) in smalls.iter().enumerate() {
                 assert!(v.iter().all(|&b| b == (i % 2) as u8 * 7), "contents of {i}");
             }
+            // The early blocks are in the arena: growing each by a few
+            // bytes hits the byte cache, and mimalloc's call, made on the
+            // hit path, fails (their new size class has no page, and the
+            // full arena gives none); the kept block and layouts are read
+            // back and the block moves to the fallback heap, charged its
+            // new size.
+            let before_grow = MemcgMimalloc::node_fallback_allocations();
+            for (i, b) in early.iter_mut().enumerate() {
+                b.reserve_exact(GROWTH_IN_FULL_ARENA);
+                b.extend(std::iter::repeat_n(0xEEu8, GROWTH_IN_FULL_ARENA));
+                assert!(
+                    b[..EARLY_BYTES].iter().all(|&x| x == i as u8),
+                    "contents of {i}"
+                );
+            }
+            let moved = MemcgMimalloc::node_fallback_allocations() - before_grow;
+            assert_eq!(
+                moved, EARLY_BLOCKS as u64,
+                "the grown blocks moved to the fallback heap"
+            );
             memcg::flush_current();
-            (blocks, grown, smalls, before)
+            (blocks, grown, smalls, early, before)
         }
     });
-    let (blocks, grown, smalls, before_realloc) = worker.join().unwrap();
+    let (blocks, grown, smalls, early, before_realloc) = worker.join().unwrap();
     assert_eq!(MemcgMimalloc::node_arenas(), 1);
     let fallbacks = MemcgMimalloc::node_fallback_allocations();
     assert!(fallbacks > 0, "96 MiB in a 64 MiB arena: some fell back");
@@ -147,12 +177,16 @@ fn full_child() {
     let charged = group.stats().stat.alloc_bytes;
     // The small blocks and the vector holding them.
     let smalls_bytes = SMALL_PAST_FULL * 997 + smalls.capacity() * size_of::<Vec<u8>>();
-    let expected = 96 * (1 << 20) + grown.capacity() as u64 + smalls_bytes as u64;
+    let expected = 96 * (1 << 20)
+        + (EARLY_BLOCKS * (EARLY_BYTES + GROWTH_IN_FULL_ARENA)) as u64
+        + (early.capacity() * size_of::<Vec<u8>>()) as u64
+        + grown.capacity() as u64
+        + smalls_bytes as u64;
     assert!(
         charged >= expected && charged < expected + (64 << 10),
         "charged {charged}, expected about {expected}"
     );
-    drop((blocks, grown, smalls));
+    drop((blocks, grown, smalls, early));
     memcg::flush_current();
     ctrl.drain_stocks();
     assert_eq!(

@@ -372,6 +372,41 @@ fn heap_key_is_one(cache: &TaskCache) -> bool {
     }
 }
 
+/// Whether `cache`'s fast key is armed (any key, any cookie bits; a
+/// Relaxed read).
+///
+/// On x86-64 one compare of memory with 0 and a branch (an `asm!` with a
+/// label): the compiler loads an atomic into a register and tests it, one
+/// instruction more per growth.
+#[inline(always)]
+fn fast_key_is_armed(cache: &TaskCache) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
+    {
+        // SAFETY: `cache.fast_key` is a live 8-byte aligned atomic at that
+        // offset of `cache`; the compare reads it once (a Relaxed load: an
+        // attach on another thread may store it at any time, and an
+        // aligned 8-byte read sees either value). No stack, and the flags
+        // are not promised to be kept.
+        unsafe {
+            std::arch::asm!(
+                "cmp qword ptr [{cache} + {key_at}], 0",
+                "je {unarmed}",
+                cache = in(reg) cache as *const TaskCache,
+                key_at = const std::mem::offset_of!(TaskCache, fast_key),
+                unarmed = label {
+                    return false;
+                },
+                options(nostack, readonly),
+            );
+        }
+        true
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(memcg_loom))))]
+    {
+        cache.fast_key.load(Ordering::Relaxed) != 0
+    }
+}
+
 /// Whether `cache`'s armed key is [`ONE_KEY`], whatever its cookie bits (a
 /// Relaxed read).
 ///
@@ -660,7 +695,7 @@ impl TaskCache {
         // Relaxed: the owner's own word; an attach clearing it from
         // another thread does not matter here (the growth is the block's
         // objcg's, not the task's current one).
-        if self.fast_key.load(Ordering::Relaxed) == 0 {
+        if !fast_key_is_armed(self) {
             return false;
         }
         // The bytes carry their references to the block, as a hit's.

@@ -107,6 +107,14 @@ struct Local {
     /// the read.
     #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
     hit_size: AtomicUsize,
+    /// The block, and its layout's size and alignment, that a growth's hit
+    /// keeps across its call (`MemcgMimalloc`'s `realloc`,
+    /// [`keep_hit_realloc`]; the new size goes in `hit_size`), read back
+    /// only when the call fails. Written and read as `hit_size` is.
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    hit_block: AtomicPtr<u8>,
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    hit_layout: [AtomicUsize; 2],
 }
 
 /// The cache of [`Local::hot`] while no hit path may hit (never written):
@@ -138,6 +146,8 @@ thread_local! {
             task: UnsafeCell::new(MaybeUninit::uninit()),
             free_word: AtomicUsize::new(0),
             hit_size: AtomicUsize::new(0),
+            hit_block: AtomicPtr::new(std::ptr::null_mut()),
+            hit_layout: [AtomicUsize::new(0), AtomicUsize::new(0)],
         }
     };
 }
@@ -155,6 +165,35 @@ pub(crate) fn keep_hit_size(size: usize) {
 #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) fn kept_hit_size() -> usize {
     LOCAL.with(|l| l.hit_size.load(Ordering::Relaxed))
+}
+
+/// Keeps a growing block, its layout's size and alignment, and its new
+/// size in this thread's [`Local::hit_block`], [`Local::hit_layout`] and
+/// [`Local::hit_size`] (inside a growth's hit `then`, before its call).
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn keep_hit_realloc(block: *mut u8, size: usize, align: usize, new_size: usize) {
+    LOCAL.with(|l| {
+        l.hit_block.store(block, Ordering::Relaxed);
+        l.hit_layout[0].store(size, Ordering::Relaxed);
+        l.hit_layout[1].store(align, Ordering::Relaxed);
+        l.hit_size.store(new_size, Ordering::Relaxed);
+    });
+}
+
+/// What [`keep_hit_realloc`] kept, in its order (the same hit's `then`,
+/// after its call).
+#[inline(always)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+pub(crate) fn kept_hit_realloc() -> (*mut u8, usize, usize, usize) {
+    LOCAL.with(|l| {
+        (
+            l.hit_block.load(Ordering::Relaxed),
+            l.hit_layout[0].load(Ordering::Relaxed),
+            l.hit_layout[1].load(Ordering::Relaxed),
+            l.hit_size.load(Ordering::Relaxed),
+        )
+    })
 }
 
 /// This thread's [`Local::free_word`].
@@ -740,6 +779,30 @@ pub(crate) unsafe fn uncharge_hit_cached_or(
 /// on `true` the caller's block is charged `bytes` more.
 #[inline(always)]
 pub(crate) unsafe fn grow_hit<const AT: usize>(bytes: u64, word: usize) -> bool {
+    // SAFETY: the caller's guarantee.
+    unsafe { grow_hit_and::<AT, _>(bytes, word, || ()) }.is_some()
+}
+
+/// [`grow_hit`], then `then()` with the thread still marked busy, as
+/// [`charge_hit_and`] does: `MemcgMimalloc`'s `realloc` calls mimalloc
+/// there, keeping what a failed call needs in memory
+/// ([`keep_hit_realloc`]) rather than in registers across the call. A
+/// growth by cookie ([`HIT_COOKIE_AT`](crate::engine::fast_path::HIT_COOKIE_AT))
+/// ends with the mark cleared in place ([`unmark_hit`]), one by charge
+/// word with the pointer put back ([`leave_hit`]), as in
+/// [`charge_hit_and`]. `None` with nothing done on a miss.
+///
+/// A fork meanwhile waits for the mark, so for mimalloc's copy of a
+/// block that moves, as it waits for an allocation's call of mimalloc.
+///
+/// # Safety
+/// As [`grow_hit`].
+#[inline(always)]
+pub(crate) unsafe fn grow_hit_and<const AT: usize, R>(
+    bytes: u64,
+    word: usize,
+    then: impl FnOnce() -> R,
+) -> Option<R> {
     // Counted here, as `resize_alloc` counts a growth: the callers take
     // `resize_alloc_slow` on a miss, which does not count.
     #[cfg(debug_assertions)]
@@ -747,9 +810,18 @@ pub(crate) unsafe fn grow_hit<const AT: usize>(bytes: u64, word: usize) -> bool 
     let cache = enter_hit();
     // SAFETY: the caller's guarantee. A mark's and `IDLE`'s words and
     // cookies are no block's, so the call misses on them.
-    let done = unsafe { cache.grow_fast_at::<AT>(bytes, word) };
-    leave_hit(cache);
-    done
+    if unsafe { cache.grow_fast_at::<AT>(bytes, word) } {
+        let r = then();
+        if AT == HIT_ADDR_AT {
+            leave_hit(cache);
+        } else {
+            unmark_hit();
+        }
+        Some(r)
+    } else {
+        leave_hit(cache);
+        None
+    }
 }
 
 /// What [`uncharge_hit_cached_or`] returns when it did uncharge the block,
