@@ -1,8 +1,9 @@
 //! The runner (`workloads`): runs each workload in child processes,
 //! alternating `workloads-mimalloc` and `workloads-memcg`, and reports
 //! wall time (measured inside the child around the workload alone) and
-//! peak RSS (`wait4`'s `ru_maxrss` of that child) with min/median/max and
-//! the memcg/mimalloc ratios of the medians.
+//! peak RSS (`wait4`'s `ru_maxrss` of that child) with min/median/max,
+//! the memcg/mimalloc ratios of the medians, and the spread of the
+//! ratios within each repetition (its two runs back to back).
 
 use std::fmt;
 use std::io::Read;
@@ -216,6 +217,10 @@ pub struct WorkloadResult {
     pub memcg_rss_mib: Spread,
     /// memcg / mimalloc, medians of wall time.
     pub wall_ratio: f64,
+    /// memcg / mimalloc of wall time within each repetition (the two
+    /// runs of a repetition are back to back, so a slow stretch of the
+    /// machine weighs on both): their spread.
+    pub paired_wall_ratio: Spread,
     /// memcg / mimalloc, medians of peak RSS.
     pub rss_ratio: f64,
     /// The memcg child's report of its last timed run (charges, checks).
@@ -422,9 +427,16 @@ fn summarize(w: Workload, runs: Vec<Run>, accuracy_run: Option<Run>) -> Workload
         .all(|r| r.report.pass());
     let mut runs = runs;
     runs.extend(accuracy_run);
+    // The timed runs alternate, mimalloc first, in each repetition.
+    let paired: Vec<f64> = runs
+        .chunks_exact(2)
+        .filter(|p| p[0].report.allocator == "mimalloc" && p[1].report.allocator == "memcg")
+        .map(|p| wall(&p[1]) / wall(&p[0]))
+        .collect();
     WorkloadResult {
         workload: w.name().to_string(),
         wall_ratio: memcg_wall_ms.median / mimalloc_wall_ms.median,
+        paired_wall_ratio: Spread::of(&paired),
         rss_ratio: memcg_rss_mib.median / mimalloc_rss_mib.median,
         mimalloc_wall_ms,
         memcg_wall_ms,
@@ -443,23 +455,32 @@ pub fn table(results: &[WorkloadResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<7} {:>24} {:>24} {:>6} {:>8} {:>8} {:>6}",
-        "", "wall ms mimalloc", "wall ms memcg", "ratio", "RSS MiB", "RSS MiB", "ratio"
+        "{:<7} {:>24} {:>24} {:>6} {:>17} {:>8} {:>8} {:>6}",
+        "",
+        "wall ms mimalloc",
+        "wall ms memcg",
+        "ratio",
+        "paired ratio",
+        "RSS MiB",
+        "RSS MiB",
+        "ratio"
     );
     let _ = writeln!(
         s,
-        "{:<7} {:>24} {:>24} {:>6} {:>8} {:>8} {:>6}",
-        "", "min/median/max", "min/median/max", "", "mimalloc", "memcg", ""
+        "{:<7} {:>24} {:>24} {:>6} {:>17} {:>8} {:>8} {:>6}",
+        "", "min/median/max", "min/median/max", "", "min/median/max", "mimalloc", "memcg", ""
     );
+    let ratios = |x: &Spread| format!("{:.3}/{:.3}/{:.3}", x.min, x.median, x.max);
     let spread = |x: &Spread| format!("{:.0}/{:.0}/{:.0}", x.min, x.median, x.max);
     for r in results {
         let _ = writeln!(
             s,
-            "{:<7} {:>24} {:>24} {:>6.3} {:>8.1} {:>8.1} {:>6.3}",
+            "{:<7} {:>24} {:>24} {:>6.3} {:>17} {:>8.1} {:>8.1} {:>6.3}",
             r.workload,
             spread(&r.mimalloc_wall_ms),
             spread(&r.memcg_wall_ms),
             r.wall_ratio,
+            ratios(&r.paired_wall_ratio),
             r.mimalloc_rss_mib.median,
             r.memcg_rss_mib.median,
             r.rss_ratio,
