@@ -377,7 +377,9 @@ fn heap_key_is_one(cache: &TaskCache) -> bool {
 ///
 /// On x86-64 one compare of memory with 0 and a branch (an `asm!` with a
 /// label): the compiler loads an atomic into a register and tests it, one
-/// instruction more per growth.
+/// instruction more per growth. Not [`heap_key_is_one`]'s compare negated:
+/// an `asm!` label is always reached by a jump, and here the jump is the
+/// miss, so that the growth's hit path falls through.
 #[inline(always)]
 fn fast_key_is_armed(cache: &TaskCache) -> bool {
     #[cfg(all(target_arch = "x86_64", not(memcg_loom)))]
