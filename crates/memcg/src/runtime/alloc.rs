@@ -22,8 +22,9 @@ pub const TRAILER_BYTES: usize = 8;
 /// caller's bytes (at offset `size`, unaligned when `size` is not a
 /// multiple of 8), so a free on any thread uncharges the group that was
 /// charged, and the charge includes the trailer (`size + 8` bytes, the way
-/// the kernel charges a slab object plus its objcg pointer). `realloc` moves the trailer and charges or uncharges only the
-/// difference, to the block's own group.
+/// the kernel charges a slab object plus its objcg pointer). `realloc`
+/// moves the trailer and charges or uncharges only the difference, to the
+/// block's own group.
 ///
 /// When a charge would exceed a group's `max`, the allocation drains the
 /// group's stocks, waits (a bounded time, holding no lock of the engine)
@@ -88,7 +89,7 @@ fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
 /// accepted, in one instruction (no overflow: `size <= isize::MAX`).
 ///
 /// The trailer is not aligned to 8 (it was at `round_up(size, 8)`, as
-/// `DESIGN.md` §4.9 has it): the rounding cost an `and` on both halves of
+/// the project's DESIGN, §4.9, has it): the rounding cost an `and` on both halves of
 /// a pair, and an unaligned 8-byte access costs nothing more on x86-64 and
 /// aarch64 unless it crosses a cache line. The inner allocators round the
 /// block's size up themselves, so the block is as large as before.

@@ -271,8 +271,9 @@ fn is_fallback_heap(heap: *mut c_void) -> bool {
     heap as usize == FALLBACK.load(Ordering::Relaxed)
 }
 
-/// Bytes charged for a block of `layout`: its size (no trailer: the objcg is found from the block's heap; a fallback block's
-/// trailer is not charged either).
+/// Bytes charged for a block of `layout`: its size (no trailer: the objcg
+/// is found from the block's heap; a fallback block's trailer is not
+/// charged either).
 #[inline(always)]
 fn charged_bytes(layout: Layout) -> u64 {
     charged_size(layout.size())
@@ -1073,8 +1074,8 @@ unsafe fn dealloc_unmapped(ptr: *mut u8, layout: Layout) {
 /// growth first (so a refusal leaves the block untouched), reallocates in
 /// the block's heap and uncharges a shrink after. Out of line, so that
 /// `realloc`'s hit path saves no registers for it. `grow_missed`: the
-/// growth already missed [`thread::grow_hit`], so it is charged by the slow
-/// path directly (not tried again on the cache, nor counted again).
+/// growth already missed [`thread::grow_hit_and`], so it is charged by the
+/// slow path directly (not tried again on the cache, nor counted again).
 ///
 /// # Safety
 /// `ptr` is a live block of this allocator allocated with `layout`;

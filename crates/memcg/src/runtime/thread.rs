@@ -794,6 +794,10 @@ pub(crate) unsafe fn grow_hit<const AT: usize>(bytes: u64, word: usize) -> bool 
 ///
 /// A fork meanwhile waits for the mark, so for mimalloc's copy of a
 /// block that moves, as it waits for an allocation's call of mimalloc.
+/// `then`'s own failure path runs under the mark too: the slow paths it
+/// reaches see the thread busy and take the re-entrant way, which enters
+/// no fork gate and takes no engine lock (a growth given back goes to the
+/// CPU's stock rather than the task's byte cache).
 ///
 /// # Safety
 /// As [`grow_hit`].
