@@ -11,10 +11,13 @@
 
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
+use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::{Charge, Task};
 use crate::engine::task_shared::NO_HIT_COOKIE;
 use crate::engine::task_shared::{get_u64, set_u64};
-use crate::engine::task_shared::{TaskCache, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED};
+use crate::engine::task_shared::{
+    TaskCache, TaskCacheMode, CURRENT_OBJCG_UPDATE_FLAG, HITS_STOPPED,
+};
 use crate::error::Result;
 use crate::sync::Ordering;
 
@@ -120,22 +123,14 @@ impl Task {
         let charge = self.charge(cpu, bytes, ChargeKind::Alloc)?;
         // A key at or above `KEY_LIMIT` (no CPU id the runtime reads) is
         // never armed: its word would not fit the compares.
-        if key != 0
-            && key < KEY_LIMIT
-            && !self.has_active.get()
-            && !self.spending.get()
-            && !self.exited.get()
-        {
+        if key != 0 && key < KEY_LIMIT && !self.spending.get() && !self.exited.get() {
             // Relaxed: only decides whether to arm; `arm_fast_key`'s CAS
             // checks that the word is still `tagged`.
             let tagged = self.shared.objcgs.load(Ordering::Relaxed);
             // `charge` succeeded, so `cpu` has a node.
             if let Some(nid) = self.core.topology.node_of_cpu(cpu) {
                 let cached = self.shared.cache.objcg_addr.load(Ordering::Relaxed);
-                if tagged & CURRENT_OBJCG_UPDATE_FLAG == 0
-                    && cached != 0
-                    && self.entry(tagged, nid) as usize == cached
-                {
+                if cached != 0 && self.charged_objcg_addr(tagged, nid) == cached {
                     // A cookie the allocator set since the cache took the
                     // objcg (its heap, made on the first allocation).
                     let cache = &self.shared.cache;
@@ -157,6 +152,40 @@ impl Task {
             }
         }
         Ok(charge)
+    }
+
+    /// The address of the objcg a charge of this task on node `nid` goes
+    /// to now, as far as the fast key may stand for it (0 when it may not):
+    /// the per-node array's entry, or, under an override ([`Task::enter`],
+    /// the runtime's scopes), the override's objcg for `nid` when the byte
+    /// cache holds it. Entering or leaving an override disarms the key, so
+    /// a key armed under one stands for that override only. A key names
+    /// a node only in the per-node mode or on a one-node topology (the
+    /// single mode's one key covers every node, and an override's objcgs
+    /// are per node), so no key is armed under an override otherwise.
+    ///
+    /// Without an override, none while the seed's update flag is set in
+    /// `tagged` (the array is stale). Under one, the flag does not matter:
+    /// the task's own array is not what it charges, and an attach clears
+    /// the key after setting the flag anyway; a key armed after that
+    /// clear, with the flag already set, stands for the override until
+    /// leaving it disarms.
+    fn charged_objcg_addr(&self, tagged: usize, nid: usize) -> usize {
+        if !self.has_active.get() {
+            if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
+                return 0;
+            }
+            return self.entry(tagged, nid) as usize;
+        }
+        if self.shared.mode != TaskCacheMode::PerNode && self.core.topology.nr_node_ids() != 1 {
+            return 0;
+        }
+        let active = self.active.borrow();
+        let Some(memcg) = active.as_ref() else {
+            return 0;
+        };
+        self.cached_objcg_of(memcg, nid)
+            .map_or(0, |o| o as *const ObjCgroup as usize)
     }
 
     /// Arms the fast path with the word `armed` ([`armed_word`]) while the
@@ -970,7 +999,13 @@ mod fast_path_tests {
             let _guard = task.enter(&other).expect("enter");
             assert!(task.charge_fast(1, 8).is_none(), "override entered");
             let _d = task.charge_keyed(1, 0, 8).expect("charge");
-            assert_eq!(armed(&task), 0, "never armed under an override");
+            assert_eq!(armed(&task), 1, "armed for the override's objcg");
+            {
+                let _inner = task.enter(&other).expect("enter again");
+                assert!(task.charge_fast(1, 8).is_none(), "nested override entered");
+                let _d = task.charge_keyed(1, 0, 8).expect("charge");
+            }
+            assert!(task.charge_fast(1, 8).is_none(), "nested override left");
         }
         assert!(task.charge_fast(1, 8).is_none(), "override left");
         let _e = task.charge_keyed(1, 0, 8).expect("charge");
@@ -983,6 +1018,61 @@ mod fast_path_tests {
         assert_eq!(armed(&task), 1);
         task.set_exempt(true);
         assert!(task.charge_fast(1, 8).is_none(), "exempt");
+    }
+
+    #[test]
+    fn hits_under_an_override_charge_the_override_on_the_keys_node() {
+        // Per-node cache, 2 nodes: the override's objcg of each node.
+        let (ctrl, g, task) = setup("2x1");
+        let other = ctrl.create("other").expect("group");
+        let mut held = Vec::new();
+        {
+            let _guard = task.enter(&other).expect("enter");
+            held.push(task.charge_keyed(2, 0, 64).expect("charge"));
+            let n0 = held[0].objcg.as_ptr() as usize;
+            // The override's objcg for node 0, which the byte cache holds.
+            let raw = task.charge_fast(2, 8).expect("a hit under the override");
+            assert_eq!(raw, n0);
+            // SAFETY: a raw word of a charge of 8 Alloc bytes of `ctrl`.
+            held.push(unsafe { Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) });
+            assert!(
+                task.charge_fast(3, 8).is_none(),
+                "node 1's key is not armed"
+            );
+            held.push(task.charge_keyed(3, 1, 64).expect("charge"));
+            let n1 = held[2].objcg.as_ptr() as usize;
+            assert_ne!(n0, n1, "one objcg of the override per node");
+            let raw = task.charge_fast(3, 8).expect("re-armed for node 1");
+            assert_eq!(raw, n1);
+            // SAFETY: as above.
+            held.push(unsafe { Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) });
+        }
+        assert!(task.charge_fast(3, 8).is_none(), "override left");
+        assert_eq!(alloc_bytes(&task, &other), 64 + 8 + 64 + 8);
+        assert_eq!(
+            alloc_bytes(&task, &g),
+            0,
+            "nothing charged to the task's group"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn no_key_is_armed_under_an_override_in_the_single_mode_on_two_nodes() {
+        // The single mode's one key covers every node, and an override's
+        // objcgs are per node: a hit could charge node 0's on node 1.
+        let ctrl = Controller::with_config(
+            Topology::from_spec("2x1").expect("topology"),
+            crate::engine::controller::Config::default().task_cache(TaskCacheMode::Single),
+        );
+        let g = ctrl.create("g").expect("group");
+        let task = ctrl.new_task(&g).expect("task");
+        let other = ctrl.create("other").expect("group");
+        let _c = task.charge_keyed(1, 0, 64).expect("charge");
+        assert_eq!(armed(&task), 1, "armed outside an override");
+        let _guard = task.enter(&other).expect("enter");
+        let _d = task.charge_keyed(1, 0, 64).expect("charge");
+        assert_eq!(armed(&task), 0, "not armed under the override");
     }
 
     #[test]

@@ -53,6 +53,7 @@
 
 use std::ptr::NonNull;
 
+use crate::engine::memcg::MemCgroup;
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::Task;
 use crate::engine::task_shared::TaskCacheMode;
@@ -151,6 +152,28 @@ impl Task {
     /// `nid`, walking up past removed groups. Uses the byte cache's
     /// reference when it already caches that objcg, else a temporary one.
     #[cold]
+    /// The byte cache's objcg if it is `memcg`'s objcg for `nid` now (the
+    /// memcg's slot names it, same incarnation), else `None`.
+    pub(crate) fn cached_objcg_of(&self, memcg: &MemCgroup, nid: usize) -> Option<&ObjCgroup> {
+        let cached_id = self.shared.cache.objcg.load(Ordering::Relaxed);
+        if cached_id == 0 {
+            return None;
+        }
+        let info = memcg.nodeinfo.get(nid)?;
+        // Acquire: pairs with the slot's Release store when the objcg is
+        // installed (`group.rs`), as every slot read does; no model kills
+        // it alone (the cache's own reference keeps the entry, and its
+        // fields are read only after `get`).
+        let word = info.objcg.load(Ordering::Acquire);
+        if word as u32 != cached_id {
+            return None;
+        }
+        let o = self.core.table.get(cached_id)?;
+        // The cache holds a reference, so this incarnation is alive; the
+        // generation tells it is the same one.
+        (o.generation() == (word >> 32) as u32).then_some(o)
+    }
+
     pub(crate) fn pin_active(&self, nid: usize) -> Pinned<'_> {
         let active = self.active.borrow();
         let Some(memcg) = active.as_ref() else {
@@ -159,27 +182,11 @@ impl Task {
                 temporary: false,
             };
         };
-        let cached_id = self.shared.cache.objcg.load(Ordering::Relaxed);
-        if cached_id != 0 {
-            if let Some(info) = memcg.nodeinfo.get(nid) {
-                // Acquire: pairs with the slot's Release store when the
-                // objcg is installed (`group.rs`), as every slot read does;
-                // no model kills it alone (the cache's own reference keeps
-                // the entry, and its fields are read only after `get`).
-                let word = info.objcg.load(Ordering::Acquire);
-                if word as u32 == cached_id {
-                    if let Some(o) = self.core.table.get(cached_id) {
-                        // The cache holds a reference, so this incarnation
-                        // is alive; the generation tells it is the same one.
-                        if o.generation() == (word >> 32) as u32 {
-                            return Pinned {
-                                objcg: o,
-                                temporary: false,
-                            };
-                        }
-                    }
-                }
-            }
+        if let Some(o) = self.cached_objcg_of(memcg, nid) {
+            return Pinned {
+                objcg: o,
+                temporary: false,
+            };
         }
         match self.core.get_obj_cgroup_from_memcg(memcg, nid) {
             Some(o) => Pinned {

@@ -272,6 +272,62 @@ fn scope_charges_its_group_and_restores() {
     leave(&scoped);
 }
 
+/// Set in the child that [`allocations_in_a_scope_take_the_hit_path`]
+/// runs (the engine's counters are the process's: other tests of this
+/// binary would add to them).
+const SCOPE_HITS_CHILD: &str = "MEMCG_TEST_SCOPE_HITS_CHILD";
+
+/// Allocations made in a scope (and so in a `Future` wrapped in its
+/// group, which enters the group around each poll) are served by the hit
+/// path, the scope's objcg in the byte cache: an allocation that misses it
+/// counts as a task charge (`EngineCounters::task_charges`), a hit does
+/// not. 1,000 held 64-byte blocks take a few refills of the cache.
+#[test]
+fn scope_hits_child() {
+    if std::env::var_os(SCOPE_HITS_CHILD).is_none() {
+        return;
+    }
+    let ctrl = memcg::controller();
+    let scoped = ctrl.create("scope-hits").unwrap();
+    let home = group("scope-hits-home");
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(1000);
+    let (misses, scoped_bytes) = {
+        let _s = scoped.enter().unwrap();
+        // The scope's first allocations put its objcg in the byte cache.
+        drop(black_box(vec![0u8; 64]));
+        drop(black_box(vec![0u8; 64]));
+        let before = ctrl.counters().task_charges;
+        for i in 0..1000 {
+            blocks.push(black_box(vec![i as u8; 64]));
+        }
+        (ctrl.counters().task_charges - before, alloc_bytes(&scoped))
+    };
+    assert_eq!(scoped_bytes, 1000 * charged(64), "charged to the scope");
+    assert!(
+        misses < 100,
+        "{misses} of 1,000 allocations in a scope missed the hit path"
+    );
+    drop(blocks);
+    leave(&home);
+    leave(&scoped);
+    println!("CHILD OK");
+}
+
+#[test]
+fn allocations_in_a_scope_take_the_hit_path() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "scope_hits_child", "--nocapture", "--test-threads=1"])
+        .env(SCOPE_HITS_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn spawn_helper_starts_the_thread_in_the_spawners_group() {
     let g = group("basic-spawn");
