@@ -3,11 +3,12 @@
 //! task's own cache line and no atomic read-modify-write.
 //!
 //! [`Task::charge_keyed`] (the allocator's slow path) arms the key when the
-//! byte cache holds the objcg the task charges for the key's node, with no
-//! override and a clean tagged word; everything that could change that
-//! objcg clears it: a refresh, a drain or switch of the cache, an override
-//! or a spent reservation, exemption, and an attach from any thread (after
-//! it sets the seed's update flag; see [`Task::arm_fast_key`]).
+//! byte cache holds the objcg the task charges for the key's node: its own
+//! (with a clean tagged word) or, under an override, the override's;
+//! everything that could change that objcg clears it: a refresh, a drain
+//! or switch of the cache, entering or leaving an override, a spent
+//! reservation, exemption, and an attach from any thread (after it sets
+//! the seed's update flag; see [`Task::arm_fast_key`]).
 
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
 use crate::engine::memcg::ChargeKind;
@@ -107,7 +108,8 @@ impl Task {
 
     /// [`Task::charge`] of `bytes` of [`ChargeKind::Alloc`] on `cpu`, which
     /// then arms the fast path for `key` when the byte cache holds the
-    /// task's own objcg for `cpu`'s node (no override, clean word).
+    /// objcg the task charges for `cpu`'s node: its own (clean word) or the
+    /// active override's ([`Task::charged_objcg_addr`]).
     ///
     /// `key` is any non-zero value below [`KEY_LIMIT`] the caller uses to
     /// name a set of CPUs of one node (the runtime uses the real CPU id
