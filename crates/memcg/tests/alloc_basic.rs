@@ -12,4 +12,6 @@ fn charged(size: usize) -> u64 {
     (size + memcg::TRAILER_BYTES) as u64
 }
 
+mod common;
+
 include!("common/alloc_suite.rs");

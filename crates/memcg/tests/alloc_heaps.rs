@@ -12,6 +12,8 @@ fn charged(size: usize) -> u64 {
     size.max(1) as u64
 }
 
+mod common;
+
 include!("common/alloc_suite.rs");
 
 #[test]

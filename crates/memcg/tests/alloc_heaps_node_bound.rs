@@ -7,6 +7,8 @@
 
 use memcg::MemcgMimalloc;
 
+mod common;
+
 #[global_allocator]
 static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
 
@@ -74,20 +76,9 @@ fn node_bound_child() {
 /// heaps forced on, the real topology and `env` (its switch among them),
 /// and checks that it printed `CHILD OK`.
 fn run_child(test: &str, env: &[(&str, &str)]) {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("MEMCG_NODE_HEAPS", "1")
-        .env_remove("MEMCG_TOPOLOGY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec![("MEMCG_NODE_HEAPS", "1")];
+    all.extend_from_slice(env);
+    common::run_test_in_child(test, &all, &["MEMCG_TOPOLOGY"]);
 }
 
 #[test]

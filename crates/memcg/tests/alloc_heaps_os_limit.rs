@@ -9,6 +9,8 @@
 
 use memcg::MemcgMimalloc;
 
+mod common;
+
 #[global_allocator]
 static ALLOC: MemcgMimalloc = MemcgMimalloc::new();
 
@@ -107,24 +109,15 @@ fn os_limit_child() {
 
 #[test]
 fn failed_growths_give_their_charge_back() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "os_limit_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .env("MIMALLOC_LIMIT_OS_ALLOC", "1")
-        .env("MIMALLOC_RESERVE_OS_MEMORY", "128MiB")
-        .env("MEMCG_NODE_HEAPS", "0")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_test_in_child(
+        "os_limit_child",
+        &[
+            (CHILD, "1"),
+            ("MIMALLOC_LIMIT_OS_ALLOC", "1"),
+            ("MIMALLOC_RESERVE_OS_MEMORY", "128MiB"),
+            ("MEMCG_NODE_HEAPS", "0"),
+            ("RUST_BACKTRACE", "0"),
+        ],
+        &[],
     );
 }

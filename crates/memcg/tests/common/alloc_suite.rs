@@ -315,17 +315,7 @@ fn scope_hits_child() {
 
 #[test]
 fn allocations_in_a_scope_take_the_hit_path() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "scope_hits_child", "--nocapture", "--test-threads=1"])
-        .env(SCOPE_HITS_CHILD, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_test_in_child("scope_hits_child", &[(SCOPE_HITS_CHILD, "1")], &[]);
 }
 
 #[test]
