@@ -172,6 +172,15 @@ impl Task {
     /// the key after setting the flag anyway; a key armed after that
     /// clear, with the flag already set, stands for the override until
     /// leaving it disarms.
+    ///
+    /// Nor under the override of a removed group, whose charges the slow
+    /// path sends to the nearest online ancestor's objcg: removal empties
+    /// the group's slots, so none names the cached objcg. A group removed
+    /// while a key stands for it keeps its hits until the key is disarmed
+    /// (leaving the scope, or any drain or switch of the byte cache): they
+    /// charge its objcg, reparented, so each group's usage stays exact,
+    /// and the objcg, which the scope's earlier objects keep alive anyway,
+    /// lives until those hits' objects are freed too.
     fn charged_objcg_addr(&self, tagged: usize, nid: usize) -> usize {
         if !self.has_active.get() {
             if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
@@ -200,8 +209,12 @@ impl Task {
     /// the attach's flag RMW reads from it (AcqRel both), so the key store
     /// happens before the attach's clear, which therefore wins. If the
     /// attach's RMW comes first, the exchange sees the flag and fails, and
-    /// the key is cleared here. Either way no key stays armed with the flag
-    /// set (loom: `loom_task::arming_racing_attach_leaves_no_stale_key`).
+    /// the key is cleared here. Either way no key armed without an override
+    /// stays armed with the flag set (loom:
+    /// `loom_task::arming_racing_attach_leaves_no_stale_key`). Under an
+    /// override the flag may already be set when the key is armed (see
+    /// [`Task::charged_objcg_addr`]); the key then stands for the override
+    /// alone, and leaving the override clears it.
     #[cold]
     pub(crate) fn arm_fast_key(&self, armed: u64, tagged: usize) {
         let shared = &*self.shared;
@@ -995,6 +1008,7 @@ mod fast_path_tests {
     fn overrides_flushes_and_exemption_disarm_the_key() {
         let (ctrl, _g, task) = setup("1x1");
         let other = ctrl.create("other").expect("group");
+        let inner = ctrl.create("inner").expect("group");
         let _c = charge(&ctrl, &task, 1, 0, 64);
         assert!(task.charge_fast(1, 8).is_some());
         {
@@ -1003,11 +1017,25 @@ mod fast_path_tests {
             let _d = task.charge_keyed(1, 0, 8).expect("charge");
             assert_eq!(armed(&task), 1, "armed for the override's objcg");
             {
-                let _inner = task.enter(&other).expect("enter again");
+                let _inner = task.enter(&inner).expect("enter another");
                 assert!(task.charge_fast(1, 8).is_none(), "nested override entered");
-                let _d = task.charge_keyed(1, 0, 8).expect("charge");
+                let d = task.charge_keyed(1, 0, 8).expect("charge");
+                assert_eq!(armed(&task), 1, "armed for the inner override");
+                assert_eq!(
+                    task.shared.cache.objcg_addr.load(Ordering::Relaxed),
+                    d.objcg.as_ptr() as usize,
+                    "the inner override's objcg cached"
+                );
             }
             assert!(task.charge_fast(1, 8).is_none(), "nested override left");
+            let d = task.charge_keyed(1, 0, 8).expect("charge");
+            assert_eq!(armed(&task), 1, "armed for the outer override again");
+            let raw = task
+                .charge_fast(1, 8)
+                .expect("the outer override's hits resume");
+            assert_eq!(raw, d.objcg.as_ptr() as usize);
+            // SAFETY: a raw word of a charge of 8 Alloc bytes of `ctrl`.
+            drop(unsafe { Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) });
         }
         assert!(task.charge_fast(1, 8).is_none(), "override left");
         let _e = task.charge_keyed(1, 0, 8).expect("charge");
@@ -1057,6 +1085,20 @@ mod fast_path_tests {
             "nothing charged to the task's group"
         );
         drop(held);
+    }
+
+    #[test]
+    fn no_key_is_armed_under_the_override_of_a_removed_group() {
+        // The slow path charges the nearest online ancestor's objcg then;
+        // a key would keep the removed group's.
+        let (ctrl, _g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let guard = task.enter(&other).expect("enter");
+        other.remove().expect("remove");
+        let c = task.charge_keyed(1, 0, 64).expect("charge");
+        let d = task.charge_keyed(1, 0, 64).expect("charge");
+        assert_eq!(armed(&task), 0, "not armed for a removed group");
+        drop((c, d, guard));
     }
 
     #[test]

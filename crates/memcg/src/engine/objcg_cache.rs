@@ -148,10 +148,6 @@ impl Task {
         }
     }
 
-    /// The override path (`from_memcg`): the objcg of the active group on
-    /// `nid`, walking up past removed groups. Uses the byte cache's
-    /// reference when it already caches that objcg, else a temporary one.
-    #[cold]
     /// The byte cache's objcg if it is `memcg`'s objcg for `nid` now (the
     /// memcg's slot names it, same incarnation), else `None`.
     pub(crate) fn cached_objcg_of(&self, memcg: &MemCgroup, nid: usize) -> Option<&ObjCgroup> {
@@ -174,6 +170,10 @@ impl Task {
         (o.generation() == (word >> 32) as u32).then_some(o)
     }
 
+    /// The override path (`from_memcg`): the objcg of the active group on
+    /// `nid`, walking up past removed groups. Uses the byte cache's
+    /// reference when it already caches that objcg, else a temporary one.
+    #[cold]
     pub(crate) fn pin_active(&self, nid: usize) -> Pinned<'_> {
         let active = self.active.borrow();
         let Some(memcg) = active.as_ref() else {
