@@ -1255,14 +1255,13 @@ mod fast_path_tests {
             .map(|s| s.bytes)
             .sum();
         assert!(in_stock >= 64 * 2, "the stock holds {in_stock} bytes");
-        let left = in_stock;
         let second = t.charge(0, 64, ChargeKind::Alloc).expect("charge");
         assert_eq!(
             get_u64(&t.shared.cache.bytes),
-            left - 64,
+            in_stock - 64,
             "one take brought the stock's bytes into the cache"
         );
-        let rest = charges_of_64_from_the_cache(&ctrl, &t, (left - 64) / 64);
+        let rest = charges_of_64_from_the_cache(&ctrl, &t, (in_stock - 64) / 64);
         release_all(&ctrl, &g, t, rest.into_iter().chain([first, second]));
     }
 

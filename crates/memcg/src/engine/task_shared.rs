@@ -44,8 +44,9 @@ pub(crate) struct TaskCache {
     /// none: while it is set, the cached objcg is the one the task charges
     /// for that key's node (its own, or the active override's). Cleared by
     /// everything that could change that: a refresh, a drain or switch of
-    /// the cache, entering or leaving an override, exemption, and an attach from any thread (after it sets
-    /// the update flag; see `Task::arm_fast_key`). The armed value may
+    /// the cache, entering or leaving an override, exemption, and an attach
+    /// from any thread (after it sets the update flag; see
+    /// `Task::arm_fast_key`). The armed value may
     /// carry a cookie bit (`fast_path::HEAP_KEY`, `NO_HEAP_KEY`), which
     /// says what the cached objcg's allocator cookie was when armed; key
     /// compares that read no cookie ignore it.

@@ -1220,46 +1220,44 @@ unsafe impl GlobalAlloc for MemcgMimalloc {
             // SAFETY: forwarded contract.
             return unsafe { realloc_resolved(ptr, layout, new_layout, false) };
         }
-        {
-            // SAFETY: `ptr` is a live block from mimalloc, whose page map
-            // was validated.
-            let heap = unsafe { mi_page_map::heap_from_map(map, ptr) };
-            // Mimalloc is called with the thread still marked busy, the
-            // block and the layouts kept in memory for a failure rather
-            // than in registers across the call (`thread::keep_hit_realloc`).
-            let then = || {
-                thread::keep_hit_realloc(ptr, layout.size(), layout.align(), new_size);
-                // SAFETY: `ptr` came from mimalloc; the heap is the block's
-                // own, so a moved block stays with its objcg.
-                let block = unsafe {
-                    mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
-                };
-                if !block.is_null() {
-                    return block as *mut u8;
-                }
-                let (ptr, size, align, new_size) = thread::kept_hit_realloc();
-                // SAFETY: the block is unchanged, charged `new_bytes` to its
-                // heap's objcg; `size`, `align` and `new_size` are the
-                // caller's (a valid layout, and a new size that, rounded up
-                // to the alignment, fits `isize`).
-                unsafe {
-                    realloc_failed_after_hit(
-                        ptr,
-                        Layout::from_size_align_unchecked(size, align),
-                        Layout::from_size_align_unchecked(new_size, align),
-                    )
-                }
+        // SAFETY: `ptr` is a live block from mimalloc, whose page map
+        // was validated.
+        let heap = unsafe { mi_page_map::heap_from_map(map, ptr) };
+        // Mimalloc is called with the thread still marked busy, the
+        // block and the layouts kept in memory for a failure rather
+        // than in registers across the call (`thread::keep_hit_realloc`).
+        let then = || {
+            thread::keep_hit_realloc(ptr, layout.size(), layout.align(), new_size);
+            // SAFETY: `ptr` came from mimalloc; the heap is the block's
+            // own, so a moved block stays with its objcg.
+            let block = unsafe {
+                mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_size, layout.align())
             };
-            // SAFETY: as in `dealloc_with_heap`: the block's heap is the
-            // cookie of the objcg it is charged to (the main heap's null
-            // and the fallback heap are no objcg's cookie), so a match
-            // charges the growth to the block's objcg.
-            let hit = unsafe {
-                thread::grow_hit_and::<HIT_COOKIE_AT, _>(new_bytes - old_bytes, heap as usize, then)
-            };
-            if let Some(block) = hit {
-                return block;
+            if !block.is_null() {
+                return block as *mut u8;
             }
+            let (ptr, size, align, new_size) = thread::kept_hit_realloc();
+            // SAFETY: the block is unchanged, charged `new_bytes` to its
+            // heap's objcg; `size`, `align` and `new_size` are the
+            // caller's (a valid layout, and a new size that, rounded up
+            // to the alignment, fits `isize`).
+            unsafe {
+                realloc_failed_after_hit(
+                    ptr,
+                    Layout::from_size_align_unchecked(size, align),
+                    Layout::from_size_align_unchecked(new_size, align),
+                )
+            }
+        };
+        // SAFETY: as in `dealloc_with_heap`: the block's heap is the
+        // cookie of the objcg it is charged to (the main heap's null
+        // and the fallback heap are no objcg's cookie), so a match
+        // charges the growth to the block's objcg.
+        let hit = unsafe {
+            thread::grow_hit_and::<HIT_COOKIE_AT, _>(new_bytes - old_bytes, heap as usize, then)
+        };
+        if let Some(block) = hit {
+            return block;
         }
         // SAFETY: forwarded contract; the growth missed `grow_hit_and`.
         unsafe { realloc_resolved(ptr, layout, new_layout, true) }
