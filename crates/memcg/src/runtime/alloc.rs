@@ -65,15 +65,27 @@ impl<A> MemcgAlloc<A> {
     }
 }
 
+/// The largest new size `realloc`'s hit path grows a block to, with no
+/// check of the new layout (larger growths take `realloc_cold`, which
+/// checks it): a size up to this, plus the trailer, rounded up to any
+/// alignment, fits `isize` (`Layout`'s rule): at most twice this plus 8,
+/// or the alignment itself. Below 2^31, so that the compare takes an
+/// immediate on x86-64.
+const HIT_GROWTH_SIZE_LIMIT: usize = if (i32::MAX as usize) < isize::MAX as usize / 4 {
+    i32::MAX as usize
+} else {
+    isize::MAX as usize / 4
+};
+
 /// The inner layout (caller's bytes, then the trailer) and the trailer's
 /// offset.
 #[inline(always)]
 fn with_trailer(layout: Layout) -> Option<(Layout, usize)> {
     // One compare: with `size <= isize::MAX - 15 - align`, the size plus
-    // the trailer, rounded up to the alignment, fits `isize`
-    // (`Layout`'s rule). The few larger sizes this refuses could never be
-    // allocated anyway. `align <= isize::MAX` (a `Layout` rule), so the
-    // subtraction does not wrap below 0 for the largest alignments.
+    // the trailer, rounded up to the alignment, fits `isize` (`Layout`'s
+    // rule). The few larger sizes this refuses could never be allocated
+    // anyway. `align <= isize::MAX` (a `Layout` rule), so the subtraction
+    // does not wrap below 0 for the largest alignments.
     if layout.size() > (isize::MAX as usize - 15).saturating_sub(layout.align()) {
         return None;
     }
@@ -361,37 +373,89 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `alloc` accepted `layout` (the caller's contract).
-        let old_inner = unsafe { inner_layout_of_allocated(layout) };
-        let old_offset = old_inner.size() - TRAILER_BYTES;
+        let old_size = layout.size();
+        // The hit path: a growth paid from the task's byte cache, then the
+        // inner `realloc` and the trailer, with no check of the new layout
+        // and nothing else inline (every other case is `realloc_cold`'s),
+        // so that it keeps only the charge word, the new size and the old
+        // one (for a failed call) across the inner call.
+        if new_size > old_size && new_size <= HIT_GROWTH_SIZE_LIMIT {
+            // SAFETY: `ptr` was returned by `alloc` with `layout`, which
+            // wrote the trailer at offset `layout.size()`.
+            let raw = unsafe { read_trailer(ptr, old_size) };
+            let growth_bytes = (new_size - old_size) as u64;
+            // A block not accounted (`raw` 0) misses: no task's hit word
+            // is 0.
+            // SAFETY: `raw` is the block's charge word, of the global
+            // controller, for `old_size + 8` bytes; on a hit the block is
+            // charged `new_size + 8`, as the trailer written below says
+            // (or, if the inner call fails, the growth is given back).
+            if unsafe { thread::grow_hit::<HIT_ADDR_AT>(growth_bytes, raw) } {
+                // SAFETY: `alloc` accepted `layout` (the caller's contract).
+                let old_inner = unsafe { inner_layout_of_allocated(layout) };
+                // SAFETY: `ptr` came from the inner allocator with
+                // `old_inner`; the new size is not 0 and, at most
+                // `HIT_GROWTH_SIZE_LIMIT` plus the trailer, valid for the
+                // alignment.
+                let block = unsafe { self.inner.realloc(ptr, old_inner, new_size + TRAILER_BYTES) };
+                if block.is_null() {
+                    give_back_growth(raw, old_size, new_size);
+                    return block;
+                }
+                // SAFETY: the new block has `new_size + 8` bytes.
+                unsafe { write_trailer(block, new_size, raw) };
+                return block;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { Self::realloc_cold(ptr, old_size, layout.align(), new_size, self) }
+    }
+}
+
+impl<A: GlobalAlloc> MemcgAlloc<A> {
+    /// `realloc` off the hit path: a growth the byte cache did not pay
+    /// for, a shrink, the same size, a block not accounted, any state of
+    /// the thread. The block and the layout come in the registers
+    /// `realloc` received them in, the allocator last.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc` for `ptr`, the layout of `old_size` bytes
+    /// aligned to `align`, and `new_size`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_cold(
+        ptr: *mut u8,
+        old_size: usize,
+        align: usize,
+        new_size: usize,
+        this: &Self,
+    ) -> *mut u8 {
+        // SAFETY: the caller's guarantee (a `Layout` the block was made
+        // with, which `alloc` accepted).
+        let old_inner = unsafe {
+            inner_layout_of_allocated(Layout::from_size_align_unchecked(old_size, align))
+        };
         // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size`, rounded up
-        // to `layout.align()` (a power of two), does not overflow `isize`
-        // (the default `realloc` builds its layout the same way).
-        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // to `align` (a power of two), does not overflow `isize` (the
+        // default `realloc` builds its layout the same way).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
         let Some((new_inner, new_offset)) = with_trailer(new_layout) else {
             return std::ptr::null_mut();
         };
         let (old_bytes, new_bytes) = (old_inner.size() as u64, new_inner.size() as u64);
-        // SAFETY: `ptr` was returned by `alloc` with `layout`.
-        let mut raw = unsafe { read_trailer(ptr, old_offset) };
-        // Grow: charge first, so a refusal leaves the block untouched. The
-        // hit path first: the growth of a block of the cached objcg paid
-        // from the task's byte cache.
+        // SAFETY: `ptr` was returned by `alloc` with the old layout.
+        let mut raw = unsafe { read_trailer(ptr, old_size) };
+        // Grow: charge first, so a refusal leaves the block untouched.
+        // (`realloc` tried the byte cache already.)
         if raw != 0 && new_bytes > old_bytes {
-            // SAFETY: `raw` is the block's charge word (not 0), of the
-            // global controller; on a hit the block is charged
-            // `new_bytes`, as the trailer written below says.
-            let hit = unsafe { thread::grow_hit::<HIT_ADDR_AT>(new_bytes - old_bytes, raw) };
-            if !hit {
-                match thread::resize_alloc_slow(raw, old_bytes, new_bytes) {
-                    Some(r) => raw = r,
-                    None => return std::ptr::null_mut(),
-                }
+            match thread::resize_alloc_slow(raw, old_bytes, new_bytes) {
+                Some(r) => raw = r,
+                None => return std::ptr::null_mut(),
             }
         }
         // SAFETY: `ptr` came from the inner allocator with `old_inner`;
         // `new_inner.size()` is non-zero and valid for the alignment.
-        let block = unsafe { self.inner.realloc(ptr, old_inner, new_inner.size()) };
+        let block = unsafe { this.inner.realloc(ptr, old_inner, new_inner.size()) };
         if block.is_null() {
             if raw != 0 && new_bytes > old_bytes {
                 // Give the growth back (shrinking never fails).
@@ -417,6 +481,21 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
         unsafe { write_trailer(block, new_offset, raw) };
         block
     }
+}
+
+/// Gives back the growth from `old_size` to `new_size` bytes (the
+/// caller's sizes) that `realloc`'s hit path charged to the block whose
+/// charge word is `raw`, when the inner `realloc` failed: the block keeps
+/// its old size, and its charge of `old_size + 8` bytes (shrinking never
+/// fails).
+#[cold]
+#[inline(never)]
+fn give_back_growth(raw: usize, old_size: usize, new_size: usize) {
+    let _ = thread::resize_alloc(
+        raw,
+        (new_size + TRAILER_BYTES) as u64,
+        (old_size + TRAILER_BYTES) as u64,
+    );
 }
 
 #[cfg(all(test, not(memcg_loom)))]
