@@ -11,10 +11,11 @@
 //! not depend on the machine's load, so the figure is deterministic.
 //!
 //! The program attaches its thread to a group first (the allocators' hit
-//! path is the same for root, but a group is what a service runs in), then
-//! runs the pairs with [`std::alloc::alloc`] and [`std::alloc::dealloc`],
-//! the block passed through [`std::hint::black_box`] so that the optimizer
-//! cannot elide the pair.
+//! path is the same for root, but a group is what a service runs in), or
+//! with [`SCOPE_FLAG`] enters a scope of it, then runs the pairs with
+//! [`std::alloc::alloc`] and [`std::alloc::dealloc`], the block passed
+//! through [`std::hint::black_box`] so that the optimizer cannot elide the
+//! pair.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::hint::black_box;
@@ -50,15 +51,23 @@ pub const WARM_UP_PAIRS: u64 = 1_000_000;
 /// stdout (`hitpath-time` runs them so).
 pub const TIME_FLAG: &str = "--time";
 
+/// The flag, after the pair count, that runs the pairs inside a scope of
+/// the group ([`memcg::Group::enter`], as the runtime's scopes and a
+/// `Future` wrapped in its group do), the thread itself staying in root:
+/// `ci/hitpath-budget.sh` holds a budget on that path too. A memcg
+/// binary only.
+pub const SCOPE_FLAG: &str = "--scope";
+
 /// The binaries' `main`: `argv[1]` is the number of pairs (default
-/// 1,000,000), `argv[2]` optionally [`TIME_FLAG`]; `memcg` says whether the
-/// global allocator is one of memcg's, whose thread is then attached to a
-/// group before the pairs.
+/// 1,000,000), then optionally [`TIME_FLAG`] and [`SCOPE_FLAG`], in any
+/// order; `memcg` says whether the global allocator is one of memcg's,
+/// whose thread is then attached to a group before the pairs (or, with
+/// [`SCOPE_FLAG`], enters a scope of it).
 pub fn main(memcg: bool) {
     // The arguments are parsed and dropped before the pairs: a block left
     // live in a size class changes the allocator's path (a page that never
     // empties), and with it the instruction count.
-    let (n, timed) = {
+    let (n, timed, scoped) = {
         let mut args = std::env::args().skip(1);
         let n: u64 = match args.next() {
             Some(s) => s.parse().unwrap_or_else(|_| {
@@ -67,22 +76,37 @@ pub fn main(memcg: bool) {
             }),
             None => 1_000_000,
         };
-        let timed = match args.next() {
-            None => false,
-            Some(s) if s == TIME_FLAG => true,
-            Some(s) => {
-                eprintln!("hitpath: the second argument can only be {TIME_FLAG}, not {s:?}");
-                std::process::exit(2)
+        let (mut timed, mut scoped) = (false, false);
+        for s in args {
+            match s.as_str() {
+                TIME_FLAG => timed = true,
+                SCOPE_FLAG if memcg => scoped = true,
+                _ => {
+                    let flags = if memcg {
+                        format!("{TIME_FLAG} or {SCOPE_FLAG}")
+                    } else {
+                        TIME_FLAG.to_string()
+                    };
+                    eprintln!("hitpath: after the pair count, only {flags}, not {s:?}");
+                    std::process::exit(2)
+                }
             }
-        };
-        (n, timed)
+        }
+        (n, timed, scoped)
     };
-    if memcg {
+    let _scope = if memcg {
         let group = memcg::controller()
             .create("hitpath")
             .expect("create the group");
-        group.attach_current().expect("attach");
-    }
+        if scoped {
+            Some(group.enter().expect("enter a scope of the group"))
+        } else {
+            group.attach_current().expect("attach");
+            None
+        }
+    } else {
+        None
+    };
     if !timed {
         run_pairs(n);
         return;
