@@ -79,9 +79,18 @@ fn refusing<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (r, REFUSED.with(Cell::get) - before)
 }
 
-/// Growths of small blocks (paid from the byte cache: the hit path) and
-/// small allocations whose inner call fails: the blocks keep their size
-/// and contents, and the group's usage stays that of the blocks.
+/// Growths of small blocks paid from the byte cache (`realloc`'s hit
+/// path), a growth too large for it (`realloc_cold`), a small allocation
+/// (`alloc`'s hit path) and a large one (`alloc_cold`), each with its
+/// inner call refused: the blocks keep their size and contents, and the
+/// group's usage stays that of the blocks.
+///
+/// Which path each stage takes was checked by removing each give-back in
+/// turn: without the hit path's, the first stage leaves 6,600 bytes
+/// charged (44 growths of 150 paid from the cache before it runs dry, the
+/// others then taking `realloc_cold`); without `realloc_cold`'s, the
+/// second leaves 4 MiB; without `alloc`'s hit path's, the third leaves
+/// 208; without `alloc_cold`'s, the fourth leaves 4 MiB and 8 bytes.
 #[test]
 fn refused_inner_calls_give_the_charge_back() {
     let root = memcg::controller().root();
@@ -93,30 +102,68 @@ fn refused_inner_calls_give_the_charge_back() {
         v.resize(100, i as u8);
         blocks.push(black_box(v));
     }
+    // Made before: nothing inside `refusing` may need the allocator but
+    // the calls under test. `alloc_bytes` flushes the byte cache; the
+    // allocation of `grown` that follows fills it again (a page charge
+    // tops it up to four pages), so the first stage's 64 growths of 150
+    // bytes (9,600) are paid from it, and each refused one gives its
+    // bytes back to it.
     let held = charged(64 * std::mem::size_of::<Vec<u8>>()) + 64 * charged(100);
     assert_eq!(alloc_bytes(&g), held);
-
-    // Made before: nothing inside `refusing` may need the allocator but
-    // the calls under test.
     let mut grown: Vec<bool> = Vec::with_capacity(blocks.len());
-    let mut fresh: Vec<u8> = Vec::new();
-    let (made, refused) = refusing(|| {
+    let held = held + charged(grown.capacity());
+
+    let ((), refused) = refusing(|| {
         for b in blocks.iter_mut() {
             grown.push(b.try_reserve_exact(150).is_ok());
         }
-        fresh.try_reserve_exact(200).is_ok()
     });
-    assert_eq!(refused, 65, "every inner call refused");
+    assert_eq!(refused, 64, "every inner realloc refused");
     assert!(grown.iter().all(|&ok| !ok), "no growth succeeded");
-    assert!(!made, "the allocation failed");
     for (i, b) in blocks.iter().enumerate() {
         assert_eq!(b.capacity(), 100, "block {i} kept its size");
         assert!(b.iter().all(|&x| x == i as u8), "block {i} kept its bytes");
     }
     assert_eq!(
         alloc_bytes(&g),
-        held + charged(grown.capacity()),
-        "the failed growths' charges given back"
+        held,
+        "the refused growths' charges given back"
+    );
+
+    // A growth the byte cache cannot pay for: `realloc_cold` charges it
+    // first, then gives it back.
+    let (big_grown, refused) = refusing(|| blocks[0].try_reserve_exact(4 << 20).is_ok());
+    assert_eq!(refused, 1, "the inner realloc refused");
+    assert!(!big_grown, "the large growth failed");
+    assert_eq!(blocks[0].capacity(), 100, "the block kept its size");
+    assert!(
+        blocks[0].iter().all(|&x| x == 0),
+        "the block kept its bytes"
+    );
+    assert_eq!(
+        alloc_bytes(&g),
+        held,
+        "the refused large growth's charge given back"
+    );
+
+    // A small allocation (the hit path of `alloc`).
+    let mut fresh: Vec<u8> = Vec::new();
+    let (made, refused) = refusing(|| fresh.try_reserve_exact(200).is_ok());
+    assert_eq!(refused, 1, "the inner alloc refused");
+    assert!(!made, "the allocation failed");
+    assert_eq!(
+        alloc_bytes(&g),
+        held,
+        "the refused allocation's charge given back"
+    );
+    // A large one (`alloc_cold`).
+    let (made, refused) = refusing(|| fresh.try_reserve_exact(4 << 20).is_ok());
+    assert_eq!(refused, 1, "the inner alloc refused");
+    assert!(!made, "the large allocation failed");
+    assert_eq!(
+        alloc_bytes(&g),
+        held,
+        "the refused large allocation's charge given back"
     );
     drop(grown);
 

@@ -67,10 +67,12 @@ impl<A> MemcgAlloc<A> {
 
 /// The largest new size `realloc`'s hit path grows a block to, with no
 /// check of the new layout (larger growths take `realloc_cold`, which
-/// checks it): a size up to this, plus the trailer, rounded up to any
-/// alignment, fits `isize` (`Layout`'s rule): at most twice this plus 8,
-/// or the alignment itself. Below 2^31, so that the compare takes an
-/// immediate on x86-64.
+/// checks it): 2^31 - 1 on 64-bit targets (so that the compare takes an
+/// immediate on x86-64), `isize::MAX / 4` (2^29 - 1) on 32-bit ones. A
+/// size up to this, plus the trailer, rounded up to a power-of-two
+/// alignment, fits `isize` (`Layout`'s rule): it is at most the next power
+/// of two above this plus 8 (2^32, or 2^30) when the alignment is not
+/// larger, else the alignment itself, which a `Layout` already has.
 const HIT_GROWTH_SIZE_LIMIT: usize = if (i32::MAX as usize) < isize::MAX as usize / 4 {
     i32::MAX as usize
 } else {
@@ -414,9 +416,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for MemcgAlloc<A> {
 
 impl<A: GlobalAlloc> MemcgAlloc<A> {
     /// `realloc` off the hit path: a growth the byte cache did not pay
-    /// for, a shrink, the same size, a block not accounted, any state of
-    /// the thread. The block and the layout come in the registers
-    /// `realloc` received them in, the allocator last.
+    /// for or past `HIT_GROWTH_SIZE_LIMIT`, a shrink, the same size, a
+    /// block not accounted, any state of the thread. The block and the
+    /// layout come in the registers `realloc` received them in, the
+    /// allocator last.
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc` for `ptr`, the layout of `old_size` bytes
@@ -446,9 +449,11 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         // SAFETY: `ptr` was returned by `alloc` with the old layout.
         let mut raw = unsafe { read_trailer(ptr, old_size) };
         // Grow: charge first, so a refusal leaves the block untouched.
-        // (`realloc` tried the byte cache already.)
+        // The byte cache first again: `realloc`'s hit path did not try it
+        // for a size past `HIT_GROWTH_SIZE_LIMIT` (on a miss of its own
+        // this costs the few instructions of another miss).
         if raw != 0 && new_bytes > old_bytes {
-            match thread::resize_alloc_slow(raw, old_bytes, new_bytes) {
+            match thread::resize_alloc(raw, old_bytes, new_bytes) {
                 Some(r) => raw = r,
                 None => return std::ptr::null_mut(),
             }

@@ -807,8 +807,10 @@ pub(crate) unsafe fn grow_hit_and<const AT: usize, R>(
     word: usize,
     then: impl FnOnce() -> R,
 ) -> Option<R> {
-    // Counted here, as `resize_alloc` counts a growth: the callers take
-    // `resize_alloc_slow` on a miss, which does not count.
+    // Counted here, as `resize_alloc` counts a growth: a miss then takes
+    // `resize_alloc_slow`, which does not count, or (`MemcgAlloc`'s
+    // `realloc_cold`) `resize_alloc`, which counts it again (a count of
+    // violations, which the tests hold at 0).
     #[cfg(debug_assertions)]
     note_engine_lock_alloc();
     let cache = enter_hit();
