@@ -7,10 +7,12 @@
 //! (with a clean tagged word) or, under an override, the override's;
 //! everything that could change that objcg clears it: a refresh, a drain
 //! or switch of the cache, entering or leaving an override, a spent
-//! reservation, exemption, and an attach from any thread (after it sets
-//! the seed's update flag; see [`Task::arm_fast_key`]).
+//! reservation, exemption, an attach from any thread (after it sets the
+//! seed's update flag; see [`Task::arm_fast_key`]), and the removal of the
+//! override's group (see [`Task::recheck_override_key`]).
 
 use crate::engine::byte_cache::{CACHE_MAX_BYTES, FOREIGN_MAX_BYTES};
+use crate::engine::core::Core;
 use crate::engine::memcg::ChargeKind;
 use crate::engine::obj_cgroup::ObjCgroup;
 use crate::engine::task::{Charge, Task};
@@ -150,6 +152,9 @@ impl Task {
                         _ => armed_word(key, NO_HEAP_KEY),
                     };
                     self.arm_fast_key(armed, tagged);
+                    if self.has_active.get() {
+                        self.recheck_override_key(tagged, nid, cached);
+                    }
                 }
             }
         }
@@ -175,12 +180,9 @@ impl Task {
     ///
     /// Nor under the override of a removed group, whose charges the slow
     /// path sends to the nearest online ancestor's objcg: removal empties
-    /// the group's slots, so none names the cached objcg. A group removed
-    /// while a key stands for it keeps its hits until the key is disarmed
-    /// (leaving the scope, or any drain or switch of the byte cache): they
-    /// charge its objcg, reparented, so each group's usage stays exact,
-    /// and the objcg, which the scope's earlier objects keep alive anyway,
-    /// lives until those hits' objects are freed too.
+    /// the group's slots, so none names the cached objcg. A key armed
+    /// before the removal is disarmed by it ([`Task::recheck_override_key`]
+    /// and `Group::remove`).
     fn charged_objcg_addr(&self, tagged: usize, nid: usize) -> usize {
         if !self.has_active.get() {
             if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
@@ -232,6 +234,31 @@ impl Task {
             .compare_exchange(tagged, tagged, Ordering::Release, Ordering::Relaxed)
             .is_err()
         {
+            self.clear_fast_key();
+        }
+    }
+
+    /// After arming a key under an override for the cached objcg
+    /// `cached` on node `nid`: reads the override's slot again, after a
+    /// SeqCst fence, and disarms if it no longer names `cached`. The other
+    /// half of a handshake with `Group::remove`, which empties the group's
+    /// slots, then fences, then disarms every task whose byte cache holds
+    /// one of the group's objcgs (`Core::disarm_keys_caching`).
+    ///
+    /// The fences order the two sides (C++'s fence rules, which loom
+    /// models). If this fence comes first, the removal's read of the
+    /// cache's objcg sees what the cache held when the key was stored and
+    /// its disarming store comes after the key's in the key's modification
+    /// order: the removal disarms. If the removal's fence comes first, the
+    /// slot read here sees it emptied: this disarms. Either way no key
+    /// stands for a removed group's objcg once both are done, so a scope
+    /// of a removed group charges the nearest online ancestor's objcg from
+    /// then on, as the kernel's `current_obj_cgroup` does (loom:
+    /// `loom_task::arming_under_a_scope_racing_its_groups_removal_leaves_no_key`).
+    #[cold]
+    fn recheck_override_key(&self, tagged: usize, nid: usize, cached: usize) {
+        crate::sync::fence(Ordering::SeqCst);
+        if self.charged_objcg_addr(tagged, nid) != cached {
             self.clear_fast_key();
         }
     }
@@ -324,6 +351,29 @@ impl Task {
     #[inline(always)]
     pub(crate) fn cache_ptr(&self) -> *mut TaskCache {
         self.shared.cache.cache_ptr()
+    }
+}
+
+impl Core {
+    /// Disarms the fast key of every task whose byte cache holds one of
+    /// the objcgs named by `words` (slot words, as `Group::remove` swapped
+    /// them out of a removed group's slots; 0 for none), under the task
+    /// list's lock. `Group::remove`'s half of the handshake described at
+    /// [`Task::recheck_override_key`]; allocates nothing. A task caching
+    /// another incarnation of one of those table entries is disarmed too,
+    /// which costs it one slow charge.
+    pub(crate) fn disarm_keys_caching(&self, words: &[u64]) {
+        let ids = words.iter().map(|&w| w as u32).filter(|&id| id != 0);
+        if ids.clone().next().is_none() {
+            return;
+        }
+        for t in self.tasks.lock().iter() {
+            // Relaxed: ordered by the fences of the handshake.
+            let cached = t.cache.objcg.load(Ordering::Relaxed);
+            if cached != 0 && ids.clone().any(|id| id == cached) {
+                t.cache.fast_key.store(0, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -1099,6 +1149,42 @@ mod fast_path_tests {
         let d = task.charge_keyed(1, 0, 64).expect("charge");
         assert_eq!(armed(&task), 0, "not armed for a removed group");
         drop((c, d, guard));
+    }
+
+    #[test]
+    fn removing_a_group_disarms_a_key_armed_under_its_scope() {
+        // The key stood for the group's objcg; its scope's charges go to
+        // the nearest online ancestor's (root's) from the removal on.
+        let (ctrl, _g, task) = setup("1x1");
+        let other = ctrl.create("other").expect("group");
+        let guard = task.enter(&other).expect("enter");
+        let c = task.charge_keyed(1, 0, 64).expect("charge");
+        let d = charge(&ctrl, &task, 1, 0, 64);
+        assert_eq!(armed(&task), 1, "armed under the scope");
+        assert_eq!(c.objcg.as_ptr(), d.objcg.as_ptr(), "the scope's objcg");
+        // Another task caching nothing of the group keeps its key.
+        let bystander = ctrl.new_task(&ctrl.root()).expect("task");
+        let e = charge(&ctrl, &bystander, 1, 0, 64);
+        assert_eq!(armed(&bystander), 1);
+        other.remove().expect("remove");
+        assert_eq!(armed(&task), 0, "the removal disarmed the key");
+        assert_eq!(
+            armed(&bystander),
+            1,
+            "a task caching root's objcg keeps its key"
+        );
+        assert!(
+            task.charge_fast(1, 8).is_none(),
+            "no hit on the removed group's objcg"
+        );
+        let f = task.charge_keyed(1, 0, 64).expect("charge");
+        // SAFETY: the charge holds its objcg alive.
+        let objcg = unsafe { f.objcg.as_ref() };
+        assert!(objcg.is_root(), "charged to the nearest online ancestor");
+        drop(guard);
+        for (t, charge) in [(&task, c), (&task, d), (&bystander, e), (&task, f)] {
+            t.uncharge(0, charge).expect("uncharge");
+        }
     }
 
     #[test]

@@ -260,9 +260,11 @@ impl Group {
     }
 
     /// Removes the group (`mem_cgroup_css_offline`): its objcgs are
-    /// reparented to the parent, the stocks caching them are drained, and
-    /// it leaves the tree. Objects charged to it stay charged, now to the
-    /// parent chain, until they are uncharged.
+    /// reparented to the parent, the stocks caching them are drained, it
+    /// leaves the tree, and no task's allocator fast path charges its
+    /// objcgs any more (a task in a scope of the group charges the nearest
+    /// online ancestor from then on). Objects charged to it stay charged,
+    /// now to the parent chain, until they are uncharged.
     ///
     /// # Errors
     /// [`Error::Root`], [`Error::Removed`] (already removed),
@@ -354,6 +356,13 @@ impl Group {
         }
         locked_vec::push(&parent.dead_children, Arc::clone(m));
         drop(tree);
+        // No fast key stands for the group's objcgs any more: a task in a
+        // scope of the group could have armed one (the other half of this
+        // handshake, and why it holds: `Task::recheck_override_key`). Its
+        // scope's charges then go to the nearest online ancestor's objcg,
+        // as the slow path sends them.
+        crate::sync::fence(Ordering::SeqCst);
+        self.core.disarm_keys_caching(&words[..m.nodeinfo.len()]);
         // Dropped (and freed) after every lock.
         drop(removed);
         Ok(())

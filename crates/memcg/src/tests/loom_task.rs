@@ -335,3 +335,40 @@ fn arming_racing_attach_leaves_no_stale_key() {
         assert_quiescent(&ctrl, &[&a, &b]);
     });
 }
+
+/// A task in a scope of `a` (attached to root, on one node) arms its fast
+/// key for `a`'s objcg while another thread removes `a`: the owner stores
+/// the key, fences and reads `a`'s slot again; the removal empties the
+/// slot, fences and disarms every task whose byte cache holds `a`'s objcg
+/// (`Task::recheck_override_key`). Once both are done, no key stands for
+/// the removed group: the fast path misses, and the scope's next charge
+/// goes to root's objcg. Fails with either side's half removed.
+#[test]
+fn arming_under_a_scope_racing_its_groups_removal_leaves_no_key() {
+    model(|| {
+        let ctrl = Controller::new(Topology::from_spec("1x1").expect("topology"));
+        let a = ctrl.create("a").expect("create a");
+        let task = ctrl.new_task(&ctrl.root()).expect("task");
+        let guard = task.enter(&a).expect("enter");
+        let remover = thread::spawn({
+            let a = a.clone();
+            move || a.remove().expect("remove")
+        });
+        let first = task.charge_keyed(1, 0, 64).expect("charge");
+        remover.join().expect("remover");
+
+        assert!(
+            task.charge_fast(1, 8).is_none(),
+            "a key stands for the removed group's objcg"
+        );
+        let next = task.charge_keyed(1, 0, 64).expect("charge");
+        assert_eq!(path_of(&ctrl, &next), "", "the scope's charge goes to root");
+        drop(guard);
+        task.uncharge(0, first).expect("uncharge");
+        task.uncharge(0, next).expect("uncharge");
+        drop(task);
+        ctrl.drain_stocks();
+        assert_stocks_empty(&ctrl);
+        assert_invariants(&ctrl);
+    });
+}
