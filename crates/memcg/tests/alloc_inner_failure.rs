@@ -146,25 +146,19 @@ fn refused_inner_calls_give_the_charge_back() {
         "the refused large growth's charge given back"
     );
 
-    // A small allocation (the hit path of `alloc`).
+    // A small allocation (the hit path of `alloc`), then a large one
+    // (`alloc_cold`).
     let mut fresh: Vec<u8> = Vec::new();
-    let (made, refused) = refusing(|| fresh.try_reserve_exact(200).is_ok());
-    assert_eq!(refused, 1, "the inner alloc refused");
-    assert!(!made, "the allocation failed");
-    assert_eq!(
-        alloc_bytes(&g),
-        held,
-        "the refused allocation's charge given back"
-    );
-    // A large one (`alloc_cold`).
-    let (made, refused) = refusing(|| fresh.try_reserve_exact(4 << 20).is_ok());
-    assert_eq!(refused, 1, "the inner alloc refused");
-    assert!(!made, "the large allocation failed");
-    assert_eq!(
-        alloc_bytes(&g),
-        held,
-        "the refused large allocation's charge given back"
-    );
+    for (bytes, what) in [(200, "small"), (4 << 20, "large")] {
+        let (made, refused) = refusing(|| fresh.try_reserve_exact(bytes).is_ok());
+        assert_eq!(refused, 1, "the {what} allocation's inner alloc refused");
+        assert!(!made, "the {what} allocation failed");
+        assert_eq!(
+            alloc_bytes(&g),
+            held,
+            "the refused {what} allocation's charge given back"
+        );
+    }
     drop(grown);
 
     // The same growths succeed once the inner allocator gives again.
