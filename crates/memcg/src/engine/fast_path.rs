@@ -247,9 +247,10 @@ impl Task {
     ///
     /// The fences order the two sides (C++'s fence rules, which loom
     /// models). If this fence comes first, the removal's read of the
-    /// cache's objcg sees what the cache held when the key was stored and
-    /// its disarming store comes after the key's in the key's modification
-    /// order: the removal disarms. If the removal's fence comes first, the
+    /// cache's objcg sees what the cache held when the key was stored, or a
+    /// later value (a drain or switch, which clears the key before it
+    /// changes the objcg), and its disarming store comes after the key's in
+    /// the key's modification order: the removal disarms. If the removal's fence comes first, the
     /// slot read here sees it emptied: this disarms. Either way no key
     /// stands for a removed group's objcg once both are done, so a scope
     /// of a removed group charges the nearest online ancestor's objcg from
@@ -515,7 +516,8 @@ fn key_is_one(cache: &TaskCache) -> bool {
     {
         // SAFETY: bytes 1 to 4 of `cache.fast_key`, a live 8-byte aligned
         // atomic at that offset of `cache`. The compare reads them once:
-        // an attach on another thread may store the word at any time, and
+        // an attach or a group's removal on another thread may store the
+        // word at any time, and
         // a 4-byte read inside an aligned 8-byte word is atomic on x86-64
         // (Intel SDM vol. 3 §9.1.1, AMD APM vol. 2 §7.3.2), so it sees the
         // bytes of one value or the other, as a Relaxed load would. Bytes
@@ -674,9 +676,9 @@ impl TaskCache {
     ) -> bool {
         // Relaxed: as in `charge_fast_when`. The key is read again for the
         // per-CPU compare, after the one-key compare of memory with a
-        // constant (no register kept for the key); an attach disarming it
-        // in between is seen by either read or by the next charge, as in
-        // the seed. No CPU read when no key is armed.
+        // constant (no register kept for the key); an attach (or a group's
+        // removal) disarming it in between is seen by either read or by the
+        // next charge, as in the seed. No CPU read when no key is armed.
         let armed = if KEYS == HEAP_KEY_HITS {
             heap_key_is_one(self) || {
                 let armed = self.fast_key.load(Ordering::Relaxed);
@@ -701,8 +703,9 @@ impl TaskCache {
         let cache = self;
         // Relaxed: the key set means the cached objcg is still the entry
         // for the key's node (everything that could change it clears the
-        // key, an attach from any thread included; see `arm_fast_key`); an
-        // attach racing with this charge is seen by the next one, as in the
+        // key, an attach or a removal of the override's group from any
+        // thread included; see `arm_fast_key` and `recheck_override_key`);
+        // one racing with this charge is seen by the next one, as in the
         // seed.
         if !matches(cache.fast_key.load(Ordering::Relaxed)) {
             return false;
@@ -788,8 +791,8 @@ impl TaskCache {
         if !word_at_is::<AT>(self, word) {
             return false;
         }
-        // Relaxed: the owner's own word; an attach clearing it from
-        // another thread does not matter here (the growth is the block's
+        // Relaxed: the owner's own word; an attach or a removal clearing it
+        // from another thread does not matter here (the growth is the block's
         // objcg's, not the task's current one).
         if !fast_key_is_armed(self) {
             return false;

@@ -21,7 +21,10 @@ use crate::sync::{
 /// Bit 0 of the task's tagged word: the cache is stale.
 pub const CURRENT_OBJCG_UPDATE_FLAG: usize = 1;
 
-/// A task's level-1 cache. Written only by the owning task.
+/// A task's level-1 cache. Written by the owning task, but for its
+/// `fast_key`, which an attach, a group's removal and a fork's prepare
+/// handler clear from other threads, and its `hit_addr` and cookie, which
+/// the prepare handler writes (see each field).
 #[derive(Debug)]
 pub(crate) struct TaskCache {
     /// Id of the cached objcg, 0 for none. The cache holds one reference.
@@ -44,9 +47,10 @@ pub(crate) struct TaskCache {
     /// none: while it is set, the cached objcg is the one the task charges
     /// for that key's node (its own, or the active override's). Cleared by
     /// everything that could change that: a refresh, a drain or switch of
-    /// the cache, entering or leaving an override, exemption, and an attach
+    /// the cache, entering or leaving an override, exemption, an attach
     /// from any thread (after it sets the update flag; see
-    /// `Task::arm_fast_key`). The armed value may
+    /// `Task::arm_fast_key`), and the removal of the override's group, from
+    /// the removing thread (`Task::recheck_override_key`). The armed value may
     /// carry a cookie bit (`fast_path::HEAP_KEY`, `NO_HEAP_KEY`), which
     /// says what the cached objcg's allocator cookie was when armed; key
     /// compares that read no cookie ignore it.

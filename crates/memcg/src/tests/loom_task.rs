@@ -372,3 +372,43 @@ fn arming_under_a_scope_racing_its_groups_removal_leaves_no_key() {
         assert_invariants(&ctrl);
     });
 }
+
+/// As [`arming_under_a_scope_racing_its_groups_removal_leaves_no_key`],
+/// on two nodes with the per-node cache and the key of node 1's CPU, the
+/// task attached to `a` in a scope of `b`, and the key already armed for
+/// `b` when the race starts: the owner's second charge finds it armed
+/// (`arm_fast_key` returns early) and still reads the slot again after its
+/// fence.
+#[test]
+fn rearming_under_a_scope_racing_its_groups_removal_on_node_1_leaves_no_key() {
+    model(|| {
+        let (ctrl, _a, b, task) = setup();
+        // Key 3: CPU 1 (node 1).
+        let guard = task.enter(&b).expect("enter");
+        let first = task.charge_keyed(3, 1, 64).expect("charge");
+        assert!(task.charge_fast(3, 8).is_some_and(|raw| {
+            // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
+            // rebuilt once.
+            let hit = unsafe { crate::engine::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
+            task.uncharge(1, hit).is_ok()
+        }));
+        let remover = thread::spawn({
+            let b = b.clone();
+            move || b.remove().expect("remove")
+        });
+        let second = task.charge_keyed(3, 1, 64).expect("charge");
+        remover.join().expect("remover");
+
+        assert!(
+            task.charge_fast(3, 8).is_none(),
+            "a key stands for the removed group's objcg"
+        );
+        drop(guard);
+        task.uncharge(1, first).expect("uncharge");
+        task.uncharge(1, second).expect("uncharge");
+        drop(task);
+        ctrl.drain_stocks();
+        assert_stocks_empty(&ctrl);
+        assert_invariants(&ctrl);
+    });
+}
