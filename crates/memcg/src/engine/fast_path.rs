@@ -178,11 +178,11 @@ impl Task {
     /// clear, with the flag already set, stands for the override until
     /// leaving it disarms.
     ///
-    /// Nor under the override of a removed group, whose charges the slow
-    /// path sends to the nearest online ancestor's objcg: removal empties
-    /// the group's slots, so none names the cached objcg. A key armed
-    /// before the removal is disarmed by it ([`Task::recheck_override_key`]
-    /// and `Group::remove`).
+    /// Under the override of a removed group, whose slots are empty, the
+    /// nearest ancestor's whose slot names one: the objcg the slow path
+    /// charges then ([`Task::cached_objcg_of`]). A key armed before a
+    /// removal that changes that objcg is disarmed by it
+    /// ([`Task::recheck_override_key`] and `Group::remove`).
     fn charged_objcg_addr(&self, tagged: usize, nid: usize) -> usize {
         if !self.has_active.get() {
             if tagged & CURRENT_OBJCG_UPDATE_FLAG != 0 {
@@ -1141,17 +1141,47 @@ mod fast_path_tests {
     }
 
     #[test]
-    fn no_key_is_armed_under_the_override_of_a_removed_group() {
-        // The slow path charges the nearest online ancestor's objcg then;
-        // a key would keep the removed group's.
+    fn a_key_under_the_override_of_a_removed_group_stands_for_its_nearest_online_ancestor() {
+        // The slow path charges the nearest online ancestor's objcg then,
+        // and so do the hits: `p/c` removed under a scope of `c` charges
+        // `p`'s objcg; `p` removed too, root's. (Compared by identity: a
+        // removed group's objcg, reparented, has its ancestor's path.)
         let (ctrl, _g, task) = setup("1x1");
-        let other = ctrl.create("other").expect("group");
-        let guard = task.enter(&other).expect("enter");
-        other.remove().expect("remove");
-        let c = task.charge_keyed(1, 0, 64).expect("charge");
-        let d = task.charge_keyed(1, 0, 64).expect("charge");
-        assert_eq!(armed(&task), 0, "not armed for a removed group");
-        drop((c, d, guard));
+        let p = ctrl.create("p").expect("group");
+        let c = ctrl.create("p/c").expect("group");
+        let guard = task.enter(&c).expect("enter");
+        let mut held = vec![charge(&ctrl, &task, 1, 0, 64)];
+        let objcg = |ch: &Charge| {
+            // SAFETY: the charge holds its objcg alive.
+            let o = unsafe { ch.objcg.as_ref() };
+            (
+                o as *const ObjCgroup,
+                o.memcg().path.to_string(),
+                o.is_root(),
+            )
+        };
+        let mut before = objcg(&held[0]);
+        assert_eq!(before.1, "p/c");
+        for (removed, ancestor) in [(&c, "p"), (&p, "")] {
+            removed.remove().expect("remove");
+            assert_eq!(armed(&task), 0, "the removal disarmed the key");
+            held.push(task.charge_keyed(1, 0, 64).expect("charge"));
+            held.push(task.charge_keyed(1, 0, 64).expect("charge"));
+            assert_eq!(armed(&task), 1, "armed for the ancestor's objcg");
+            let now = objcg(held.last().expect("a charge"));
+            assert_ne!(now.0, before.0, "not the removed group's objcg");
+            assert_eq!(now.1, ancestor);
+            assert_eq!(now.2, ancestor.is_empty(), "root's own objcg at the top");
+            let raw = task.charge_fast(1, 8).expect("a hit");
+            assert_eq!(raw, now.0 as usize, "the hit charges the ancestor's objcg");
+            // SAFETY: a raw word of a charge of 8 Alloc bytes of `ctrl`.
+            held.push(unsafe { Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) });
+            before = now;
+        }
+        drop(guard);
+        for charge in held {
+            task.uncharge(0, charge).expect("uncharge");
+        }
     }
 
     #[test]

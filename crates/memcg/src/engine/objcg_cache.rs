@@ -148,19 +148,29 @@ impl Task {
         }
     }
 
-    /// The byte cache's objcg if it is `memcg`'s objcg for `nid` now (the
-    /// memcg's slot names it, same incarnation), else `None`.
+    /// The byte cache's objcg if it is the objcg a charge for `memcg` on
+    /// `nid` goes to now, else `None`: `memcg`'s own (its slot names it,
+    /// same incarnation), or, for a removed group, whose slots are empty,
+    /// that of the nearest ancestor whose slot names one, as
+    /// `Core::get_obj_cgroup_from_memcg` walks.
     pub(crate) fn cached_objcg_of(&self, memcg: &MemCgroup, nid: usize) -> Option<&ObjCgroup> {
         let cached_id = self.shared.cache.objcg.load(Ordering::Relaxed);
         if cached_id == 0 {
             return None;
         }
-        let info = memcg.nodeinfo.get(nid)?;
-        // Acquire: pairs with the slot's Release store when the objcg is
-        // installed (`group.rs`), as every slot read does; no model kills
-        // it alone (the cache's own reference keeps the entry, and its
-        // fields are read only after `get`).
-        let word = info.objcg.load(Ordering::Acquire);
+        let mut m = Some(memcg);
+        let word = loop {
+            let info = m?.nodeinfo.get(nid)?;
+            // Acquire: pairs with the slot's Release store when the objcg
+            // is installed (`group.rs`), as every slot read does; no model
+            // kills it alone (the cache's own reference keeps the entry,
+            // and its fields are read only after `get`).
+            let word = info.objcg.load(Ordering::Acquire);
+            if word != 0 {
+                break word;
+            }
+            m = m?.parent();
+        };
         if word as u32 != cached_id {
             return None;
         }
