@@ -257,6 +257,20 @@ fn is_root_objcg(charge: &crate::engine::Charge) -> bool {
     unsafe { charge.objcg.as_ref() }.is_root()
 }
 
+/// After a group's removal raced a charge under a scope of it: a hit under
+/// `key` (on `cpu`) may charge root's own objcg (the charge came after
+/// the removal, which armed the key for it), never the removed group's.
+fn assert_no_key_for_a_removed_group(ctrl: &Controller, task: &Task, key: u64, cpu: usize) {
+    if let Some(raw) = task.charge_fast(key, 8) {
+        // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
+        // rebuilt once.
+        let hit = unsafe { crate::engine::Charge::from_raw(raw, 8, ChargeKind::Alloc, ctrl) };
+        let root = is_root_objcg(&hit);
+        task.uncharge(cpu, hit).expect("uncharge");
+        assert!(root, "a key stands for the removed group's objcg");
+    }
+}
+
 /// Charges 64 bytes on CPU 0 the allocator's way: the fast path under key
 /// 2 (CPU 0), else `charge_keyed`, which arms it.
 fn fast_or_keyed(ctrl: &Controller, task: &Task) -> crate::engine::Charge {
@@ -366,18 +380,7 @@ fn arming_under_a_scope_racing_its_groups_removal_leaves_no_key() {
         let first = task.charge_keyed(1, 0, 64).expect("charge");
         remover.join().expect("remover");
 
-        // A key may stand for root's objcg (the charge came after the
-        // removal), never for the removed group's.
-        if let Some(raw) = task.charge_fast(1, 8) {
-            // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
-            // rebuilt once.
-            let hit = unsafe { crate::engine::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
-            // Root's own objcg, not the removed group's reparented to root
-            // (whose path is root's too).
-            let root = is_root_objcg(&hit);
-            task.uncharge(0, hit).expect("uncharge");
-            assert!(root, "a key stands for the removed group's objcg");
-        }
+        assert_no_key_for_a_removed_group(&ctrl, &task, 1, 0);
         let next = task.charge_keyed(1, 0, 64).expect("charge");
         assert!(is_root_objcg(&next), "the scope's charge goes to root");
         drop(guard);
@@ -416,15 +419,7 @@ fn rearming_under_a_scope_racing_its_groups_removal_on_node_1_leaves_no_key() {
         let second = task.charge_keyed(3, 1, 64).expect("charge");
         remover.join().expect("remover");
 
-        // As in the model above: root's objcg at most.
-        if let Some(raw) = task.charge_fast(3, 8) {
-            // SAFETY: the raw word of an 8-byte Alloc charge of `ctrl`,
-            // rebuilt once.
-            let hit = unsafe { crate::engine::Charge::from_raw(raw, 8, ChargeKind::Alloc, &ctrl) };
-            let root = is_root_objcg(&hit);
-            task.uncharge(1, hit).expect("uncharge");
-            assert!(root, "a key stands for the removed group's objcg");
-        }
+        assert_no_key_for_a_removed_group(&ctrl, &task, 3, 1);
         drop(guard);
         task.uncharge(1, first).expect("uncharge");
         task.uncharge(1, second).expect("uncharge");
