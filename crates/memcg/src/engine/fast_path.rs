@@ -250,11 +250,12 @@ impl Task {
     /// cache's objcg sees what the cache held when the key was stored, or a
     /// later value (a drain or switch, which clears the key before it
     /// changes the objcg), and its disarming store comes after the key's in
-    /// the key's modification order: the removal disarms. If the removal's fence comes first, the
-    /// slot read here sees it emptied: this disarms. Either way no key
-    /// stands for a removed group's objcg once both are done, so a scope
-    /// of a removed group charges the nearest online ancestor's objcg from
-    /// then on, as the kernel's `current_obj_cgroup` does (loom:
+    /// the key's modification order: the removal disarms. If the removal's
+    /// fence comes first, the slot read here sees it emptied: this
+    /// disarms. Either way no key stands for a removed group's objcg once
+    /// both are done, so a scope of a removed group charges the nearest
+    /// online ancestor's objcg from then on, as the kernel's
+    /// `current_obj_cgroup` does (loom:
     /// `loom_task::arming_under_a_scope_racing_its_groups_removal_leaves_no_key`).
     #[cold]
     fn recheck_override_key(&self, tagged: usize, nid: usize, cached: usize) {
@@ -365,9 +366,6 @@ impl Core {
     /// which costs it one slow charge.
     pub(crate) fn disarm_keys_caching(&self, words: &[u64]) {
         let ids = words.iter().map(|&w| w as u32).filter(|&id| id != 0);
-        if ids.clone().next().is_none() {
-            return;
-        }
         for t in self.tasks.lock().iter() {
             // Relaxed: ordered by the fences of the handshake.
             let cached = t.cache.objcg.load(Ordering::Relaxed);
@@ -517,10 +515,10 @@ fn key_is_one(cache: &TaskCache) -> bool {
         // SAFETY: bytes 1 to 4 of `cache.fast_key`, a live 8-byte aligned
         // atomic at that offset of `cache`. The compare reads them once:
         // an attach or a group's removal on another thread may store the
-        // word at any time, and
-        // a 4-byte read inside an aligned 8-byte word is atomic on x86-64
-        // (Intel SDM vol. 3 §9.1.1, AMD APM vol. 2 §7.3.2), so it sees the
-        // bytes of one value or the other, as a Relaxed load would. Bytes
+        // word at any time, and a 4-byte read inside an aligned 8-byte
+        // word is atomic on x86-64 (Intel SDM vol. 3 §9.1.1, AMD APM vol. 2
+        // §7.3.2), so it sees the bytes of one value or the other, as a
+        // Relaxed load would. Bytes
         // 5 to 7 of an armed word are 0 (`KEY_LIMIT`), so these are the
         // key. No stack, and the flags are not promised to be kept.
         unsafe {

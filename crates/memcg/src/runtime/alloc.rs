@@ -463,8 +463,7 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
         let block = unsafe { this.inner.realloc(ptr, old_inner, new_inner.size()) };
         if block.is_null() {
             if raw != 0 && new_bytes > old_bytes {
-                // Give the growth back (shrinking never fails).
-                let _ = thread::resize_alloc(raw, new_bytes, old_bytes);
+                give_back_growth(raw, old_size, new_size);
             }
             return block;
         }
@@ -489,8 +488,9 @@ impl<A: GlobalAlloc> MemcgAlloc<A> {
 }
 
 /// Gives back the growth from `old_size` to `new_size` bytes (the
-/// caller's sizes) that `realloc`'s hit path charged to the block whose
-/// charge word is `raw`, when the inner `realloc` failed: the block keeps
+/// caller's sizes) that `realloc` charged to the block whose charge word
+/// is `raw`, on its hit path or in `realloc_cold`, when the inner
+/// `realloc` failed: the block keeps
 /// its old size, and its charge of `old_size + 8` bytes (shrinking never
 /// fails).
 #[cold]
