@@ -8,7 +8,9 @@
 //! group than the freeing thread's: the case per-object ownership exists
 //! for. Four allocators, called directly (none is the global allocator),
 //! in the same process, interleaved round-robin in every repetition:
-//! `System`, `MemcgAlloc<System>`, bare mimalloc and `MemcgMimalloc`. Each
+//! `System`, `MemcgAlloc<System>`, bare mimalloc (through
+//! [`memcg::PlainMimalloc`], mimalloc's plain entry points, which
+//! `MemcgMimalloc` calls too) and `MemcgMimalloc`. Each
 //! memcg allocator's ratio is its time over its bare allocator's in the
 //! same repetition (above 1 is slower); the table gives the median time
 //! and the min/median/max ratio over repetitions.
@@ -26,8 +28,8 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use memcg::PlainMimalloc;
 use memcg::{MemcgAlloc, MemcgMimalloc};
-use mimalloc::MiMalloc;
 
 /// Command-line flags of `storm`.
 #[derive(Parser, Debug, Clone)]
@@ -93,7 +95,7 @@ impl Kind {
 
 static MEMCG_SYSTEM: MemcgAlloc<System> = MemcgAlloc::new(System);
 static MEMCG_MIMALLOC: MemcgMimalloc = MemcgMimalloc::new();
-static MIMALLOC: MiMalloc = MiMalloc;
+static MIMALLOC: PlainMimalloc = PlainMimalloc;
 
 /// The size of the `i`-th block: 16 to 128 bytes in steps of 16.
 fn size_of_block(i: u64) -> usize {

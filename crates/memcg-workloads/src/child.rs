@@ -29,9 +29,10 @@ pub mod exit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavor {
-    /// `mimalloc::MiMalloc`, nothing attached.
+    /// `memcg::PlainMimalloc` (bare mimalloc through its plain entry
+    /// points), nothing attached.
     Mimalloc,
-    /// `memcg::MemcgAlloc<mimalloc::MiMalloc>`, the workload's threads
+    /// `memcg::MemcgAlloc<memcg::PlainMimalloc>`, the workload's threads
     /// attached to a group of their own.
     Memcg,
     /// `memcg::MemcgMimalloc` (one mimalloc heap per objcg, no trailer),

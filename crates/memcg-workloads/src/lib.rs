@@ -1,4 +1,4 @@
-//! Real programs under memcg's `MemcgAlloc<mimalloc::MiMalloc>` against
+//! Real programs under memcg's `MemcgAlloc<memcg::PlainMimalloc>` against
 //! bare mimalloc (issue 5, items 2 and 3), with correctness and accuracy
 //! checks of the groups' accounting.
 //!

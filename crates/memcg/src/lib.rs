@@ -11,8 +11,10 @@
 //! static ALLOC: memcg::MemcgAlloc<std::alloc::System> = memcg::MemcgAlloc::new(std::alloc::System);
 //! ```
 //! ([`MemcgAlloc<A>`](MemcgAlloc) wraps any `GlobalAlloc` and keeps each
-//! block's group in an 8-byte trailer; `MemcgMimalloc`, feature `mimalloc`,
-//! gives each group and node a mimalloc heap of its own instead.)
+//! block's group in an 8-byte trailer; over mimalloc, wrap
+//! `PlainMimalloc`, feature `mimalloc`. `MemcgMimalloc`, feature
+//! `mimalloc`, gives each group and node a mimalloc heap of its own
+//! instead.)
 //!
 //! # What a service uses
 //! - **The controller and its groups**: [`controller()`] is the process's

@@ -1,8 +1,9 @@
 //! `hitpath-mimalloc`: the hit-path program (see `memcg_bench::hitpath`)
-//! with bare mimalloc as the global allocator (the baseline).
+//! with bare mimalloc as the global allocator (the baseline), through
+//! `memcg::PlainMimalloc`, the binding `MemcgAlloc` runs over.
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: memcg::PlainMimalloc = memcg::PlainMimalloc;
 
 fn main() {
     memcg_bench::hitpath::main(false);

@@ -17,6 +17,8 @@ pub(crate) mod mi_page_map;
 pub(crate) mod mimalloc;
 #[cfg(feature = "mimalloc")]
 pub(crate) mod node_arena;
+#[cfg(feature = "mimalloc")]
+pub(crate) mod plain_mimalloc;
 pub(crate) mod scope;
 pub(crate) mod thread;
 #[cfg(feature = "tokio")]
@@ -31,6 +33,8 @@ pub use limits::{fallible, Killable, Spend};
 pub use mimalloc::{MemcgMimalloc, MAX_OBJCG_HEAPS};
 #[cfg(feature = "mimalloc")]
 pub use node_arena::NODE_ARENA_BYTES;
+#[cfg(feature = "mimalloc")]
+pub use plain_mimalloc::PlainMimalloc;
 pub use scope::{FutureExt, InGroup, Scope};
 pub use thread::{
     allocations_under_engine_locks, attached_group, check_invariants, current_group,
