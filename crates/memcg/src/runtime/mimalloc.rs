@@ -15,7 +15,9 @@
 //!   entry reuses the heap, empty by then);
 //! - an allocation is charged first (the runtime's task cache, exactly as
 //!   for `MemcgAlloc`), then made in the objcg's heap
-//!   (`mi_heap_malloc_aligned`), so all blocks of a page belong to one
+//!   (`mi_heap_malloc_small`, `mi_heap_malloc` or, for an alignment past
+//!   what mimalloc's blocks have, `mi_heap_malloc_aligned`), so all blocks
+//!   of a page belong to one
 //!   objcg, like a kernel slab page of one memcg's cache;
 //! - a free finds the block's heap in mimalloc's page map (two loads, as
 //!   mimalloc's own free does, from the thread's copy of the map pointer;
@@ -83,6 +85,7 @@ use std::ffi::c_void;
 use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS, HIT_COOKIE_AT};
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
+use crate::runtime::plain_mimalloc::{plain_covers, PlainMimalloc};
 use crate::runtime::thread::{self, REFUSED};
 use crate::runtime::{mi_page_map, node_arena};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -93,10 +96,10 @@ use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use libmimalloc_sys as _;
 
 extern "C" {
-    fn mi_malloc_aligned(size: usize, alignment: usize) -> *mut c_void;
-    fn mi_zalloc_aligned(size: usize, alignment: usize) -> *mut c_void;
-    fn mi_realloc_aligned(p: *mut c_void, newsize: usize, alignment: usize) -> *mut c_void;
     fn mi_free(p: *mut c_void);
+    fn mi_heap_malloc(heap: *mut c_void, size: usize) -> *mut c_void;
+    fn mi_heap_zalloc(heap: *mut c_void, size: usize) -> *mut c_void;
+    fn mi_heap_realloc(heap: *mut c_void, p: *mut c_void, newsize: usize) -> *mut c_void;
     fn mi_heap_new() -> *mut c_void;
     fn mi_heap_delete(heap: *mut c_void);
     fn mi_heap_malloc_aligned(heap: *mut c_void, size: usize, alignment: usize) -> *mut c_void;
@@ -359,26 +362,14 @@ unsafe fn alloc_fallback(raw: usize, bytes: u64, layout: Layout, zeroed: bool) -
         // Not even the fallback heap: unaccounted, and counted as such.
         UNACCOUNTED_FALLBACKS.fetch_add(1, Ordering::Relaxed);
         thread::uncharge_alloc(raw, bytes);
-        // SAFETY: FFI calls with a valid size and power-of-two alignment.
-        return unsafe {
-            if zeroed {
-                mi_zalloc_aligned(layout.size(), layout.align())
-            } else {
-                mi_malloc_aligned(layout.size(), layout.align())
-            }
-        } as *mut u8;
+        // SAFETY: `layout` has a non-zero size (the caller's guarantee).
+        return unsafe { plain_alloc(layout, zeroed) };
     }
     let size = offset + FALLBACK_TRAILER_BYTES;
-    // SAFETY: FFI calls with the fallback heap (made by `mi_heap_new`), a
-    // size that fits `isize` (checked by `trailer_offset`) and the
-    // caller's power-of-two alignment.
-    let block = unsafe {
-        if zeroed {
-            mi_heap_zalloc_aligned(heap, size, layout.align())
-        } else {
-            mi_heap_malloc_aligned(heap, size, layout.align())
-        }
-    } as *mut u8;
+    // SAFETY: the fallback heap (made by `mi_heap_new`), a size that fits
+    // `isize` (checked by `trailer_offset`) and the caller's power-of-two
+    // alignment.
+    let block = unsafe { heap_alloc_sized(heap, size, layout.align(), zeroed) } as *mut u8;
     if block.is_null() {
         thread::uncharge_alloc(raw, bytes);
         return block;
@@ -454,7 +445,7 @@ unsafe fn realloc_fallback(
     // SAFETY: `ptr` is a block of `heap`; the size fits `isize` (checked by
     // `trailer_offset`) and the alignment is the block's.
     let block = unsafe {
-        mi_heap_realloc_aligned(
+        heap_realloc(
             heap,
             ptr as *mut c_void,
             new_offset + FALLBACK_TRAILER_BYTES,
@@ -500,7 +491,12 @@ unsafe fn realloc_to_fallback(
     // SAFETY: FFI call with the fallback heap, a size that fits `isize`
     // (checked by `trailer_offset`) and the block's power-of-two alignment.
     let block = unsafe {
-        mi_heap_malloc_aligned(heap, offset + FALLBACK_TRAILER_BYTES, new_layout.align())
+        heap_alloc_sized(
+            heap,
+            offset + FALLBACK_TRAILER_BYTES,
+            new_layout.align(),
+            false,
+        )
     } as *mut u8;
     if block.is_null() {
         return block;
@@ -740,7 +736,7 @@ fn small_layout(size: usize) -> Layout {
 
 /// [`MemcgMimalloc`]'s `alloc` of a layout that is not small
 /// ([`is_small`]): its own hit path, out of line (a jump from `alloc`),
-/// through `mi_heap_malloc_aligned`.
+/// through [`heap_alloc_sized`].
 ///
 /// # Safety
 /// As `GlobalAlloc::alloc` for the layout of `size` bytes aligned to
@@ -790,7 +786,8 @@ fn is_small(layout: Layout) -> bool {
 /// alignment of at most a word), which skips the alignment handling of
 /// `mi_heap_malloc_aligned` (about 14 instructions per pair; the
 /// `mimalloc` crate's own `GlobalAlloc` always takes the aligned one),
-/// else through `mi_heap_malloc_aligned`.
+/// else through [`heap_alloc_sized`] (the plain heap entry point where
+/// mimalloc's alignment covers the layout).
 ///
 /// # Safety
 /// `heap` is a heap made by `mi_heap_new` (or a node arena's); `layout`
@@ -807,10 +804,76 @@ unsafe fn heap_alloc(heap: *mut c_void, layout: Layout, zeroed: bool) -> *mut c_
             } else {
                 mi_heap_malloc_small(heap, layout.size())
             }
-        } else if zeroed {
-            mi_heap_zalloc_aligned(heap, layout.size(), layout.align())
         } else {
-            mi_heap_malloc_aligned(heap, layout.size(), layout.align())
+            heap_alloc_sized(heap, layout.size(), layout.align(), zeroed)
+        }
+    }
+}
+
+/// A block of `size` bytes aligned to `align` from `heap`, zeroed or not:
+/// through mimalloc's plain heap entry points where its alignment covers
+/// the layout (see [`PlainMimalloc`] for why not the aligned ones), else
+/// through the aligned ones.
+///
+/// # Safety
+/// `heap` is a heap made by `mi_heap_new` (or a node arena's); `size` is
+/// not 0 and, rounded up to `align` (a power of two), fits `isize`.
+#[inline(always)]
+unsafe fn heap_alloc_sized(
+    heap: *mut c_void,
+    size: usize,
+    align: usize,
+    zeroed: bool,
+) -> *mut c_void {
+    // SAFETY: FFI calls with a live heap, a valid size and a power-of-two
+    // alignment; the plain ones only where they give that alignment.
+    unsafe {
+        match (plain_covers(size, align), zeroed) {
+            (true, false) => mi_heap_malloc(heap, size),
+            (true, true) => mi_heap_zalloc(heap, size),
+            (false, false) => mi_heap_malloc_aligned(heap, size, align),
+            (false, true) => mi_heap_zalloc_aligned(heap, size, align),
+        }
+    }
+}
+
+/// `p`, a block of `heap` aligned to `align`, resized to `newsize` bytes
+/// (moved within `heap` if needed), as [`heap_alloc_sized`] chooses the
+/// entry point.
+///
+/// # Safety
+/// As [`heap_alloc_sized`] for `newsize`; `p` is a live block of mimalloc
+/// aligned to `align`.
+#[inline(always)]
+unsafe fn heap_realloc(
+    heap: *mut c_void,
+    p: *mut c_void,
+    newsize: usize,
+    align: usize,
+) -> *mut c_void {
+    // SAFETY: as in `heap_alloc_sized`.
+    unsafe {
+        if plain_covers(newsize, align) {
+            mi_heap_realloc(heap, p, newsize)
+        } else {
+            mi_heap_realloc_aligned(heap, p, newsize, align)
+        }
+    }
+}
+
+/// A block of `layout` from mimalloc's default heap (unaccounted), through
+/// [`PlainMimalloc`].
+///
+/// # Safety
+/// `layout` has a non-zero size.
+#[inline(always)]
+unsafe fn plain_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        if zeroed {
+            PlainMimalloc.alloc_zeroed(layout)
+        } else {
+            PlainMimalloc.alloc(layout)
         }
     }
 }
@@ -871,10 +934,10 @@ unsafe fn alloc_charged(raw: usize, bytes: u64, layout: Layout, zeroed: bool) ->
     // SAFETY: FFI calls with a valid size and power-of-two alignment
     // (from `layout`) and, if non-null, a heap made by `mi_heap_new`.
     let block = unsafe {
-        match (heap.is_null(), zeroed) {
-            (true, false) => mi_malloc_aligned(layout.size(), layout.align()),
-            (true, true) => mi_zalloc_aligned(layout.size(), layout.align()),
-            (false, _) => heap_alloc(heap, layout, zeroed),
+        if heap.is_null() {
+            plain_alloc(layout, zeroed) as *mut c_void
+        } else {
+            heap_alloc(heap, layout, zeroed)
         }
     };
     if block.is_null() && raw != 0 {
@@ -1096,8 +1159,7 @@ unsafe fn realloc_resolved(
         }
         // SAFETY: `ptr` came from mimalloc (an unaccounted block of
         // the main heap).
-        return unsafe { mi_realloc_aligned(ptr as *mut c_void, new_layout.size(), layout.align()) }
-            as *mut u8;
+        return unsafe { PlainMimalloc.realloc(ptr, layout, new_layout.size()) };
     }
     let (old_bytes, new_bytes) = (charged_bytes(layout), charged_bytes(new_layout));
     // Grow: charge first, so a refusal leaves the block untouched.
@@ -1113,9 +1175,8 @@ unsafe fn realloc_resolved(
     }
     // SAFETY: `ptr` came from mimalloc; the heap is the block's own, so
     // a moved block stays with its objcg.
-    let block = unsafe {
-        mi_heap_realloc_aligned(heap, ptr as *mut c_void, new_layout.size(), layout.align())
-    };
+    let block =
+        unsafe { heap_realloc(heap, ptr as *mut c_void, new_layout.size(), layout.align()) };
     if block.is_null() {
         // SAFETY: the block is unchanged, charged `max(old, new)` bytes
         // of `raw`.
@@ -1316,6 +1377,60 @@ mod tests {
         for p in blocks {
             // SAFETY: as above.
             unsafe { mi_free(p as *mut c_void) };
+        }
+    }
+
+    extern "C" {
+        fn mi_usable_size(p: *const c_void) -> usize;
+    }
+
+    /// A size past the small entry points that is exactly a size class
+    /// not a power of two (1,280 bytes), aligned to a word, comes from its
+    /// own class through [`heap_alloc_sized`] (the plain heap entry point),
+    /// in a fresh heap, every time; with the aligned entry point (as
+    /// before), mimalloc 3 served it from the next class (see
+    /// `PlainMimalloc`). Also every alignment up to 4 KiB is honoured for
+    /// sizes around it, zeroed blocks are zero, and a resize through
+    /// [`heap_realloc`] keeps the bytes and the alignment.
+    #[test]
+    fn a_large_exact_size_class_comes_from_its_class_and_alignments_hold() {
+        // SAFETY: FFI; the heap is kept (mimalloc frees heaps at exit).
+        let heap = unsafe { mi_heap_new() };
+        assert!(!heap.is_null());
+        // SAFETY: a live heap, a non-zero size; each block freed once.
+        unsafe {
+            let blocks: Vec<*mut c_void> = (0..1000)
+                .map(|_| heap_alloc_sized(heap, 1280, 8, false))
+                .collect();
+            for &p in &blocks {
+                assert_eq!(mi_usable_size(p), 1280);
+            }
+            for p in blocks {
+                mi_free(p);
+            }
+        }
+        for size in [1025usize, 1280, 1500, 4096, 5000, 70_000] {
+            for align in [1usize, 8, 16, 32, 4096] {
+                for zeroed in [false, true] {
+                    // SAFETY: as above.
+                    unsafe {
+                        let p = heap_alloc_sized(heap, size, align, zeroed) as *mut u8;
+                        assert!(!p.is_null());
+                        assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                        if zeroed {
+                            let bytes = std::slice::from_raw_parts(p, size);
+                            assert!(bytes.iter().all(|&b| b == 0), "size {size} zeroed");
+                        }
+                        std::ptr::write_bytes(p, 0x5A, size);
+                        let q = heap_realloc(heap, p as *mut c_void, size * 3, align) as *mut u8;
+                        assert!(!q.is_null());
+                        assert_eq!(q as usize % align, 0, "grown {size} align {align}");
+                        let bytes = std::slice::from_raw_parts(q, size);
+                        assert!(bytes.iter().all(|&b| b == 0x5A), "grown {size}");
+                        mi_free(q as *mut c_void);
+                    }
+                }
+            }
         }
     }
 }
