@@ -32,8 +32,8 @@
 # moved to memcg::PlainMimalloc (mimalloc's plain entry points; the
 # `mimalloc` crate's binding, used before, calls the aligned ones, which
 # cost bare mimalloc 1.2, 0.8, 1.6 and 1.1 % more instructions on these
-# programs): MemcgAlloc json 1.049, regex 1.013, maps 1.048, rayon 1.042;
-# MemcgMimalloc 1.040, 1.010, 1.050, 1.049 (its code unchanged: the
+# programs): MemcgAlloc json 1.048, regex 1.013, maps 1.047, rayon 1.041;
+# MemcgMimalloc 1.041, 1.010, 1.051, 1.050 (its code unchanged: the
 # baseline got cheaper). Before, with the crate's binding: MemcgAlloc's
 # maps and rayon 1.043 and 1.041 at the commit whose `realloc` hit path
 # keeps three registers; at 3dbeb28 MemcgAlloc json 1.062, regex 1.008,

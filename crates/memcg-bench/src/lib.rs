@@ -6,10 +6,11 @@
 //! - every allocator object is called directly (none is the global
 //!   allocator), so each measured call goes through exactly the allocator
 //!   named;
-//! - every allocator over mimalloc (bare, memcg's, the peers) calls it
-//!   through one binding, [`memcg::PlainMimalloc`] (mimalloc's plain entry
-//!   points where its alignment covers the layout), so a ratio compares
-//!   the accounting alone, not two bindings;
+//! - every allocator over mimalloc's default heap (bare, `MemcgAlloc`, the
+//!   peers) calls it through one binding, [`memcg::PlainMimalloc`]
+//!   (mimalloc's plain entry points where its alignment covers the
+//!   layout), and `MemcgMimalloc` calls its heaps by the same rule, so a
+//!   ratio compares the accounting, not two bindings;
 //! - all allocators run in the same process, interleaved: each repetition
 //!   walks every size and every allocator once, round-robin, so machine
 //!   drift hits them alike;

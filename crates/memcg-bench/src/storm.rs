@@ -9,8 +9,9 @@
 //! for. Four allocators, called directly (none is the global allocator),
 //! in the same process, interleaved round-robin in every repetition:
 //! `System`, `MemcgAlloc<System>`, bare mimalloc (through
-//! [`memcg::PlainMimalloc`], mimalloc's plain entry points, which
-//! `MemcgMimalloc` calls too) and `MemcgMimalloc`. Each
+//! [`memcg::PlainMimalloc`], mimalloc's plain entry points where its
+//! alignment covers the layout, the rule `MemcgMimalloc` follows for its
+//! heaps too) and `MemcgMimalloc`. Each
 //! memcg allocator's ratio is its time over its bare allocator's in the
 //! same repetition (above 1 is slower); the table gives the median time
 //! and the min/median/max ratio over repetitions.

@@ -31,7 +31,7 @@
 //! went wrong (a well-behaved tenant was killed, `greedy` was not, usage did
 //! not return to zero, an invariant failed).
 //!
-//! Run: `cargo run --release -p memcg --example tenants --features tokio,prometheus-client`
+//! Run: `cargo run --release -p memcg --example tenants --features tokio,prometheus-client,mimalloc`
 //! On a one-node machine, try `MEMCG_TOPOLOGY=2x1` to see two nodes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use memcg::{FutureExt, Group, MemcgAlloc, OomKillHandle, ReclaimReason, ReclaimerHandle};
 
 #[global_allocator]
-static ALLOC: MemcgAlloc<mimalloc::MiMalloc> = MemcgAlloc::new(mimalloc::MiMalloc);
+static ALLOC: MemcgAlloc<memcg::PlainMimalloc> = MemcgAlloc::new(memcg::PlainMimalloc);
 
 /// How long the well-behaved tenants serve.
 const RUN_FOR: Duration = Duration::from_millis(2500);

@@ -1,6 +1,6 @@
 //! `workloads-mimalloc`: the workloads on bare mimalloc (the baseline),
 //! through `memcg::PlainMimalloc`, the binding `MemcgAlloc` runs over
-//! (`MemcgMimalloc` calls mimalloc's plain entry points too).
+//! (`MemcgMimalloc` picks mimalloc's entry points by the same rule).
 
 #[global_allocator]
 static A: memcg::PlainMimalloc = memcg::PlainMimalloc;

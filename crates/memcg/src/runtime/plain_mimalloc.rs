@@ -18,18 +18,30 @@ extern "C" {
     fn mi_free(p: *mut c_void);
 }
 
-/// The alignment mimalloc gives every block of more than 8 bytes through
-/// its plain entry points (`MI_MAX_ALIGN_SIZE`, `max_align_t`); a block of
-/// up to 8 bytes is aligned to 8.
+/// The largest alignment mimalloc's plain entry points give a block whose
+/// size is a multiple of it (`MI_MAX_ALIGN_SIZE`, fixed at 16 in
+/// mimalloc's `types.h` on every target).
+///
+/// Why it holds, from mimalloc 3's sources: every size class above two
+/// words (four on 32-bit targets) is a multiple of 16 bytes, the smaller
+/// ones are whole words, and every page's block area starts aligned to 16
+/// (the page info is rounded up to `MI_MAX_ALIGN_SIZE`; singleton pages
+/// included). So a block of `size` bytes is aligned to 16 when it is
+/// larger than two (four) words, else to a word, which is at least the
+/// largest power of two dividing `size`, up to 16. A debug build of
+/// mimalloc with guarded sampling on (`MIMALLOC_GUARDED_SAMPLE_RATE`)
+/// places a sampled block right before a guard page, at an address
+/// aligned only to the lowest set bit of `size`: hence the rule asks the
+/// size to be a multiple of the alignment, not only at least as large.
 pub(crate) const MIMALLOC_PLAIN_ALIGN: usize = 16;
 
-/// Whether mimalloc's plain entry points already give a block of `size`
-/// bytes the alignment `align`: `align` is at most
-/// [`MIMALLOC_PLAIN_ALIGN`] and at most `size` (the rule `std`'s
-/// `System` applies to `malloc`).
+/// Whether mimalloc's plain entry points give a block of `size` bytes the
+/// alignment `align` (a power of two): `align` is at most
+/// [`MIMALLOC_PLAIN_ALIGN`] and `size` is a multiple of it (true of the
+/// layout of every type; `size` is not 0 in a `GlobalAlloc` call).
 #[inline(always)]
 pub(crate) fn plain_covers(size: usize, align: usize) -> bool {
-    align <= MIMALLOC_PLAIN_ALIGN && align <= size
+    align <= MIMALLOC_PLAIN_ALIGN && size & (align - 1) == 0
 }
 
 /// mimalloc as a `GlobalAlloc`, through its plain entry points (`mi_malloc`,
@@ -47,27 +59,34 @@ pub(crate) fn plain_covers(size: usize, align: usize) -> bool {
 /// program that does.)
 ///
 /// **Why not `mimalloc::MiMalloc`.** That crate's `GlobalAlloc` calls
-/// `mi_malloc_aligned` for every layout. When the page of the size class
-/// has no free block at hand, mimalloc 3's aligned entry takes its
-/// generic path, and for a size whose class is not a power of two it
-/// over-allocates by the alignment minus one. A size that is exactly such
-/// a class (48, 80, 96, 640 bytes...) then lands in the next class, and
-/// since that class's page is the one it fills, the exact class never
-/// gets a page of its own: every later allocation of that size takes the
-/// same slow path, about 100 instructions more, into a block up to 20 %
-/// larger. [`crate::MemcgAlloc`] adds its 8-byte trailer to every size,
-/// which moves common Rust sizes onto such classes: a `BTreeMap` leaf of
-/// 632 bytes becomes 640. Measured on the `json` program of
-/// `memcg-workloads` (serde_json `Value`s, whose maps are `BTreeMap`s):
-/// 108,684 allocations took that path with `mimalloc::MiMalloc` inside
-/// `MemcgAlloc`, and none with this type; the program's peak RSS fell
-/// from 323 to 312 MiB. Bare `mimalloc::MiMalloc` pays it too, on other
-/// sizes (48-byte blocks in the `regex` program, 96-byte ones in `maps`).
+/// `mi_malloc_aligned` for every layout. mimalloc 3's aligned entry pops
+/// a block from its size class's free list when the list has one; when it
+/// is empty it takes a generic path which, for a size whose class is not
+/// a power of two, allocates `max(size, 16) + align - 1` bytes. For an
+/// alignment of 2 or more and a size that is exactly such a class (48,
+/// 80, 96, 640, 1,280 bytes...), that is the next class, up to a third
+/// larger (48 → 64). The aligned entry never calls the generic path of
+/// the exact class, the one that makes its page and puts freed blocks
+/// back on its free list; so once that list is empty (or from the start,
+/// when nothing else made the page), every allocation of that size takes
+/// the slow path into the larger class. [`crate::MemcgAlloc`] adds its
+/// 8-byte trailer to every size, which moves common Rust sizes onto such
+/// classes: a `BTreeMap` leaf of 632 bytes becomes 640. Measured on the
+/// `json` program of `memcg-workloads` at scale 0.2 (serde_json `Value`s,
+/// whose maps are `BTreeMap`s; a `perf` probe on mimalloc's
+/// over-allocating function): 108,684 allocations took that path with
+/// `mimalloc::MiMalloc` inside `MemcgAlloc`, and none with this type; at
+/// scale 1 the program's peak RSS fell from 323 to 312 MiB and it ran
+/// about 9 instructions fewer per allocation. Bare `mimalloc::MiMalloc`
+/// pays it too, on other sizes (63,265 blocks of 48 bytes in the `regex`
+/// program, 43,115 of 96 in `maps`).
 ///
-/// The plain entry points align every block of more than 8 bytes to 16
-/// (`max_align_t`), and smaller ones to 8, so they serve any layout whose
-/// alignment is at most 16 and at most its size; other layouts go to the
-/// aligned entry points. Blocks are freed with `mi_free` either way.
+/// The plain entry points serve a layout whose alignment is at most 16
+/// and divides its size (see `MIMALLOC_PLAIN_ALIGN` for why mimalloc's
+/// blocks have it); other layouts go to the aligned entry points (a
+/// layout smaller than its alignment, such as 8 bytes aligned to 16, is
+/// then over-allocated into a larger class, as with `mimalloc::MiMalloc`).
+/// Blocks are freed with `mi_free` either way.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainMimalloc;
 
@@ -126,15 +145,30 @@ unsafe impl GlobalAlloc for PlainMimalloc {
 mod tests {
     use super::*;
 
-    /// Every size up to 4 KiB and a little past, with every alignment up to
-    /// 64: the block has the layout's alignment (the plain entry points'
+    /// Every size up to 4 KiB and a little past, then sizes of mimalloc's
+    /// medium, large and singleton pages, with every alignment up to 64:
+    /// the block has the layout's alignment (the plain entry points'
     /// guarantee that `plain_covers` relies on), holds its bytes, comes
     /// zeroed from `alloc_zeroed`, and keeps its contents through a growth
-    /// and a shrink.
+    /// and a shrink. A few blocks of each layout stay live while the next
+    /// ones are made, so that blocks come from the middle of pages too.
     #[test]
     fn blocks_have_the_layouts_alignment_and_keep_their_bytes() {
         let a = PlainMimalloc;
-        for size in 1..=4200usize {
+        let large = [12 << 10, (100 << 10) + 16, 600 << 10, (4 << 20) + 16];
+        for size in (1..=4200usize).chain(large) {
+            let live: Vec<(*mut u8, Layout)> = [8usize, 16]
+                .iter()
+                .flat_map(|&align| {
+                    let layout = Layout::from_size_align(size, align).unwrap();
+                    // SAFETY: a non-zero size; freed below with its layout.
+                    (0..3).map(move |_| (unsafe { a.alloc(layout) }, layout))
+                })
+                .collect();
+            for &(p, layout) in &live {
+                assert!(!p.is_null());
+                assert_eq!(p as usize % layout.align(), 0, "live {size}");
+            }
             for align in [1usize, 2, 4, 8, 16, 32, 64] {
                 let layout = Layout::from_size_align(size, align).unwrap();
                 // SAFETY: a non-zero size; each block is freed with its
@@ -163,11 +197,16 @@ mod tests {
                     a.dealloc(q, layout);
                 }
             }
+            for (p, layout) in live {
+                // SAFETY: a live block of `layout`, freed once.
+                unsafe { a.dealloc(p, layout) };
+            }
         }
     }
 
     extern "C" {
         fn mi_usable_size(p: *const c_void) -> usize;
+        fn mi_good_size(size: usize) -> usize;
     }
 
     /// The usable sizes of 1,000 blocks of `layout` from `a`, allocated on
@@ -206,20 +245,26 @@ mod tests {
     #[test]
     fn an_exact_size_class_is_served_from_its_class_not_the_next() {
         let layout = Layout::from_size_align(640, 8).unwrap();
+        // The size of the class 640 bytes fall in (640 itself; mimalloc's
+        // own figure, so that the check follows its table of classes).
+        // SAFETY: FFI, a pure function of the size.
+        let class = unsafe { mi_good_size(640) };
         let plain = usable_sizes(&PlainMimalloc, layout);
-        assert!(plain.iter().all(|&s| s == 640), "{:?}", &plain[..8]);
+        assert!(plain.iter().all(|&s| s == class), "{:?}", &plain[..8]);
         let aligned = usable_sizes(&mimalloc::MiMalloc, layout);
-        let larger = aligned.iter().filter(|&&s| s > 640).count();
-        assert!(larger >= 900, "{larger} of 1000 blocks above 640 bytes");
+        let larger = aligned.iter().filter(|&&s| s > class).count();
+        assert!(larger >= 900, "{larger} of 1000 blocks above {class} bytes");
     }
 
     #[test]
-    fn the_plain_entry_points_serve_alignments_up_to_16_and_the_size() {
+    fn the_plain_entry_points_serve_alignments_up_to_16_that_divide_the_size() {
         assert!(plain_covers(1, 1));
         assert!(plain_covers(8, 8));
         assert!(plain_covers(16, 16));
         assert!(plain_covers(640, 8));
+        assert!(plain_covers(21, 1));
         assert!(!plain_covers(8, 16));
+        assert!(!plain_covers(24, 16));
         assert!(!plain_covers(64, 32));
     }
 }
