@@ -44,6 +44,16 @@ pub(crate) fn plain_covers(size: usize, align: usize) -> bool {
     align <= MIMALLOC_PLAIN_ALIGN && size & (align - 1) == 0
 }
 
+/// Whether a resize to `newsize` bytes of a block aligned to `align` may
+/// go through mimalloc's plain `realloc`: an alignment up to a word (what
+/// mimalloc's aligned `realloc` does itself for those, whatever the size:
+/// every block is word-aligned), else as [`plain_covers`]. One compare for
+/// the common alignments.
+#[inline(always)]
+pub(crate) fn plain_realloc_covers(newsize: usize, align: usize) -> bool {
+    align <= std::mem::size_of::<usize>() || plain_covers(newsize, align)
+}
+
 /// mimalloc as a `GlobalAlloc`, through its plain entry points (`mi_malloc`,
 /// `mi_zalloc`, `mi_realloc`) whenever mimalloc's own alignment covers the
 /// layout, and its aligned ones otherwise: the inner allocator to give
@@ -132,7 +142,7 @@ unsafe impl GlobalAlloc for PlainMimalloc {
         // SAFETY: `ptr` is a live block of mimalloc; the new size fits
         // `isize` when rounded up to the alignment (the caller's contract).
         unsafe {
-            if plain_covers(new_size, layout.align()) {
+            if plain_realloc_covers(new_size, layout.align()) {
                 mi_realloc(ptr as *mut c_void, new_size) as *mut u8
             } else {
                 mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
@@ -266,5 +276,8 @@ mod tests {
         assert!(!plain_covers(8, 16));
         assert!(!plain_covers(24, 16));
         assert!(!plain_covers(64, 32));
+        assert!(plain_realloc_covers(13, 8));
+        assert!(plain_realloc_covers(32, 16));
+        assert!(!plain_realloc_covers(24, 16));
     }
 }
