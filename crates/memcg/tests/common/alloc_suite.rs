@@ -1,5 +1,6 @@
-// The allocator tests shared by `alloc_basic.rs` (`MemcgAlloc`) and
-// `alloc_heaps.rs` (`MemcgMimalloc`), included by both with `include!`.
+// The allocator tests shared by `alloc_basic.rs` (`MemcgAlloc`),
+// `alloc_plain_mimalloc.rs` (`MemcgAlloc<PlainMimalloc>`) and
+// `alloc_heaps.rs` (`MemcgMimalloc`), included by each with `include!`.
 // The including binary sets the global allocator and defines
 // `charged(size) -> u64`, the bytes that allocator charges for a block of
 // `size` bytes. Allocations go through `black_box`: in release builds the
