@@ -85,7 +85,9 @@ use std::ffi::c_void;
 use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS, HIT_COOKIE_AT};
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
-use crate::runtime::plain_mimalloc::{plain_covers, plain_realloc_covers, PlainMimalloc};
+use crate::runtime::plain_mimalloc::{
+    plain_alloc, plain_covers, plain_realloc_covers, PlainMimalloc,
+};
 use crate::runtime::thread::{self, REFUSED};
 use crate::runtime::{mi_page_map, node_arena};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -860,23 +862,6 @@ unsafe fn heap_realloc(
             mi_heap_realloc(heap, p, newsize)
         } else {
             mi_heap_realloc_aligned(heap, p, newsize, align)
-        }
-    }
-}
-
-/// A block of `layout` from mimalloc's default heap (unaccounted), through
-/// [`PlainMimalloc`].
-///
-/// # Safety
-/// `layout` has a non-zero size.
-#[inline(always)]
-unsafe fn plain_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        if zeroed {
-            PlainMimalloc.alloc_zeroed(layout)
-        } else {
-            PlainMimalloc.alloc(layout)
         }
     }
 }

@@ -100,6 +100,26 @@ pub(crate) fn plain_realloc_covers(newsize: usize, align: usize) -> bool {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainMimalloc;
 
+/// A block of `layout` from mimalloc's default heap, zeroed or not: the
+/// plain entry point where [`plain_covers`] says so, else the aligned one.
+///
+/// # Safety
+/// `layout` has a non-zero size.
+#[inline(always)]
+pub(crate) unsafe fn plain_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    // SAFETY: FFI calls with a size that fits `isize` and, for the aligned
+    // ones, a power-of-two alignment (from `layout`).
+    unsafe {
+        match (plain_covers(size, align), zeroed) {
+            (true, false) => mi_malloc(size) as *mut u8,
+            (true, true) => mi_zalloc(size) as *mut u8,
+            (false, false) => mi_malloc_aligned(size, align) as *mut u8,
+            (false, true) => mi_zalloc_aligned(size, align) as *mut u8,
+        }
+    }
+}
+
 // SAFETY: every block comes from mimalloc with at least the layout's size
 // and alignment (the plain entry points only where their alignment covers
 // it, see `plain_covers`), `dealloc` and `realloc` take blocks of this
@@ -107,27 +127,14 @@ pub struct PlainMimalloc;
 unsafe impl GlobalAlloc for PlainMimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: FFI calls with a size that fits `isize` and, for the
-        // aligned one, a power-of-two alignment (from `layout`).
-        unsafe {
-            if plain_covers(layout.size(), layout.align()) {
-                mi_malloc(layout.size()) as *mut u8
-            } else {
-                mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        // SAFETY: `layout` has a non-zero size (the caller's contract).
+        unsafe { plain_alloc(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
-        unsafe {
-            if plain_covers(layout.size(), layout.align()) {
-                mi_zalloc(layout.size()) as *mut u8
-            } else {
-                mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        unsafe { plain_alloc(layout, true) }
     }
 
     #[inline]
