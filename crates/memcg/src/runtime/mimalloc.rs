@@ -85,9 +85,7 @@ use std::ffi::c_void;
 use crate::engine::fast_path::{COOKIE_KEY_HITS, HEAP_KEY_HITS, HIT_COOKIE_AT};
 use crate::heap_table::HeapTable;
 use crate::runtime::alloc::{read_trailer, write_trailer};
-use crate::runtime::plain_mimalloc::{
-    plain_alloc, plain_covers, plain_realloc_covers, PlainMimalloc,
-};
+use crate::runtime::plain_mimalloc::{plain_alloc, plain_realloc_size, plain_size, PlainMimalloc};
 use crate::runtime::thread::{self, REFUSED};
 use crate::runtime::{mi_page_map, node_arena};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -813,9 +811,10 @@ unsafe fn heap_alloc(heap: *mut c_void, layout: Layout, zeroed: bool) -> *mut c_
 }
 
 /// A block of `size` bytes aligned to `align` from `heap`, zeroed or not:
-/// through mimalloc's plain heap entry points where its alignment covers
-/// the layout (see [`PlainMimalloc`] for why not the aligned ones), else
-/// through the aligned ones.
+/// through mimalloc's plain heap entry points for alignments up to 16,
+/// with the size rounded up to the alignment (`plain_size`; see
+/// [`PlainMimalloc`] for why not the aligned ones), else through the
+/// aligned ones.
 ///
 /// # Safety
 /// `heap` is a heap made by `mi_heap_new` (or a node arena's); `size` is
@@ -830,21 +829,21 @@ unsafe fn heap_alloc_sized(
     // SAFETY: FFI calls with a live heap, a valid size and a power-of-two
     // alignment; the plain ones only where they give that alignment.
     unsafe {
-        match (plain_covers(size, align), zeroed) {
-            (true, false) => mi_heap_malloc(heap, size),
-            (true, true) => mi_heap_zalloc(heap, size),
-            (false, false) => mi_heap_malloc_aligned(heap, size, align),
-            (false, true) => mi_heap_zalloc_aligned(heap, size, align),
+        match (plain_size(size, align), zeroed) {
+            (Some(plain), false) => mi_heap_malloc(heap, plain),
+            (Some(plain), true) => mi_heap_zalloc(heap, plain),
+            (None, false) => mi_heap_malloc_aligned(heap, size, align),
+            (None, true) => mi_heap_zalloc_aligned(heap, size, align),
         }
     }
 }
 
 /// `p`, a block of `heap` aligned to `align`, resized to `newsize` bytes
 /// (moved within `heap` if needed): through `mi_heap_realloc` when
-/// `plain_realloc_covers` says so (alignments up to a word, as mimalloc's
-/// aligned `realloc` does itself, but without its heap lookup and checks:
-/// about 20 instructions per call on the `rayon` program), else through
-/// `mi_heap_realloc_aligned`.
+/// `plain_realloc_size` gives a size (alignments up to a word, as
+/// mimalloc's aligned `realloc` does itself but without its extra layers,
+/// about 20 instructions per call on the `rayon` program; up to 16 with
+/// the size rounded up), else through `mi_heap_realloc_aligned`.
 ///
 /// # Safety
 /// As [`heap_alloc_sized`] for `newsize`; `p` is a live block of mimalloc
@@ -858,8 +857,8 @@ unsafe fn heap_realloc(
 ) -> *mut c_void {
     // SAFETY: as in `heap_alloc_sized`.
     unsafe {
-        if plain_realloc_covers(newsize, align) {
-            mi_heap_realloc(heap, p, newsize)
+        if let Some(plain) = plain_realloc_size(newsize, align) {
+            mi_heap_realloc(heap, p, plain)
         } else {
             mi_heap_realloc_aligned(heap, p, newsize, align)
         }

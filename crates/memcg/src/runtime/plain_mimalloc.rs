@@ -19,7 +19,7 @@ extern "C" {
 }
 
 /// The largest alignment mimalloc's plain entry points give a block whose
-/// size is a multiple of it (`MI_MAX_ALIGN_SIZE`, fixed at 16 in
+/// requested size is a multiple of it (`MI_MAX_ALIGN_SIZE`, fixed at 16 in
 /// mimalloc's `types.h` on every target).
 ///
 /// Why it holds, from mimalloc 3's sources: every size class is a
@@ -31,27 +31,35 @@ extern "C" {
 /// power of two dividing the requested size. A debug build of
 /// mimalloc with guarded sampling on (`MIMALLOC_GUARDED_SAMPLE_RATE`)
 /// places a sampled block right before a guard page, at an address
-/// aligned only to the lowest set bit of `size`: hence the rule asks the
-/// size to be a multiple of the alignment, not only at least as large.
+/// aligned only to the lowest set bit of `size`: hence the size asked of
+/// the plain entry points is rounded up to the alignment
+/// ([`plain_size`]).
 pub(crate) const MIMALLOC_PLAIN_ALIGN: usize = 16;
 
-/// Whether mimalloc's plain entry points give a block of `size` bytes the
-/// alignment `align` (a power of two): `align` is at most
-/// [`MIMALLOC_PLAIN_ALIGN`] and `size` is a multiple of it (true of the
-/// layout of every type; `size` is not 0 in a `GlobalAlloc` call).
+/// The size to ask mimalloc's plain entry points for a block of `size`
+/// bytes aligned to `align` (a power of two), if they can serve it: when
+/// `align` is at most [`MIMALLOC_PLAIN_ALIGN`], `size` rounded up to
+/// `align` (no overflow: a `Layout`'s size rounded up to its alignment
+/// fits `isize`). The rounding costs no memory: every size class past 8
+/// bytes is a multiple of 16, and a size below the alignment (8 bytes
+/// aligned to 16) needs the larger class anyway.
 #[inline(always)]
-pub(crate) fn plain_covers(size: usize, align: usize) -> bool {
-    align <= MIMALLOC_PLAIN_ALIGN && size & (align - 1) == 0
+pub(crate) fn plain_size(size: usize, align: usize) -> Option<usize> {
+    (align <= MIMALLOC_PLAIN_ALIGN).then(|| (size + align - 1) & !(align - 1))
 }
 
-/// Whether a resize to `newsize` bytes of a block aligned to `align` may
-/// go through mimalloc's plain `realloc`: an alignment up to a word (what
-/// mimalloc's aligned `realloc` does itself for those, whatever the size:
-/// every block is word-aligned), else as [`plain_covers`]. One compare for
-/// the common alignments.
+/// The size to ask mimalloc's plain `realloc` for a resize to `newsize`
+/// bytes of a block aligned to `align`, if it can serve it: `newsize`
+/// itself for an alignment up to a word (what mimalloc's aligned
+/// `realloc` does itself for those: every block is word-aligned; one
+/// compare for the common alignments), else as [`plain_size`].
 #[inline(always)]
-pub(crate) fn plain_realloc_covers(newsize: usize, align: usize) -> bool {
-    align <= std::mem::size_of::<usize>() || plain_covers(newsize, align)
+pub(crate) fn plain_realloc_size(newsize: usize, align: usize) -> Option<usize> {
+    if align <= std::mem::size_of::<usize>() {
+        Some(newsize)
+    } else {
+        plain_size(newsize, align)
+    }
 }
 
 /// mimalloc as a `GlobalAlloc`, through its plain entry points (`mi_malloc`,
@@ -92,38 +100,65 @@ pub(crate) fn plain_realloc_covers(newsize: usize, align: usize) -> bool {
 /// pays it too, on other sizes (63,265 blocks of 48 bytes in the `regex`
 /// program, 43,115 of 96 in `maps`).
 ///
-/// The plain entry points serve a layout whose alignment is at most 16
-/// and divides its size (see `MIMALLOC_PLAIN_ALIGN` for why mimalloc's
-/// blocks have it); other layouts go to the aligned entry points (a
-/// layout smaller than its alignment, such as 8 bytes aligned to 16, is
-/// then over-allocated into a larger class, as with `mimalloc::MiMalloc`).
-/// Blocks are freed with `mi_free` either way.
+/// The plain entry points serve every layout aligned to at most 16, asked
+/// for its size rounded up to the alignment (see `MIMALLOC_PLAIN_ALIGN`
+/// for why mimalloc's blocks then have it); larger alignments go to the
+/// aligned entry points. Blocks are freed with `mi_free` either way.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainMimalloc;
 
 /// A block of `layout` from mimalloc's default heap, zeroed or not: the
-/// plain entry point where [`plain_covers`] says so, else the aligned one.
+/// plain entry point where [`plain_size`] gives a size, else the aligned
+/// one. A layout whose size is a multiple of its alignment (the layout of
+/// every type), aligned to at most 16, takes the plain entry point inline
+/// with no rounding; the rest go through [`plain_alloc_unusual`], out of
+/// line, so that the common case pays one test of the size, not the
+/// rounding (2 instructions per pair).
 ///
 /// # Safety
 /// `layout` has a non-zero size.
 #[inline(always)]
 pub(crate) unsafe fn plain_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
     let (size, align) = (layout.size(), layout.align());
+    if align <= MIMALLOC_PLAIN_ALIGN && size & (align - 1) == 0 {
+        // SAFETY: FFI calls with a size that fits `isize`, a multiple of
+        // an alignment of at most 16 (so `plain_size(size, align)` is
+        // `size` itself).
+        return unsafe {
+            if zeroed {
+                mi_zalloc(size) as *mut u8
+            } else {
+                mi_malloc(size) as *mut u8
+            }
+        };
+    }
+    // SAFETY: the caller's guarantee.
+    unsafe { plain_alloc_unusual(size, align, zeroed) }
+}
+
+/// [`plain_alloc`] for a layout whose size is not a multiple of its
+/// alignment, or aligned past 16.
+///
+/// # Safety
+/// `size` is not 0 and, rounded up to `align` (a power of two), fits
+/// `isize`.
+#[inline(never)]
+unsafe fn plain_alloc_unusual(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     // SAFETY: FFI calls with a size that fits `isize` and, for the aligned
-    // ones, a power-of-two alignment (from `layout`).
+    // ones, a power-of-two alignment.
     unsafe {
-        match (plain_covers(size, align), zeroed) {
-            (true, false) => mi_malloc(size) as *mut u8,
-            (true, true) => mi_zalloc(size) as *mut u8,
-            (false, false) => mi_malloc_aligned(size, align) as *mut u8,
-            (false, true) => mi_zalloc_aligned(size, align) as *mut u8,
+        match (plain_size(size, align), zeroed) {
+            (Some(plain), false) => mi_malloc(plain) as *mut u8,
+            (Some(plain), true) => mi_zalloc(plain) as *mut u8,
+            (None, false) => mi_malloc_aligned(size, align) as *mut u8,
+            (None, true) => mi_zalloc_aligned(size, align) as *mut u8,
         }
     }
 }
 
 // SAFETY: every block comes from mimalloc with at least the layout's size
 // and alignment (the plain entry points only where their alignment covers
-// it, see `plain_covers`), `dealloc` and `realloc` take blocks of this
+// it, see `plain_size`), `dealloc` and `realloc` take blocks of this
 // allocator only (the `GlobalAlloc` contract), and nothing here unwinds.
 unsafe impl GlobalAlloc for PlainMimalloc {
     #[inline]
@@ -150,8 +185,8 @@ unsafe impl GlobalAlloc for PlainMimalloc {
         // SAFETY: `ptr` is a live block of mimalloc; the new size fits
         // `isize` when rounded up to the alignment (the caller's contract).
         unsafe {
-            if plain_realloc_covers(new_size, layout.align()) {
-                mi_realloc(ptr as *mut c_void, new_size) as *mut u8
+            if let Some(plain) = plain_realloc_size(new_size, layout.align()) {
+                mi_realloc(ptr as *mut c_void, plain) as *mut u8
             } else {
                 mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
             }
@@ -166,7 +201,7 @@ mod tests {
     /// Every size up to 4 KiB and a little past, then sizes of mimalloc's
     /// medium, large and singleton pages, with every alignment up to 64:
     /// the block has the layout's alignment (the plain entry points'
-    /// guarantee that `plain_covers` relies on), holds its bytes, comes
+    /// guarantee that `plain_size` relies on), holds its bytes, comes
     /// zeroed from `alloc_zeroed`, and keeps its contents through a growth
     /// and a shrink. A few blocks of each layout stay live while the next
     /// ones are made, so that blocks come from the middle of pages too.
@@ -272,20 +307,32 @@ mod tests {
         let aligned = usable_sizes(&mimalloc::MiMalloc, layout);
         let larger = aligned.iter().filter(|&&s| s > class).count();
         assert!(larger >= 900, "{larger} of 1000 blocks above {class} bytes");
+        // The same with an alignment of 16 (a type holding a `u128`): 48
+        // bytes (40 rounded up to the alignment) from the 48-byte class.
+        let layout = Layout::from_size_align(40, 16).unwrap();
+        // SAFETY: as above.
+        let class = unsafe { mi_good_size(48) };
+        let plain = usable_sizes(&PlainMimalloc, layout);
+        assert!(plain.iter().all(|&s| s == class), "{:?}", &plain[..8]);
+        let aligned = usable_sizes(
+            &mimalloc::MiMalloc,
+            Layout::from_size_align(48, 16).unwrap(),
+        );
+        let larger = aligned.iter().filter(|&&s| s > class).count();
+        assert!(larger >= 900, "{larger} of 1000 blocks above {class} bytes");
     }
 
     #[test]
-    fn the_plain_entry_points_serve_alignments_up_to_16_that_divide_the_size() {
-        assert!(plain_covers(1, 1));
-        assert!(plain_covers(8, 8));
-        assert!(plain_covers(16, 16));
-        assert!(plain_covers(640, 8));
-        assert!(plain_covers(21, 1));
-        assert!(!plain_covers(8, 16));
-        assert!(!plain_covers(24, 16));
-        assert!(!plain_covers(64, 32));
-        assert!(plain_realloc_covers(13, 8));
-        assert!(plain_realloc_covers(32, 16));
-        assert!(!plain_realloc_covers(24, 16));
+    fn plain_sizes_are_rounded_up_to_alignments_up_to_16() {
+        assert_eq!(plain_size(1, 1), Some(1));
+        assert_eq!(plain_size(8, 8), Some(8));
+        assert_eq!(plain_size(13, 8), Some(16));
+        assert_eq!(plain_size(640, 8), Some(640));
+        assert_eq!(plain_size(8, 16), Some(16));
+        assert_eq!(plain_size(40, 16), Some(48));
+        assert_eq!(plain_size(64, 32), None);
+        assert_eq!(plain_realloc_size(13, 8), Some(13));
+        assert_eq!(plain_realloc_size(40, 16), Some(48));
+        assert_eq!(plain_realloc_size(64, 32), None);
     }
 }
