@@ -786,8 +786,8 @@ fn is_small(layout: Layout) -> bool {
 /// alignment of at most a word), which skips the alignment handling of
 /// `mi_heap_malloc_aligned` (about 14 instructions per pair; the
 /// `mimalloc` crate's own `GlobalAlloc` always takes the aligned one),
-/// else through [`heap_alloc_sized`] (the plain heap entry point where
-/// mimalloc's alignment covers the layout).
+/// else through [`heap_alloc_sized`] (the plain heap entry points for
+/// alignments up to 16).
 ///
 /// # Safety
 /// `heap` is a heap made by `mi_heap_new` (or a node arena's); `layout`
