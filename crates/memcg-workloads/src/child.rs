@@ -177,6 +177,16 @@ pub struct ChildReport {
     pub scale: f64,
     /// Wall time of the workload alone, in nanoseconds.
     pub wall_ns: u64,
+    /// User CPU time of the process (every thread) over the same span,
+    /// in nanoseconds (`getrusage(RUSAGE_SELF)`): the program's and the
+    /// allocator's own work, without the kernel's.
+    #[serde(default)]
+    pub user_ns: u64,
+    /// System CPU time of the process over the same span, in nanoseconds:
+    /// mostly the kernel zeroing the pages the process touches first,
+    /// which swings from run to run on a shared host.
+    #[serde(default)]
+    pub sys_ns: u64,
     /// memcg child only.
     pub memcg: Option<MemcgReport>,
 }
@@ -239,15 +249,53 @@ pub fn main(flavor: Flavor) -> i32 {
     code
 }
 
-/// Starts the pool's workers, then runs the workload and drops what it
-/// holds; returns the run's wall time (the drop not included).
-fn timed_run(w: Workload, scale: f64, pool: &rayon::ThreadPool) -> u64 {
-    pool.broadcast(|_| ());
+/// The times of one run of a workload, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    wall_ns: u64,
+    user_ns: u64,
+    sys_ns: u64,
+}
+
+/// The process's user and system CPU time so far (every thread), in
+/// nanoseconds; zeros if `getrusage` fails (it cannot for `RUSAGE_SELF`
+/// and a valid pointer).
+fn cpu_ns() -> (u64, u64) {
+    // SAFETY: `rusage` is a plain C struct of integers and `timeval`s, for
+    // which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is valid and writable for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return (0, 0);
+    }
+    let ns =
+        |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000_000 + t.tv_usec.max(0) as u64 * 1_000;
+    (ns(usage.ru_utime), ns(usage.ru_stime))
+}
+
+/// Runs `f`, timing it: wall time, and the process's user and system CPU
+/// time over the same span.
+fn timed<R>(f: impl FnOnce() -> R) -> (R, Times) {
+    let (user0, sys0) = cpu_ns();
     let t0 = Instant::now();
-    let held = w.run(scale, pool);
+    let r = f();
     let wall_ns = t0.elapsed().as_nanos() as u64;
+    let (user1, sys1) = cpu_ns();
+    let times = Times {
+        wall_ns,
+        user_ns: user1.saturating_sub(user0),
+        sys_ns: sys1.saturating_sub(sys0),
+    };
+    (r, times)
+}
+
+/// Starts the pool's workers, then runs the workload and drops what it
+/// holds; returns the run's times (the drop not included).
+fn timed_run(w: Workload, scale: f64, pool: &rayon::ThreadPool) -> Times {
+    pool.broadcast(|_| ());
+    let (held, times) = timed(|| w.run(scale, pool));
     drop(held);
-    wall_ns
+    times
 }
 
 fn run_plain(w: Workload, scale: f64, threads: usize) -> ChildReport {
@@ -255,12 +303,14 @@ fn run_plain(w: Workload, scale: f64, threads: usize) -> ChildReport {
         .num_threads(threads)
         .build()
         .expect("rayon builds its pool");
-    let wall_ns = timed_run(w, scale, &pool);
+    let t = timed_run(w, scale, &pool);
     ChildReport {
         workload: w.name().to_string(),
         allocator: "mimalloc".to_string(),
         scale,
-        wall_ns,
+        wall_ns: t.wall_ns,
+        user_ns: t.user_ns,
+        sys_ns: t.sys_ns,
         memcg: None,
     }
 }
@@ -284,7 +334,7 @@ fn run_memcg_time_only(w: Workload, scale: f64, threads: usize) -> ChildReport {
         })
         .build()
         .expect("rayon builds its pool");
-    let wall_ns = timed_run(w, scale, &pool);
+    let t = timed_run(w, scale, &pool);
     drop(pool);
     ctrl.root()
         .attach_current()
@@ -293,7 +343,9 @@ fn run_memcg_time_only(w: Workload, scale: f64, threads: usize) -> ChildReport {
         workload: w.name().to_string(),
         allocator: "memcg".to_string(),
         scale,
-        wall_ns,
+        wall_ns: t.wall_ns,
+        user_ns: t.user_ns,
+        sys_ns: t.sys_ns,
         memcg: None,
     }
 }
@@ -361,9 +413,7 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
     if sample {
         monitor.start_sampling();
     }
-    let t0 = Instant::now();
-    let held = w.run(scale, &pool);
-    let wall_ns = t0.elapsed().as_nanos() as u64;
+    let (held, t) = timed(|| w.run(scale, &pool));
     let gaps: Option<Gaps> = sample.then(|| monitor.stop_sampling());
     let counters1 = ctrl.counters();
     let charges = counters1
@@ -486,7 +536,9 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
         workload: w.name().to_string(),
         allocator: "memcg".to_string(),
         scale,
-        wall_ns,
+        wall_ns: t.wall_ns,
+        user_ns: t.user_ns,
+        sys_ns: t.sys_ns,
         memcg: Some(MemcgReport {
             charges,
             slow_charges,

@@ -3,7 +3,12 @@
 //! wall time (measured inside the child around the workload alone) and
 //! peak RSS (`wait4`'s `ru_maxrss` of that child) with min/median/max,
 //! the memcg/mimalloc ratios of the medians, and the spread of the
-//! ratios within each repetition (its two runs back to back).
+//! ratios within each repetition (its two runs back to back). The CPU
+//! time of the same span (`getrusage` in the child: user and system, every
+//! thread) is reported beside it: the kernel zeroing fresh pages is system
+//! time, which swings from run to run on a shared host and can move a
+//! wall-time median by tens of percent, while the user time holds the
+//! program's and the allocator's own work.
 
 use std::fmt;
 use std::io::Read;
@@ -223,6 +228,17 @@ pub struct WorkloadResult {
     pub paired_wall_ratio: Spread,
     /// memcg / mimalloc, medians of peak RSS.
     pub rss_ratio: f64,
+    /// User CPU time of the mimalloc child over the workload, ms.
+    pub mimalloc_user_ms: Spread,
+    /// User CPU time of the memcg child over the workload, ms.
+    pub memcg_user_ms: Spread,
+    /// memcg / mimalloc of user CPU time within each repetition: their
+    /// spread.
+    pub paired_user_ratio: Spread,
+    /// System CPU time of the mimalloc child over the workload, ms.
+    pub mimalloc_sys_ms: Spread,
+    /// System CPU time of the memcg child over the workload, ms.
+    pub memcg_sys_ms: Spread,
     /// The memcg child's report of its last timed run (charges, checks).
     pub memcg: Option<MemcgReport>,
     /// The sampling run's accuracy.
@@ -412,10 +428,16 @@ fn summarize(w: Workload, runs: Vec<Run>, accuracy_run: Option<Run>) -> Workload
     };
     let wall = |r: &Run| r.report.wall_ns as f64 / 1e6;
     let rss = |r: &Run| r.maxrss_kib as f64 / 1024.0;
+    let user = |r: &Run| r.report.user_ns as f64 / 1e6;
+    let sys = |r: &Run| r.report.sys_ns as f64 / 1e6;
     let mimalloc_wall_ms = pick("mimalloc", wall);
     let memcg_wall_ms = pick("memcg", wall);
     let mimalloc_rss_mib = pick("mimalloc", rss);
     let memcg_rss_mib = pick("memcg", rss);
+    let mimalloc_user_ms = pick("mimalloc", user);
+    let memcg_user_ms = pick("memcg", user);
+    let mimalloc_sys_ms = pick("mimalloc", sys);
+    let memcg_sys_ms = pick("memcg", sys);
     let memcg = runs.iter().rev().find_map(|r| r.report.memcg.clone());
     let accuracy = accuracy_run
         .as_ref()
@@ -428,16 +450,24 @@ fn summarize(w: Workload, runs: Vec<Run>, accuracy_run: Option<Run>) -> Workload
     let mut runs = runs;
     runs.extend(accuracy_run);
     // The timed runs alternate, mimalloc first, in each repetition.
-    let paired: Vec<f64> = runs
-        .chunks_exact(2)
-        .filter(|p| p[0].report.allocator == "mimalloc" && p[1].report.allocator == "memcg")
-        .map(|p| wall(&p[1]) / wall(&p[0]))
-        .collect();
+    let paired = |f: fn(&Run) -> f64| -> Spread {
+        let v: Vec<f64> = runs
+            .chunks_exact(2)
+            .filter(|p| p[0].report.allocator == "mimalloc" && p[1].report.allocator == "memcg")
+            .map(|p| f(&p[1]) / f(&p[0]))
+            .collect();
+        Spread::of(&v)
+    };
     WorkloadResult {
         workload: w.name().to_string(),
         wall_ratio: memcg_wall_ms.median / mimalloc_wall_ms.median,
-        paired_wall_ratio: Spread::of(&paired),
+        paired_wall_ratio: paired(wall),
         rss_ratio: memcg_rss_mib.median / mimalloc_rss_mib.median,
+        mimalloc_user_ms,
+        memcg_user_ms,
+        paired_user_ratio: paired(user),
+        mimalloc_sys_ms,
+        memcg_sys_ms,
         mimalloc_wall_ms,
         memcg_wall_ms,
         mimalloc_rss_mib,
@@ -484,6 +514,34 @@ pub fn table(results: &[WorkloadResult]) -> String {
             r.mimalloc_rss_mib.median,
             r.memcg_rss_mib.median,
             r.rss_ratio,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU time over the same span (getrusage, every thread): user, then system (the kernel \
+         zeroing fresh pages)\n{:<7} {:>24} {:>24} {:>17} {:>24} {:>24}",
+        "", "user ms mimalloc", "user ms memcg", "paired ratio", "sys ms mimalloc", "sys ms memcg"
+    );
+    let _ = writeln!(
+        s,
+        "{:<7} {:>24} {:>24} {:>17} {:>24} {:>24}",
+        "",
+        "min/median/max",
+        "min/median/max",
+        "min/median/max",
+        "min/median/max",
+        "min/median/max"
+    );
+    for r in results {
+        let _ = writeln!(
+            s,
+            "{:<7} {:>24} {:>24} {:>17} {:>24} {:>24}",
+            r.workload,
+            spread(&r.mimalloc_user_ms),
+            spread(&r.memcg_user_ms),
+            ratios(&r.paired_user_ratio),
+            spread(&r.mimalloc_sys_ms),
+            spread(&r.memcg_sys_ms),
         );
     }
     let _ = writeln!(
@@ -569,5 +627,49 @@ mod tests {
         let s = Spread::of(&[4.0, 1.0, 2.0, 3.0]);
         assert_eq!(s.median, 2.5);
         assert_eq!(Spread::of(&[]).median, 0.0);
+    }
+
+    fn run(allocator: &str, wall_ms: u64, user_ms: u64, sys_ms: u64) -> Run {
+        Run {
+            report: ChildReport {
+                workload: "maps".to_string(),
+                allocator: allocator.to_string(),
+                scale: 1.0,
+                wall_ns: wall_ms * 1_000_000,
+                user_ns: user_ms * 1_000_000,
+                sys_ns: sys_ms * 1_000_000,
+                memcg: None,
+            },
+            maxrss_kib: 1024,
+        }
+    }
+
+    #[test]
+    fn summarize_pairs_each_repetition_for_wall_and_user_time() {
+        let runs = vec![
+            run("mimalloc", 100, 80, 20),
+            run("memcg", 110, 88, 22),
+            run("mimalloc", 200, 80, 120),
+            run("memcg", 120, 100, 20),
+            run("mimalloc", 100, 80, 20),
+            run("memcg", 105, 84, 21),
+        ];
+        // The accuracy run (sampling) comes last and is not timed.
+        let r = summarize(Workload::Maps, runs, Some(run("memcg", 900, 900, 900)));
+        assert_eq!(r.paired_wall_ratio.min, 0.6);
+        assert_eq!(r.paired_wall_ratio.max, 1.1);
+        assert_eq!(r.paired_wall_ratio.median, 1.05);
+        assert_eq!(r.paired_user_ratio.min, 1.05);
+        assert_eq!(r.paired_user_ratio.median, 1.1);
+        assert_eq!(r.paired_user_ratio.max, 1.25);
+        assert_eq!(
+            (r.mimalloc_sys_ms.median, r.memcg_sys_ms.median),
+            (20.0, 21.0)
+        );
+        assert_eq!(
+            r.memcg_user_ms.max, 100.0,
+            "the accuracy run is in no spread either"
+        );
+        assert!(table(&[r]).contains("user ms memcg"));
     }
 }

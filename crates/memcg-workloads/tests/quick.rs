@@ -73,4 +73,7 @@ fn mimalloc_child_quick_runs() {
         .collect();
     assert_eq!(reports.len(), 2);
     assert!(reports.iter().all(|r| r.memcg.is_none() && r.wall_ns > 0));
+    // The CPU time of the span is measured (its split between user and
+    // system is the kernel's estimate; their sum is not 0).
+    assert!(reports.iter().all(|r| r.user_ns + r.sys_ns > 0));
 }
