@@ -4,7 +4,7 @@
 //!
 //! `ci/hitpath-budget.sh` counts the same programs' instructions, which do
 //! not depend on the machine's load; this binary measures what those
-//! instructions cost in time on this machine. Each round runs the three
+//! instructions cost in time on this machine. Each round runs the
 //! binaries (siblings of this one, built with it: `cargo build --release
 //! -p memcg-bench --bins`) one after the other as child processes, in an
 //! order that rotates from round to round, each timing its pairs after a
@@ -34,10 +34,13 @@ struct Args {
 
 /// The programs: name in the table, binary. Bare mimalloc (the baseline)
 /// and `MemcgAlloc`'s inner go through `memcg::PlainMimalloc`; the
-/// `mimalloc` crate's binding is timed beside them.
-const PROGRAMS: [(&str, &str); 4] = [
+/// `mimalloc` crate's binding is timed beside them, and so is the
+/// reference wrapper with `MemcgAlloc`'s owner word and no accounting
+/// (`hitpath-trailer-only`).
+const PROGRAMS: [(&str, &str); 5] = [
     ("bare mimalloc", "hitpath-mimalloc"),
     ("bare, mimalloc crate", "hitpath-mimalloc-crate"),
+    ("trailer, no accounting", "hitpath-trailer-only"),
     ("MemcgAlloc<mimalloc>", "hitpath-memcg-alloc"),
     ("MemcgMimalloc", "hitpath-memcg-mimalloc"),
 ];
