@@ -2,7 +2,9 @@
 //! 64-byte allocation and its free through the process's global allocator.
 //!
 //! A global allocator is chosen per binary, so each allocator has a binary
-//! of its own (`hitpath-mimalloc`, `hitpath-memcg-alloc`,
+//! of its own (`hitpath-mimalloc` and `hitpath-mimalloc-crate` for bare
+//! mimalloc through two bindings, `hitpath-trailer-only` for a wrapper
+//! with `MemcgAlloc`'s owner word and no accounting, `hitpath-memcg-alloc`,
 //! `hitpath-memcg-mimalloc`), all running [`main`]. The script runs each
 //! one under `valgrind --tool=callgrind` with two pair counts and divides
 //! the difference of the instruction totals by the difference of the

@@ -14,7 +14,7 @@
 //!   `memory.current − live` ([`monitor::Gaps`]) against the documented
 //!   bound (`memcg::Group::error_bound`).
 //! - [`runner`]: the `workloads` binary: interleaved child runs, wall
-//!   time and peak RSS, ratios, table and JSON.
+//!   and CPU time and peak RSS, ratios, table and JSON.
 //!
 //! # Usage
 //! ```text

@@ -61,8 +61,11 @@ unsafe impl GlobalAlloc for TrailerOnly {
         if layout.size() > i32::MAX as usize {
             return std::ptr::null_mut();
         }
-        // SAFETY: the size is below 2^31, so the inner size rounded up to
-        // the alignment of a valid layout fits `isize`.
+        // SAFETY: the size is below 2^31 and, by the `GlobalAlloc`
+        // contract, not 0, so the alignment is at most 2^62 (the size
+        // rounded up to it fits `isize`): the inner size rounded up to the
+        // alignment is at most the larger of the alignment and 2^32, which
+        // fits `isize`.
         let inner = unsafe { Self::inner(layout) };
         // SAFETY: `inner` has a non-zero size.
         let block = unsafe { self.0.alloc(inner) };
