@@ -192,6 +192,25 @@ pub struct ChildReport {
 }
 
 impl ChildReport {
+    /// The report of a run of `w` at `scale` on `allocator` that took `t`.
+    fn of_run(
+        w: Workload,
+        allocator: &str,
+        scale: f64,
+        t: Times,
+        memcg: Option<MemcgReport>,
+    ) -> ChildReport {
+        ChildReport {
+            workload: w.name().to_string(),
+            allocator: allocator.to_string(),
+            scale,
+            wall_ns: t.wall_ns,
+            user_ns: t.user_ns,
+            sys_ns: t.sys_ns,
+            memcg,
+        }
+    }
+
     /// Whether every check passed (true for the mimalloc child).
     pub fn pass(&self) -> bool {
         self.memcg
@@ -304,15 +323,7 @@ fn run_plain(w: Workload, scale: f64, threads: usize) -> ChildReport {
         .build()
         .expect("rayon builds its pool");
     let t = timed_run(w, scale, &pool);
-    ChildReport {
-        workload: w.name().to_string(),
-        allocator: "mimalloc".to_string(),
-        scale,
-        wall_ns: t.wall_ns,
-        user_ns: t.user_ns,
-        sys_ns: t.sys_ns,
-        memcg: None,
-    }
+    ChildReport::of_run(w, "mimalloc", scale, t, None)
 }
 
 /// The memcg child's run without its checks (`--time-only`): the same
@@ -339,15 +350,7 @@ fn run_memcg_time_only(w: Workload, scale: f64, threads: usize) -> ChildReport {
     ctrl.root()
         .attach_current()
         .expect("the main thread moves back to root");
-    ChildReport {
-        workload: w.name().to_string(),
-        allocator: "memcg".to_string(),
-        scale,
-        wall_ns: t.wall_ns,
-        user_ns: t.user_ns,
-        sys_ns: t.sys_ns,
-        memcg: None,
-    }
+    ChildReport::of_run(w, "memcg", scale, t, None)
 }
 
 /// Flushes every thread of the workload (the pool's workers, then this
@@ -532,14 +535,12 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
         },
     });
 
-    ChildReport {
-        workload: w.name().to_string(),
-        allocator: "memcg".to_string(),
+    ChildReport::of_run(
+        w,
+        "memcg",
         scale,
-        wall_ns: t.wall_ns,
-        user_ns: t.user_ns,
-        sys_ns: t.sys_ns,
-        memcg: Some(MemcgReport {
+        t,
+        Some(MemcgReport {
             charges,
             slow_charges,
             shared_atomics,
@@ -552,5 +553,5 @@ fn run_memcg(w: Workload, scale: f64, threads: usize, sample: bool) -> ChildRepo
             accuracy,
             checks,
         }),
-    }
+    )
 }
