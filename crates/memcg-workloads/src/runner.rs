@@ -524,13 +524,9 @@ pub fn table(results: &[WorkloadResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<7} {:>24} {:>24} {:>17} {:>24} {:>24}",
+        "{:<7} {m:>24} {m:>24} {m:>17} {m:>24} {m:>24}",
         "",
-        "min/median/max",
-        "min/median/max",
-        "min/median/max",
-        "min/median/max",
-        "min/median/max"
+        m = "min/median/max"
     );
     for r in results {
         let _ = writeln!(
